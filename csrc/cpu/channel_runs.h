@@ -1,0 +1,91 @@
+// Innermost CPU loops over a run of channels that share one bilinear sample (NHWC data, contiguous in channel).
+#pragma once
+
+#include <cstdint>
+
+// On x86-64 with GCC or Clang each loop is compiled twice, for AVX2+FMA
+// (x86-64-v3) and for the baseline, and the loader picks one for the CPU at hand.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define DEFORMCONV_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define DEFORMCONV_CPU_CLONES
+#endif
+
+namespace deformconv {
+namespace cpu {
+
+// The four corners of a cell for channel run start `c00`: (y0,x0) at c00,
+// (y0,x0+1) at c00 + col_step, (y0+1,x0) at c00 + row_step, (y0+1,x0+1) at both.
+struct CornerSteps {
+  int64_t col_step;  // C: next pixel in the row
+  int64_t row_step;  // (W+2)*C: next row of the bordered input
+};
+
+// out[i] = w0*v00[i] + w1*v01[i] + w2*v10[i] + w3*v11[i] for i < n.
+template <typename T>
+DEFORMCONV_CPU_CLONES void sample_run(const T* c00, CornerSteps s, const T* w, T* out,
+                                      int64_t n) {
+  const T* c01 = c00 + s.col_step;
+  const T* c10 = c00 + s.row_step;
+  const T* c11 = c10 + s.col_step;
+  const T w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = w0 * c00[i] + w1 * c01[i] + w2 * c10[i] + w3 * c11[i];
+  }
+}
+
+// Adjoint of sample_run: each corner i += w_c * grad[i].
+template <typename T>
+DEFORMCONV_CPU_CLONES void scatter_run(T* g00, CornerSteps s, const T* w, const T* grad,
+                                       int64_t n) {
+  T* g01 = g00 + s.col_step;
+  T* g10 = g00 + s.row_step;
+  T* g11 = g10 + s.col_step;
+  const T w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+  for (int64_t i = 0; i < n; ++i) {
+    const T gv = grad[i];
+    g00[i] += w0 * gv;
+    g01[i] += w1 * gv;
+    g10[i] += w2 * gv;
+    g11[i] += w3 * gv;
+  }
+}
+
+// dots[c] += sum_i grad[i] * corner_c[i] for the 4 corners. Eight explicit
+// partial sums per corner keep the loop vectorisable without reassociation
+// flags, and the final order is fixed, so results are bitwise reproducible.
+template <typename T>
+DEFORMCONV_CPU_CLONES void corner_dots_run(const T* c00, CornerSteps s, const T* grad, int64_t n,
+                                           T* dots) {
+  constexpr int kLanes = 8;
+  const T* c01 = c00 + s.col_step;
+  const T* c10 = c00 + s.row_step;
+  const T* c11 = c10 + s.col_step;
+  T a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {}, a3[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const T gv = grad[i + l];
+      a0[l] += gv * c00[i + l];
+      a1[l] += gv * c01[i + l];
+      a2[l] += gv * c10[i + l];
+      a3[l] += gv * c11[i + l];
+    }
+  }
+  for (int l = 0; i < n; ++i, ++l) {
+    const T gv = grad[i];
+    a0[l] += gv * c00[i];
+    a1[l] += gv * c01[i];
+    a2[l] += gv * c10[i];
+    a3[l] += gv * c11[i];
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    dots[0] += a0[l];
+    dots[1] += a1[l];
+    dots[2] += a2[l];
+    dots[3] += a3[l];
+  }
+}
+
+}  // namespace cpu
+}  // namespace deformconv

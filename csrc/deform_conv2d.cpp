@@ -1,0 +1,26 @@
+// Python module stub for deformconv._C and the TORCH_LIBRARY schemas of the deformconv ops.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing deformconv._C loads this shared library, which runs the static
+// TORCH_LIBRARY registrations below; the module itself has no Python functions.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "deformconv operator registrations", -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(deformconv, m) {
+  m.def(
+      "deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor? mask, Tensor? bias, "
+      "int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  // Gradients of deform_conv2d. grad_mask / grad_bias are empty (shape [0]) when
+  // mask / bias is None.
+  m.def(
+      "_deform_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor offset, "
+      "Tensor? mask, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation) -> "
+      "(Tensor grad_input, Tensor grad_weight, Tensor grad_offset, Tensor grad_mask, "
+      "Tensor grad_bias)");
+}

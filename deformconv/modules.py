@@ -1,0 +1,181 @@
+# nn.Module wrappers: DeformConv2d (offsets and mask given) and DeformConv2dPack (predicts its own).
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from .ops import deform_conv2d
+
+
+class DeformConv2d(nn.Module):
+    """Deformable convolution layer with torchvision.ops.DeformConv2d's constructor.
+
+    Its ``state_dict`` (``weight``, ``bias``) is interchangeable with torchvision's.
+
+    Args:
+        in_channels, out_channels: channel counts; both divisible by ``groups``.
+        kernel_size, stride, padding, dilation: int or ``(h, w)``.
+        groups: weight groups.
+        bias: learn a ``Tensor[C_out]`` bias.
+
+    Shapes:
+        input ``Tensor[N, C_in, H, W]``, offset ``Tensor[N, 2*og*kh*kw, H_out, W_out]``,
+        mask ``Tensor[N, og*kh*kw, H_out, W_out]`` or None, output
+        ``Tensor[N, C_out, H_out, W_out]``; ``og`` (offset groups) is read from the
+        offset's shape.
+
+    Example::
+
+        >>> layer = DeformConv2d(8, 16, kernel_size=3, padding=1)
+        >>> x = torch.randn(2, 8, 10, 10)
+        >>> offset = torch.zeros(2, 18, 10, 10)
+        >>> layer(x, offset).shape
+        torch.Size([2, 16, 10, 10])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+    ):
+        super().__init__()
+        if in_channels <= 0 or out_channels <= 0:
+            raise ValueError(
+                f"in_channels and out_channels must be positive: got {in_channels}, {out_channels}"
+            )
+        if groups <= 0 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be "
+                f"divisible by groups ({groups})"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels // groups, *self.kernel_size)
+        )
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform weight and uniform bias, as torch.nn.Conv2d and torchvision."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.kernel_size[0] * self.kernel_size[1]
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """input ``[N, C_in, H, W]``, offset ``[N, 2*og*kh*kw, Ho, Wo]``, mask ``[N, og*kh*kw, Ho, Wo]``."""
+        return deform_conv2d(
+            input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask
+        )
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class DeformConv2dPack(DeformConv2d):
+    """Deformable convolution that predicts its own offsets (and mask) from its input.
+
+    An internal ``nn.Conv2d`` (``conv_offset``, same kernel size, stride, padding and
+    dilation) maps the input to ``2*og*kh*kw`` offset channels and, when
+    ``modulated``, ``og*kh*kw`` mask logits passed through a sigmoid. It is
+    zero-initialised, so a fresh layer computes a plain convolution: with
+    ``modulated=True`` every tap is scaled by sigmoid(0) = 0.5
+    (``y = bias + 0.5 * conv(x, weight)``).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias:
+            as :class:`DeformConv2d`.
+        offset_groups: channel groups with their own offsets; divides ``in_channels``.
+        modulated: predict a mask (DCNv2) or not (DCNv1).
+
+    Shapes:
+        input ``Tensor[N, C_in, H, W]`` -> output ``Tensor[N, C_out, H_out, W_out]``.
+
+    Example::
+
+        >>> layer = DeformConv2dPack(64, 64, kernel_size=3, padding=1)
+        >>> layer(torch.randn(4, 64, 56, 56)).shape
+        torch.Size([4, 64, 56, 56])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        offset_groups: int = 1,
+        bias: bool = True,
+        modulated: bool = True,
+    ):
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
+        )
+        if offset_groups <= 0 or in_channels % offset_groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) must be divisible by offset_groups ({offset_groups})"
+            )
+        self.offset_groups = offset_groups
+        self.modulated = modulated
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        self._offset_channels = 2 * offset_groups * taps
+        predicted = self._offset_channels + (offset_groups * taps if modulated else 0)
+        self.conv_offset = nn.Conv2d(
+            in_channels,
+            predicted,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            bias=True,
+        )
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
+        """input ``Tensor[N, C_in, H, W]`` -> ``Tensor[N, C_out, H_out, W_out]``."""
+        predicted = self.conv_offset(input)
+        offset = predicted[:, : self._offset_channels]
+        mask = predicted[:, self._offset_channels :].sigmoid() if self.modulated else None
+        return deform_conv2d(
+            input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask
+        )
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.offset_groups != 1:
+            s += f", offset_groups={self.offset_groups}"
+        return s + f", modulated={self.modulated}"

@@ -1,0 +1,77 @@
+# The functional API: deform_conv2d with torchvision's signature, calling the registered op.
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+IntPair = Union[int, Sequence[int]]
+
+
+def _pair(value: IntPair, name: str) -> Tuple[int, int]:
+    """(h, w) from an int or a pair of ints; raises TypeError / ValueError naming the argument."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints: got {value!r}")
+    if isinstance(value, int):
+        return (value, value)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints: got {value!r}") from None
+    if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        raise ValueError(f"{name} must be an int or a pair of ints (h, w): got {value!r}")
+    return items
+
+
+def deform_conv2d(
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: IntPair = (1, 1),
+    padding: IntPair = (0, 0),
+    dilation: IntPair = (1, 1),
+    mask: Optional[Tensor] = None,
+) -> Tensor:
+    """Modulated deformable convolution (DCNv2; DCNv1 when ``mask`` is None).
+
+    Same signature, layouts and results as ``torchvision.ops.deform_conv2d``.
+    ``groups`` and ``offset_groups`` are derived from the shapes:
+    ``groups = C_in // weight.shape[1]``, ``offset_groups = offset.shape[1] // (2*kh*kw)``.
+
+    Args:
+        input: ``Tensor[N, C_in, H, W]``; float32, float64, float16 or bfloat16
+            (16-bit types compute coordinates, bilinear weights and sums in float32).
+        offset: ``Tensor[N, 2*offset_groups*kh*kw, H_out, W_out]``; for tap
+            ``k = i*kw + j`` of offset group ``g``, channel ``2*(g*kh*kw + k)`` is the
+            y (row) displacement and the next channel the x (column) displacement.
+        weight: ``Tensor[C_out, C_in/groups, kh, kw]``.
+        bias: ``Tensor[C_out]`` or None.
+        stride, padding, dilation: int or ``(h, w)``.
+        mask: ``Tensor[N, offset_groups*kh*kw, H_out, W_out]`` modulation, or None (all ones).
+
+    Returns:
+        ``Tensor[N, C_out, H_out, W_out]`` in the input's dtype and memory format, with
+        ``H_out = (H + 2*pad_h - dil_h*(kh-1) - 1) // stride_h + 1`` (likewise W_out).
+
+    Samples are zero-padded bilinear: a point is 0 when ``y <= -1``, ``y >= H``,
+    ``x <= -1``, ``x >= W`` or not finite; otherwise each of its 4 corners outside
+    the image contributes 0.
+
+    Example::
+
+        >>> x = torch.randn(2, 8, 16, 16)
+        >>> w = torch.randn(4, 8, 3, 3)
+        >>> off = torch.randn(2, 2 * 9, 16, 16)
+        >>> deform_conv2d(x, off, w, padding=1).shape
+        torch.Size([2, 4, 16, 16])
+    """
+    return torch.ops.deformconv.deform_conv2d(
+        input,
+        weight,
+        offset,
+        mask,
+        bias,
+        _pair(stride, "stride"),
+        _pair(padding, "padding"),
+        _pair(dilation, "dilation"),
+    )
