@@ -39,6 +39,7 @@ CASES = {
     "integer input": (dict(input=BASE["input"].long(), weight=BASE["weight"].long(),
                            offset=BASE["offset"].long(), mask=None, bias=None),
                       "input dtype must be"),
+    "zero input channels": (dict(input=torch.randn(2, 0, 7, 6)), r"C_in\) must be positive"),
     "zero stride": (dict(stride=(0, 1)), "stride must be positive"),
     "negative dilation": (dict(dilation=(1, -1)), "dilation must be positive"),
     "negative padding": (dict(padding=(-1, 0)), "padding must be non-negative"),

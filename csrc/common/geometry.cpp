@@ -75,6 +75,7 @@ ConvGeometry check_deform_conv2d_args(const at::Tensor& input, const at::Tensor&
               g.kernel_h, ", ", g.kernel_w, ")");
 
   // Step 3: channel groups.
+  TORCH_CHECK(g.in_channels > 0, "input.shape[1] (C_in) must be positive: got ", g.in_channels);
   TORCH_CHECK(weight.size(1) > 0, "weight.shape[1] (C_in/groups) must be positive: got ",
               weight.size(1));
   TORCH_CHECK(g.in_channels % weight.size(1) == 0, "input.shape[1] (C_in=", g.in_channels,
