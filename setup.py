@@ -47,7 +47,7 @@ def build_extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx_flags = opt + ["-fopenmp"]  # torch adds the C++ standard it needs
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/common/*.cpp")
-                     + glob.glob("csrc/cpu/*.cpp"))
+                     + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/autocast/*.cpp"))
     kwargs = dict(
         name="deformconv._C",
         include_dirs=[os.path.join(ROOT, "csrc")],

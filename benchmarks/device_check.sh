@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# One-shot check on a lent GPU machine (no network): build, CUDA tests, GPU timings vs torchvision and cuDNN; short table last; <= 8 min.
+#
+# Usage (repository root or anywhere):  bash benchmarks/device_check.sh
+# Logs and JSON go to $OUT (default /tmp/deformconv_device_check). Every step runs under
+# `timeout`, capped by what is left of an 8-minute deadline; a failing step does not stop
+# the later ones (except a failed build), and the summary at the end lists each step's
+# exit status. Environment: TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
+# CUDA_HOME (/usr/local/cuda), DEADLINE_S (480).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT="${OUT:-/tmp/deformconv_device_check}"
+mkdir -p "$OUT"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export MAX_JOBS="${MAX_JOBS:-16}"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export FORCE_CUDA=1
+export PATH="$CUDA_HOME/bin:$PATH"
+# cuBLAS must be configured deterministically before its first use for
+# torch.use_deterministic_algorithms(True) (the determinism tests and timings).
+export CUBLAS_WORKSPACE_CONFIG="${CUBLAS_WORKSPACE_CONFIG:-:4096:8}"
+export PYTHONUNBUFFERED=1
+# The host-emulation tests of tests/test_cuda.py are for GPU-less CI; the real kernels run here.
+export DEFORMCONV_SKIP_EMULATION=1
+DEADLINE_S="${DEADLINE_S:-480}"
+START=$SECONDS
+SUMMARY=()
+
+# step NAME MAX_SECONDS CMD...: runs CMD with output in $OUT/NAME.log, prints its tail.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((DEADLINE_S - (SECONDS - START) - 15))
+  if ((left < 10)); then
+    SUMMARY+=("$name|skipped (deadline)|0")
+    echo "== $name: skipped, deadline reached"
+    return 0
+  fi
+  ((limit > left)) && limit=$left
+  echo "== $name (limit ${limit}s)"
+  local t0=$SECONDS rc=0
+  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1 || rc=$?
+  local dt=$((SECONDS - t0))
+  tail -n "${TAIL:-25}" "$OUT/$name.log" || true
+  local what="ok"
+  ((rc == 124 || rc == 137)) && what="TIMEOUT"
+  ((rc != 0 && rc != 124 && rc != 137)) && what="FAILED rc=$rc"
+  SUMMARY+=("$name|$what|$dt")
+  echo "== $name: $what (${dt}s)"
+  return 0
+}
+
+summary() {
+  echo
+  echo "================ deformconv device check summary ($((SECONDS - START))s) ================"
+  [[ -f "$OUT/gpu.txt" ]] && cat "$OUT/gpu.txt"
+  printf '| %-12s | %-20s | %6s |\n' step result seconds
+  printf '|--------------|----------------------|--------|\n'
+  local row
+  for row in "${SUMMARY[@]}"; do
+    IFS='|' read -r a b c <<<"$row"
+    printf '| %-12s | %-20s | %6s |\n' "$a" "$b" "$c"
+  done
+  if [[ -f "$OUT/tests.log" ]]; then
+    echo
+    grep -E "passed|failed|error" "$OUT/tests.log" | tail -n 3 || true
+  fi
+  if [[ -f "$OUT/extras.md" ]]; then
+    echo
+    cat "$OUT/extras.md"
+  fi
+  if [[ -f "$OUT/bench.log" ]]; then
+    echo
+    # The benchmark prints its markdown table last.
+    awk '/^\|/ {print}' "$OUT/bench.log" | tail -n 40
+  fi
+}
+trap summary EXIT
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/gpu.txt" 2>&1 || true
+python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', sys.version.split()[0])" >>"$OUT/gpu.txt" 2>&1 || true
+cat "$OUT/gpu.txt"
+
+# 1. Build in place (CPU + CUDA kernels), no network needed.
+TAIL=15 step build 300 python3 setup.py build_ext --inplace
+if [[ "${SUMMARY[-1]}" != build\|ok\|* ]]; then
+  echo "build failed: see $OUT/build.log"
+  exit 1
+fi
+step import 60 python3 -c "
+import torch, deformconv
+print('CUDA kernels registered:', deformconv.has_cuda_kernels())
+assert deformconv.has_cuda_kernels() and torch.cuda.is_available()
+x = torch.randn(1, 4, 5, 5, device='cuda'); w = torch.randn(3, 4, 3, 3, device='cuda')
+off = torch.randn(1, 18, 5, 5, device='cuda')
+print(deformconv.deform_conv2d(x, off, w, padding=1).shape)
+"
+
+# 2. Tests: CUDA vs CPU / oracle / torchvision, gradcheck, 16-bit bounds, determinism,
+#    large indices, bad devices, autocast; then the lead's op tests on both devices.
+TEST_FILES=()
+for f in tests/test_cuda.py tests/test_autocast.py tests/test_ops.py; do
+  [[ -f "$f" ]] && TEST_FILES+=("$f")
+done
+# --maxfail instead of -x: one device run should show every failure, not the first.
+TAIL=40 step tests 200 python3 -m pytest -q -rfE --maxfail=30 "${TEST_FILES[@]}"
+
+# The 64-bit-index kernels on the CPU-parity sweep (the large-index test covers them only at
+# > 2^31 elements).
+TAIL=5 step tests64 60 env DEFORMCONV_FORCE_INT64_INDEX=1 python3 -m pytest -q -rfE \
+  tests/test_cuda.py -k "matches_cpu or deterministic"
+
+# 3. Timings the benchmark script does not take: deterministic vs fast backward, TF32 off/on
+#    for fp32, fp16 vs bf16, peak memory vs torchvision, r50-c3 at batch 64 (CUDA events).
+step extras 90 python3 - "$OUT" <<'PY'
+import json, sys, torch
+import torch.utils.deterministic
+import torch.nn.functional as F
+import deformconv
+out_dir = sys.argv[1]
+try:
+    import torchvision.ops as tvops
+except Exception:  # noqa: BLE001
+    tvops = None
+dev = "cuda"
+
+def args(n, c, h, w, co, dtype):
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(n, c, h, w, device=dev, dtype=dtype, generator=g)
+    off = (torch.rand(n, 18, h, w, device=dev, generator=g) * 4 - 2).to(dtype)
+    m = torch.rand(n, 9, h, w, device=dev, generator=g).to(dtype)
+    wt = (torch.randn(co, c, 3, 3, device=dev, generator=g) / (9 * c) ** 0.5).to(dtype)
+    b = torch.zeros(co, device=dev, dtype=dtype)
+    return [t.requires_grad_() for t in (x, off, wt, b, m)]
+
+def ours(x, off, w, b, m):
+    return deformconv.deform_conv2d(x, off, w, b, padding=1, mask=m)
+
+def tv(x, off, w, b, m):
+    return tvops.deform_conv2d(x, off, w, b, padding=1, mask=m)
+
+def dense(x, off, w, b, m):
+    return F.conv2d(x, w, b, padding=1)
+
+def time_ms(fn, a, backward, reps=10):
+    go = None
+    def once():
+        nonlocal go
+        if backward:
+            y = fn(*a)
+            if go is None:
+                go = torch.randn_like(y)
+            torch.autograd.grad(y, a if fn is not dense else [a[0], a[2], a[3]], go)
+        else:
+            with torch.no_grad():
+                fn(*a)
+    for _ in range(3):
+        once()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); once(); e.record(); torch.cuda.synchronize()
+        ts.append(s.elapsed_time(e))
+    return sorted(ts)[len(ts) // 2]
+
+def peak_mb(fn, a):
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    y = fn(*a)
+    torch.autograd.grad(y, a if fn is not dense else [a[0], a[2], a[3]], torch.ones_like(y))
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+rows = []
+def row(label, **cols):
+    rows.append(dict(case=label, **cols))
+    print(label, cols, flush=True)
+
+shapes = {"cifar": (64, 64, 32, 32, 64), "r50-c3": (8, 128, 100, 168, 128)}
+for name, s in shapes.items():
+    a32 = args(*s, torch.float32)
+    fast = time_ms(ours, a32, True)
+    # Deterministic timings without torch's NaN-filling of uninitialized outputs.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    torch.use_deterministic_algorithms(True)
+    det = time_ms(ours, a32, True)
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    tf32 = time_ms(ours, a32, True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    row(f"{name} fp32 fwd+bwd", fast_ms=fast, deterministic_ms=det, tf32_ms=tf32)
+    for dt in (torch.float16, torch.bfloat16):
+        a = args(*s, dt)
+        r = dict(ours_fwd_ms=time_ms(ours, a, False), ours_fb_ms=time_ms(ours, a, True),
+                 dense_fwd_ms=time_ms(dense, a, False), dense_fb_ms=time_ms(dense, a, True),
+                 ours_peak_mb=peak_mb(ours, a))
+        torch.use_deterministic_algorithms(True)
+        r["ours_det_fb_ms"] = time_ms(ours, a, True)
+        torch.use_deterministic_algorithms(False)
+        if tvops is not None and dt == torch.float16:
+            r["tv_fb_ms"] = time_ms(tv, a, True)
+            r["tv_peak_mb"] = peak_mb(tv, a)
+        row(f"{name} {str(dt)[6:]}", **r)
+# Batch 64 on r50-c3 (bounded workspace: no OOM where the dense conv fits).
+a = args(64, 128, 100, 168, 128, torch.float16)
+row("r50-c3 N=64 fp16", ours_fb_ms=time_ms(ours, a, True, reps=3), ours_peak_mb=peak_mb(ours, a),
+    dense_peak_mb=peak_mb(dense, a))
+json.dump(rows, open(f"{out_dir}/extras.json", "w"), indent=1)
+with open(f"{out_dir}/extras.md", "w") as f:
+    f.write("| case | measurements (ms / MiB) |\n|---|---|\n")
+    for r in rows:
+        f.write(f"| {r['case']} | " + ", ".join(f"{k}={v:.3g}" for k, v in r.items() if k != "case") + " |\n")
+PY
+
+# 4. The GPU benchmark (BASELINES.md shapes) against torchvision and dense cuDNN conv.
+TAIL=45 step bench 170 python3 benchmarks/bench_deform_conv2d.py --device cuda \
+  --dtype float32,float16,bfloat16 --no-pure --min-run-time 0.2 --json "$OUT/gpu_bench.json"

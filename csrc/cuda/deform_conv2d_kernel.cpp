@@ -1,0 +1,320 @@
+// CUDA forward and backward of deform_conv2d: chunked channels-last deformable im2col + cuBLAS GEMMs, and TORCH_LIBRARY_IMPL(deformconv, CUDA).
+//
+// Host C++ (compiled by the C++ compiler, not nvcc): argument checks, workspace chunking and
+// the GEMMs through ATen; the sampling kernels live in launch.cu / im2col.cuh / col2im.cuh.
+//
+// Design (the same column layout as csrc/cpu):
+// - The input is read channels-last (NHWC; an NCHW input costs one copy), so a team of
+//   lanes reads a sampling corner's consecutive channels in one coalesced access, and the
+//   output is produced as (pixels, C_out) rows = a channels-last tensor straight from the
+//   GEMM; it is converted to NCHW at the end when the input is NCHW.
+// - Output pixels (all images flattened) are processed in chunks whose column buffers fit
+//   workspace_budget_bytes() (env DEFORMCONV_WORKSPACE_MB, default 256 MiB); the last
+//   chunk takes the remainder, so no batch-divisibility cliff; a single pixel that does not
+//   fit still runs (one pixel per chunk).
+// - GEMMs go through at::mm_out / at::addmm_out (cuBLAS): float32 GEMMs follow
+//   torch.backends.cuda.matmul.allow_tf32 / torch.set_float32_matmul_precision exactly like
+//   torch.mm (default: full fp32); 16-bit GEMMs accumulate in fp32 inside cuBLAS, and
+//   grad_weight is accumulated across chunks in fp32 (mm with out_dtype=float32).
+// - Sampling kernels move 16-byte packs of channels when channel counts and pointers allow
+//   (launch.cu), else one channel per lane.
+// - Backward: grad_columns = grad_out . W (GEMM), then one fused kernel computes
+//   grad_offset / grad_mask (team shuffle reduction: deterministic), rewrites the forward
+//   columns for grad_weight, and, on the default fast path, scatters grad_input with float
+//   atomics into an fp32 (fp64 for double) buffer. Under
+//   torch.use_deterministic_algorithms(True) grad_input instead comes from a stable sort of
+//   the (destination pixel) keys of all bilinear corners and a gather that sums each
+//   destination's contributions in a fixed order: bitwise reproducible, no atomics.
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
+#include <limits>
+#include <tuple>
+
+#include "common/geometry.h"
+#include "cuda/launch.h"
+
+namespace deformconv {
+namespace cuda {
+namespace {
+
+// Workspace bytes per entry of the deterministic col2im: key, sorted key, sort order,
+// source (int64 each), coefficient (<= 8 bytes) and the sort's own scratch (~3 x 8 bytes:
+// index input and the radix sort's alternate buffers).
+constexpr int64_t kDeterministicBytesPerEntry = 8 * 4 + 8 + 24;
+
+at::ScalarType opmath_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+bool is_reduced_float(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+at::MemoryFormat format_of(const at::Tensor& t) {
+  return prefers_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// Zeros in a memory format (at::zeros ignores TensorOptions' memory format; at::empty
+// honours it).
+at::Tensor zeros_in(at::IntArrayRef sizes, const at::TensorOptions& opts, at::MemoryFormat fmt) {
+  return at::empty(sizes, opts.memory_format(fmt)).zero_();
+}
+
+// 1 + the largest element offset a strided tensor addresses (0 when empty).
+int64_t extent(const at::Tensor& t) {
+  if (t.numel() == 0) return 0;
+  int64_t e = 1;
+  for (int64_t d = 0; d < t.dim(); ++d) e += (t.size(d) - 1) * t.stride(d);
+  return e;
+}
+
+int64_t extent(const c10::optional<at::Tensor>& t) { return t.has_value() ? extent(*t) : 0; }
+
+// 32-bit index math in the kernels when every element count / extent they index with
+// index_t fits (int64 otherwise: columns beyond 2^31 elements, huge images).
+// DEFORMCONV_FORCE_INT64_INDEX=1 forces the int64 kernels (to test them on small shapes).
+bool fits_int32(std::initializer_list<int64_t> sizes) {
+  const char* force = std::getenv("DEFORMCONV_FORCE_INT64_INDEX");
+  if (force != nullptr && force[0] == '1') return false;
+  const int64_t limit = std::numeric_limits<int32_t>::max();
+  for (int64_t s : sizes) {
+    if (s >= limit) return false;
+  }
+  return true;
+}
+
+// Pixels per chunk: as many as the workspace budget allows, at least 1, at most max_pixels.
+int64_t chunk_pixels(int64_t pixels, int64_t bytes_per_pixel, int64_t max_pixels) {
+  const int64_t fit = workspace_budget_bytes() / std::max<int64_t>(1, bytes_per_pixel);
+  return std::max<int64_t>(1, std::min({fit, pixels, max_pixels}));
+}
+
+// Weight as (C_out, taps*C_in/groups) with columns ordered (tap, channel): a conv group's
+// row block multiplies that group's block of the column buffer.
+at::Tensor weight_matrix(const at::Tensor& weight, const ConvGeometry& g) {
+  return weight.permute({0, 2, 3, 1})
+      .contiguous()
+      .view({g.out_channels, g.taps() * g.in_channels_per_group()});
+}
+
+// out (float32) = a . b for float16 / bfloat16 a, b: cuBLAS accumulates and writes fp32
+// (mm with out_dtype, torch >= 2.8; it exists on CUDA only, hence the host-emulation branch).
+void mm_out_float(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+#ifdef DEFORMCONV_HOST_EMULATION
+  at::mm_out(out, a.to(at::kFloat), b.to(at::kFloat));
+#else
+  at::mm_out(out, a, b, at::kFloat);
+#endif
+}
+
+void check_input_on_cuda(const at::Tensor& input) {
+  TORCH_CHECK(input.is_cuda(), "input must be a CUDA tensor for the CUDA kernel: got input on ",
+              input.device());
+}
+
+at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
+                                      const at::Tensor& offset,
+                                      const c10::optional<at::Tensor>& mask,
+                                      const c10::optional<at::Tensor>& bias,
+                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef dilation) {
+  // Device mismatches (e.g. offset on the CPU) are reported here, naming the argument.
+  const ConvGeometry geo =
+      check_deform_conv2d_args(input, weight, offset, mask, bias, stride, padding, dilation);
+  check_input_on_cuda(input);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const at::MemoryFormat format = format_of(input);
+  const int64_t pixels = geo.batch * geo.out_pixels();
+  if (pixels == 0 || geo.out_channels == 0) {
+    return zeros_in({geo.batch, geo.out_channels, geo.out_h, geo.out_w}, input.options(), format);
+  }
+
+  // Step 1: channels-last input, output rows, weight matrix, column buffer.
+  const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor out = at::empty({geo.batch, geo.out_channels, geo.out_h, geo.out_w},
+                             input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor out_rows = out.permute({0, 2, 3, 1}).view({pixels, geo.out_channels});
+  const at::Tensor wmat = weight_matrix(weight, geo);
+  const int64_t columns = geo.taps() * geo.in_channels;
+  const int64_t group_cols = geo.taps() * geo.in_channels_per_group();
+  const int64_t group_out = geo.out_channels_per_group();
+  const int64_t max_chunk = chunk_pixels(pixels, columns * input.element_size(), pixels);
+  const bool index32 = fits_int32({input.numel(), max_chunk * columns, extent(offset),
+                                   extent(mask), pixels});
+  at::Tensor column_buffer = at::empty({max_chunk, columns}, input.options());
+
+  // Step 2: per chunk, im2col then one GEMM per conv group (bias fused into the GEMM).
+  for (int64_t p0 = 0; p0 < pixels; p0 += max_chunk) {
+    const Chunk chunk{p0, std::min(max_chunk, pixels - p0)};
+    const at::Tensor cols = column_buffer.narrow(0, 0, chunk.pc);
+    launch_im2col(input_nhwc, offset, mask, geo, chunk, index32, cols);
+    const at::Tensor out_chunk = out_rows.narrow(0, p0, chunk.pc);
+    for (int64_t grp = 0; grp < geo.groups; ++grp) {
+      const at::Tensor cols_g = cols.narrow(1, grp * group_cols, group_cols);
+      const at::Tensor w_g = wmat.narrow(0, grp * group_out, group_out);
+      at::Tensor out_g = out_chunk.narrow(1, grp * group_out, group_out);
+      if (bias.has_value()) {
+        at::addmm_out(out_g, bias->narrow(0, grp * group_out, group_out), cols_g, w_g.t());
+      } else {
+        at::mm_out(out_g, cols_g, w_g.t());
+      }
+    }
+  }
+  return out.contiguous(format);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                            const at::Tensor& weight, const at::Tensor& offset,
+                            const c10::optional<at::Tensor>& mask,
+                            const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const ConvGeometry geo =
+      check_deform_conv2d_args(input, weight, offset, mask, bias, stride, padding, dilation);
+  check_grad_output(grad_output, input, geo);
+  check_input_on_cuda(input);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const auto dtype = input.scalar_type();
+  const auto opmath = opmath_dtype(dtype);
+  const auto opts = input.options();
+  const int64_t pixels = geo.batch * geo.out_pixels();
+
+  // Outputs written in place by the kernels, in the layouts of the CPU backend.
+  at::Tensor grad_offset = at::empty(offset.sizes(), opts.memory_format(format_of(offset)));
+  c10::optional<at::Tensor> grad_mask;
+  if (mask.has_value()) {
+    grad_mask = at::empty(mask->sizes(), opts.memory_format(format_of(*mask)));
+  }
+  const auto no_grad = [&] { return at::empty({0}, opts); };
+  if (pixels == 0 || geo.out_channels == 0) {
+    grad_offset.zero_();
+    if (grad_mask.has_value()) grad_mask->zero_();
+    return {zeros_in(input.sizes(), opts, format_of(input)),
+            at::zeros(weight.sizes(), weight.options()), grad_offset,
+            grad_mask.has_value() ? *grad_mask : no_grad(),
+            bias.has_value() ? at::zeros(bias->sizes(), bias->options()) : no_grad()};
+  }
+
+  // Step 1: channels-last input, grad_output as (pixels, C_out) rows, weight matrix.
+  const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor grad_rows = grad_output.contiguous(at::MemoryFormat::ChannelsLast)
+                                   .permute({0, 2, 3, 1})
+                                   .reshape({pixels, geo.out_channels});
+  const at::Tensor wmat = weight_matrix(weight, geo);
+  const int64_t columns = geo.taps() * geo.in_channels;
+  const int64_t group_cols = geo.taps() * geo.in_channels_per_group();
+  const int64_t group_out = geo.out_channels_per_group();
+  const int64_t items_per_pixel = geo.offset_groups * geo.taps();
+
+  // Step 2: chunking. Two column buffers per pixel (columns, grad_columns), plus the sort
+  // entries in deterministic mode, whose count is kept below 2^31 per chunk.
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  int64_t bytes_per_pixel = 2 * columns * input.element_size();
+  int64_t max_pixels = pixels;
+  if (deterministic) {
+    bytes_per_pixel += 4 * items_per_pixel * kDeterministicBytesPerEntry;
+    max_pixels = std::max<int64_t>(
+        1, (std::numeric_limits<int32_t>::max() - 1) / (4 * items_per_pixel));
+  }
+  const int64_t max_chunk = chunk_pixels(pixels, bytes_per_pixel, max_pixels);
+  const bool index32 =
+      fits_int32({input.numel(), max_chunk * columns, extent(offset), extent(mask),
+                  extent(grad_offset), extent(grad_mask), pixels});
+  at::Tensor column_buffer = at::empty({max_chunk, columns}, opts);
+  at::Tensor grad_column_buffer = at::empty({max_chunk, columns}, opts);
+  at::Tensor key_buffer, coef_buffer, src_buffer;
+  if (deterministic) {
+    const int64_t max_entries = 4 * items_per_pixel * max_chunk;
+    key_buffer = at::empty({max_entries}, opts.dtype(at::kLong));
+    coef_buffer = at::empty({max_entries}, opts.dtype(opmath));
+    src_buffer = at::empty({max_entries}, opts.dtype(at::kLong));
+  }
+
+  // Accumulators in opmath: grad_input (channels-last), grad_weight (as wmat).
+  at::Tensor grad_input_acc =
+      zeros_in(input.sizes(), opts.dtype(opmath), at::MemoryFormat::ChannelsLast);
+  at::Tensor grad_wmat = at::zeros({geo.out_channels, group_cols}, opts.dtype(opmath));
+  at::Tensor grad_wmat_chunk;  // 16-bit types: one chunk's fp32 product before adding
+
+  // Step 3: per chunk.
+  for (int64_t p0 = 0; p0 < pixels; p0 += max_chunk) {
+    const Chunk chunk{p0, std::min(max_chunk, pixels - p0)};
+    const at::Tensor cols = column_buffer.narrow(0, 0, chunk.pc);
+    const at::Tensor grad_cols = grad_column_buffer.narrow(0, 0, chunk.pc);
+    const at::Tensor grad_chunk = grad_rows.narrow(0, p0, chunk.pc);
+
+    // 3a: grad_columns = grad_out . W, per conv group.
+    for (int64_t grp = 0; grp < geo.groups; ++grp) {
+      at::Tensor grad_cols_g = grad_cols.narrow(1, grp * group_cols, group_cols);
+      at::mm_out(grad_cols_g, grad_chunk.narrow(1, grp * group_out, group_out),
+                 wmat.narrow(0, grp * group_out, group_out));
+    }
+
+    // 3b: grad_offset, grad_mask, forward columns (+ atomic grad_input on the fast path).
+    launch_col2im_coord(input_nhwc, offset, mask, geo, chunk, index32, grad_cols, cols,
+                        deterministic ? at::Tensor() : grad_input_acc, grad_offset, grad_mask);
+
+    // 3c: deterministic grad_input: entries, stable sort by destination, gather.
+    if (deterministic) {
+      const int64_t entries = 4 * items_per_pixel * chunk.pc;
+      const at::Tensor keys = key_buffer.narrow(0, 0, entries);
+      const at::Tensor coef = coef_buffer.narrow(0, 0, entries);
+      const at::Tensor src = src_buffer.narrow(0, 0, entries);
+      launch_col2im_entries(offset, mask, geo, chunk, index32, keys, coef, src);
+      const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+      launch_col2im_gather(geo, chunk, index32, std::get<0>(sorted), std::get<1>(sorted), coef,
+                           src, grad_cols, grad_input_acc);
+    }
+
+    // 3d: grad_weight += grad_out^T . columns, accumulated in opmath across chunks.
+    for (int64_t grp = 0; grp < geo.groups; ++grp) {
+      const at::Tensor grad_t = grad_chunk.narrow(1, grp * group_out, group_out).t();
+      const at::Tensor cols_g = cols.narrow(1, grp * group_cols, group_cols);
+      at::Tensor acc_g = grad_wmat.narrow(0, grp * group_out, group_out);
+      if (!is_reduced_float(dtype)) {
+        acc_g.addmm_(grad_t, cols_g);
+      } else if (p0 == 0) {
+        mm_out_float(acc_g, grad_t, cols_g);
+      } else {
+        if (!grad_wmat_chunk.defined()) grad_wmat_chunk = at::empty_like(grad_wmat);
+        at::Tensor tmp_g = grad_wmat_chunk.narrow(0, grp * group_out, group_out);
+        mm_out_float(tmp_g, grad_t, cols_g);
+        acc_g.add_(tmp_g);
+      }
+    }
+  }
+
+  // Step 4: results in the caller's dtype and layouts (those of csrc/cpu).
+  // One pass converts dtype and layout (none when both already match).
+  at::Tensor grad_input = grad_input_acc;
+  if (dtype != opmath || format_of(input) != at::MemoryFormat::ChannelsLast) {
+    grad_input = at::empty(input.sizes(), opts.memory_format(format_of(input)));
+    grad_input.copy_(grad_input_acc);
+  }
+  at::Tensor grad_weight = grad_wmat
+                               .view({geo.out_channels, geo.kernel_h, geo.kernel_w,
+                                      geo.in_channels_per_group()})
+                               .permute({0, 3, 1, 2})
+                               .to(weight.scalar_type())
+                               .contiguous();
+  at::Tensor grad_bias =
+      bias.has_value() ? grad_rows.sum(0, /*keepdim=*/false, opmath).to(bias->scalar_type())
+                       : no_grad();
+  return {grad_input, grad_weight, grad_offset,
+          grad_mask.has_value() ? *grad_mask : no_grad(), grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(deformconv, CUDA, m) {
+  m.impl("deform_conv2d", &deform_conv2d_forward_cuda);
+  m.impl("_deform_conv2d_backward", &deform_conv2d_backward_cuda);
+}
+
+}  // namespace cuda
+}  // namespace deformconv

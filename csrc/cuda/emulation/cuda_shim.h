@@ -1,0 +1,163 @@
+// Host emulation of the CUDA constructs used by the deformconv kernels (CPU-only tests of csrc/cuda).
+//
+// A kernel launch runs its grid block after block on one host thread; each CUDA thread of
+// a block is a fiber (ucontext) with its own stack. __shfl_xor_sync writes the caller's
+// value to a slot and yields; once every fiber of the block has yielded (or finished), the
+// fibers resume in turn and read their partner's slot (two slot banks alternate, so a fiber
+// that runs ahead to its next shuffle cannot overwrite a value not yet read). Fibers that
+// finish while others wait in a shuffle are reported as an error: on the GPU that is a
+// full-mask shuffle some lanes never reach. atomicAdd is a plain add (one host thread).
+// Slow-ish and only for small shapes: it checks indexing, layouts, chunking and reduction
+// order without a GPU, not races or performance.
+#pragma once
+
+#include <ucontext.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+typedef struct CUstream_st* cudaStream_t;
+
+namespace deformconv_emu {
+
+struct Fiber {
+  ucontext_t context;
+  std::unique_ptr<char[]> stack;
+  dim3 thread_idx;
+  unsigned tid = 0;
+  unsigned shuffles = 0;
+  bool done = false;
+  bool waiting = false;
+};
+
+constexpr size_t kStackBytes = 256 * 1024;
+
+inline dim3 g_block_idx, g_thread_idx, g_block_dim, g_grid_dim;
+inline ucontext_t g_scheduler;
+inline Fiber* g_current = nullptr;
+inline const std::function<void()>* g_body = nullptr;
+inline std::vector<double> g_slots[2];
+
+inline void fiber_entry() {
+  (*g_body)();
+  g_current->done = true;  // uc_link returns to the scheduler
+}
+
+// Runs body() as kernel <<<grid, block>>>: blocks in order, threads as fibers.
+inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
+  const unsigned threads = block.x * block.y * block.z;
+  std::vector<Fiber> fibers(threads);
+  for (unsigned t = 0; t < threads; ++t) {
+    fibers[t].stack.reset(new char[kStackBytes]);
+    fibers[t].tid = t;
+    fibers[t].thread_idx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+  }
+  g_slots[0].assign(threads, 0.0);
+  g_slots[1].assign(threads, 0.0);
+  g_block_dim = block;
+  g_grid_dim = grid;
+  g_body = &body;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        g_block_idx = dim3(bx, by, bz);
+        for (Fiber& f : fibers) {
+          getcontext(&f.context);
+          f.context.uc_stack.ss_sp = f.stack.get();
+          f.context.uc_stack.ss_size = kStackBytes;
+          f.context.uc_link = &g_scheduler;
+          makecontext(&f.context, fiber_entry, 0);
+          f.done = false;
+          f.shuffles = 0;
+        }
+        // Rounds: every live fiber runs to its next shuffle or to its end.
+        for (bool live = true; live;) {
+          live = false;
+          unsigned waiting = 0, finished_now = 0;
+          for (Fiber& f : fibers) {
+            if (f.done) continue;
+            f.waiting = false;
+            g_current = &f;
+            g_thread_idx = f.thread_idx;
+            swapcontext(&g_scheduler, &f.context);
+            if (f.done) {
+              ++finished_now;
+            } else {
+              ++waiting;
+              live = true;
+            }
+          }
+          if (waiting != 0 && finished_now != 0) {
+            std::fprintf(stderr, "cuda_shim: %u threads of block (%u,%u,%u) wait in a shuffle "
+                         "that %u finished threads never reach\n", waiting, bx, by, bz,
+                         finished_now);
+            std::abort();
+          }
+        }
+      }
+  g_current = nullptr;
+}
+
+}  // namespace deformconv_emu
+
+#define blockIdx ::deformconv_emu::g_block_idx
+#define threadIdx ::deformconv_emu::g_thread_idx
+#define blockDim ::deformconv_emu::g_block_dim
+#define gridDim ::deformconv_emu::g_grid_dim
+
+template <typename T>
+T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask, int width = 32) {
+  using namespace deformconv_emu;
+  Fiber* self = g_current;
+  std::vector<double>& bank = g_slots[self->shuffles++ & 1];
+  bank[self->tid] = static_cast<double>(value);
+  self->waiting = true;
+  swapcontext(&self->context, &g_scheduler);  // resumed once every fiber has written
+  const unsigned lane = self->tid % 32;
+  const unsigned w = static_cast<unsigned>(width);
+  const unsigned src = ((lane ^ static_cast<unsigned>(lane_mask)) % w) + (lane / w) * w;
+  return static_cast<T>(bank[self->tid - lane + src]);
+}
+
+inline float atomicAdd(float* address, float value) {
+  const float old = *address;
+  *address = old + value;
+  return old;
+}
+inline double atomicAdd(double* address, double value) {
+  const double old = *address;
+  *address = old + value;
+  return old;
+}
+
+// Pack accesses must be aligned on the GPU (else "misaligned address"): checked here.
+#define DEFORMCONV_ASSERT_ALIGNED(ptr, bytes)                                              \
+  do {                                                                                     \
+    if (reinterpret_cast<std::uintptr_t>(ptr) % (bytes) != 0) {                            \
+      std::fprintf(stderr, "cuda_shim: misaligned %zu-byte pack access at %p\n",           \
+                   static_cast<size_t>(bytes), static_cast<const void*>(ptr));             \
+      std::abort();                                                                        \
+    }                                                                                      \
+  } while (0)
+
+// launch.cu's launch_kernel, emulated.
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t,
+                   Args&&... args) {
+  ::deformconv_emu::run_grid(grid, block, [&] { kernel(args...); });
+}
