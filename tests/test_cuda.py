@@ -1,4 +1,4 @@
-# CUDA kernels of deformconv: parity with the CPU op, oracle, gradcheck, 16-bit error bounds, determinism, large indices, bad devices.
+# CUDA kernels: parity with the CPU op and the oracle, gradcheck, 16-bit error, determinism, large indices, bad devices.
 """Tests of the CUDA backend.
 
 Two parts:

@@ -1,0 +1,219 @@
+# Run outputs: progress bars, per-epoch metrics as JSON/CSV, loss/accuracy PNG plots, text reports.
+"""Reporting helpers (no third-party dependency except matplotlib, imported lazily).
+
+Files are written atomically (temporary file + ``os.replace``) so a run killed while
+writing never leaves a truncated metrics file behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, TextIO
+
+__all__ = [
+    "ProgressBar",
+    "atomic_write_text",
+    "format_comparison",
+    "format_report",
+    "plot_history",
+    "progress_bar",
+    "write_history_csv",
+    "write_json",
+]
+
+
+class ProgressBar:
+    """Minimal progress bar over an iterable: ``desc  37/120 [=====>    ] 4.1 it/s eta 0:20``.
+
+    On a terminal it redraws one line; elsewhere (CI logs, files) it prints at most
+    ~10 lines per loop. Written to ``stream`` (default ``sys.stderr``).
+    """
+
+    def __init__(self, iterable: Iterable, desc: str = "", total: int | None = None,
+                 stream: TextIO | None = None, width: int = 24) -> None:
+        self.iterable = iterable
+        self.desc = desc
+        if total is None:
+            try:
+                total = len(iterable)  # type: ignore[arg-type]
+            except TypeError:
+                total = None
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def _line(self, n: int, elapsed: float) -> str:
+        rate = n / elapsed if elapsed > 0 else 0.0
+        if self.total:
+            frac = min(1.0, n / self.total)
+            filled = int(frac * self.width)
+            bar = "=" * filled + (">" if filled < self.width else "") + " " * (
+                self.width - filled - 1)
+            eta = (self.total - n) / rate if rate > 0 else 0.0
+            return (f"{self.desc}  {n}/{self.total} [{bar[:self.width]}] {rate:.1f} it/s "
+                    f"eta {int(eta) // 60}:{int(eta) % 60:02d}")
+        return f"{self.desc}  {n} it {rate:.1f} it/s"
+
+    def __iter__(self) -> Iterator:
+        start = time.perf_counter()
+        step = max(1, (self.total or 10) // 10)
+        n = 0
+        for item in self.iterable:
+            yield item
+            n += 1
+            if self.tty:
+                self.stream.write("\r" + self._line(n, time.perf_counter() - start))
+                self.stream.flush()
+            elif n % step == 0 or n == self.total:
+                self.stream.write(self._line(n, time.perf_counter() - start) + "\n")
+                self.stream.flush()
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def progress_bar(iterable: Iterable, desc: str = "", enable: bool = True,
+                 total: int | None = None, stream: TextIO | None = None) -> Iterable:
+    """``iterable`` wrapped in a :class:`ProgressBar` when ``enable``, else unchanged."""
+    return ProgressBar(iterable, desc, total, stream) if enable else iterable
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # tensors / numpy scalars
+        return _jsonable(value.item())
+    return value
+
+
+def write_json(path: str, data: Any) -> None:
+    """Atomically write ``data`` as indented JSON (non-finite floats become ``null``)."""
+    atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+
+
+def write_history_csv(path: str, history: Mapping[str, Sequence[float]]) -> None:
+    """Atomically write the per-epoch history as CSV, one row per epoch, one column per key."""
+    keys = list(history.keys())
+    rows = max((len(v) for v in history.values()), default=0)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(keys)
+    for i in range(rows):
+        writer.writerow([history[k][i] if i < len(history[k]) else "" for k in keys])
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_history(histories: Mapping[str, Mapping[str, Sequence[float]]], path: str,
+                 title: str = "") -> str | None:
+    """PNG of loss (left) and accuracy (right) curves for one or more runs.
+
+    Args:
+        histories: ``{run_name: history}``; a history needs ``epoch``, ``train_loss``,
+            ``val_loss``, ``train_acc``, ``val_acc`` lists. For the char-RNN a history
+            with ``step``, ``loss`` and ``accuracy`` lists is plotted the same way.
+        path: output PNG.
+
+    Returns:
+        ``path``, or ``None`` (with a warning) when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        warnings.warn("matplotlib is not installed: skipping the plot "
+                      "(pip install matplotlib to get it)", RuntimeWarning, stacklevel=2)
+        return None
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, h in histories.items():
+        prefix = f"{name} " if len(histories) > 1 or name else ""
+        if "step" in h:
+            ax_loss.plot(h["step"], h["loss"], label=f"{prefix}loss")
+            ax_acc.plot(h["step"], h["accuracy"], label=f"{prefix}accuracy")
+            xlabel = "step"
+            continue
+        xlabel = "epoch"
+        (line,) = ax_loss.plot(h["epoch"], h["train_loss"], marker="o", label=f"{prefix}train")
+        ax_loss.plot(h["epoch"], h["val_loss"], marker="s", linestyle="--",
+                     color=line.get_color(), label=f"{prefix}val")
+        ax_acc.plot(h["epoch"], h["train_acc"], marker="o", color=line.get_color(),
+                    label=f"{prefix}train")
+        ax_acc.plot(h["epoch"], h["val_acc"], marker="s", linestyle="--",
+                    color=line.get_color(), label=f"{prefix}val")
+    for ax, ylabel in ((ax_loss, "loss"), (ax_acc, "accuracy (%)")):
+        ax.set_xlabel(xlabel if histories else "epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def format_report(name: str, report: Mapping[str, Any]) -> str:
+    """Human-readable final report: top-1/top-5 and the best and worst classes."""
+    lines: list[str] = [
+        (f"[{name}] test top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
+         f"({report['num_samples']} samples)")
+    ]
+    for key in ("best", "worst"):
+        items = ", ".join(f"{r['name']} {r['accuracy']:.1f}%" for r in report.get(key, []))
+        lines.append(f"  {key:5s} classes: {items}")
+    return "\n".join(lines)
+
+
+def format_comparison(reports: Mapping[str, dict[str, Any]]) -> str:
+    """Table of final numbers for several models: name, params, val/test accuracy, time."""
+    header = f"{'model':<16}{'params':>10}{'best val':>10}{'test top1':>11}{'test top5':>11}" \
+             f"{'train s':>9}"
+    rows = [header, "-" * len(header)]
+    for name, r in reports.items():
+        rows.append(
+            f"{name:<16}{r.get('params', 0):>10,}{r.get('best_val_acc', float('nan')):>9.2f}%"
+            f"{r['top1']:>10.2f}%{r['top5']:>10.2f}%{r.get('train_seconds', 0.0):>9.1f}"
+        )
+    return "\n".join(rows)

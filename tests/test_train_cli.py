@@ -1,0 +1,123 @@
+# Tests of the CLI (python -m deformconv.train / deformconv-train) and its output files.
+import csv
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import deformconv
+from deformconv.train import reporting
+from deformconv.train.cli import main
+from deformconv.train.synthetic import SHAPE_CLASSES
+
+TINY = ["--train-size", "48", "--val-size", "24", "--test-size", "30", "--width", "0.125",
+        "--batch-size", "16", "--no-progress", "--epochs", "2"]
+
+
+def _env():
+    """Environment for child processes: they import the same deformconv as this process
+    (the source tree here, site-packages in CI); they run in a temporary cwd so that a
+    source checkout without the built extension is never picked up from the cwd."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(deformconv.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+@pytest.mark.slow
+def test_cifar_cli_compares_models_and_writes_outputs(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = str(tmp_path / "run")
+    assert main(["cifar", "--model", "plain", "deformable", "--output-dir", out,
+                 "--num-classes", "4", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "test top-1" in printed and "best  classes" in printed and "worst classes" in printed
+    for name in ("plain", "deformable"):
+        run = os.path.join(out, name)
+        assert sorted(os.listdir(run)) == ["checkpoint.pt", "curves.png", "metrics.csv",
+                                           "metrics.json"]
+        with open(os.path.join(run, "metrics.json")) as f:
+            m = json.load(f)
+        assert m["config"]["model"] == name and m["config"]["dataset"] == "shapes"
+        assert m["history"]["epoch"] == [1.0, 2.0]
+        assert all(isinstance(v, float) for v in m["history"]["val_acc"])
+        rep = m["report"]
+        assert rep["num_samples"] == 30 and len(rep["per_class"]) == 4
+        assert 0.0 <= rep["top1"] <= rep["top5"] <= 100.0
+        assert rep["best"][0]["name"] in SHAPE_CLASSES[:4]
+        with open(os.path.join(run, "metrics.csv")) as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 2 and float(rows[1]["epoch"]) == 2.0 and "val_acc" in rows[0]
+        with open(os.path.join(run, "curves.png"), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(out, "comparison.json")) as f:
+        comp = json.load(f)
+    assert set(comp["models"]) == {"plain", "deformable"} and comp["world_size"] == 1
+    assert comp["models"]["deformable"]["params"] > comp["models"]["plain"]["params"]
+    assert os.path.exists(os.path.join(out, "comparison.png"))
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    code = main(["cifar", "--dataset", "cifar100", "--data-root", str(tmp_path / "none"),
+                 "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cifar-100-python" in err and "--download" in err
+    with pytest.raises(SystemExit) as info:
+        main(["cifar", "--model", "resnet50"])
+    assert info.value.code == 2
+    assert "invalid choice: 'resnet50'" in capsys.readouterr().err
+    assert main(["cifar", "--num-classes", "12", "--output-dir", str(tmp_path / "o")]) == 2
+    assert "--num-classes" in capsys.readouterr().err
+
+
+def test_charrnn_cli_via_python_m(tmp_path):
+    out = str(tmp_path / "rnn")
+    proc = subprocess.run(
+        [sys.executable, "-m", "deformconv.train", "charrnn", "--steps", "150",
+         "--output-dir", out, "--no-plot"],
+        check=False, env=_env(), cwd=str(tmp_path), capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "generated from 'D': Deep_Learning" in proc.stdout
+    with open(os.path.join(out, "metrics.json")) as f:
+        m = json.load(f)
+    assert m["accuracy"] == 100.0 and m["generated"] == "Deep_Learning"
+    assert sorted(os.listdir(out)) == ["metrics.csv", "metrics.json", "params.pt"]
+
+
+def test_package_imports_without_matplotlib(tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "import deformconv.train as t\n"
+            "from deformconv.train import cli, engine, data, models, charrnn, reporting\n"
+            "assert t.CustomCNN is models.CustomCNN\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, env=_env(),
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+def test_plot_is_skipped_with_warning_without_matplotlib(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    hist = {"epoch": [1.0], "train_loss": [1.0], "val_loss": [1.0], "train_acc": [1.0],
+            "val_acc": [1.0]}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert reporting.plot_history({"m": hist}, str(tmp_path / "p.png")) is None
+    assert any("matplotlib" in str(w.message) for w in caught)
+    assert not os.path.exists(tmp_path / "p.png")
+
+
+def test_progress_bar_output():
+    import io
+
+    stream = io.StringIO()
+    items = list(reporting.progress_bar(range(20), desc="train", stream=stream))
+    assert items == list(range(20))
+    lines = stream.getvalue().strip().splitlines()
+    assert 1 <= len(lines) <= 11 and lines[-1].startswith("train  20/20 [")
+    assert list(reporting.progress_bar(range(3), enable=False)) == [0, 1, 2]
