@@ -53,13 +53,23 @@ at::Tensor weight_for_columns(const at::Tensor& weight, const ConvGeometry& g) {
       .contiguous();
 }
 
-// Pixels per chunk so that `column_buffers` column blocks and the sample table
-// fit the workspace budget; at least 1, the last chunk takes the remainder.
+// Column bytes per chunk the passes aim for: small enough that the columns a
+// sampling pass writes are still in cache when the GEMM reads them (measured on
+// a 2-core EPYC: forward 1.2-1.5x and backward 1.3-1.5x faster than one chunk
+// spanning the whole batch on the resnet-stage and detection-like shapes).
+constexpr int64_t kColumnCacheBytes = int64_t(8) << 20;
+constexpr int64_t kMinChunkPixels = 256;
+
+// Pixels per chunk: about kColumnCacheBytes of columns, never above what the
+// workspace budget allows for `column_buffers` column blocks plus the sample
+// table; at least 1, and the last chunk takes the remainder.
 template <typename acc_t>
 int64_t pixels_per_chunk(const Layout& L, int64_t column_buffers) {
-  const int64_t bytes_per_pixel = column_buffers * L.columns * int64_t(sizeof(acc_t)) +
-                                  L.samples * int64_t(sizeof(Sample<acc_t>));
-  return std::max<int64_t>(1, std::min(L.pixels, workspace_budget_bytes() / bytes_per_pixel));
+  const int64_t column_bytes = column_buffers * L.columns * int64_t(sizeof(acc_t));
+  const int64_t bytes_per_pixel = column_bytes + L.samples * int64_t(sizeof(Sample<acc_t>));
+  const int64_t cache_pixels = std::max(kMinChunkPixels, kColumnCacheBytes / column_bytes);
+  const int64_t budget_pixels = workspace_budget_bytes() / bytes_per_pixel;
+  return std::max<int64_t>(1, std::min({L.pixels, cache_pixels, budget_pixels}));
 }
 
 // Forward in opmath: returns Tensor[N, C_out, H_out, W_out] with channels-last strides.
