@@ -28,58 +28,25 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import deformconv  # noqa: E402
+from conftest import needs_cuda  # noqa: E402
+from conftest import make_args as conftest_make_args  # noqa: E402
 
-CUDA_READY = torch.cuda.is_available() and deformconv.has_cuda_kernels()
-needs_cuda = pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels")
 REPO = Path(__file__).resolve().parents[1]
 
 OP = torch.ops.deformconv.deform_conv2d
 BWD = torch.ops.deformconv._deform_conv2d_backward
 
 
-def out_size(size, kernel, stride, pad, dil):
-    return (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
-
-
-def make_args(
-    n=2,
-    c_in=4,
-    h=7,
-    w=6,
-    c_out=6,
-    kernel=(3, 3),
-    stride=(1, 1),
-    padding=(1, 1),
-    dilation=(1, 1),
-    groups=1,
-    offset_groups=1,
-    mask=True,
-    bias=True,
-    dtype=torch.float64,
-    device="cuda",
-    offset_scale=2.0,
-    seed=0,
-):
-    """Random op arguments (seeded on the CPU, then moved): offsets from randn (never integers)."""
-    g = torch.Generator().manual_seed(seed)
-    kh, kw = kernel
-    ho = out_size(h, kh, stride[0], padding[0], dilation[0])
-    wo = out_size(w, kw, stride[1], padding[1], dilation[1])
-
-    def rnd(*shape, scale=1.0, uniform=False):
-        t = torch.rand(*shape, generator=g) if uniform else torch.randn(*shape, generator=g)
-        return (t.double() * scale).to(dtype=dtype, device=device)
-
-    return dict(
-        input=rnd(n, c_in, h, w),
-        weight=rnd(c_out, c_in // groups, kh, kw, scale=1.0 / math.sqrt(c_in // groups * kh * kw)),
-        offset=rnd(n, 2 * offset_groups * kh * kw, ho, wo, scale=offset_scale),
-        mask=rnd(n, offset_groups * kh * kw, ho, wo, uniform=True) if mask else None,
-        bias=rnd(c_out) if bias else None,
-        stride=list(stride),
-        padding=list(padding),
-        dilation=list(dilation),
-    )
+def make_args(mask=True, bias=True, device="cuda", **kwargs):
+    """conftest.make_args with CUDA defaults, a weight scaled by 1/sqrt(fan_in) (keeps 16-bit
+    outputs O(1)) and stride/padding/dilation as lists, as the op schema takes them."""
+    args = conftest_make_args(with_mask=mask, with_bias=bias, device=device, **kwargs)
+    weight = args["weight"]
+    fan_in = max(1, weight.shape[1] * weight.shape[2] * weight.shape[3])
+    args["weight"] = (weight.double() / math.sqrt(fan_in)).to(weight.dtype)
+    for key in ("stride", "padding", "dilation"):
+        args[key] = list(args[key])
+    return args
 
 
 def moved(args, device=None, dtype=None, memory_format=None):
