@@ -17,7 +17,16 @@ Example::
 
 import torch
 
-from . import _C  # noqa: F401  (loads the shared library: registers the ops and kernels)
+try:
+    from . import _C  # noqa: F401  (loads the shared library: registers the ops and kernels)
+except ImportError as error:  # the source tree shadows the installed package, or no build
+    raise ImportError(
+        f"deformconv's compiled extension deformconv._C was not found next to {__file__}. "
+        "If this is the source checkout (e.g. Python started in the repository root), run from "
+        "another directory to use the installed package, or build in place with "
+        "`python setup.py build_ext --inplace`; otherwise install with "
+        "`pip install --no-build-isolation .`"
+    ) from error
 from . import _autograd, _meta  # noqa: F401  (fake kernels and autograd for the ops)
 from .modules import DeformConv2d, DeformConv2dPack
 from .ops import deform_conv2d
