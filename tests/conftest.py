@@ -1,4 +1,6 @@
 # Shared pytest fixtures: devices with built kernels, seeded random deform_conv2d arguments.
+import os
+
 import pytest
 import torch
 
@@ -61,3 +63,14 @@ def make_args(
         padding=padding,
         dilation=dilation,
     )
+
+
+def child_process_env():
+    """Environment for child processes: they import the same deformconv as this process
+    (the source tree here, site-packages in CI); they run in a temporary cwd so that a
+    source checkout without the built extension is never picked up from the cwd."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(deformconv.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env

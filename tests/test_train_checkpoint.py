@@ -8,24 +8,13 @@ import sys
 import pytest
 import torch
 
-import deformconv
 from deformconv.train import checkpoint as C
 from deformconv.train.cli import main
+from conftest import child_process_env
 
 TINY = ["cifar", "--model", "plain", "--train-size", "64", "--val-size", "32",
         "--test-size", "40", "--width", "0.125", "--batch-size", "16", "--no-progress",
         "--no-plot", "--seed", "3"]
-
-
-def _env():
-    """Environment for child processes: they import the same deformconv as this process
-    (the source tree here, site-packages in CI); they run in a temporary cwd so that a
-    source checkout without the built extension is never picked up from the cwd."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(deformconv.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
 
 
 def test_atomic_save_keeps_previous_checkpoint_on_failure(tmp_path, monkeypatch):
@@ -95,7 +84,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     )
     proc = subprocess.run(
         [sys.executable, "-c", child, *TINY, "--epochs", "3", "--output-dir", killed],
-        check=False, env=_env(), cwd=str(tmp_path), capture_output=True, text=True,
+        check=False, env=child_process_env(), cwd=str(tmp_path), capture_output=True, text=True,
         timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert C.load_checkpoint(os.path.join(killed, "plain", "checkpoint.pt"))["epoch"] == 1

@@ -8,24 +8,13 @@ import warnings
 
 import pytest
 
-import deformconv
 from deformconv.train import reporting
 from deformconv.train.cli import main
 from deformconv.train.synthetic import SHAPE_CLASSES
+from conftest import child_process_env
 
 TINY = ["--train-size", "48", "--val-size", "24", "--test-size", "30", "--width", "0.125",
         "--batch-size", "16", "--no-progress", "--epochs", "2"]
-
-
-def _env():
-    """Environment for child processes: they import the same deformconv as this process
-    (the source tree here, site-packages in CI); they run in a temporary cwd so that a
-    source checkout without the built extension is never picked up from the cwd."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(deformconv.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
 
 
 @pytest.mark.slow
@@ -80,7 +69,7 @@ def test_charrnn_cli_via_python_m(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "deformconv.train", "charrnn", "--steps", "150",
          "--output-dir", out, "--no-plot"],
-        check=False, env=_env(), cwd=str(tmp_path), capture_output=True, text=True,
+        check=False, env=child_process_env(), cwd=str(tmp_path), capture_output=True, text=True,
         timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "generated from 'D': Deep_Learning" in proc.stdout
@@ -96,7 +85,7 @@ def test_package_imports_without_matplotlib(tmp_path):
             "from deformconv.train import cli, engine, data, models, charrnn, reporting\n"
             "assert t.CustomCNN is models.CustomCNN\n"
             "print('ok')\n")
-    proc = subprocess.run([sys.executable, "-c", code], check=False, env=_env(),
+    proc = subprocess.run([sys.executable, "-c", code], check=False, env=child_process_env(),
                           cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 

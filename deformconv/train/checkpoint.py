@@ -15,8 +15,6 @@ one, never a truncated file. Loading uses ``weights_only=True``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from .distributed import unwrap_model
+from .reporting import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -43,19 +42,7 @@ class CheckpointMismatchError(ValueError):
 
 def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
     """Atomically ``torch.save(state, path)`` (temporary file + fsync + ``os.replace``)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(dict(state), f), binary=True)
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> dict[str, Any]:
