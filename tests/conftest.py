@@ -74,3 +74,10 @@ def child_process_env():
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+def op_args(args):
+    """The positional arguments of torch.ops.deformconv.deform_conv2d, in schema order,
+    from a make_args dict (stride, padding and dilation as lists)."""
+    tensors = tuple(args[k] for k in ("input", "weight", "offset", "mask", "bias"))
+    return tensors + tuple(list(args[k]) for k in ("stride", "padding", "dilation"))

@@ -30,6 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 import deformconv  # noqa: E402
 from conftest import needs_cuda  # noqa: E402
 from conftest import make_args as conftest_make_args  # noqa: E402
+from conftest import op_args  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,30 +63,11 @@ def moved(args, device=None, dtype=None, memory_format=None):
 
 
 def run_op(a):
-    return OP(
-        a["input"],
-        a["weight"],
-        a["offset"],
-        a["mask"],
-        a["bias"],
-        a["stride"],
-        a["padding"],
-        a["dilation"],
-    )
+    return OP(*op_args(a))
 
 
 def run_bwd(a, grad_out):
-    return BWD(
-        grad_out,
-        a["input"],
-        a["weight"],
-        a["offset"],
-        a["mask"],
-        a["bias"],
-        a["stride"],
-        a["padding"],
-        a["dilation"],
-    )
+    return BWD(grad_out, *op_args(a))
 
 
 def grad_like(out, seed=1):
@@ -518,30 +500,11 @@ def emu():
 
 
 def emu_fwd(emu, a):
-    return emu.forward(
-        a["input"],
-        a["weight"],
-        a["offset"],
-        a["mask"],
-        a["bias"],
-        a["stride"],
-        a["padding"],
-        a["dilation"],
-    )
+    return emu.forward(*op_args(a))
 
 
 def emu_bwd(emu, a, grad_out):
-    return emu.backward(
-        grad_out,
-        a["input"],
-        a["weight"],
-        a["offset"],
-        a["mask"],
-        a["bias"],
-        a["stride"],
-        a["padding"],
-        a["dilation"],
-    )
+    return emu.backward(grad_out, *op_args(a))
 
 
 def same_layout(x, y):

@@ -4,12 +4,7 @@ import torch
 
 import deformconv
 
-from conftest import make_args
-
-
-def op_args(args):
-    return (args["input"], args["weight"], args["offset"], args["mask"], args["bias"],
-            list(args["stride"]), list(args["padding"]), list(args["dilation"]))
+from conftest import make_args, op_args
 
 
 @pytest.mark.parametrize("config", [
