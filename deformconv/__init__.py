@@ -22,10 +22,9 @@ try:
 except ImportError as error:  # the source tree shadows the installed package, or no build
     raise ImportError(
         f"deformconv's compiled extension deformconv._C was not found next to {__file__}. "
-        "If this is the source checkout (e.g. Python started in the repository root), run from "
-        "another directory to use the installed package, or build in place with "
-        "`python setup.py build_ext --inplace`; otherwise install with "
-        "`pip install --no-build-isolation .`"
+        "In a source checkout, install it with `pip install --no-build-isolation -e .`: the "
+        "editable install builds the extension into the checkout, so imports work from the "
+        "repository root too. A non-editable install works only from other directories."
     ) from error
 from . import _autograd, _meta  # noqa: F401  (fake kernels and autograd for the ops)
 from .modules import DeformConv2d, DeformConv2dPack
