@@ -27,12 +27,16 @@ except ImportError as error:  # the source tree shadows the installed package, o
         "repository root too. A non-editable install works only from other directories."
     ) from error
 from . import _autograd, _meta  # noqa: F401  (fake kernels and autograd for the ops)
+from . import _onnx_hook
 from .convert import convert_to_deformable
 from .modules import DeformConv2d, DeformConv2dPack
 from .ops import deform_conv2d
 
 __all__ = ["DeformConv2d", "DeformConv2dPack", "convert_to_deformable", "deform_conv2d", "has_cuda_kernels"]
 __version__ = "0.1.0"
+
+_onnx_hook.install()  # torch.onnx.export(dynamo=True) translates the op; onnxscript is imported only then
+
 
 def has_cuda_kernels() -> bool:
     """True when this build of the extension registered CUDA kernels for the op."""
