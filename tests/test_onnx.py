@@ -123,6 +123,17 @@ def test_plain_export_runs_in_onnxruntime_like_eager(ort, case):
             _assert_close_relative(_run(ort, program, args), model(*args))
 
 
+def test_dynamic_height_and_width(ort):
+    model = _pack(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1)
+    dim = torch.export.Dim
+    dims = {0: dim("batch"), 2: dim("h", min=4, max=64), 3: dim("w", min=4, max=64)}
+    program = torch.onnx.export(model, (torch.randn(2, 4, 16, 12),), dynamo=True, verbose=False, dynamic_shapes=(dims,))
+    with torch.no_grad():
+        for shape in ((1, 4, 9, 8), (3, 4, 20, 31)):
+            x = torch.randn(*shape)
+            _assert_close_relative(_run(ort, program, (x,)), model(x))
+
+
 def test_custom_translation_table_gives_the_same_graph(ort):
     import deformconv.onnx
 
