@@ -33,12 +33,16 @@ def _register() -> None:
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):
     """Finds TARGET with the other finders and makes its loader call _register() after executing it."""
 
+    done = False  # one shot; it stays in sys.meta_path (removing it while importlib iterates is unsafe)
+
     def find_spec(self, fullname, path, target=None):
-        if fullname != TARGET:
+        if fullname != TARGET or self.done:
             return None
-        sys.meta_path.remove(self)  # one shot
+        self.done = True
         for finder in sys.meta_path:
-            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
             if spec is not None:
                 break
         else:

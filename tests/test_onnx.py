@@ -224,3 +224,15 @@ def test_registers_when_torchlib_was_loaded_before_deformconv(ort):
         "print('deformconv::deform_conv2d' in registration.default_registry)\n"
     )
     assert _child(code).strip() == "True"
+
+
+def test_failed_registration_warns_with_the_fallback(ort, monkeypatch):
+    import deformconv.onnx
+    from deformconv import _onnx_hook
+
+    def moved_registry():
+        raise AttributeError("module 'registration' has no attribute 'default_registry'")
+
+    monkeypatch.setattr(deformconv.onnx, "register", moved_registry)
+    with pytest.warns(RuntimeWarning, match=r"needs custom_translation_table=deformconv.onnx.custom_translation_table"):
+        _onnx_hook._register()
