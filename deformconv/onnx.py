@@ -32,8 +32,8 @@ try:
     from onnxscript.function_libs.torch_lib.tensor_typing import TFloat
 except ImportError as error:
     raise ImportError(
-        "deformconv.onnx needs onnx, onnxscript and onnxruntime: pip install 'deformconv[onnx]' "
-        f"({error})"
+        "deformconv.onnx needs the optional extra deformconv[onnx]: pip install onnx onnxruntime "
+        f"onnxscript ({error})"
     ) from error
 
 __all__ = ["OP_NAME", "translation", "custom_translation_table", "register"]

@@ -192,7 +192,7 @@ def test_everything_but_onnx_works_without_onnx_installed():
         "except ImportError as error:\n"
         "    print(error)\n"
     )
-    assert "pip install 'deformconv[onnx]'" in _child(code)
+    assert "needs the optional extra deformconv[onnx]: pip install onnx onnxruntime onnxscript" in _child(code)
 
 
 def test_plain_export_needs_the_registration_and_table_works_without_it(ort):
