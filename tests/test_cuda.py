@@ -28,9 +28,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import deformconv  # noqa: E402
-from conftest import needs_cuda  # noqa: E402
-from conftest import make_args as conftest_make_args  # noqa: E402
-from conftest import op_args  # noqa: E402
+from helpers import needs_cuda  # noqa: E402
+from helpers import make_args as conftest_make_args  # noqa: E402
+from helpers import op_args  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import deformconv
 from deformconv.reference import deform_conv2d_np
 
-from conftest import make_args
+from helpers import make_args
 
 try:
     import torchvision.ops

@@ -38,6 +38,7 @@
 #include <tuple>
 
 #include "common/geometry.h"
+#include "common/opmath.h"
 #include "cuda/launch.h"
 
 namespace deformconv {
@@ -48,10 +49,6 @@ namespace {
 // source (int64 each), coefficient (<= 8 bytes) and the sort's own scratch (~3 x 8 bytes:
 // index input and the radix sort's alternate buffers).
 constexpr int64_t kDeterministicBytesPerEntry = 8 * 4 + 8 + 24;
-
-at::ScalarType opmath_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 bool is_reduced_float(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 
