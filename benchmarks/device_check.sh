@@ -214,6 +214,6 @@ with open(f"{out_dir}/extras.md", "w") as f:
         f.write(f"| {r['case']} | " + ", ".join(f"{k}={v:.3g}" for k, v in r.items() if k != "case") + " |\n")
 PY
 
-# 4. The GPU benchmark (BASELINES.md shapes) against torchvision and dense cuDNN conv.
+# 4. The GPU benchmark (GPU_SHAPES of bench_deform_conv2d.py) against torchvision and dense cuDNN conv.
 TAIL=45 step bench 170 python3 benchmarks/bench_deform_conv2d.py --device cuda \
   --dtype float32,float16,bfloat16 --no-pure --min-run-time 0.2 --json "$OUT/gpu_bench.json"

@@ -34,12 +34,11 @@ at::Tensor deform_conv2d_meta(const at::Tensor& input, const at::Tensor& weight,
 // Gradients in their argument's dtype: grad_input in input's layout, grad_weight
 // contiguous, grad_offset / grad_mask in offset's / mask's layout; grad_mask / grad_bias
 // are empty (shape [0]) when mask / bias is None.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-deform_conv2d_backward_meta(const at::Tensor& grad_output, const at::Tensor& input,
-                            const at::Tensor& weight, const at::Tensor& offset,
-                            const c10::optional<at::Tensor>& mask,
-                            const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_meta(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
+    const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
   const SymConvGeometry geo =
       check_deform_conv2d_args_sym(input, weight, offset, mask, bias, stride, padding, dilation);
   check_grad_output(grad_output, input, geo);

@@ -38,8 +38,8 @@ void check_position_dtype(const at::Tensor& t, const char* name, const at::Tenso
   const at::ScalarType dtype = input.scalar_type();
   if (is_16bit(dtype)) {
     TORCH_CHECK(t.scalar_type() == dtype || t.scalar_type() == at::kFloat, name,
-                " dtype must be float32 or the input's dtype (", dtype,
-                ") for 16-bit input: got ", t.scalar_type());
+                " dtype must be float32 or the input's dtype (", dtype, ") for 16-bit input: got ",
+                t.scalar_type());
   } else {
     check_same_dtype(t, name, input);
   }
@@ -51,14 +51,6 @@ SymBool same_sizes(SymIntArrayRef a, SymIntArrayRef b) {
   SymBool same(true);
   for (size_t d = 0; d < a.size(); ++d) same = same.sym_and(a[d].sym_eq(b[d]));
   return same;
-}
-
-void check_grad_output_sizes(const at::Tensor& grad_output, const at::Tensor& input,
-                             SymIntArrayRef expected) {
-  TORCH_SYM_CHECK(same_sizes(grad_output.sym_sizes(), expected), "grad_output must have shape ",
-                  expected, ": got ", grad_output.sym_sizes());
-  check_same_device(grad_output, "grad_output", input);
-  check_same_dtype(grad_output, "grad_output", input);
 }
 
 }  // namespace
@@ -74,8 +66,9 @@ SymConvGeometry check_deform_conv2d_args_sym(const at::Tensor& input, const at::
               "-D with shape ", input.sym_sizes());
   TORCH_CHECK(weight.dim() == 4, "weight must be 4-D (C_out, C_in/groups, kh, kw): got ",
               weight.dim(), "-D with shape ", weight.sym_sizes());
-  TORCH_CHECK(offset.dim() == 4, "offset must be 4-D (N, 2*offset_groups*kh*kw, H_out, W_out): got ",
-              offset.dim(), "-D with shape ", offset.sym_sizes());
+  TORCH_CHECK(offset.dim() == 4,
+              "offset must be 4-D (N, 2*offset_groups*kh*kw, H_out, W_out): got ", offset.dim(),
+              "-D with shape ", offset.sym_sizes());
   const auto dtype = input.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || is_16bit(dtype),
               "input dtype must be float32, float64, float16 or bfloat16: got ", dtype);
@@ -113,15 +106,14 @@ SymConvGeometry check_deform_conv2d_args_sym(const at::Tensor& input, const at::
   g.has_bias = bias.has_value();
 
   // Step 2: scalar arguments.
-  TORCH_CHECK(g.stride_h > 0 && g.stride_w > 0, "stride must be positive: got (", g.stride_h,
-              ", ", g.stride_w, ")");
+  TORCH_CHECK(g.stride_h > 0 && g.stride_w > 0, "stride must be positive: got (", g.stride_h, ", ",
+              g.stride_w, ")");
   TORCH_CHECK(g.dilation_h > 0 && g.dilation_w > 0, "dilation must be positive: got (",
               g.dilation_h, ", ", g.dilation_w, ")");
   TORCH_CHECK(g.pad_h >= 0 && g.pad_w >= 0, "padding must be non-negative: got (", g.pad_h, ", ",
               g.pad_w, ")");
   TORCH_SYM_CHECK(g.kernel_h.sym_gt(0).sym_and(g.kernel_w.sym_gt(0)),
-                  "weight kernel size must be positive: got (", g.kernel_h, ", ", g.kernel_w,
-                  ")");
+                  "weight kernel size must be positive: got (", g.kernel_h, ", ", g.kernel_w, ")");
 
   // Step 3: channel groups.
   const SymInt c_per_group = weight.sym_size(1);
@@ -129,12 +121,11 @@ SymConvGeometry check_deform_conv2d_args_sym(const at::Tensor& input, const at::
                   g.in_channels);
   TORCH_SYM_CHECK(c_per_group.sym_gt(0), "weight.shape[1] (C_in/groups) must be positive: got ",
                   c_per_group);
-  TORCH_SYM_CHECK((g.in_channels % c_per_group).sym_eq(0), "input.shape[1] (C_in=",
-                  g.in_channels, ") must be divisible by weight.shape[1] (C_in/groups=",
-                  c_per_group, ")");
+  TORCH_SYM_CHECK((g.in_channels % c_per_group).sym_eq(0), "input.shape[1] (C_in=", g.in_channels,
+                  ") must be divisible by weight.shape[1] (C_in/groups=", c_per_group, ")");
   g.groups = g.in_channels / c_per_group;
-  TORCH_SYM_CHECK((g.out_channels % g.groups).sym_eq(0), "weight.shape[0] (C_out=",
-                  g.out_channels, ") must be divisible by groups=", g.groups,
+  TORCH_SYM_CHECK((g.out_channels % g.groups).sym_eq(0), "weight.shape[0] (C_out=", g.out_channels,
+                  ") must be divisible by groups=", g.groups,
                   " (groups = input.shape[1] / weight.shape[1])");
   const SymInt taps = g.taps();
   const SymInt offset_channels = offset.sym_size(1);
@@ -142,8 +133,9 @@ SymConvGeometry check_deform_conv2d_args_sym(const at::Tensor& input, const at::
                   "offset.shape[1] must be a positive multiple of 2*kh*kw=", 2 * taps, ": got ",
                   offset_channels);
   g.offset_groups = offset_channels / (2 * taps);
-  TORCH_SYM_CHECK((g.in_channels % g.offset_groups).sym_eq(0), "input.shape[1] (C_in=",
-                  g.in_channels, ") must be divisible by offset_groups=", g.offset_groups,
+  TORCH_SYM_CHECK((g.in_channels % g.offset_groups).sym_eq(0),
+                  "input.shape[1] (C_in=", g.in_channels,
+                  ") must be divisible by offset_groups=", g.offset_groups,
                   " (offset_groups = offset.shape[1] / (2*kh*kw))");
 
   // Step 4: output size.
@@ -158,8 +150,9 @@ SymConvGeometry check_deform_conv2d_args_sym(const at::Tensor& input, const at::
   g.out_w = conv_output_size(g.width, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
 
   // Step 5: shapes of offset, mask and bias.
-  TORCH_SYM_CHECK(offset.sym_size(0).sym_eq(g.batch), "offset.shape[0] must equal input.shape[0]=",
-                  g.batch, ": got ", offset.sym_size(0));
+  TORCH_SYM_CHECK(offset.sym_size(0).sym_eq(g.batch),
+                  "offset.shape[0] must equal input.shape[0]=", g.batch, ": got ",
+                  offset.sym_size(0));
   TORCH_SYM_CHECK(offset.sym_size(2).sym_eq(g.out_h).sym_and(offset.sym_size(3).sym_eq(g.out_w)),
                   "offset spatial shape must equal the output size (", g.out_h, ", ", g.out_w,
                   "): got (", offset.sym_size(2), ", ", offset.sym_size(3), ")");
@@ -180,9 +173,8 @@ SymConvGeometry check_deform_conv2d_args_sym(const at::Tensor& input, const at::
 ConvGeometry check_deform_conv2d_args(const at::Tensor& input, const at::Tensor& weight,
                                       const at::Tensor& offset,
                                       const c10::optional<at::Tensor>& mask,
-                                      const c10::optional<at::Tensor>& bias,
-                                      at::IntArrayRef stride, at::IntArrayRef padding,
-                                      at::IntArrayRef dilation) {
+                                      const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation) {
   const SymConvGeometry s =
       check_deform_conv2d_args_sym(input, weight, offset, mask, bias, stride, padding, dilation);
   ConvGeometry g;
@@ -208,22 +200,16 @@ ConvGeometry check_deform_conv2d_args(const at::Tensor& input, const at::Tensor&
   return g;
 }
 
-void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
-                       const SymConvGeometry& geo) {
-  const std::vector<SymInt> expected{geo.batch, geo.out_channels, geo.out_h, geo.out_w};
-  check_grad_output_sizes(grad_output, input, expected);
-}
-
-void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
-                       const ConvGeometry& geo) {
-  const std::vector<SymInt> expected{SymInt(geo.batch), SymInt(geo.out_channels),
-                                     SymInt(geo.out_h), SymInt(geo.out_w)};
-  check_grad_output_sizes(grad_output, input, expected);
+void check_grad_output_shape(const at::Tensor& grad_output, const at::Tensor& input,
+                             SymIntArrayRef expected) {
+  TORCH_SYM_CHECK(same_sizes(grad_output.sym_sizes(), expected), "grad_output must have shape ",
+                  expected, ": got ", grad_output.sym_sizes());
+  check_same_device(grad_output, "grad_output", input);
+  check_same_dtype(grad_output, "grad_output", input);
 }
 
 bool prefers_channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && !t.is_contiguous() &&
-         t.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 at::MemoryFormat result_memory_format(const at::Tensor& t) {

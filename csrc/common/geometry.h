@@ -61,15 +61,21 @@ SymConvGeometry check_deform_conv2d_args_sym(const at::Tensor& input, const at::
 ConvGeometry check_deform_conv2d_args(const at::Tensor& input, const at::Tensor& weight,
                                       const at::Tensor& offset,
                                       const c10::optional<at::Tensor>& mask,
-                                      const c10::optional<at::Tensor>& bias,
-                                      at::IntArrayRef stride, at::IntArrayRef padding,
-                                      at::IntArrayRef dilation);
+                                      const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation);
 
-// Checks grad_output against the geometry of the forward call (shape, device, dtype).
+// Checks grad_output's shape (expected: N, C_out, H_out, W_out), device and dtype.
+void check_grad_output_shape(const at::Tensor& grad_output, const at::Tensor& input,
+                             c10::SymIntArrayRef expected);
+
+// Checks grad_output against the geometry of the forward call.
+template <typename Int>
 void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
-                       const SymConvGeometry& geo);
-void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
-                       const ConvGeometry& geo);
+                       const Geometry<Int>& geo) {
+  const c10::SymInt expected[] = {c10::SymInt(geo.batch), c10::SymInt(geo.out_channels),
+                                  c10::SymInt(geo.out_h), c10::SymInt(geo.out_w)};
+  check_grad_output_shape(grad_output, input, expected);
+}
 
 // True when a tensor is laid out channels-last (and not also plain contiguous):
 // outputs and input gradients are returned in the input's memory format.
