@@ -21,7 +21,7 @@ export PATH="$CUDA_HOME/bin:$PATH"
 # torch.use_deterministic_algorithms(True) (the determinism tests and timings).
 export CUBLAS_WORKSPACE_CONFIG="${CUBLAS_WORKSPACE_CONFIG:-:4096:8}"
 export PYTHONUNBUFFERED=1
-# The host-emulation tests of tests/test_cuda.py are for GPU-less CI; the real kernels run here.
+# The host-emulation tests (tests/test_cuda_emulated.py) are for GPU-less CI; the real kernels run here.
 export DEFORMCONV_SKIP_EMULATION=1
 DEADLINE_S="${DEADLINE_S:-480}"
 START=$SECONDS
