@@ -106,10 +106,11 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     try:
         import deformconv
-
-        deformconv._extension.require()  # the package imports without its extension; the op does not
-    except Exception as exc:  # not built, broken build, ...
-        print(f"FAIL: cannot load deformconv ({type(exc).__name__}: {exc})")
+    except Exception as exc:  # broken install, ...
+        print(f"FAIL: cannot import deformconv ({type(exc).__name__}: {exc})")
+        return 2
+    if not deformconv.HAS_OPS:  # the package imports without its compiled extension
+        print("FAIL: deformconv's compiled extension is not built (deformconv.HAS_OPS is False)")
         return 2
     devices = ["cpu"]
     if any(a.endswith("cuda") for a in bench_args) and torch.cuda.is_available():
