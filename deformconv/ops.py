@@ -1,25 +1,11 @@
 # The functional API: deform_conv2d with torchvision's signature, calling the registered op.
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-IntPair = Union[int, Sequence[int]]
-
-
-def _pair(value: IntPair, name: str) -> Tuple[int, int]:
-    """(h, w) from an int or a pair of ints; raises TypeError / ValueError naming the argument."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints: got {value!r}")
-    if isinstance(value, int):
-        return (value, value)
-    try:
-        items = tuple(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int or a pair of ints: got {value!r}") from None
-    if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        raise ValueError(f"{name} must be an int or a pair of ints (h, w): got {value!r}")
-    return items
+from . import _extension
+from ._geometry import IntPair, pair
 
 
 def deform_conv2d(
@@ -65,13 +51,14 @@ def deform_conv2d(
         >>> deform_conv2d(x, off, w, padding=1).shape
         torch.Size([2, 4, 16, 16])
     """
+    _extension.require()
     return torch.ops.deformconv.deform_conv2d(
         input,
         weight,
         offset,
         mask,
         bias,
-        _pair(stride, "stride"),
-        _pair(padding, "padding"),
-        _pair(dilation, "dilation"),
+        pair(stride, "stride"),
+        pair(padding, "padding"),
+        pair(dilation, "dilation"),
     )

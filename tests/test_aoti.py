@@ -5,7 +5,7 @@ import sys
 import torch
 from torch import nn
 
-from conftest import child_process_env
+from helpers import child_process_env
 from deformconv import DeformConv2dPack
 
 LOAD_AND_RUN = """

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import child_process_env, make_args
+from helpers import child_process_env, make_args
 from deformconv import DeformConv2d, DeformConv2dPack, convert_to_deformable, deform_conv2d
 
 REL_TOL = 1e-4  # ORT vs eager: max |difference| relative to max |eager output|

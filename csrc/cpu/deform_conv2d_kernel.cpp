@@ -8,16 +8,12 @@
 #include <vector>
 
 #include "common/geometry.h"
+#include "common/opmath.h"
 #include "cpu/deform_passes.h"
 
 namespace deformconv {
 namespace cpu {
 namespace {
-
-// The compute dtype: float64 stays, every other dtype computes in float32.
-at::ScalarType opmath_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 at::Tensor to_opmath(const at::Tensor& t) {
   return t.to(opmath_dtype(t.scalar_type())).contiguous();

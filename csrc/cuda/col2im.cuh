@@ -29,7 +29,7 @@ struct CoordGradOutputs {
 //   grad_offset[n, 2(o*taps+k) (+1), ...] = m * sum_c gv * d sample / dy (resp. dx)
 // The per-lane partial sums are combined by a fixed xor-butterfly of warp shuffles:
 // deterministic by construction. Where the point is outside the sampling range the
-// sample is the constant 0 and both sums get nothing (DESIGN.md section 1).
+// sample is the constant 0 and both sums get nothing (docs/design.md, section 1).
 // It also writes columns[p, column_of(c, k)] = m * sample (the forward columns, needed by
 // grad_weight; no separate im2col pass in backward), and when kScatter is true it
 // scatters grad_input[n, corner, c] += gv * (m * w_corner) with float atomics (fast,

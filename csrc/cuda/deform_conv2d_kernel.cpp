@@ -1,4 +1,4 @@
-// CUDA forward and backward of deform_conv2d: chunked channels-last deformable im2col + cuBLAS GEMMs, and TORCH_LIBRARY_IMPL(deformconv, CUDA).
+// CUDA forward and backward of deform_conv2d: chunked channels-last deformable im2col + cuBLAS GEMMs (registered in register.cpp).
 //
 // Host C++ (compiled by the C++ compiler, not nvcc): argument checks, workspace chunking and
 // the GEMMs through ATen; the sampling kernels live in launch.cu / im2col.cuh / col2im.cuh.
@@ -27,8 +27,6 @@
 //   destination's contributions in a fixed order: bitwise reproducible, no atomics.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -38,6 +36,9 @@
 #include <tuple>
 
 #include "common/geometry.h"
+#include "common/opmath.h"
+#include "cuda/backend.h"
+#include "cuda/entry_points.h"
 #include "cuda/launch.h"
 
 namespace deformconv {
@@ -48,10 +49,6 @@ namespace {
 // source (int64 each), coefficient (<= 8 bytes) and the sort's own scratch (~3 x 8 bytes:
 // index input and the radix sort's alternate buffers).
 constexpr int64_t kDeterministicBytesPerEntry = 8 * 4 + 8 + 24;
-
-at::ScalarType opmath_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 bool is_reduced_float(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 
@@ -102,20 +99,14 @@ at::Tensor weight_matrix(const at::Tensor& weight, const ConvGeometry& g) {
       .view({g.out_channels, g.taps() * g.in_channels_per_group()});
 }
 
-// out (float32) = a . b for float16 / bfloat16 a, b: cuBLAS accumulates and writes fp32
-// (mm with out_dtype, torch >= 2.8; it exists on CUDA only, hence the host-emulation branch).
-void mm_out_float(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-#ifdef DEFORMCONV_HOST_EMULATION
-  at::mm_out(out, a.to(at::kFloat), b.to(at::kFloat));
-#else
-  at::mm_out(out, a, b, at::kFloat);
-#endif
-}
+using backend::mm_out_float;
 
 void check_input_on_cuda(const at::Tensor& input) {
-  TORCH_CHECK(input.is_cuda(), "input must be a CUDA tensor for the CUDA kernel: got input on ",
-              input.device());
+  TORCH_CHECK(backend::on_device(input), "input must be a ", backend::kDeviceType,
+              " tensor for the CUDA kernel: got input on ", input.device());
 }
+
+}  // namespace
 
 at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
                                       const at::Tensor& offset,
@@ -127,7 +118,7 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor&
   const ConvGeometry geo =
       check_deform_conv2d_args(input, weight, offset, mask, bias, stride, padding, dilation);
   check_input_on_cuda(input);
-  const c10::cuda::CUDAGuard device_guard(input.device());
+  const backend::DeviceGuard device_guard(input.device());
   const at::MemoryFormat format = format_of(input);
   const int64_t pixels = geo.batch * geo.out_pixels();
   if (pixels == 0 || geo.out_channels == 0) {
@@ -178,7 +169,7 @@ deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& inp
       check_deform_conv2d_args(input, weight, offset, mask, bias, stride, padding, dilation);
   check_grad_output(grad_output, input, geo);
   check_input_on_cuda(input);
-  const c10::cuda::CUDAGuard device_guard(input.device());
+  const backend::DeviceGuard device_guard(input.device());
   const auto dtype = input.scalar_type();
   const auto opmath = opmath_dtype(dtype);
   const auto opts = input.options();
@@ -307,13 +298,6 @@ deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& inp
                        : no_grad();
   return {grad_input, grad_weight, grad_offset,
           grad_mask.has_value() ? *grad_mask : no_grad(), grad_bias};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(deformconv, CUDA, m) {
-  m.impl("deform_conv2d", &deform_conv2d_forward_cuda);
-  m.impl("_deform_conv2d_backward", &deform_conv2d_backward_cuda);
 }
 
 }  // namespace cuda

@@ -2,8 +2,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -12,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "cuda/backend.h"
 #include "cuda/col2im.cuh"
 #include "cuda/im2col.cuh"
 #include "cuda/launch.h"
@@ -86,17 +85,6 @@ const T* optional_ptr(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? t->const_data_ptr<T>() : nullptr;
 }
 
-#ifndef DEFORMCONV_HOST_EMULATION
-// Every launch: on the given (current) stream, then a launch check. The host emulation
-// (csrc/cuda/emulation, CPU-only tests of this file) defines its own launch_kernel.
-template <typename... Params, typename... Args>
-void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
-                   Args&&... args) {
-  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-#endif
-
 // Lanes per team: the smallest power of two >= the packs of an offset group, at most a warp.
 int team_size(int64_t packs_per_offset_group) {
   int team = 1;
@@ -155,7 +143,7 @@ void launch_im2col(const at::Tensor& input_nhwc, const at::Tensor& offset,
                    const c10::optional<at::Tensor>& mask, const ConvGeometry& geo, Chunk chunk,
                    bool index32, const at::Tensor& columns) {
   if (chunk.pc == 0) return;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = backend::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, input_nhwc.scalar_type(),
       "deformconv_im2col_cuda", [&] {
@@ -183,7 +171,7 @@ void launch_col2im_coord(const at::Tensor& input_nhwc, const at::Tensor& offset,
                          const at::Tensor& grad_offset,
                          const c10::optional<at::Tensor>& grad_mask) {
   if (chunk.pc == 0) return;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = backend::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, input_nhwc.scalar_type(),
       "deformconv_col2im_coord_cuda", [&] {
@@ -221,7 +209,7 @@ void launch_col2im_entries(const at::Tensor& offset, const c10::optional<at::Ten
   if (chunk.pc == 0) return;
   const dim3 block(1, kThreads);
   const dim3 grid = pixel_grid(geo, chunk, kThreads);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = backend::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, offset.scalar_type(),
       "deformconv_col2im_entries_cuda", [&] {
@@ -251,7 +239,7 @@ void launch_col2im_gather(const ConvGeometry& geo, Chunk chunk, bool index32,
   const int rows = kThreads / team;
   const dim3 block(team, rows);
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((entries + rows - 1) / rows, kMaxGridX)));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = backend::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, grad_columns.scalar_type(),
       "deformconv_col2im_gather_cuda", [&] {

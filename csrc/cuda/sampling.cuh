@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "common/bilinear.h"
+#include "cuda/backend.h"
 
 namespace deformconv {
 namespace cuda {
@@ -49,10 +50,6 @@ template <typename scalar_t, int kVec>
 struct alignas(sizeof(scalar_t) * kVec) Pack {
   scalar_t v[kVec];
 };
-
-#ifndef DEFORMCONV_ASSERT_ALIGNED  // the host emulation checks alignment
-#define DEFORMCONV_ASSERT_ALIGNED(ptr, bytes)
-#endif
 
 template <int kVec, typename scalar_t>
 __device__ __forceinline__ Pack<scalar_t, kVec> load_pack(const scalar_t* p) {
@@ -113,7 +110,7 @@ __device__ __forceinline__ index_t column_of(const SamplingArgs<index_t>& a, ind
 }
 
 // One deformed sampling point of tap (i, j) of offset group o for output pixel px: the
-// mask value, whether the point is inside the sampling range (DESIGN.md section 1: else
+// mask value, whether the point is inside the sampling range (docs/design.md, section 1: else
 // the sample and its coordinate gradient are 0), and then its cell, bilinear weights and
 // corner offsets in the channels-last input plane of image n.
 template <typename acc_t, typename index_t>

@@ -1,30 +1,23 @@
-// Host emulation of the CUDA backend: compiles launch.cu and deform_conv2d_kernel.cpp for the CPU (tests only).
+// Host emulation of the CUDA backend: a Python module whose forward / backward run the CUDA backend's entry points on CPU tensors (tests only).
 //
-// Built by tests/test_cuda.py with torch.utils.cpp_extension.load. The production sources
-// are included unchanged; only the CUDA runtime pieces are replaced (cuda_shim.h and the
-// stand-in headers in include/), the device check accepts CPU tensors, and the CUDA
-// registration is compiled out. The entry points then run on CPU tensors: chunking,
-// layouts, index math, the GEMMs (ATen on the CPU), the deterministic sort + gather and
-// the emulated kernels, including both index widths.
+// Built by tests/test_cuda_emulated.py with torch.utils.cpp_extension.load from the
+// production sources, each compiled unchanged as its own translation unit with
+// -DDEFORMCONV_HOST_EMULATION: cuda/deform_conv2d_kernel.cpp, cuda/launch.cu (through
+// launch_host.cpp) and common/geometry.cpp, plus this file. Everything that differs from the
+// CUDA build is in cuda/backend.h; cuda/register.cpp is not compiled, so nothing is
+// registered with the dispatcher. The entry points then run on CPU tensors: chunking,
+// layouts, index math, the GEMMs (ATen on the CPU), the deterministic sort + gather and the
+// emulated kernels, including both index widths.
 #include <torch/extension.h>
 
-#include <ATen/ATen.h>
-#include <ATen/Context.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <torch/library.h>
+#include <tuple>
+#include <vector>
 
-#include "cuda_shim.h"
+#include "cuda/backend.h"
+#include "cuda/entry_points.h"
 
-#define DEFORMCONV_HOST_EMULATION 1
-#include "cuda/launch.cu"
-
-#define is_cuda is_cpu
-#define TORCH_LIBRARY_IMPL(ns, key, m) \
-  [[maybe_unused]] static void deformconv_emulation_unregistered(torch::Library& m)
-#include "cuda/deform_conv2d_kernel.cpp"
-#undef TORCH_LIBRARY_IMPL
-#undef is_cuda
+static_assert(deformconv::cuda::backend::kEmulated,
+              "the emulation module must be compiled with -DDEFORMCONV_HOST_EMULATION");
 
 namespace {
 

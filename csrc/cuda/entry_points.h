@@ -1,0 +1,28 @@
+// The CUDA backend's entry points: registered for the CUDA dispatch key by register.cpp, called directly by the host emulation.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <tuple>
+
+namespace deformconv {
+namespace cuda {
+
+// deformconv::deform_conv2d: Tensor[N, C_out, H_out, W_out] in input's dtype and memory format.
+at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
+                                      const at::Tensor& offset,
+                                      const c10::optional<at::Tensor>& mask,
+                                      const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation);
+
+// deformconv::_deform_conv2d_backward: (grad_input, grad_weight, grad_offset, grad_mask,
+// grad_bias); grad_mask / grad_bias are empty (shape [0]) when mask / bias is None.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
+    const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation);
+
+}  // namespace cuda
+}  // namespace deformconv
