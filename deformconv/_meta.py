@@ -7,12 +7,34 @@ from torch import Tensor
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+_16BIT = (torch.float16, torch.bfloat16)
+# dtype names as the C++ checks print them (c10::ScalarType).
+_C10_NAMES = {
+    torch.float32: "Float",
+    torch.float64: "Double",
+    torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+}
+
+
+def _c10_name(dtype: torch.dtype) -> str:
+    return _C10_NAMES.get(dtype, str(dtype))
+
+
 def _check_like_input(t: Tensor, name: str, input: Tensor) -> None:
     torch._check(
         t.device == input.device,
         lambda: f"{name} must be on the same device as input: got {name} on {t.device}, "
         f"input on {input.device}",
     )
+    if name in ("offset", "mask") and input.dtype in _16BIT:
+        # Positions keep their precision: float32 offset / mask with 16-bit input.
+        torch._check(
+            t.dtype in (torch.float32, input.dtype),
+            lambda: f"{name} dtype must be float32 or the input's dtype "
+            f"({_c10_name(input.dtype)}) for 16-bit input: got {_c10_name(t.dtype)}",
+        )
+        return
     torch._check(
         t.dtype == input.dtype,
         lambda: f"{name} must have the same dtype as input: got {t.dtype}, expected {input.dtype}",

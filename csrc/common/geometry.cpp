@@ -12,12 +12,32 @@ void check_pair(at::IntArrayRef values, const char* name) {
   TORCH_CHECK(values.size() == 2, name, " must have 2 elements (h, w): got ", values.size());
 }
 
-void check_same_device_dtype(const at::Tensor& t, const char* name, const at::Tensor& input) {
+void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& input) {
   TORCH_CHECK(t.device() == input.device(), name, " must be on the same device as input: got ",
               name, " on ", t.device(), ", input on ", input.device());
+}
+
+void check_same_device_dtype(const at::Tensor& t, const char* name, const at::Tensor& input) {
+  check_same_device(t, name, input);
   TORCH_CHECK(t.scalar_type() == input.scalar_type(), name,
               " must have the same dtype as input: got ", t.scalar_type(), ", expected ",
               input.scalar_type());
+}
+
+bool is_16bit(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+// Offset and mask are positions and weights of the sampling: with 16-bit input they may
+// be float32 (kept at full precision) or the input's dtype; otherwise the input's dtype.
+void check_position_dtype(const at::Tensor& t, const char* name, const at::Tensor& input) {
+  const auto dtype = input.scalar_type();
+  if (!is_16bit(dtype)) {
+    check_same_device_dtype(t, name, input);
+    return;
+  }
+  check_same_device(t, name, input);
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == dtype, name,
+              " dtype must be float32 or the input's dtype (", dtype, ") for 16-bit input: got ",
+              t.scalar_type());
 }
 
 }  // namespace
@@ -40,8 +60,8 @@ ConvGeometry check_deform_conv2d_args(const at::Tensor& input, const at::Tensor&
                   dtype == at::kBFloat16,
               "input dtype must be float32, float64, float16 or bfloat16: got ", dtype);
   check_same_device_dtype(weight, "weight", input);
-  check_same_device_dtype(offset, "offset", input);
-  if (mask.has_value()) check_same_device_dtype(*mask, "mask", input);
+  check_position_dtype(offset, "offset", input);
+  if (mask.has_value()) check_position_dtype(*mask, "mask", input);
   if (bias.has_value()) check_same_device_dtype(*bias, "bias", input);
   check_pair(stride, "stride");
   check_pair(padding, "padding");
