@@ -31,6 +31,8 @@ import deformconv  # noqa: E402
 from conftest import needs_cuda  # noqa: E402
 from conftest import make_args as conftest_make_args  # noqa: E402
 from conftest import op_args  # noqa: E402
+from test_mixed_precision import bench, check_error_targets, check_rounds_once  # noqa: E402
+from test_mixed_precision import mixed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -389,7 +391,8 @@ def test_autocast_runs_in_autocast_dtype(dtype):
             a["input"], a["offset"], a["weight"], a["bias"], padding=1, mask=a["mask"]
         )
     assert out.dtype == dtype and out_f.dtype == dtype
-    assert torch.equal(out, run_op(moved(a, dtype=dtype)))
+    # input, weight and bias in the autocast dtype; offset and mask stay float32.
+    assert torch.equal(out, run_op(mixed(a, dtype)))
     # Backward through autocast: fp32 leaves get fp32 gradients.
     leaves = [a[k].detach().requires_grad_() for k in ("input", "offset", "weight", "bias", "mask")]
     with torch.autocast("cuda", dtype=dtype):
@@ -614,3 +617,34 @@ def test_emulated_wide_packs(emu, dtype):
     assert shifted.is_contiguous(memory_format=torch.channels_last) and shifted.data_ptr() % 16
     a["input"] = shifted
     check_emulated(emu, a, tol)
+
+
+@pytest.mark.parametrize("det", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_emulated_mixed_dtypes(emu, dtype, det):
+    # float32 offset and mask with 16-bit data (and a 16-bit mask with a float32 offset):
+    # values, dtypes and layouts of every result as the CPU op gives them, both col2im paths,
+    # 1-channel and wide packs (grad_columns is float32: 32-byte packs).
+    tol = {torch.float16: 2e-2, torch.bfloat16: 1.5e-1}[dtype]
+    for cfg in (SWEEP[0], SWEEP[5], dict(c_in=16, c_out=8, groups=2, offset_groups=2)):
+        a = mixed(make_args(**cfg, device="cpu", dtype=torch.float32, seed=2), dtype)
+        check_emulated(emu, a, tol, det=det)
+    a["mask"] = a["mask"].to(dtype)
+    check_emulated(emu, a, tol, det=det)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("offsets", list(bench.RANGES))
+def test_emulated_mixed_error_targets(emu, dtype, offsets):
+    p = bench.smooth_problem(bench.RANGES[offsets], n=1, c_in=16, h=24, w=24, c_out=16)
+    check_error_targets(p, dtype, "explicit", forward=emu.forward, backward=emu.backward)
+
+
+@pytest.mark.parametrize("det", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_emulated_backward_rounds_once(emu, dtype, det):
+    # grad_columns stays float32: grad_offset / grad_mask exact to float32 accuracy, also
+    # with an fp16 loss scale that would overflow a 16-bit grad_columns.
+    with deterministic(det):
+        check_rounds_once(dtype, backward=emu.backward)
+        check_rounds_once(dtype, backward=emu.backward, grad_scale=2e4)
