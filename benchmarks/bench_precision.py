@@ -25,12 +25,14 @@ before float32 offsets existed), float32 offset and mask, autocast from float32,
 DeformConv2dPack under autocast with its offset branch in float32 (now) or in bf16 (before).
 ``--baseline DIR`` also times the same rows with the deformconv package found in DIR (e.g. a
 build of the previous commit) in a child process, alternating rounds with this process;
-rows that build rejects are left empty.
+rows that build rejects are left empty (in a build from before float32 offsets, the
+"Pack autocast (this build)" row is the old Pack, with its bf16 offset branch). With
+``--threads 1`` each call is timed in CPU time, which stays comparable on a busy machine.
 
 Usage::
 
     python benchmarks/bench_precision.py                 # error table
-    python benchmarks/bench_precision.py --speed [--baseline /tmp/base] [--rounds 3]
+    python benchmarks/bench_precision.py --speed --threads 1 [--baseline /tmp/base] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -42,10 +44,10 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
-from torch.utils import benchmark
 
 import deformconv
 
@@ -229,6 +231,21 @@ def speed_rows(n=4, c=64, h=56, w=56) -> dict:
     return rows
 
 
+def fastest_call_ms(f, min_run_time: float) -> float:
+    """The fastest of single calls over `min_run_time` s (at least 5 calls). With one thread
+    it is the call's CPU time (time.process_time), which other processes on a shared machine
+    barely disturb; else wall time, the least disturbed call."""
+    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
+    f()  # warm-up
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < 5 or time.perf_counter() - start < min_run_time:
+        t0 = clock()
+        f()
+        samples.append(clock() - t0)
+    return min(samples) * 1e3
+
+
 def time_rows(min_run_time: float) -> dict:
     """name -> {"fwd": ms, "fwd+bwd": ms}, or None where this build rejects the row."""
     result = {}
@@ -238,10 +255,7 @@ def time_rows(min_run_time: float) -> dict:
         except RuntimeError:
             result[name] = None
             continue
-        result[name] = {
-            kind: min(benchmark.Timer("f()", globals={"f": f}).blocked_autorange(min_run_time=min_run_time).times) * 1e3
-            for kind, f in (("fwd", fwd), ("fwd+bwd", fwd_bwd))
-        }
+        result[name] = {"fwd": fastest_call_ms(fwd, min_run_time), "fwd+bwd": fastest_call_ms(fwd_bwd, min_run_time)}
     return result
 
 
@@ -253,16 +267,24 @@ def speed_table(rounds: int, baseline: str | None, min_run_time: float) -> None:
         if baseline:
             env = dict(os.environ, PYTHONPATH=baseline)
             child = subprocess.run(
-                [sys.executable, __file__, "--speed-child", str(min_run_time)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--speed-child",
+                    str(min_run_time),
+                    "--threads",
+                    str(torch.get_num_threads()),
+                ],
                 env=env,
                 capture_output=True,
                 text=True,
                 check=True,
             )
             runs["baseline"].append(json.loads(child.stdout.strip().splitlines()[-1]))
+    what = "CPU time" if torch.get_num_threads() == 1 else "wall time"
     print(
-        f"\nCPU speed, bf16 resnet-stage 4,64,56,56->64 (ms per call, fastest timed block "
-        f"of {rounds} interleaved rounds: the least disturbed by other processes)"
+        f"\nCPU speed, bf16 resnet-stage 4,64,56,56->64, {torch.get_num_threads()} thread(s): {what} "
+        f"of the fastest call in {rounds} interleaved rounds (ms)"
     )
     print(f"{'row':36} {'build':10} {'fwd':>8} {'fwd+bwd':>8}")
     for name in runs["this build"][0]:
@@ -281,8 +303,11 @@ def main() -> None:
     parser.add_argument("--baseline", help="PYTHONPATH of a baseline deformconv build")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--min-run-time", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--speed-child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.speed_child is not None:
         print(json.dumps(time_rows(args.speed_child)))
         return
