@@ -144,6 +144,23 @@ def test_cuda_matches_cpu_lower_precision(cfg, dtype):
 
 
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cfg", SWEEP[:6], ids=str)
+def test_cuda_mixed_dtypes_match_cpu(cfg, dtype):
+    # float32 offset and mask with 16-bit data: values and every result's dtype as on the CPU.
+    a = mixed(make_args(**cfg, dtype=torch.float32, seed=3), dtype)
+    c = moved(a, device="cpu")
+    tol = {torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    out_gpu, out_cpu = run_op(a), run_op(c)
+    assert out_gpu.dtype == dtype
+    torch.testing.assert_close(out_gpu.cpu().double(), out_cpu.double(), rtol=tol, atol=tol)
+    go = grad_like(out_gpu)
+    for gg, gc in zip(run_bwd(a, go), run_bwd(c, go.cpu())):
+        assert gg.dtype == gc.dtype
+        torch.testing.assert_close(gg.cpu().double(), gc.double(), rtol=tol, atol=4 * tol)
+
+
+@needs_cuda
 def test_oracle():
     from deformconv.reference import deform_conv2d_np
 

@@ -51,11 +51,9 @@ bench = _load("_deformconv_bench_precision", ROOT / "benchmarks" / "bench_precis
 def mixed(args: dict, dtype, offset_dtype=torch.float32, mask_dtype=torch.float32) -> dict:
     """make_args dict with input, weight, bias in `dtype` and offset / mask in their dtypes."""
     out = dict(args)
-    for k in ("input", "weight", "bias"):
-        out[k] = args[k].to(dtype)
-    out["offset"] = args["offset"].to(offset_dtype)
-    if args["mask"] is not None:
-        out["mask"] = args["mask"].to(mask_dtype)
+    for k, to in (("input", dtype), ("weight", dtype), ("bias", dtype), ("offset", offset_dtype), ("mask", mask_dtype)):
+        if args[k] is not None:
+            out[k] = args[k].to(to)
     return out
 
 
