@@ -111,7 +111,8 @@ class DeformConv2dPack(DeformConv2d):
     ``modulated``, ``og*kh*kw`` mask logits passed through a sigmoid. It is
     zero-initialised, so a fresh layer computes a plain convolution: with
     ``modulated=True`` every tap is scaled by sigmoid(0) = 0.5
-    (``y = bias + 0.5 * conv(x, weight)``).
+    (``y = bias + 0.5 * conv(x, weight)``). Under ``torch.autocast`` the offset/mask branch
+    runs in float32, so the offsets keep sub-pixel precision.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias:

@@ -191,14 +191,10 @@ COMBOS = [
 
 
 def _combo(dtype, off, msk, device="cpu"):
-    pick = {"float32": torch.float32, "same": dtype}
-    args = mixed(
-        make_args(dtype=torch.float32, device=device, with_mask=msk is not None),
-        dtype,
-        pick[off],
-        pick.get(msk, torch.float32),
-    )
-    return args
+    """make_args in `dtype` with offset / mask "float32" or "same" (mask None: no mask)."""
+    pick = {"float32": torch.float32, "same": dtype, None: None}
+    args = make_args(dtype=torch.float32, device=device, with_mask=msk is not None)
+    return mixed(args, dtype, pick[off], pick[msk])
 
 
 @pytest.mark.parametrize("dtype,off,msk", COMBOS, ids=str)
