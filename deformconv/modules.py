@@ -4,6 +4,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
 from .ops import deform_conv2d
@@ -114,6 +115,8 @@ class DeformConv2dPack(DeformConv2d):
     The parameter names and channel layout (offsets first, mask logits last) are mmcv's
     ``ModulatedDeformConv2dPack`` (``modulated=True``) and ``DeformConv2dPack``
     (``modulated=False, bias=False``), so their state_dicts load as they are.
+    Under ``torch.autocast`` the offset/mask branch runs in float32, so the offsets keep
+    sub-pixel precision.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias:
@@ -178,14 +181,42 @@ class DeformConv2dPack(DeformConv2d):
 
     def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
         """input ``Tensor[N, C_in, H, W]`` -> ``Tensor[N, C_out, H_out, W_out]``."""
-        predicted = self.conv_offset(input)
+        offset, mask = self._predict_offset_mask(input)
+        return deform_conv2d(
+            input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask
+        )
+
+    def _predict_offset_mask(self, input: Tensor):
+        """offset ``Tensor[N, 2*og*kh*kw, Ho, Wo]`` and mask ``Tensor[N, og*kh*kw, Ho, Wo]`` (or None).
+
+        Under ``torch.autocast`` the branch runs in float32 (autocast off, float32 input),
+        so the offsets keep sub-pixel precision (bf16 rounds an offset in [8, 16) px to
+        1/16 px) and the op samples at float32 positions; it is a small conv next to the
+        deformable one. Outside autocast it runs in the parameters' dtype.
+        """
+        device_type = input.device.type
+        if (
+            torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)
+            and input.dtype != torch.float64
+        ):
+            conv = self.conv_offset
+            with torch.autocast(device_type=device_type, enabled=False):
+                predicted = F.conv2d(
+                    input.float(),
+                    conv.weight.float(),
+                    conv.bias.float(),
+                    conv.stride,
+                    conv.padding,
+                    conv.dilation,
+                )
+        else:
+            predicted = self.conv_offset(input)
         offset = predicted[:, : self._offset_channels]
         mask = predicted[:, self._offset_channels :].sigmoid() if self.modulated else None
         if mask is not None and self.mask_scale != 1.0:
             mask = mask * self.mask_scale
-        return deform_conv2d(
-            input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask
-        )
+        return offset, mask
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -30,10 +30,13 @@ def deform_conv2d(
         offset: ``Tensor[N, 2*offset_groups*kh*kw, H_out, W_out]``; for tap
             ``k = i*kw + j`` of offset group ``g``, channel ``2*(g*kh*kw + k)`` is the
             y (row) displacement and the next channel the x (column) displacement.
-        weight: ``Tensor[C_out, C_in/groups, kh, kw]``.
-        bias: ``Tensor[C_out]`` or None.
+            The input's dtype, or float32 with a float16 / bfloat16 input (keeps
+            sub-pixel precision: bf16 rounds an 8-16 px offset to 1/16 px).
+        weight: ``Tensor[C_out, C_in/groups, kh, kw]``, the input's dtype.
+        bias: ``Tensor[C_out]`` or None, the input's dtype.
         stride, padding, dilation: int or ``(h, w)``.
-        mask: ``Tensor[N, offset_groups*kh*kw, H_out, W_out]`` modulation, or None (all ones).
+        mask: ``Tensor[N, offset_groups*kh*kw, H_out, W_out]`` modulation, or None (all ones);
+            dtype as for offset.
 
     Returns:
         ``Tensor[N, C_out, H_out, W_out]`` in the input's dtype and memory format, with
@@ -41,7 +44,7 @@ def deform_conv2d(
 
     Samples are zero-padded bilinear: a point is 0 when ``y <= -1``, ``y >= H``,
     ``x <= -1``, ``x >= W`` or not finite; otherwise each of its 4 corners outside
-    the image contributes 0.
+    the image contributes 0. Gradients come back in each argument's dtype.
 
     Example::
 

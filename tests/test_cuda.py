@@ -27,6 +27,7 @@ from cuda_helpers import (
     run_op,
 )
 from helpers import child_process_env, needs_cuda
+from test_mixed_precision import mixed
 
 # Deterministic cuBLAS needs this in the environment before the process's first cuBLAS call
 # (torch reads it once); tests that need it run in a child process that has it.
@@ -81,6 +82,23 @@ def test_cuda_matches_cpu_lower_precision(cfg, dtype):
     go = grad_like(out_gpu)
     grads_gpu, grads_cpu = run_bwd(a, go), run_bwd(c, go.cpu())
     for gg, gc in zip(grads_gpu, grads_cpu):
+        assert gg.dtype == gc.dtype
+        torch.testing.assert_close(gg.cpu().double(), gc.double(), rtol=tol, atol=4 * tol)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cfg", SWEEP[:6], ids=str)
+def test_cuda_mixed_dtypes_match_cpu(cfg, dtype):
+    # float32 offset and mask with 16-bit data: values and every result's dtype as on the CPU.
+    a = mixed(make_args(**cfg, dtype=torch.float32, seed=3), dtype)
+    c = moved(a, device="cpu")
+    tol = {torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    out_gpu, out_cpu = run_op(a), run_op(c)
+    assert out_gpu.dtype == dtype
+    torch.testing.assert_close(out_gpu.cpu().double(), out_cpu.double(), rtol=tol, atol=tol)
+    go = grad_like(out_gpu)
+    for gg, gc in zip(run_bwd(a, go), run_bwd(c, go.cpu())):
         assert gg.dtype == gc.dtype
         torch.testing.assert_close(gg.cpu().double(), gc.double(), rtol=tol, atol=4 * tol)
 
@@ -335,7 +353,8 @@ def test_autocast_runs_in_autocast_dtype(dtype):
             a["input"], a["offset"], a["weight"], a["bias"], padding=1, mask=a["mask"]
         )
     assert out.dtype == dtype and out_f.dtype == dtype
-    assert torch.equal(out, run_op(moved(a, dtype=dtype)))
+    # input, weight and bias in the autocast dtype; offset and mask stay float32.
+    assert torch.equal(out, run_op(mixed(a, dtype)))
     # Backward through autocast: fp32 leaves get fp32 gradients.
     leaves = [a[k].detach().requires_grad_() for k in ("input", "offset", "weight", "bias", "mask")]
     with torch.autocast("cuda", dtype=dtype):

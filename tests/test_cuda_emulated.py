@@ -16,6 +16,7 @@ import torch
 
 from cuda_helpers import SWEEP, deterministic, grad_like, make_args, moved, run_bwd, run_op
 from helpers import op_args
+from test_mixed_precision import bench, check_error_targets, check_rounds_once, mixed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,3 +156,34 @@ def test_emulated_wide_packs(emu, dtype):
     assert shifted.is_contiguous(memory_format=torch.channels_last) and shifted.data_ptr() % 16
     a["input"] = shifted
     check_emulated(emu, a, tol)
+
+
+@pytest.mark.parametrize("det", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_emulated_mixed_dtypes(emu, dtype, det):
+    # float32 offset and mask with 16-bit data (and a 16-bit mask with a float32 offset):
+    # values, dtypes and layouts of every result as the CPU op gives them, both col2im paths,
+    # 1-channel and wide packs (grad_columns is float32: 32-byte packs).
+    tol = {torch.float16: 2e-2, torch.bfloat16: 1.5e-1}[dtype]
+    for cfg in (SWEEP[0], SWEEP[5], dict(c_in=16, c_out=8, groups=2, offset_groups=2)):
+        a = mixed(make_args(**cfg, device="cpu", dtype=torch.float32, seed=2), dtype)
+        check_emulated(emu, a, tol, det=det)
+    a["mask"] = a["mask"].to(dtype)
+    check_emulated(emu, a, tol, det=det)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("offsets", list(bench.RANGES))
+def test_emulated_mixed_error_targets(emu, dtype, offsets):
+    p = bench.smooth_problem(bench.RANGES[offsets], n=1, c_in=16, h=24, w=24, c_out=16)
+    check_error_targets(p, dtype, "explicit", forward=emu.forward, backward=emu.backward)
+
+
+@pytest.mark.parametrize("det", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_emulated_backward_rounds_once(emu, dtype, det):
+    # grad_columns stays float32: grad_offset / grad_mask exact to float32 accuracy, also
+    # with an fp16 loss scale that would overflow a 16-bit grad_columns.
+    with deterministic(det):
+        check_rounds_once(dtype, backward=emu.backward)
+        check_rounds_once(dtype, backward=emu.backward, grad_scale=2e4)

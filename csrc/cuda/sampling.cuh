@@ -44,8 +44,9 @@ struct SamplingArgs {
   index_t mask_stride[4];    // element strides of mask (N, og*taps, H_out, W_out)
 };
 
-// kVec consecutive channels moved as one aligned access of at most 16 bytes: the launchers
-// pick kVec > 1 only when every such access is aligned (channel counts and base pointers).
+// kVec consecutive channels moved as one aligned access: 16 bytes of scalar_t (the fp32
+// grad_columns of a 16-bit call: 32 bytes, two accesses). The launchers pick kVec > 1 only
+// when every such access is aligned (channel counts and base pointers).
 template <typename scalar_t, int kVec>
 struct alignas(sizeof(scalar_t) * kVec) Pack {
   scalar_t v[kVec];
