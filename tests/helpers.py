@@ -1,5 +1,8 @@
 # Shared test helpers (fixtures are in conftest.py): devices, CUDA skip marker, random op arguments, child env.
+import contextlib
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +13,37 @@ from deformconv._geometry import output_size
 CUDA_READY = torch.cuda.is_available() and deformconv.has_cuda_kernels()
 DEVICES = ["cpu"] + (["cuda"] if CUDA_READY else [])
 needs_cuda = pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str):
+    """The module benchmarks/<name>.py (benchmarks/ is a folder of scripts, not a package)."""
+    path = REPO / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_deformconv_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def full_precision_reductions():
+    """cuBLAS may reduce split-K partial sums in 16 bits by default (a torch-wide knob that
+    F.linear follows too); 16-bit error bounds are about the op's own rounding, so measure
+    without it."""
+    matmul = torch.backends.cuda.matmul
+    saved = (
+        matmul.allow_fp16_reduced_precision_reduction,
+        matmul.allow_bf16_reduced_precision_reduction,
+    )
+    matmul.allow_fp16_reduced_precision_reduction = False
+    matmul.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        (
+            matmul.allow_fp16_reduced_precision_reduction,
+            matmul.allow_bf16_reduced_precision_reduction,
+        ) = saved
 
 
 def make_args(

@@ -26,7 +26,7 @@ from cuda_helpers import (
     run_bwd,
     run_op,
 )
-from helpers import child_process_env, needs_cuda
+from helpers import child_process_env, full_precision_reductions, needs_cuda
 from test_mixed_precision import mixed
 
 # Deterministic cuBLAS needs this in the environment before the process's first cuBLAS call
@@ -227,22 +227,8 @@ def test_half_precision_error_within_2x_of_dense_conv(dtype):
     )
     ref_args = moved(low, dtype=torch.float64)
     ref = run_op(ref_args)
-    # cuBLAS may reduce split-K partial sums in 16 bits by default (a torch-wide knob that
-    # F.linear follows too); the bound is about the op's own rounding, so measure without it.
-    matmul = torch.backends.cuda.matmul
-    saved = (
-        matmul.allow_fp16_reduced_precision_reduction,
-        matmul.allow_bf16_reduced_precision_reduction,
-    )
-    matmul.allow_fp16_reduced_precision_reduction = False
-    matmul.allow_bf16_reduced_precision_reduction = False
-    try:
+    with full_precision_reductions():
         got = run_op(low)
-    finally:
-        (
-            matmul.allow_fp16_reduced_precision_reduction,
-            matmul.allow_bf16_reduced_precision_reduction,
-        ) = saved
     assert got.dtype == dtype
     x, w, b = ref_args["input"], ref_args["weight"], ref_args["bias"]
     dense_ref = F.conv2d(x, w, b, padding=1)

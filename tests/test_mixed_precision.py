@@ -12,19 +12,15 @@ GPU and in the host emulation).
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
 
 import deformconv
-from helpers import make_args, op_args
+from helpers import full_precision_reductions, load_benchmark, make_args, op_args
 from deformconv.reference import deform_conv2d_np
 
-ROOT = Path(__file__).resolve().parents[1]
 OP = torch.ops.deformconv.deform_conv2d
 BWD = torch.ops.deformconv._deform_conv2d_backward
 HALF = [torch.bfloat16, torch.float16]
@@ -38,14 +34,7 @@ ANY_NAME = {
 }
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("_deformconv_bench_precision", ROOT / "benchmarks" / "bench_precision.py")
+bench = load_benchmark("bench_precision")
 
 
 def mixed(args: dict, dtype, offset_dtype=torch.float32, mask_dtype=torch.float32) -> dict:
@@ -71,26 +60,6 @@ def exact_in(args: dict, dtype) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Accuracy targets (the issue's): smooth input, offsets in 8-16 px and in +-2 px.
-
-
-@contextlib.contextmanager
-def full_precision_reductions():
-    """cuBLAS may reduce split-K partial sums in 16 bits by default (a torch-wide knob that
-    F.linear follows too); the targets are about the op's own rounding, so measure without."""
-    matmul = torch.backends.cuda.matmul
-    saved = (
-        matmul.allow_fp16_reduced_precision_reduction,
-        matmul.allow_bf16_reduced_precision_reduction,
-    )
-    matmul.allow_fp16_reduced_precision_reduction = False
-    matmul.allow_bf16_reduced_precision_reduction = False
-    try:
-        yield
-    finally:
-        (
-            matmul.allow_fp16_reduced_precision_reduction,
-            matmul.allow_bf16_reduced_precision_reduction,
-        ) = saved
 
 
 def check_error_targets(problem, dtype, mode, device="cpu", forward=OP, backward=BWD):

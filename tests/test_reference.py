@@ -9,12 +9,10 @@ and is loaded from its file.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,18 +21,10 @@ import torch.nn.functional as F
 
 from deformconv._geometry import output_size, pair
 from deformconv.reference import bilinear_interpolate, deform_conv2d_np
+from helpers import REPO as ROOT
+from helpers import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-torch_ref = _load("_deformconv_torch_reference", ROOT / "benchmarks" / "torch_reference.py")
+torch_ref = load_benchmark("torch_reference")
 deform_conv2d_torch = torch_ref.deform_conv2d_torch
 
 try:
