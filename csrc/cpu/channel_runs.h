@@ -3,10 +3,12 @@
 
 #include <cstdint>
 
-// On x86-64 with GCC or Clang each loop is compiled twice, for AVX2+FMA
-// (x86-64-v3) and for the baseline, and the loader picks one for the CPU at hand.
+// On x86-64 with GCC or Clang each loop is compiled three times, for AVX-512
+// (x86-64-v4: F/BW/CD/DQ/VL), AVX2+FMA (x86-64-v3) and the baseline, and the
+// loader picks the first the CPU has (loop_isa() in cpu_paths.h reports which).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
-#define DEFORMCONV_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define DEFORMCONV_CPU_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DEFORMCONV_CPU_CLONES
 #endif
@@ -21,29 +23,32 @@ struct CornerSteps {
   int64_t row_step;  // (W+2)*C: next row of the bordered input
 };
 
+// T is the compute type of the data and the sums; column entries (Col) may be a
+// 16-bit type, converted once on store / load.
+
 // out[i] = w0*v00[i] + w1*v01[i] + w2*v10[i] + w3*v11[i] for i < n.
-template <typename T>
-DEFORMCONV_CPU_CLONES void sample_run(const T* c00, CornerSteps s, const T* w, T* out,
+template <typename T, typename Col>
+DEFORMCONV_CPU_CLONES void sample_run(const T* c00, CornerSteps s, const T* w, Col* out,
                                       int64_t n) {
   const T* c01 = c00 + s.col_step;
   const T* c10 = c00 + s.row_step;
   const T* c11 = c10 + s.col_step;
   const T w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
   for (int64_t i = 0; i < n; ++i) {
-    out[i] = w0 * c00[i] + w1 * c01[i] + w2 * c10[i] + w3 * c11[i];
+    out[i] = static_cast<Col>(w0 * c00[i] + w1 * c01[i] + w2 * c10[i] + w3 * c11[i]);
   }
 }
 
 // Adjoint of sample_run: each corner i += w_c * grad[i].
-template <typename T>
-DEFORMCONV_CPU_CLONES void scatter_run(T* g00, CornerSteps s, const T* w, const T* grad,
+template <typename T, typename Col>
+DEFORMCONV_CPU_CLONES void scatter_run(T* g00, CornerSteps s, const T* w, const Col* grad,
                                        int64_t n) {
   T* g01 = g00 + s.col_step;
   T* g10 = g00 + s.row_step;
   T* g11 = g10 + s.col_step;
   const T w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
   for (int64_t i = 0; i < n; ++i) {
-    const T gv = grad[i];
+    const T gv = static_cast<T>(grad[i]);
     g00[i] += w0 * gv;
     g01[i] += w1 * gv;
     g10[i] += w2 * gv;
@@ -54,8 +59,8 @@ DEFORMCONV_CPU_CLONES void scatter_run(T* g00, CornerSteps s, const T* w, const 
 // dots[c] += sum_i grad[i] * corner_c[i] for the 4 corners. Eight explicit
 // partial sums per corner keep the loop vectorisable without reassociation
 // flags, and the final order is fixed, so results are bitwise reproducible.
-template <typename T>
-DEFORMCONV_CPU_CLONES void corner_dots_run(const T* c00, CornerSteps s, const T* grad, int64_t n,
+template <typename T, typename Col>
+DEFORMCONV_CPU_CLONES void corner_dots_run(const T* c00, CornerSteps s, const Col* grad, int64_t n,
                                            T* dots) {
   constexpr int kLanes = 8;
   const T* c01 = c00 + s.col_step;
@@ -65,7 +70,7 @@ DEFORMCONV_CPU_CLONES void corner_dots_run(const T* c00, CornerSteps s, const T*
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      const T gv = grad[i + l];
+      const T gv = static_cast<T>(grad[i + l]);
       a0[l] += gv * c00[i + l];
       a1[l] += gv * c01[i + l];
       a2[l] += gv * c10[i + l];
@@ -73,7 +78,7 @@ DEFORMCONV_CPU_CLONES void corner_dots_run(const T* c00, CornerSteps s, const T*
     }
   }
   for (int l = 0; i < n; ++i, ++l) {
-    const T gv = grad[i];
+    const T gv = static_cast<T>(grad[i]);
     a0[l] += gv * c00[i];
     a1[l] += gv * c01[i];
     a2[l] += gv * c10[i];

@@ -15,24 +15,24 @@ namespace cpu {
 
 // columns[q, (group, k, c)] = mask * bilinear sample of channel c at tap k for
 // pixel q; one row of L.columns entries per pixel. Tasks own pixel ranges.
-template <typename acc_t>
+template <typename acc_t, typename col_t>
 void fill_columns(const Layout& L, const std::vector<ChannelRun>& runs, const acc_t* bordered,
-                  const Sample<acc_t>* table, int64_t chunk, acc_t* columns) {
+                  const Sample<acc_t>* table, int64_t chunk, col_t* columns) {
   const int64_t taps = L.geo.taps();
   const int64_t per_group = L.geo.in_channels_per_group();
   const CornerSteps steps{L.geo.in_channels, L.padded_w * L.geo.in_channels};
   at::parallel_for(0, chunk, 16, [&](int64_t q_begin, int64_t q_end) {
     for (int64_t q = q_begin; q < q_end; ++q) {
       const Sample<acc_t>* samples = table + q * L.samples;
-      acc_t* row = columns + q * L.columns;
+      col_t* row = columns + q * L.columns;
       for (const ChannelRun& run : runs) {
         for (int64_t k = 0; k < taps; ++k) {
           const Sample<acc_t>& s = samples[run.offset_group * taps + k];
-          acc_t* out = row + run.column_base + k * per_group;
+          col_t* out = row + run.column_base + k * per_group;
           if (s.valid) {
             sample_run(bordered + s.base + run.begin, steps, s.w, out, run.end - run.begin);
           } else {
-            std::fill(out, out + (run.end - run.begin), acc_t(0));
+            std::fill(out, out + (run.end - run.begin), col_t(0));
           }
         }
       }
@@ -43,9 +43,9 @@ void fill_columns(const Layout& L, const std::vector<ChannelRun>& runs, const ac
 // grad_bordered += adjoint of fill_columns applied to grad_columns. Tasks own
 // (image, channel slice) pairs, which never write the same element: no races,
 // and each element sums in pixel-then-tap order whatever the thread count.
-template <typename acc_t>
+template <typename acc_t, typename col_t>
 void scatter_input_grad(const Layout& L, const std::vector<ChannelRun>& runs,
-                        const acc_t* grad_columns, const Sample<acc_t>* table, int64_t p_begin,
+                        const col_t* grad_columns, const Sample<acc_t>* table, int64_t p_begin,
                         int64_t chunk, acc_t* grad_bordered) {
   const ConvGeometry& g = L.geo;
   const int64_t taps = g.taps();
@@ -67,7 +67,7 @@ void scatter_input_grad(const Layout& L, const std::vector<ChannelRun>& runs,
       const int64_t q_end = std::min<int64_t>(chunk, (n + 1) * hw_out - p_begin);
       for (int64_t q = q_begin; q < q_end; ++q) {
         const Sample<acc_t>* samples = table + q * L.samples;
-        const acc_t* row = grad_columns + q * L.columns;
+        const col_t* row = grad_columns + q * L.columns;
         for (const ChannelRun& run : runs) {
           const int64_t lo = std::max(run.begin, c_lo);
           const int64_t hi = std::min(run.end, c_hi);
@@ -88,9 +88,9 @@ void scatter_input_grad(const Layout& L, const std::vector<ChannelRun>& runs,
 // channels reduced through four corner dot products,
 //   d/dmask = sum_c g_c * sample_c,  d/dy = mask * sum_c g_c * d(sample_c)/dy, ...
 // Tasks own pixel ranges: no races, fixed order.
-template <typename acc_t>
+template <typename acc_t, typename col_t>
 void sample_grads(const Layout& L, const std::vector<ChannelRun>& runs, const acc_t* bordered,
-                  const acc_t* grad_columns, const Sample<acc_t>* table, int64_t p_begin,
+                  const col_t* grad_columns, const Sample<acc_t>* table, int64_t p_begin,
                   int64_t chunk, acc_t* grad_offset, acc_t* grad_mask) {
   const ConvGeometry& g = L.geo;
   const int64_t taps = g.taps();
@@ -101,7 +101,7 @@ void sample_grads(const Layout& L, const std::vector<ChannelRun>& runs, const ac
     std::vector<acc_t> dots(4 * L.samples);
     for (int64_t q = q_begin; q < q_end; ++q) {
       const Sample<acc_t>* samples = table + q * L.samples;
-      const acc_t* row = grad_columns + q * L.columns;
+      const col_t* row = grad_columns + q * L.columns;
       std::fill(dots.begin(), dots.end(), acc_t(0));
       for (const ChannelRun& run : runs) {
         for (int64_t k = 0; k < taps; ++k) {
