@@ -146,19 +146,20 @@ def test_path_query_names_the_forced_path(use_path):
 
 
 def test_automatic_choice_follows_the_cpu(monkeypatch):
-    """Unset switches: oneDNN GEMMs when ATen has oneDNN; 16-bit columns only where the CPU
-    has 16-bit dot-product units; AVX-512 loops where the CPU has x86-64-v4."""
+    """Unset switches: oneDNN GEMMs when ATen has oneDNN and the CPU AVX-512; 16-bit columns
+    only where the CPU also has 16-bit dot-product units; AVX-512 loops where it has x86-64-v4."""
     monkeypatch.delenv("DEFORMCONV_CPU_GEMM", raising=False)
     monkeypatch.delenv("DEFORMCONV_CPU_16BIT", raising=False)
     caps = torch._C._cpu._get_cpu_capability()
-    onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    avx512 = all(caps.get(f) for f in ("avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"))
+    onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and avx512
     query = torch.ops.deformconv._cpu_path
     assert query(torch.float32).startswith("gemm=onednn" if onednn else "gemm=mm")
     native_bf16 = onednn and (caps.get("avx512_bf16") or caps.get("amx_bf16"))
     native_fp16 = onednn and (caps.get("avx512_fp16") or caps.get("amx_fp16"))
     assert ("columns=bfloat16" in query(torch.bfloat16)) == bool(native_bf16)
     assert ("columns=float16" in query(torch.float16)) == bool(native_fp16)
-    v4 = all(caps.get(f) for f in ("avx512_f", "avx512_bw", "avx512_cd", "avx512_dq", "avx512_vl"))
+    v4 = avx512 and caps.get("avx512_cd")
     if caps.get("architecture") == "x86_64":
         expected = "avx512" if v4 else ("avx2" if caps.get("avx2") and caps.get("fma3") else "")
         if expected:

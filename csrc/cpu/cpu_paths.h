@@ -15,7 +15,8 @@ enum class GemmBackend {
 };
 
 // The GEMM backend for a compute dtype: DEFORMCONV_CPU_GEMM=mm|onednn forces one
-// (read on every call); unset or "auto" picks oneDNN when ATen has it enabled.
+// (read on every call); unset or "auto" picks oneDNN when ATen has it enabled
+// and the CPU has AVX-512 (F/BW/VL/DQ), else at::mm.
 // float64 always uses at::mm: oneDNN has no float64.
 GemmBackend gemm_backend(at::ScalarType compute_dtype);
 
