@@ -3,14 +3,18 @@
 
 #include <cstdint>
 
-// On x86-64 with GCC or Clang each loop is compiled three times, for AVX-512
-// (x86-64-v4: F/BW/CD/DQ/VL), AVX2+FMA (x86-64-v3) and the baseline, and the
-// loader picks the first the CPU has (loop_isa() in cpu_paths.h reports which).
+// On x86-64 with GCC or Clang the passes that call these loops (deform_passes.h)
+// are compiled three times, for AVX-512 (x86-64-v4: F/BW/CD/DQ/VL), AVX2+FMA
+// (x86-64-v3) and the baseline, and the loader picks the first the CPU has
+// (loop_isa() in cpu_paths.h reports which). The loops are inlined into each
+// clone: one call per pixel range, not per (pixel, tap, channel run).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
 #define DEFORMCONV_CPU_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define DEFORMCONV_CPU_INLINE inline __attribute__((always_inline))
 #else
 #define DEFORMCONV_CPU_CLONES
+#define DEFORMCONV_CPU_INLINE inline
 #endif
 
 namespace deformconv {
@@ -28,7 +32,7 @@ struct CornerSteps {
 
 // out[i] = w0*v00[i] + w1*v01[i] + w2*v10[i] + w3*v11[i] for i < n.
 template <typename T, typename Col>
-DEFORMCONV_CPU_CLONES void sample_run(const T* c00, CornerSteps s, const T* w, Col* out,
+DEFORMCONV_CPU_INLINE void sample_run(const T* c00, CornerSteps s, const T* w, Col* out,
                                       int64_t n) {
   const T* c01 = c00 + s.col_step;
   const T* c10 = c00 + s.row_step;
@@ -41,7 +45,7 @@ DEFORMCONV_CPU_CLONES void sample_run(const T* c00, CornerSteps s, const T* w, C
 
 // Adjoint of sample_run: each corner i += w_c * grad[i].
 template <typename T, typename Col>
-DEFORMCONV_CPU_CLONES void scatter_run(T* g00, CornerSteps s, const T* w, const Col* grad,
+DEFORMCONV_CPU_INLINE void scatter_run(T* g00, CornerSteps s, const T* w, const Col* grad,
                                        int64_t n) {
   T* g01 = g00 + s.col_step;
   T* g10 = g00 + s.row_step;
@@ -60,7 +64,7 @@ DEFORMCONV_CPU_CLONES void scatter_run(T* g00, CornerSteps s, const T* w, const 
 // partial sums per corner keep the loop vectorisable without reassociation
 // flags, and the final order is fixed, so results are bitwise reproducible.
 template <typename T, typename Col>
-DEFORMCONV_CPU_CLONES void corner_dots_run(const T* c00, CornerSteps s, const Col* grad, int64_t n,
+DEFORMCONV_CPU_INLINE void corner_dots_run(const T* c00, CornerSteps s, const Col* grad, int64_t n,
                                            T* dots) {
   constexpr int kLanes = 8;
   const T* c01 = c00 + s.col_step;
