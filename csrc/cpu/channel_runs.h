@@ -1,7 +1,11 @@
 // Innermost CPU loops over a run of channels that share one bilinear sample (NHWC data, contiguous in channel).
 #pragma once
 
+#include <c10/util/BFloat16.h>
+
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 // On x86-64 with GCC or Clang the passes that call these loops (deform_passes.h)
 // are compiled three times, for AVX-512 (x86-64-v4: F/BW/CD/DQ/VL), AVX2+FMA
@@ -60,16 +64,77 @@ DEFORMCONV_CPU_INLINE void scatter_run(T* g00, CornerSteps s, const T* w, const 
   }
 }
 
-// dots[c] += sum_i grad[i] * corner_c[i] for the 4 corners. Eight explicit
-// partial sums per corner keep the loop vectorisable without reassociation
-// flags, and the final order is fixed, so results are bitwise reproducible.
+#if defined(__GNUC__) || defined(__clang__)
+#define DEFORMCONV_CPU_VECTOR_EXT 1
+// 16 float lanes as a GCC/Clang vector: one zmm register in the AVX-512 clone,
+// two ymm in the AVX2 one, four xmm in the baseline, with the same lane-wise
+// arithmetic (so the same summation order) in all of them.
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+
+// Vectors are passed by pointer: returning a 64-byte vector from baseline code
+// would change the ABI (GCC warns), even though these always inline.
+DEFORMCONV_CPU_INLINE void load16(f32x16* v, const float* p) { std::memcpy(v, p, sizeof(*v)); }
+
+// bfloat16 is the top half of a float32: widen and shift.
+DEFORMCONV_CPU_INLINE void load16(f32x16* v, const c10::BFloat16* p) {
+  u16x16 h;
+  std::memcpy(&h, p, sizeof(h));
+  const u32x16 w = __builtin_convertvector(h, u32x16) << 16;
+  std::memcpy(v, &w, sizeof(*v));
+}
+
+template <typename Col>
+DEFORMCONV_CPU_INLINE void load16(f32x16* v, const Col* p) {
+  float f[16];
+  for (int l = 0; l < 16; ++l) f[l] = static_cast<float>(p[l]);
+  load16(v, f);
+}
+#endif
+
+// dots[c] += sum_i grad[i] * corner_c[i] for the 4 corners, with a fixed
+// number of lane-wise partial sums per corner (16 for float, 8 for double) and
+// a fixed final order, so results are bitwise reproducible run to run.
 template <typename T, typename Col>
 DEFORMCONV_CPU_INLINE void corner_dots_run(const T* c00, CornerSteps s, const Col* grad, int64_t n,
                                            T* dots) {
-  constexpr int kLanes = 8;
   const T* c01 = c00 + s.col_step;
   const T* c10 = c00 + s.row_step;
   const T* c11 = c10 + s.col_step;
+#ifdef DEFORMCONV_CPU_VECTOR_EXT
+  if constexpr (std::is_same_v<T, float>) {
+    f32x16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      f32x16 gv, v0, v1, v2, v3;
+      load16(&gv, grad + i);
+      load16(&v0, c00 + i);
+      load16(&v1, c01 + i);
+      load16(&v2, c10 + i);
+      load16(&v3, c11 + i);
+      a0 += gv * v0;
+      a1 += gv * v1;
+      a2 += gv * v2;
+      a3 += gv * v3;
+    }
+    for (int l = 0; i < n; ++i, ++l) {
+      const float gv = static_cast<float>(grad[i]);
+      a0[l] += gv * c00[i];
+      a1[l] += gv * c01[i];
+      a2[l] += gv * c10[i];
+      a3[l] += gv * c11[i];
+    }
+    for (int l = 0; l < 16; ++l) {
+      dots[0] += a0[l];
+      dots[1] += a1[l];
+      dots[2] += a2[l];
+      dots[3] += a3[l];
+    }
+    return;
+  }
+#endif
+  constexpr int kLanes = 8;
   T a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {}, a3[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {

@@ -57,6 +57,8 @@ bool onednn_available() { return at::hasMKLDNN() && at::globalContext().userEnab
 
 }  // namespace
 
+bool cpu_has_avx512() { return cpu_has_all({"avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"}); }
+
 GemmBackend gemm_backend(at::ScalarType compute_dtype) {
   if (compute_dtype == at::kDouble) return GemmBackend::kMm;
   const std::string choice = env_choice("DEFORMCONV_CPU_GEMM", {"mm", "onednn"});
@@ -65,9 +67,7 @@ GemmBackend gemm_backend(at::ScalarType compute_dtype) {
   // oneDNN where the CPU has AVX-512: there MKL's sgemm on AMD EPYC runs at under half
   // oneDNN's speed (measured). AVX2-only and other CPUs keep at::mm (not measured against
   // oneDNN there).
-  return onednn_available() && cpu_has_all({"avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"})
-             ? GemmBackend::kOneDnn
-             : GemmBackend::kMm;
+  return onednn_available() && cpu_has_avx512() ? GemmBackend::kOneDnn : GemmBackend::kMm;
 }
 
 bool native_16bit(at::ScalarType dtype) {

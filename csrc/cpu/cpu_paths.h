@@ -28,6 +28,9 @@ GemmBackend gemm_backend(at::ScalarType compute_dtype);
 // backend is oneDNN. Always false for float32 / float64.
 bool native_16bit(at::ScalarType dtype);
 
+// True when the CPU has AVX-512 F/BW/VL/DQ (oneDNN's bfloat16 kernels need them).
+bool cpu_has_avx512();
+
 // Vector ISA of the sampling loops the loader chose: "avx512", "avx2" or "baseline".
 const char* loop_isa();
 
