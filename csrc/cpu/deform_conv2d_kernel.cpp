@@ -50,9 +50,12 @@ at::Tensor to_caller(const at::Tensor& t, const at::Tensor& like) {
 // The input as opmath (N, H+2, W+2, C) with a zero border, in one copy.
 at::Tensor bordered_nhwc(const at::Tensor& input) {
   const auto opts = input.options().dtype(opmath_dtype(input.scalar_type()));
-  at::Tensor out = at::zeros({input.size(0), input.size(2) + 2, input.size(3) + 2, input.size(1)},
-                             opts);
-  out.narrow(1, 1, input.size(2)).narrow(2, 1, input.size(3)).copy_(input.permute({0, 2, 3, 1}));
+  const int64_t H = input.size(2);
+  const int64_t W = input.size(3);
+  at::Tensor out = at::empty({input.size(0), H + 2, W + 2, input.size(1)}, opts);
+  for (int64_t row : {int64_t(0), H + 1}) out.select(1, row).zero_();
+  for (int64_t col : {int64_t(0), W + 1}) out.select(2, col).zero_();
+  out.narrow(1, 1, H).narrow(2, 1, W).copy_(input.permute({0, 2, 3, 1}));
   return out;
 }
 
