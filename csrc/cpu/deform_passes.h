@@ -48,20 +48,21 @@ void fill_columns(const Layout& L, const std::vector<ChannelRun>& runs, const ac
   });
 }
 
-// Task t of scatter_input_grad: image first_image + t / slices, channel slice
-// t % slices. One clone per ISA, loops inlined.
+// Task t of scatter_input_grad: channel slice t / images, image
+// first_image + t % images. One clone per ISA, loops inlined.
 template <typename acc_t, typename col_t>
 DEFORMCONV_CPU_CLONES void scatter_task(const Layout& L, const std::vector<ChannelRun>& runs,
                                         const col_t* grad_columns, const Sample<acc_t>* table,
                                         int64_t p_begin, int64_t chunk, int64_t first_image,
-                                        int64_t slices, int64_t t, acc_t* grad_bordered) {
+                                        int64_t images, int64_t slices, int64_t t,
+                                        acc_t* grad_bordered) {
   const ConvGeometry& g = L.geo;
   const int64_t taps = g.taps();
   const int64_t per_group = g.in_channels_per_group();
   const int64_t hw_out = g.out_pixels();
   const CornerSteps steps{g.in_channels, L.padded_w * g.in_channels};
-  const int64_t n = first_image + t / slices;
-  const int64_t slice = t % slices;
+  const int64_t slice = t / images;
+  const int64_t n = first_image + t % images;
   const int64_t c_lo = g.in_channels * slice / slices;
   const int64_t c_hi = g.in_channels * (slice + 1) / slices;
   const int64_t q_begin = std::max<int64_t>(0, n * hw_out - p_begin);
@@ -84,8 +85,10 @@ DEFORMCONV_CPU_CLONES void scatter_task(const Layout& L, const std::vector<Chann
 }
 
 // grad_bordered += adjoint of fill_columns applied to grad_columns. Tasks own
-// (image, channel slice) pairs, which never write the same element: no races,
+// (channel slice, image) pairs, which never write the same element: no races,
 // and each element sums in pixel-then-tap order whatever the thread count.
+// One channel slice per thread, slice-major: each thread gets the same share
+// of the work even when the chunk's images hold very different pixel counts.
 template <typename acc_t, typename col_t>
 void scatter_input_grad(const Layout& L, const std::vector<ChannelRun>& runs,
                         const col_t* grad_columns, const Sample<acc_t>* table, int64_t p_begin,
@@ -94,12 +97,10 @@ void scatter_input_grad(const Layout& L, const std::vector<ChannelRun>& runs,
   const int64_t hw_out = g.out_pixels();
   const int64_t first_image = p_begin / hw_out;
   const int64_t images = (p_begin + chunk - 1) / hw_out - first_image + 1;
-  // Enough channel slices to give every thread work when the chunk holds few images.
-  const int64_t slices = std::min<int64_t>(
-      g.in_channels, std::max<int64_t>(1, (2 * at::get_num_threads() + images - 1) / images));
-  at::parallel_for(0, images * slices, 1, [&](int64_t t_begin, int64_t t_end) {
+  const int64_t slices = std::min<int64_t>(g.in_channels, at::get_num_threads());
+  at::parallel_for(0, images * slices, images, [&](int64_t t_begin, int64_t t_end) {
     for (int64_t t = t_begin; t < t_end; ++t) {
-      scatter_task(L, runs, grad_columns, table, p_begin, chunk, first_image, slices, t,
+      scatter_task(L, runs, grad_columns, table, p_begin, chunk, first_image, images, slices, t,
                    grad_bordered);
     }
   });
