@@ -87,8 +87,9 @@ DEFORMCONV_CPU_CLONES void scatter_task(const Layout& L, const std::vector<Chann
 // grad_bordered += adjoint of fill_columns applied to grad_columns. Tasks own
 // (channel slice, image) pairs, which never write the same element: no races,
 // and each element sums in pixel-then-tap order whatever the thread count.
-// One channel slice per thread, slice-major: each thread gets the same share
-// of the work even when the chunk's images hold very different pixel counts.
+// With few images per chunk, tasks are slice-major with one slice per thread,
+// so each thread gets the same share even when the chunk's images hold very
+// different pixel counts (a chunk often ends inside an image).
 template <typename acc_t, typename col_t>
 void scatter_input_grad(const Layout& L, const std::vector<ChannelRun>& runs,
                         const col_t* grad_columns, const Sample<acc_t>* table, int64_t p_begin,
@@ -97,8 +98,12 @@ void scatter_input_grad(const Layout& L, const std::vector<ChannelRun>& runs,
   const int64_t hw_out = g.out_pixels();
   const int64_t first_image = p_begin / hw_out;
   const int64_t images = (p_begin + chunk - 1) / hw_out - first_image + 1;
-  const int64_t slices = std::min<int64_t>(g.in_channels, at::get_num_threads());
-  at::parallel_for(0, images * slices, images, [&](int64_t t_begin, int64_t t_end) {
+  // Whole images per task when there are enough to go round; else one channel
+  // slice per thread over all of the chunk's images.
+  const int64_t threads = at::get_num_threads();
+  const int64_t slices = images >= 2 * threads ? 1 : std::min<int64_t>(g.in_channels, threads);
+  const int64_t grain = slices == 1 ? 1 : images;
+  at::parallel_for(0, images * slices, grain, [&](int64_t t_begin, int64_t t_end) {
     for (int64_t t = t_begin; t < t_end; ++t) {
       scatter_task(L, runs, grad_columns, table, p_begin, chunk, first_image, images, slices, t,
                    grad_bordered);
