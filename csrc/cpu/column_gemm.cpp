@@ -42,10 +42,16 @@ at::Tensor conv1x1_rows(const at::Tensor& rows, const at::Tensor& weight,
   return at::cat({conv(rows.narrow(0, 0, head), width), conv(rows.narrow(0, head, R - head), R - head)});
 }
 
-// mkldnn::_linear_pointwise (ATen's oneDNN linear, used by Inductor), where this torch has it.
+// mkldnn::_linear_pointwise (ATen's oneDNN linear, used by Inductor), where this torch has
+// it with the schema called below: (X, W, B?, attr, scalars, algorithm?) -> Y.
 const c10::optional<c10::OperatorHandle>& onednn_linear() {
-  static const c10::optional<c10::OperatorHandle> op =
-      c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+  static const c10::optional<c10::OperatorHandle> op = []() -> c10::optional<c10::OperatorHandle> {
+    auto found = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+    if (!found || found->schema().arguments().size() != 6 || found->schema().returns().size() != 1) {
+      return c10::nullopt;
+    }
+    return found;
+  }();
   return op;
 }
 
