@@ -16,6 +16,11 @@ forward+backward (``torch.cuda.max_memory_allocated`` above the allocation befor
 Inputs: ``Tensor[N, C_in, H, W]`` ~ N(0, 1), offsets uniform in [-2, 2] px, mask uniform (0, 1),
 weight ~ N(0, 1/fan_in), seeded per shape.
 
+On CPU the header also names the CPU's vector ISA (AVX2 / AVX-512 / AVX-512+bf16 / AMX), the
+MKL and oneDNN versions in torch, and the path deformconv takes per dtype (GEMM backend, column
+dtype, loop ISA); ``DEFORMCONV_CPU_GEMM=mm|onednn`` and ``DEFORMCONV_CPU_16BIT=native|fp32`` in the
+environment force a path.
+
 Usage::
 
     python benchmarks/bench_deform_conv2d.py --quick
@@ -192,6 +197,46 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def vector_isa() -> str:
+    """The CPU's widest vector / matrix units as cpuinfo (through torch) reports them:
+    AMX, AVX-512 (+bf16, +fp16), AVX2 or the machine name."""
+    try:
+        caps = torch._C._cpu._get_cpu_capability()
+    except Exception:  # private API: missing in another torch
+        return torch.backends.cpu.get_cpu_capability()
+    if caps.get("amx_tile"):
+        units = [u for u in ("amx_bf16", "amx_fp16") if caps.get(u)]
+        return "AMX (" + ", ".join(units) + ")" if units else "AMX"
+    if caps.get("avx512_f"):
+        extra = [name for u, name in (("avx512_bf16", "bf16"), ("avx512_fp16", "fp16")) if caps.get(u)]
+        return "AVX-512" + "".join("+" + e for e in extra)
+    if caps.get("avx2"):
+        return "AVX2"
+    return platform.machine()
+
+
+def cpu_libraries() -> dict:
+    """MKL and oneDNN versions from torch's build configuration."""
+    config = torch.__config__.show()
+    found = {}
+    for key, pattern in (("mkl", r"Math Kernel Library Version ([\w.]+)"),
+                         ("onednn", r"MKL-DNN v([\w.]+)")):
+        match = re.search(pattern, config)
+        found[key] = match.group(1) if match else "not in this build"
+    found["onednn_enabled"] = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    found["aten_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return found
+
+
+def deformconv_cpu_paths(dtypes) -> dict:
+    """The CPU path deformconv takes per dtype (GEMM backend, column dtype, loop ISA)."""
+    try:
+        query = torch.ops.deformconv._cpu_path
+        return {SHORT[d]: query(d) for d in dtypes}
+    except Exception as exc:  # not importable, or a build without the query
+        return {"unknown": _first_line(exc)}
+
+
 def header(args, dtypes, impls, notes) -> dict:
     try:
         import torchvision
@@ -219,6 +264,10 @@ def header(args, dtypes, impls, notes) -> dict:
     if hasattr(os, "getloadavg"):
         info["loadavg_at_start"] = [round(v, 2) for v in os.getloadavg()]
     if args.device == "cpu":
+        info["vector_isa"] = vector_isa()
+        info.update(cpu_libraries())
+        if "deformconv" in impls:
+            info["deformconv_path"] = deformconv_cpu_paths(dtypes)
         others = OtherCpuUse.sample(1.0)
         info["other_cpus_before"] = None if others is None else round(others, 2)
     if args.device == "cuda":
@@ -278,6 +327,11 @@ def print_header(info: dict) -> None:
         "torchvision",
         "device",
         "device_name",
+        "vector_isa",
+        "mkl",
+        "onednn",
+        "onednn_enabled",
+        "aten_cpu_capability",
         "threads",
         "dtypes",
         "implementations",
@@ -288,6 +342,8 @@ def print_header(info: dict) -> None:
     ):
         if key in info:
             print(f"{key:>16}: {info[key]}")
+    for dtype, path in info.get("deformconv_path", {}).items():
+        print(f"{'path ' + dtype:>16}: {path}")
     for impl, why in info["left_out"].items():
         print(f"{'note':>16}: {impl} column left out: {why}")
     if info.get("other_cpus_before") is not None:

@@ -1,4 +1,4 @@
-// CPU forward and backward of deform_conv2d: channels-last deformable im2col + ATen GEMM, multithreaded and race-free.
+// CPU forward and backward of deform_conv2d: channels-last deformable im2col + oneDNN/ATen GEMMs, multithreaded and race-free.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -9,6 +9,8 @@
 
 #include "common/geometry.h"
 #include "common/opmath.h"
+#include "cpu/column_gemm.h"
+#include "cpu/cpu_paths.h"
 #include "cpu/deform_passes.h"
 
 namespace deformconv {
@@ -24,6 +26,16 @@ c10::optional<at::Tensor> to_opmath(const c10::optional<at::Tensor>& t) {
   return to_opmath(*t);
 }
 
+// Weight / bias in the input's dtype, contiguous (the native 16-bit path).
+at::Tensor to_dtype(const at::Tensor& t, const at::Tensor& input) {
+  return t.to(input.scalar_type()).contiguous();
+}
+
+c10::optional<at::Tensor> to_dtype(const c10::optional<at::Tensor>& t, const at::Tensor& input) {
+  if (!t.has_value()) return c10::nullopt;
+  return to_dtype(*t, input);
+}
+
 // A result in the caller's dtype and in the memory format `like` prefers.
 at::Tensor to_caller(const at::Tensor& t, const at::Tensor& like) {
   const auto format = prefers_channels_last(like) ? at::MemoryFormat::ChannelsLast
@@ -34,9 +46,12 @@ at::Tensor to_caller(const at::Tensor& t, const at::Tensor& like) {
 // The input as opmath (N, H+2, W+2, C) with a zero border, in one copy.
 at::Tensor bordered_nhwc(const at::Tensor& input) {
   const auto opts = input.options().dtype(opmath_dtype(input.scalar_type()));
-  at::Tensor out = at::zeros({input.size(0), input.size(2) + 2, input.size(3) + 2, input.size(1)},
-                             opts);
-  out.narrow(1, 1, input.size(2)).narrow(2, 1, input.size(3)).copy_(input.permute({0, 2, 3, 1}));
+  const int64_t H = input.size(2);
+  const int64_t W = input.size(3);
+  at::Tensor out = at::empty({input.size(0), H + 2, W + 2, input.size(1)}, opts);
+  for (int64_t row : {int64_t(0), H + 1}) out.select(1, row).zero_();
+  for (int64_t col : {int64_t(0), W + 1}) out.select(2, col).zero_();
+  out.narrow(1, 1, H).narrow(2, 1, W).copy_(input.permute({0, 2, 3, 1}));
   return out;
 }
 
@@ -58,31 +73,36 @@ constexpr int64_t kMinChunkPixels = 256;
 
 // Pixels per chunk: about kColumnCacheBytes of columns, never above what the
 // workspace budget allows for `column_buffers` column blocks plus the sample
-// table; at least 1, and the last chunk takes the remainder.
-template <typename acc_t>
+// table; at least 1, a multiple of kImageWidth where larger (the oneDNN GEMMs
+// then need no tail call), and the last chunk takes the remainder.
+template <typename acc_t, typename col_t>
 int64_t pixels_per_chunk(const Layout& L, int64_t column_buffers) {
-  const int64_t column_bytes = column_buffers * L.columns * int64_t(sizeof(acc_t));
+  const int64_t column_bytes = column_buffers * L.columns * int64_t(sizeof(col_t));
   const int64_t bytes_per_pixel = column_bytes + L.samples * int64_t(sizeof(Sample<acc_t>));
   const int64_t cache_pixels = std::max(kMinChunkPixels, kColumnCacheBytes / column_bytes);
   const int64_t budget_pixels = workspace_budget_bytes() / bytes_per_pixel;
-  return std::max<int64_t>(1, std::min({L.pixels, cache_pixels, budget_pixels}));
+  const int64_t chunk = std::max<int64_t>(1, std::min({L.pixels, cache_pixels, budget_pixels}));
+  return chunk > kImageWidth && chunk < L.pixels ? chunk / kImageWidth * kImageWidth : chunk;
 }
 
-// Forward in opmath: returns Tensor[N, C_out, H_out, W_out] with channels-last strides.
-template <typename acc_t>
-at::Tensor forward_impl(const Layout& L, const at::Tensor& input, const at::Tensor& weight,
-                        const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
+// Forward: returns Tensor[N, C_out, H_out, W_out] with channels-last strides,
+// in col_t. Sampling runs in acc_t (float32 or float64); the columns, the
+// weight, the bias and the GEMM are in col_t: acc_t itself, or a 16-bit type
+// whose GEMM sums in float32 (the native 16-bit path).
+template <typename acc_t, typename col_t>
+at::Tensor forward_impl(const Layout& L, GemmBackend backend, const at::Tensor& input,
+                        const at::Tensor& weight, const at::Tensor& offset,
+                        const c10::optional<at::Tensor>& mask,
                         const c10::optional<at::Tensor>& bias) {
   const ConvGeometry& g = L.geo;
-  const int64_t cols_g = g.taps() * g.in_channels_per_group();
-  const int64_t cout_g = g.out_channels_per_group();
   const at::Tensor bordered = bordered_nhwc(input);
   const at::Tensor w_cols = weight_for_columns(weight, g);
   const std::vector<ChannelRun> runs = channel_runs(g);
-  at::Tensor out_pc = at::empty({L.pixels, g.out_channels}, bordered.options());  // (P, C_out)
 
-  const int64_t max_chunk = pixels_per_chunk<acc_t>(L, 1);
-  at::Tensor column_storage = at::empty({max_chunk * L.columns}, bordered.options());
+  const int64_t max_chunk = pixels_per_chunk<acc_t, col_t>(L, 1);
+  const auto col_opts = bordered.options().dtype(c10::CppTypeToScalarType<col_t>::value);
+  at::Tensor out_pc;  // Tensor[P, C_out]
+  at::Tensor column_storage = at::empty({max_chunk * L.columns}, col_opts);
   std::vector<Sample<acc_t>> table(max_chunk * L.samples);
   const acc_t* mask_ptr = mask ? mask->data_ptr<acc_t>() : nullptr;
   for (int64_t p0 = 0; p0 < L.pixels; p0 += max_chunk) {
@@ -90,57 +110,56 @@ at::Tensor forward_impl(const Layout& L, const at::Tensor& input, const at::Tens
     at::Tensor columns = column_storage.narrow(0, 0, chunk * L.columns).view({chunk, L.columns});
     build_sample_table(L, offset.data_ptr<acc_t>(), mask_ptr, p0, chunk, table.data());
     fill_columns(L, runs, bordered.data_ptr<acc_t>(), table.data(), chunk,
-                 columns.data_ptr<acc_t>());
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      at::Tensor out_block = out_pc.narrow(0, p0, chunk).narrow(1, grp * cout_g, cout_g);
-      at::mm_out(out_block, columns.narrow(1, grp * cols_g, cols_g), w_cols[grp]);
+                 columns.data_ptr<col_t>());
+    at::Tensor block = columns_times_weight(backend, columns, w_cols, bias);
+    if (chunk == L.pixels) {
+      out_pc = block;
+    } else {
+      if (!out_pc.defined()) out_pc = at::empty({L.pixels, g.out_channels}, col_opts);
+      out_pc.narrow(0, p0, chunk).copy_(block);
     }
   }
-  if (bias) out_pc.add_(*bias);
   return out_pc.view({g.batch, g.out_h, g.out_w, g.out_channels}).permute({0, 3, 1, 2});
 }
 
-// Backward in opmath: grad_input (channels-last strides), grad_weight, grad_offset, grad_mask.
-template <typename acc_t>
+// Backward: grad_input (channels-last strides), grad_weight, grad_offset,
+// grad_mask, all in acc_t. grad_pc, weight and the columns are in col_t (see
+// forward_impl); grad_weight sums the chunks in acc_t.
+template <typename acc_t, typename col_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
-    const Layout& L, const at::Tensor& grad_pc, const at::Tensor& input, const at::Tensor& weight,
-    const at::Tensor& offset, const c10::optional<at::Tensor>& mask) {
+    const Layout& L, GemmBackend backend, const at::Tensor& grad_pc, const at::Tensor& input,
+    const at::Tensor& weight, const at::Tensor& offset, const c10::optional<at::Tensor>& mask) {
   const ConvGeometry& g = L.geo;
-  const int64_t cols_g = g.taps() * g.in_channels_per_group();
-  const int64_t cout_g = g.out_channels_per_group();
   const at::Tensor bordered = bordered_nhwc(input);
   const auto opts = bordered.options();
   const at::Tensor w_cols = weight_for_columns(weight, g);
   const std::vector<ChannelRun> runs = channel_runs(g);
 
   at::Tensor grad_bordered = at::zeros_like(bordered);
-  at::Tensor grad_w_cols = at::zeros_like(w_cols);
+  at::Tensor grad_w_cols = at::zeros(w_cols.sizes(), opts);
   at::Tensor grad_offset = at::empty(offset.sizes(), opts);
   at::Tensor grad_mask = mask ? at::empty(mask->sizes(), opts) : at::Tensor();
 
-  // Two column blocks per chunk: the sampled columns and their gradient.
-  const int64_t max_chunk = pixels_per_chunk<acc_t>(L, 2);
-  at::Tensor column_storage = at::empty({2 * max_chunk * L.columns}, opts);
+  // Two column blocks per chunk: the sampled columns and their gradient (which the GEMM returns).
+  const int64_t max_chunk = pixels_per_chunk<acc_t, col_t>(L, 2);
+  at::Tensor column_storage =
+      at::empty({max_chunk * L.columns}, opts.dtype(c10::CppTypeToScalarType<col_t>::value));
   std::vector<Sample<acc_t>> table(max_chunk * L.samples);
   const acc_t* mask_ptr = mask ? mask->data_ptr<acc_t>() : nullptr;
   for (int64_t p0 = 0; p0 < L.pixels; p0 += max_chunk) {
     const int64_t chunk = std::min(max_chunk, L.pixels - p0);
-    const int64_t len = chunk * L.columns;
-    at::Tensor columns = column_storage.narrow(0, 0, len).view({chunk, L.columns});
-    at::Tensor grad_columns = column_storage.narrow(0, len, len).view({chunk, L.columns});
+    at::Tensor columns = column_storage.narrow(0, 0, chunk * L.columns).view({chunk, L.columns});
     build_sample_table(L, offset.data_ptr<acc_t>(), mask_ptr, p0, chunk, table.data());
     fill_columns(L, runs, bordered.data_ptr<acc_t>(), table.data(), chunk,
-                 columns.data_ptr<acc_t>());
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      const at::Tensor grad_block = grad_pc.narrow(0, p0, chunk).narrow(1, grp * cout_g, cout_g);
-      // grad_weight += columns^T @ grad_out ; grad_columns = grad_out @ weight^T.
-      grad_w_cols[grp].addmm_(columns.narrow(1, grp * cols_g, cols_g).t(), grad_block);
-      at::Tensor grad_cols_g = grad_columns.narrow(1, grp * cols_g, cols_g);
-      at::mm_out(grad_cols_g, grad_block, w_cols[grp].t());
-    }
-    scatter_input_grad(L, runs, grad_columns.data_ptr<acc_t>(), table.data(), p0, chunk,
+                 columns.data_ptr<col_t>());
+    const at::Tensor grad_block = grad_pc.narrow(0, p0, chunk);
+    // grad_weight += columns^T @ grad_out ; grad_columns = grad_out @ weight^T (per group).
+    accumulate_grad_weight(backend, columns, grad_block, grad_w_cols);
+    const at::Tensor grad_columns =
+        grad_out_times_weight_t(backend, grad_block, w_cols).contiguous();
+    scatter_input_grad(L, runs, grad_columns.data_ptr<col_t>(), table.data(), p0, chunk,
                        grad_bordered.data_ptr<acc_t>());
-    sample_grads(L, runs, bordered.data_ptr<acc_t>(), grad_columns.data_ptr<acc_t>(),
+    sample_grads(L, runs, bordered.data_ptr<acc_t>(), grad_columns.data_ptr<col_t>(),
                  table.data(), p0, chunk, grad_offset.data_ptr<acc_t>(),
                  mask ? grad_mask.data_ptr<acc_t>() : nullptr);
   }
@@ -148,7 +167,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
       grad_bordered.narrow(1, 1, g.height).narrow(2, 1, g.width).permute({0, 3, 1, 2});
   const at::Tensor grad_weight =
       grad_w_cols
-          .view({g.groups, g.kernel_h, g.kernel_w, g.in_channels_per_group(), cout_g})
+          .view({g.groups, g.kernel_h, g.kernel_w, g.in_channels_per_group(),
+                 g.out_channels_per_group()})
           .permute({0, 4, 3, 1, 2})
           .reshape({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
   return {grad_input, grad_weight, grad_offset, grad_mask};
@@ -168,11 +188,20 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
         .contiguous(prefers_channels_last(input) ? at::MemoryFormat::ChannelsLast
                                                  : at::MemoryFormat::Contiguous);
   }
+  const GemmBackend backend = gemm_backend(opmath_dtype(input.scalar_type()));
   at::Tensor out;
-  AT_DISPATCH_FLOATING_TYPES(opmath_dtype(input.scalar_type()), "deform_conv2d_forward_cpu", [&] {
-    out = forward_impl<scalar_t>(L, input, to_opmath(weight), to_opmath(offset), to_opmath(mask),
-                                 to_opmath(bias));
-  });
+  if (native_16bit(input.scalar_type())) {
+    // Columns, weight, bias and GEMM in the input's 16-bit dtype; sampling in float32.
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_forward_cpu", [&] {
+      out = forward_impl<float, scalar_t>(L, backend, input, to_dtype(weight, input),
+                                          to_opmath(offset), to_opmath(mask), to_dtype(bias, input));
+    });
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(opmath_dtype(input.scalar_type()), "deform_conv2d_forward_cpu", [&] {
+      out = forward_impl<scalar_t, scalar_t>(L, backend, input, to_opmath(weight),
+                                             to_opmath(offset), to_opmath(mask), to_opmath(bias));
+    });
+  }
   return to_caller(out, input);
 }
 
@@ -187,9 +216,13 @@ deform_conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
   check_grad_output(grad_output, input, geo);
   const Layout L(geo);
   const auto opmath = opmath_dtype(input.scalar_type());
+  const bool native = native_16bit(input.scalar_type());
+  const GemmBackend backend = gemm_backend(opmath);
   // grad_output as (P, C_out): rows are pixels, like the forward's columns.
-  const at::Tensor grad_pc = grad_output.to(opmath).permute({0, 2, 3, 1}).contiguous().view(
-      {L.pixels, geo.out_channels});
+  const at::Tensor grad_pc = grad_output.to(native ? input.scalar_type() : opmath)
+                                 .permute({0, 2, 3, 1})
+                                 .contiguous()
+                                 .view({L.pixels, geo.out_channels});
   at::Tensor grad_input, grad_weight, grad_offset, grad_mask;
   if (L.pixels == 0 || geo.out_channels == 0) {
     const auto opts = input.options().dtype(opmath);
@@ -197,10 +230,15 @@ deform_conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
     grad_weight = at::zeros(weight.sizes(), opts);
     grad_offset = at::zeros(offset.sizes(), opts);
     if (mask) grad_mask = at::zeros(mask->sizes(), opts);
+  } else if (native) {
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
+      std::tie(grad_input, grad_weight, grad_offset, grad_mask) = backward_impl<float, scalar_t>(
+          L, backend, grad_pc, input, to_dtype(weight, input), to_opmath(offset), to_opmath(mask));
+    });
   } else {
     AT_DISPATCH_FLOATING_TYPES(opmath, "deform_conv2d_backward_cpu", [&] {
-      std::tie(grad_input, grad_weight, grad_offset, grad_mask) = backward_impl<scalar_t>(
-          L, grad_pc, input, to_opmath(weight), to_opmath(offset), to_opmath(mask));
+      std::tie(grad_input, grad_weight, grad_offset, grad_mask) = backward_impl<scalar_t, scalar_t>(
+          L, backend, grad_pc, input, to_opmath(weight), to_opmath(offset), to_opmath(mask));
     });
   }
   const at::Tensor grad_bias =

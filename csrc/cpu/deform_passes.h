@@ -13,125 +13,164 @@
 namespace deformconv {
 namespace cpu {
 
-// columns[q, (group, k, c)] = mask * bilinear sample of channel c at tap k for
-// pixel q; one row of L.columns entries per pixel. Tasks own pixel ranges.
-template <typename acc_t>
-void fill_columns(const Layout& L, const std::vector<ChannelRun>& runs, const acc_t* bordered,
-                  const Sample<acc_t>* table, int64_t chunk, acc_t* columns) {
+// Rows [q_begin, q_end) of fill_columns: one clone per ISA, loops inlined.
+template <typename acc_t, typename col_t>
+DEFORMCONV_CPU_CLONES void fill_column_rows(const Layout& L, const std::vector<ChannelRun>& runs,
+                                            const acc_t* bordered, const Sample<acc_t>* table,
+                                            int64_t q_begin, int64_t q_end, col_t* columns) {
   const int64_t taps = L.geo.taps();
   const int64_t per_group = L.geo.in_channels_per_group();
   const CornerSteps steps{L.geo.in_channels, L.padded_w * L.geo.in_channels};
-  at::parallel_for(0, chunk, 16, [&](int64_t q_begin, int64_t q_end) {
-    for (int64_t q = q_begin; q < q_end; ++q) {
-      const Sample<acc_t>* samples = table + q * L.samples;
-      acc_t* row = columns + q * L.columns;
-      for (const ChannelRun& run : runs) {
-        for (int64_t k = 0; k < taps; ++k) {
-          const Sample<acc_t>& s = samples[run.offset_group * taps + k];
-          acc_t* out = row + run.column_base + k * per_group;
-          if (s.valid) {
-            sample_run(bordered + s.base + run.begin, steps, s.w, out, run.end - run.begin);
-          } else {
-            std::fill(out, out + (run.end - run.begin), acc_t(0));
-          }
+  for (int64_t q = q_begin; q < q_end; ++q) {
+    const Sample<acc_t>* samples = table + q * L.samples;
+    col_t* row = columns + q * L.columns;
+    for (const ChannelRun& run : runs) {
+      for (int64_t k = 0; k < taps; ++k) {
+        const Sample<acc_t>& s = samples[run.offset_group * taps + k];
+        col_t* out = row + run.column_base + k * per_group;
+        if (s.valid) {
+          sample_run(bordered + s.base + run.begin, steps, s.w, out, run.end - run.begin);
+        } else {
+          std::fill(out, out + (run.end - run.begin), col_t(0));
         }
       }
     }
+  }
+}
+
+// columns[q, (group, k, c)] = mask * bilinear sample of channel c at tap k for
+// pixel q; one row of L.columns entries per pixel. Tasks own pixel ranges.
+template <typename acc_t, typename col_t>
+void fill_columns(const Layout& L, const std::vector<ChannelRun>& runs, const acc_t* bordered,
+                  const Sample<acc_t>* table, int64_t chunk, col_t* columns) {
+  at::parallel_for(0, chunk, 16, [&](int64_t q_begin, int64_t q_end) {
+    fill_column_rows(L, runs, bordered, table, q_begin, q_end, columns);
   });
 }
 
-// grad_bordered += adjoint of fill_columns applied to grad_columns. Tasks own
-// (image, channel slice) pairs, which never write the same element: no races,
-// and each element sums in pixel-then-tap order whatever the thread count.
-template <typename acc_t>
-void scatter_input_grad(const Layout& L, const std::vector<ChannelRun>& runs,
-                        const acc_t* grad_columns, const Sample<acc_t>* table, int64_t p_begin,
-                        int64_t chunk, acc_t* grad_bordered) {
+// Task t of scatter_input_grad: channel slice t / images, image
+// first_image + t % images. One clone per ISA, loops inlined.
+template <typename acc_t, typename col_t>
+DEFORMCONV_CPU_CLONES void scatter_task(const Layout& L, const std::vector<ChannelRun>& runs,
+                                        const col_t* grad_columns, const Sample<acc_t>* table,
+                                        int64_t p_begin, int64_t chunk, int64_t first_image,
+                                        int64_t images, int64_t slices, int64_t t,
+                                        acc_t* grad_bordered) {
   const ConvGeometry& g = L.geo;
   const int64_t taps = g.taps();
   const int64_t per_group = g.in_channels_per_group();
   const int64_t hw_out = g.out_pixels();
   const CornerSteps steps{g.in_channels, L.padded_w * g.in_channels};
-  const int64_t first_image = p_begin / hw_out;
-  const int64_t images = (p_begin + chunk - 1) / hw_out - first_image + 1;
-  // Enough channel slices to give every thread work when the chunk holds few images.
-  const int64_t slices = std::min<int64_t>(
-      g.in_channels, std::max<int64_t>(1, (2 * at::get_num_threads() + images - 1) / images));
-  at::parallel_for(0, images * slices, 1, [&](int64_t t_begin, int64_t t_end) {
-    for (int64_t t = t_begin; t < t_end; ++t) {
-      const int64_t n = first_image + t / slices;
-      const int64_t slice = t % slices;
-      const int64_t c_lo = g.in_channels * slice / slices;
-      const int64_t c_hi = g.in_channels * (slice + 1) / slices;
-      const int64_t q_begin = std::max<int64_t>(0, n * hw_out - p_begin);
-      const int64_t q_end = std::min<int64_t>(chunk, (n + 1) * hw_out - p_begin);
-      for (int64_t q = q_begin; q < q_end; ++q) {
-        const Sample<acc_t>* samples = table + q * L.samples;
-        const acc_t* row = grad_columns + q * L.columns;
-        for (const ChannelRun& run : runs) {
-          const int64_t lo = std::max(run.begin, c_lo);
-          const int64_t hi = std::min(run.end, c_hi);
-          if (lo >= hi) continue;
-          for (int64_t k = 0; k < taps; ++k) {
-            const Sample<acc_t>& s = samples[run.offset_group * taps + k];
-            if (!s.valid) continue;
-            scatter_run(grad_bordered + s.base + lo, steps, s.w,
-                        row + run.column_base + k * per_group + (lo - run.begin), hi - lo);
-          }
-        }
+  const int64_t slice = t / images;
+  const int64_t n = first_image + t % images;
+  const int64_t c_lo = g.in_channels * slice / slices;
+  const int64_t c_hi = g.in_channels * (slice + 1) / slices;
+  const int64_t q_begin = std::max<int64_t>(0, n * hw_out - p_begin);
+  const int64_t q_end = std::min<int64_t>(chunk, (n + 1) * hw_out - p_begin);
+  for (int64_t q = q_begin; q < q_end; ++q) {
+    const Sample<acc_t>* samples = table + q * L.samples;
+    const col_t* row = grad_columns + q * L.columns;
+    for (const ChannelRun& run : runs) {
+      const int64_t lo = std::max(run.begin, c_lo);
+      const int64_t hi = std::min(run.end, c_hi);
+      if (lo >= hi) continue;
+      for (int64_t k = 0; k < taps; ++k) {
+        const Sample<acc_t>& s = samples[run.offset_group * taps + k];
+        if (!s.valid) continue;
+        scatter_run(grad_bordered + s.base + lo, steps, s.w,
+                    row + run.column_base + k * per_group + (lo - run.begin), hi - lo);
       }
     }
+  }
+}
+
+// grad_bordered += adjoint of fill_columns applied to grad_columns. Tasks own
+// (channel slice, image) pairs, which never write the same element: no races,
+// and each element sums in pixel-then-tap order whatever the thread count.
+// With few images per chunk, tasks are slice-major with one slice per thread,
+// so each thread gets the same share even when the chunk's images hold very
+// different pixel counts (a chunk often ends inside an image).
+template <typename acc_t, typename col_t>
+void scatter_input_grad(const Layout& L, const std::vector<ChannelRun>& runs,
+                        const col_t* grad_columns, const Sample<acc_t>* table, int64_t p_begin,
+                        int64_t chunk, acc_t* grad_bordered) {
+  const ConvGeometry& g = L.geo;
+  const int64_t hw_out = g.out_pixels();
+  const int64_t first_image = p_begin / hw_out;
+  const int64_t images = (p_begin + chunk - 1) / hw_out - first_image + 1;
+  // Whole images per task when there are enough to go round; else one channel
+  // slice per thread over all of the chunk's images.
+  const int64_t threads = at::get_num_threads();
+  const int64_t slices = images >= 2 * threads ? 1 : std::min<int64_t>(g.in_channels, threads);
+  const int64_t grain = slices == 1 ? 1 : images;
+  at::parallel_for(0, images * slices, grain, [&](int64_t t_begin, int64_t t_end) {
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      scatter_task(L, runs, grad_columns, table, p_begin, chunk, first_image, images, slices, t,
+                   grad_bordered);
+    }
   });
+}
+
+// Rows [q_begin, q_end) of sample_grads, with `dots` scratch of 4 * L.samples.
+// One clone per ISA, loops inlined.
+template <typename acc_t, typename col_t>
+DEFORMCONV_CPU_CLONES void sample_grad_rows(const Layout& L, const std::vector<ChannelRun>& runs,
+                                            const acc_t* bordered, const col_t* grad_columns,
+                                            const Sample<acc_t>* table, int64_t p_begin,
+                                            int64_t q_begin, int64_t q_end, acc_t* dots,
+                                            acc_t* grad_offset, acc_t* grad_mask) {
+  const ConvGeometry& g = L.geo;
+  const int64_t taps = g.taps();
+  const int64_t per_group = g.in_channels_per_group();
+  const int64_t hw_out = g.out_pixels();
+  const CornerSteps steps{g.in_channels, L.padded_w * g.in_channels};
+  for (int64_t q = q_begin; q < q_end; ++q) {
+    const Sample<acc_t>* samples = table + q * L.samples;
+    const col_t* row = grad_columns + q * L.columns;
+    std::fill(dots, dots + 4 * L.samples, acc_t(0));
+    for (const ChannelRun& run : runs) {
+      for (int64_t k = 0; k < taps; ++k) {
+        const int64_t gk = run.offset_group * taps + k;
+        const Sample<acc_t>& s = samples[gk];
+        if (!s.valid) continue;
+        corner_dots_run(bordered + s.base + run.begin, steps,
+                        row + run.column_base + k * per_group, run.end - run.begin,
+                        dots + 4 * gk);
+      }
+    }
+    const int64_t p = p_begin + q;
+    const int64_t n = p / hw_out;
+    const int64_t r = p % hw_out;
+    for (int64_t gk = 0; gk < L.samples; ++gk) {
+      const Sample<acc_t>& s = samples[gk];
+      const acc_t* d = dots + 4 * gk;
+      acc_t w[4];
+      bilinear_weights(s.ly, s.lx, w);
+      acc_t d_dy = 0, d_dx = 0;
+      if (s.valid) bilinear_coordinate_grad(d, s.ly, s.lx, &d_dy, &d_dx);
+      acc_t* go = grad_offset + (n * 2 * L.samples + 2 * gk) * hw_out + r;
+      go[0] = s.mask * d_dy;
+      go[hw_out] = s.mask * d_dx;
+      if (grad_mask) {
+        grad_mask[(n * L.samples + gk) * hw_out + r] =
+            s.valid ? w[0] * d[0] + w[1] * d[1] + w[2] * d[2] + w[3] * d[3] : acc_t(0);
+      }
+    }
+  }
 }
 
 // grad_offset (dy, dx) and grad_mask of every sample: the offset group's
 // channels reduced through four corner dot products,
 //   d/dmask = sum_c g_c * sample_c,  d/dy = mask * sum_c g_c * d(sample_c)/dy, ...
 // Tasks own pixel ranges: no races, fixed order.
-template <typename acc_t>
+template <typename acc_t, typename col_t>
 void sample_grads(const Layout& L, const std::vector<ChannelRun>& runs, const acc_t* bordered,
-                  const acc_t* grad_columns, const Sample<acc_t>* table, int64_t p_begin,
+                  const col_t* grad_columns, const Sample<acc_t>* table, int64_t p_begin,
                   int64_t chunk, acc_t* grad_offset, acc_t* grad_mask) {
-  const ConvGeometry& g = L.geo;
-  const int64_t taps = g.taps();
-  const int64_t per_group = g.in_channels_per_group();
-  const int64_t hw_out = g.out_pixels();
-  const CornerSteps steps{g.in_channels, L.padded_w * g.in_channels};
   at::parallel_for(0, chunk, 16, [&](int64_t q_begin, int64_t q_end) {
     std::vector<acc_t> dots(4 * L.samples);
-    for (int64_t q = q_begin; q < q_end; ++q) {
-      const Sample<acc_t>* samples = table + q * L.samples;
-      const acc_t* row = grad_columns + q * L.columns;
-      std::fill(dots.begin(), dots.end(), acc_t(0));
-      for (const ChannelRun& run : runs) {
-        for (int64_t k = 0; k < taps; ++k) {
-          const int64_t gk = run.offset_group * taps + k;
-          const Sample<acc_t>& s = samples[gk];
-          if (!s.valid) continue;
-          corner_dots_run(bordered + s.base + run.begin, steps,
-                          row + run.column_base + k * per_group, run.end - run.begin,
-                          dots.data() + 4 * gk);
-        }
-      }
-      const int64_t p = p_begin + q;
-      const int64_t n = p / hw_out;
-      const int64_t r = p % hw_out;
-      for (int64_t gk = 0; gk < L.samples; ++gk) {
-        const Sample<acc_t>& s = samples[gk];
-        const acc_t* d = dots.data() + 4 * gk;
-        acc_t w[4];
-        bilinear_weights(s.ly, s.lx, w);
-        acc_t d_dy = 0, d_dx = 0;
-        if (s.valid) bilinear_coordinate_grad(d, s.ly, s.lx, &d_dy, &d_dx);
-        acc_t* go = grad_offset + (n * 2 * L.samples + 2 * gk) * hw_out + r;
-        go[0] = s.mask * d_dy;
-        go[hw_out] = s.mask * d_dx;
-        if (grad_mask) {
-          grad_mask[(n * L.samples + gk) * hw_out + r] =
-              s.valid ? w[0] * d[0] + w[1] * d[1] + w[2] * d[2] + w[3] * d[3] : acc_t(0);
-        }
-      }
-    }
+    sample_grad_rows(L, runs, bordered, grad_columns, table, p_begin, q_begin, q_end,
+                     dots.data(), grad_offset, grad_mask);
   });
 }
 

@@ -1,0 +1,113 @@
+// CPU path selection: the CPU's units (cpuinfo through ATen), ATen's oneDNN switch and the DEFORMCONV_CPU_* overrides.
+#include "cpu/cpu_paths.h"
+
+#include <ATen/Context.h>
+#include <ATen/cpu/Utils.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <string>
+
+namespace deformconv {
+namespace cpu {
+namespace {
+
+// The value of an override variable: "auto" when unset or empty, else one of `choices`.
+std::string env_choice(const char* name, std::initializer_list<const char*> choices) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return "auto";
+  const std::string value(env);
+  std::string expected = "auto";
+  for (const char* c : choices) {
+    if (value == c) return value;
+    expected += std::string("|") + c;
+  }
+  TORCH_CHECK(value == "auto", name, " is not valid: got '", value, "', expected ", expected);
+  return value;
+}
+
+// True when cpuinfo (as reported by ATen) lists one of the named units.
+bool cpu_has_any(std::initializer_list<const char*> units) {
+  static const auto capabilities = at::cpu::get_cpu_capabilities();
+  for (const char* unit : units) {
+    const auto it = capabilities.find(unit);
+    if (it != capabilities.end() && it->second.isBool() && it->second.toBool()) return true;
+  }
+  return false;
+}
+
+const char* dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return "float64";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    default: return "float32";
+  }
+}
+
+bool cpu_has_all(std::initializer_list<const char*> units) {
+  for (const char* unit : units) {
+    if (!cpu_has_any({unit})) return false;
+  }
+  return true;
+}
+
+bool onednn_available() { return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn(); }
+
+}  // namespace
+
+bool cpu_has_avx512() { return cpu_has_all({"avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"}); }
+
+GemmBackend gemm_backend(at::ScalarType compute_dtype) {
+  if (compute_dtype == at::kDouble) return GemmBackend::kMm;
+  const std::string choice = env_choice("DEFORMCONV_CPU_GEMM", {"mm", "onednn"});
+  if (choice == "mm") return GemmBackend::kMm;
+  if (choice == "onednn") return GemmBackend::kOneDnn;
+  // oneDNN where the CPU has AVX-512: there MKL's sgemm on AMD EPYC runs at under half
+  // oneDNN's speed (measured). AVX2-only and other CPUs keep at::mm (not measured against
+  // oneDNN there).
+  return onednn_available() && cpu_has_avx512() ? GemmBackend::kOneDnn : GemmBackend::kMm;
+}
+
+bool native_16bit(at::ScalarType dtype) {
+  if (dtype != at::kBFloat16 && dtype != at::kHalf) return false;
+  const std::string choice = env_choice("DEFORMCONV_CPU_16BIT", {"native", "fp32"});
+  if (choice != "auto") return choice == "native";
+  if (gemm_backend(at::kFloat) != GemmBackend::kOneDnn) return false;
+  return dtype == at::kBFloat16 ? cpu_has_any({"avx512_bf16", "amx_bf16"})
+                                : cpu_has_any({"avx512_fp16", "amx_fp16"});
+}
+
+const char* loop_isa() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  // The same order as the target_clones resolver of channel_runs.h.
+  if (__builtin_cpu_supports("x86-64-v4")) return "avx512";
+  if (__builtin_cpu_supports("x86-64-v3")) return "avx2";
+#endif
+  return "baseline";
+}
+
+std::string describe_path(at::ScalarType dtype) {
+  const bool is16 = dtype == at::kBFloat16 || dtype == at::kHalf;
+  const at::ScalarType compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const bool native = native_16bit(dtype);
+  std::string path = std::string("gemm=") +
+                     (gemm_backend(compute) == GemmBackend::kOneDnn ? "onednn" : "mm");
+  path += std::string(" columns=") + dtype_name(native ? dtype : compute);
+  if (is16 && !native) path += " (16-bit input computed in float32)";
+  path += std::string(" loops=") + loop_isa();
+  return path;
+}
+
+namespace {
+std::string cpu_path_op(c10::ScalarType dtype) { return describe_path(dtype); }
+}  // namespace
+
+// Private query for benchmarks and tests: torch.ops.deformconv._cpu_path(torch.bfloat16).
+TORCH_LIBRARY_FRAGMENT(deformconv, m) {
+  m.def("_cpu_path(ScalarType dtype) -> str", &cpu_path_op);
+}
+
+}  // namespace cpu
+}  // namespace deformconv

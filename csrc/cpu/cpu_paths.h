@@ -1,0 +1,42 @@
+// Which CPU path the op takes: GEMM backend and 16-bit column storage, from the CPU's units and environment overrides.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <string>
+
+namespace deformconv {
+namespace cpu {
+
+// Backend of the three column GEMMs (forward, grad_columns, grad_weight).
+enum class GemmBackend {
+  kMm,      // at::mm / addmm (MKL or OpenBLAS for float32/float64)
+  kOneDnn,  // oneDNN through ATen's 1x1 convolution (and mkldnn linear for grad_weight)
+};
+
+// The GEMM backend for a compute dtype: DEFORMCONV_CPU_GEMM=mm|onednn forces one
+// (read on every call); unset or "auto" picks oneDNN when ATen has it enabled
+// and the CPU has AVX-512 (F/BW/VL/DQ), else at::mm.
+// float64 always uses at::mm: oneDNN has no float64.
+GemmBackend gemm_backend(at::ScalarType compute_dtype);
+
+// True when a bfloat16 / float16 call keeps its columns in 16 bits and runs
+// 16-bit GEMMs with float32 accumulation; false computes everything in float32.
+// DEFORMCONV_CPU_16BIT=native|fp32 forces one (read on every call); unset or
+// "auto" picks native where the CPU has 16-bit dot-product units (bfloat16:
+// avx512_bf16 or AMX-BF16; float16: avx512_fp16 or AMX-FP16) and the GEMM
+// backend is oneDNN. Always false for float32 / float64.
+bool native_16bit(at::ScalarType dtype);
+
+// True when the CPU has AVX-512 F/BW/VL/DQ (oneDNN's bfloat16 kernels need them).
+bool cpu_has_avx512();
+
+// Vector ISA of the sampling loops the loader chose: "avx512", "avx2" or "baseline".
+const char* loop_isa();
+
+// One line naming the path a call with this input dtype takes, e.g.
+// "gemm=onednn columns=bfloat16 loops=avx512".
+std::string describe_path(at::ScalarType dtype);
+
+}  // namespace cpu
+}  // namespace deformconv

@@ -1,0 +1,174 @@
+# Every CPU path (GEMM backend x 16-bit column storage), forced by environment switches, against float64 and each other.
+"""The CPU kernels choose, per call, a GEMM backend (``DEFORMCONV_CPU_GEMM=mm|onednn``) and, for
+bfloat16 / float16, whether the columns stay in 16 bits (``DEFORMCONV_CPU_16BIT=native|fp32``).
+Each test forces every combination, so all paths run on any CPU, whatever it would choose."""
+
+import pytest
+import torch
+
+from deformconv.reference import deform_conv2d_np
+
+from conftest import make_args, op_args
+
+PATHS = [("mm", "fp32"), ("onednn", "fp32"), ("onednn", "native"), ("mm", "native")]
+PATH_IDS = [f"{g}-{b}" for g, b in PATHS]
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+# Max abs error over max abs value of the float64 result at the same (rounded) inputs.
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}
+CONFIGS = {
+    "basic": dict(),
+    "no_mask_no_bias": dict(with_mask=False, with_bias=False),
+    "groups": dict(c_in=8, c_out=6, groups=2),
+    "offset_groups": dict(c_in=8, offset_groups=4),
+    "groups_and_offset_groups": dict(c_in=8, c_out=4, groups=2, offset_groups=4),
+    "strided_dilated": dict(kernel=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), h=9,
+                            w=8),
+    "channels_last": dict(c_in=8, c_out=8, h=9, w=10),
+}
+TENSORS = ("input", "weight", "offset", "mask", "bias")
+GRADS = ("input", "weight", "offset", "mask", "bias")
+
+
+@pytest.fixture
+def use_path(monkeypatch):
+    """Force a CPU path for the rest of the test: use_path("onednn", "native")."""
+
+    def use(gemm, columns_16bit):
+        monkeypatch.setenv("DEFORMCONV_CPU_GEMM", gemm)
+        monkeypatch.setenv("DEFORMCONV_CPU_16BIT", columns_16bit)
+
+    return use
+
+
+def cast(args, dtype, channels_last=False):
+    """The tensors of a make_args dict in `dtype` (input channels-last if asked)."""
+    out = {k: (v.to(dtype) if torch.is_tensor(v) else v) for k, v in args.items()}
+    if channels_last:
+        out["input"] = out["input"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def forward_backward(args, seed=1):
+    """[output, grad_input, grad_weight, grad_offset, grad_mask, grad_bias] of one call."""
+    out = torch.ops.deformconv.deform_conv2d(*op_args(args))
+    g = torch.Generator().manual_seed(seed)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    grads = torch.ops.deformconv._deform_conv2d_backward(grad, *op_args(args))
+    return [out, *grads]
+
+
+def assert_close_scaled(ours, ref, tol, what):
+    for name, a, b in zip(("output",) + GRADS, ours, ref):
+        if b.numel() == 0:
+            assert a.numel() == 0, f"{what}: {name}"
+            continue
+        err = (a.double() - b.double()).abs().max().item()
+        scale = b.double().abs().max().item() + 1e-6
+        assert err / scale < tol, f"{what}: {name} error {err:.3g} (scale {scale:.3g})"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_path_matches_float64_at_rounded_inputs(path, dtype, config, use_path):
+    """Forward and all gradients against the float64 op (mm path) at the same rounded inputs."""
+    args = make_args(**CONFIGS[config])
+    low = cast(args, dtype, channels_last=config == "channels_last")
+    use_path("mm", "fp32")
+    ref = forward_backward(cast(low, torch.float64))
+    use_path(*path)
+    ours = forward_backward(low)
+    for t in ours:
+        assert t.dtype == dtype
+    if config == "channels_last":
+        assert ours[0].is_contiguous(memory_format=torch.channels_last)
+        assert ours[1].is_contiguous(memory_format=torch.channels_last)
+    assert_close_scaled(ours, ref, TOLERANCE[dtype], f"{path} {dtype} {config}")
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_path_forward_matches_numpy_oracle(path, dtype, use_path):
+    args = make_args(c_in=8, c_out=4, groups=2, offset_groups=2, offset_scale=3.0)
+    low = cast(args, dtype)
+    use_path(*path)
+    out = torch.ops.deformconv.deform_conv2d(*op_args(low))
+    as_np = {k: (v.double().numpy() if torch.is_tensor(v) else v) for k, v in low.items()}
+    expected = deform_conv2d_np(as_np["input"], as_np["offset"], as_np["mask"], as_np["weight"],
+                                as_np["bias"], args["stride"], args["padding"], args["dilation"])
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(out.double(), torch.from_numpy(expected), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_paths_agree_with_each_other(dtype, use_path):
+    """All paths give the same results within the dtype's rounding, on a multi-chunk shape."""
+    args = cast(make_args(n=3, c_in=16, c_out=12, h=11, w=13, groups=2, offset_groups=2), dtype)
+    results = {}
+    for path in PATHS:
+        use_path(*path)
+        results[path] = forward_backward(args)
+    tol = 1e-5 if dtype == torch.float32 else TOLERANCE[dtype]
+    first = results[PATHS[0]]
+    for path, res in results.items():
+        assert_close_scaled(res, first, tol, f"{path} vs {PATHS[0]} in {dtype}")
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_remainder_chunks_are_reproducible_and_match_one_chunk(path, dtype, use_path,
+                                                               monkeypatch):
+    """A 1 MiB workspace splits 5*21*23 pixels into chunks whose last one is partial and not a
+    multiple of the oneDNN image width; results repeat bitwise and match a single chunk."""
+    args = cast(make_args(n=5, c_in=32, c_out=8, h=21, w=23, groups=2, offset_groups=2), dtype)
+    use_path(*path)
+    whole = forward_backward(args)
+    monkeypatch.setenv("DEFORMCONV_WORKSPACE_MB", "1")
+    chunked = forward_backward(args)
+    again = forward_backward(args)
+    for name, a, b in zip(("output",) + GRADS, chunked, again):
+        assert torch.equal(a, b), f"{name} differs between two identical runs"
+    # grad_weight sums its chunks in float32 after 16-bit GEMMs: one more rounding per chunk.
+    tol = 1e-5 if dtype == torch.float32 else TOLERANCE[dtype]
+    assert_close_scaled(chunked, whole, tol, f"chunked vs whole {path} {dtype}")
+
+
+def test_path_query_names_the_forced_path(use_path):
+    query = torch.ops.deformconv._cpu_path
+    use_path("onednn", "native")
+    assert query(torch.float32).startswith("gemm=onednn columns=float32")
+    assert query(torch.bfloat16).startswith("gemm=onednn columns=bfloat16")
+    assert query(torch.float16).startswith("gemm=onednn columns=float16")
+    assert query(torch.float64).startswith("gemm=mm columns=float64")  # oneDNN has no float64
+    use_path("mm", "fp32")
+    assert query(torch.float32).startswith("gemm=mm columns=float32")
+    assert query(torch.bfloat16).startswith("gemm=mm columns=float32 (16-bit input")
+
+
+def test_automatic_choice_follows_the_cpu(monkeypatch):
+    """Unset switches: oneDNN GEMMs when ATen has oneDNN and the CPU AVX-512; 16-bit columns
+    only where the CPU also has 16-bit dot-product units; AVX-512 loops where it has x86-64-v4."""
+    monkeypatch.delenv("DEFORMCONV_CPU_GEMM", raising=False)
+    monkeypatch.delenv("DEFORMCONV_CPU_16BIT", raising=False)
+    caps = torch._C._cpu._get_cpu_capability()
+    avx512 = all(caps.get(f) for f in ("avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"))
+    onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and avx512
+    query = torch.ops.deformconv._cpu_path
+    assert query(torch.float32).startswith("gemm=onednn" if onednn else "gemm=mm")
+    native_bf16 = onednn and (caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    native_fp16 = onednn and (caps.get("avx512_fp16") or caps.get("amx_fp16"))
+    assert ("columns=bfloat16" in query(torch.bfloat16)) == bool(native_bf16)
+    assert ("columns=float16" in query(torch.float16)) == bool(native_fp16)
+    v4 = avx512 and caps.get("avx512_cd")
+    if caps.get("architecture") == "x86_64":
+        expected = "avx512" if v4 else ("avx2" if caps.get("avx2") and caps.get("fma3") else "")
+        if expected:
+            assert query(torch.float32).endswith("loops=" + expected)
+
+
+@pytest.mark.parametrize("name,value", [("DEFORMCONV_CPU_GEMM", "mkl"),
+                                        ("DEFORMCONV_CPU_16BIT", "bf16")])
+def test_bad_path_switch_is_reported(name, value, monkeypatch):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(RuntimeError, match=f"{name} is not valid: got '{value}'"):
+        torch.ops.deformconv.deform_conv2d(*op_args(cast(make_args(), torch.bfloat16)))
