@@ -8,7 +8,7 @@ import torch
 
 from deformconv.reference import deform_conv2d_np
 
-from conftest import make_args, op_args
+from helpers import make_args, op_args
 
 PATHS = [("mm", "fp32"), ("onednn", "fp32"), ("onednn", "native"), ("mm", "native")]
 PATH_IDS = [f"{g}-{b}" for g, b in PATHS]

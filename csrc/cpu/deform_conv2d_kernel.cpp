@@ -124,7 +124,11 @@ at::Tensor forward_impl(const Layout& L, GemmBackend backend, const at::Tensor& 
 
 // Backward: grad_input (channels-last strides), grad_weight, grad_offset,
 // grad_mask, all in acc_t. grad_pc, weight and the columns are in col_t (see
-// forward_impl); grad_weight sums the chunks in acc_t.
+// forward_impl); grad_weight sums the chunks in acc_t. grad_columns =
+// grad_out @ weight^T is computed and kept in acc_t even on the native 16-bit
+// path, so grad_input, grad_offset and grad_mask are rounded once, at the end
+// (a 16-bit grad_columns would be a second rounding, and could overflow fp16
+// under loss scaling).
 template <typename acc_t, typename col_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const Layout& L, GemmBackend backend, const at::Tensor& grad_pc, const at::Tensor& input,
@@ -133,6 +137,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
   const at::Tensor bordered = bordered_nhwc(input);
   const auto opts = bordered.options();
   const at::Tensor w_cols = weight_for_columns(weight, g);
+  const at::Tensor w_cols_acc = w_cols.to(opts.dtype());
   const std::vector<ChannelRun> runs = channel_runs(g);
 
   at::Tensor grad_bordered = at::zeros_like(bordered);
@@ -140,8 +145,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
   at::Tensor grad_offset = at::empty(offset.sizes(), opts);
   at::Tensor grad_mask = mask ? at::empty(mask->sizes(), opts) : at::Tensor();
 
-  // Two column blocks per chunk: the sampled columns and their gradient (which the GEMM returns).
-  const int64_t max_chunk = pixels_per_chunk<acc_t, col_t>(L, 2);
+  // Per chunk: the sampled columns (col_t) and their gradient (acc_t, which the GEMM
+  // returns); sized as two acc_t blocks, which bounds both.
+  const int64_t max_chunk = pixels_per_chunk<acc_t, acc_t>(L, 2);
   at::Tensor column_storage =
       at::empty({max_chunk * L.columns}, opts.dtype(c10::CppTypeToScalarType<col_t>::value));
   std::vector<Sample<acc_t>> table(max_chunk * L.samples);
@@ -156,10 +162,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
     // grad_weight += columns^T @ grad_out ; grad_columns = grad_out @ weight^T (per group).
     accumulate_grad_weight(backend, columns, grad_block, grad_w_cols);
     const at::Tensor grad_columns =
-        grad_out_times_weight_t(backend, grad_block, w_cols).contiguous();
-    scatter_input_grad(L, runs, grad_columns.data_ptr<col_t>(), table.data(), p0, chunk,
+        grad_out_times_weight_t(backend, grad_block.to(opts.dtype()), w_cols_acc).contiguous();
+    scatter_input_grad(L, runs, grad_columns.data_ptr<acc_t>(), table.data(), p0, chunk,
                        grad_bordered.data_ptr<acc_t>());
-    sample_grads(L, runs, bordered.data_ptr<acc_t>(), grad_columns.data_ptr<col_t>(),
+    sample_grads(L, runs, bordered.data_ptr<acc_t>(), grad_columns.data_ptr<acc_t>(),
                  table.data(), p0, chunk, grad_offset.data_ptr<acc_t>(),
                  mask ? grad_mask.data_ptr<acc_t>() : nullptr);
   }
