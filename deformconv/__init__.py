@@ -26,7 +26,7 @@ except ImportError as error:  # the source tree shadows the installed package, o
         "editable install builds the extension into the checkout, so imports work from the "
         "repository root too. A non-editable install works only from other directories."
     ) from error
-from . import _autograd, _meta  # noqa: F401  (fake kernels and autograd for the ops)
+from . import _autograd, _double_backward, _meta  # noqa: F401  (fake kernels and autograd)
 from .modules import DeformConv2d, DeformConv2dPack
 from .ops import deform_conv2d
 

@@ -147,6 +147,32 @@ DEFORMCONV_HOST_DEVICE void bilinear_coordinate_grad(const acc_t v[4], acc_t ly,
   *d_dx = hy * (v[1] - v[0]) + ly * (v[3] - v[2]);
 }
 
+// Derivatives of the four corner weights (order of bilinear_weights) with respect
+// to y and x. Each weight is linear in y and in x, so d2w/dy2 = d2w/dx2 = 0 and
+// the only second derivative is the cross term of bilinear_cross_grad.
+template <typename acc_t>
+DEFORMCONV_HOST_DEVICE void bilinear_weight_grads(acc_t ly, acc_t lx, acc_t dw_dy[4],
+                                                  acc_t dw_dx[4]) {
+  const acc_t hy = acc_t(1) - ly;
+  const acc_t hx = acc_t(1) - lx;
+  dw_dy[0] = -hx;
+  dw_dy[1] = -lx;
+  dw_dy[2] = hx;
+  dw_dy[3] = lx;
+  dw_dx[0] = -hy;
+  dw_dx[1] = hy;
+  dw_dx[2] = -ly;
+  dw_dx[3] = ly;
+}
+
+// d2(sample)/dy dx inside a cell with corner values v (order of bilinear_weights):
+// v00 - v01 - v10 + v11, the same everywhere in the cell. Like the first
+// derivatives, it is 0 where the sample is defined as 0: callers must not call it there.
+template <typename acc_t>
+DEFORMCONV_HOST_DEVICE acc_t bilinear_cross_grad(const acc_t v[4]) {
+  return v[0] - v[1] - v[2] + v[3];
+}
+
 // Sampling position of kernel tap (i, j) for output pixel (ho, wo) before the learned offset.
 template <typename acc_t>
 DEFORMCONV_HOST_DEVICE acc_t base_coordinate(int64_t out_index, int64_t stride, int64_t pad,

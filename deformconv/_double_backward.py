@@ -1,0 +1,100 @@
+# Double backward of deform_conv2d: autograd of the backward op through the C++ double-backward op, and its fake kernel.
+"""Gradients of gradients (gradient penalties, Hessian-vector products).
+
+``torch.ops.deformconv._deform_conv2d_backward`` is made differentiable with respect to
+all its tensor inputs (grad_output, input, weight, offset, mask; bias does not enter its
+results) by ``torch.ops.deformconv._deform_conv2d_double_backward``, which is the exact
+derivative of the zero-padded bilinear sampling: the pure second derivatives in y·y and
+x·x are 0, the cross term is not, and every derivative is 0 where a sample is defined as
+0. CPU kernels only: on other devices the double backward raises NotImplementedError.
+A third derivative raises NotImplementedError.
+
+Example::
+
+    >>> x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    >>> layer = deformconv.DeformConv2dPack(4, 4, 3, padding=1)
+    >>> (gx,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+    >>> gx.pow(2).sum().backward()  # the gradient penalty reaches every parameter
+"""
+
+import torch
+
+from ._meta import _empty_like_layout, check_args
+
+
+def _setup_context(ctx, inputs, output):
+    grad_output, input, weight, offset, mask, bias, stride, padding, dilation = inputs
+    ctx.save_for_backward(grad_output, input, weight, offset, mask)
+    ctx.has_bias = bias is not None
+    ctx.conv_args = (stride, padding, dilation)
+    ctx.set_materialize_grads(False)  # absent cotangents stay None: their terms are skipped
+
+
+def _backward_of_backward(ctx, gg_input, gg_weight, gg_offset, gg_mask, gg_bias):
+    """Tensor[N, C_out, H_out, W_out], Tensor[N, C_in, H, W], Tensor[C_out, C_in/g, kh, kw],
+    Tensor[N, 2*og*kh*kw, H_out, W_out], Tensor[N, og*kh*kw, H_out, W_out] (or None each):
+    the gradients of <gg_*, backward results> with respect to the backward's inputs."""
+    grad_output, input, weight, offset, mask = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    output_mask = [needs[0], needs[1], needs[2], needs[3], needs[4] and mask is not None]
+    if not any(output_mask):
+        return (None,) * 9
+    if input.device.type != "cpu":
+        raise NotImplementedError(
+            "deformconv: double backward (gradients of gradients) of deform_conv2d has CPU "
+            f"kernels only; got tensors on {input.device} (no CUDA double-backward kernels yet)"
+        )
+    results = torch.ops.deformconv._deform_conv2d_double_backward(
+        grad_output,
+        input,
+        weight,
+        offset,
+        mask,
+        gg_input,
+        gg_weight,
+        gg_offset,
+        gg_mask if mask is not None else None,
+        gg_bias if ctx.has_bias else None,
+        *ctx.conv_args,
+        output_mask,
+    )
+    grads = tuple(r if want else None for r, want in zip(results, output_mask))
+    return grads + (None,) * 4
+
+
+def _no_third_derivative(ctx, *grads):
+    raise NotImplementedError(
+        "deformconv: third derivatives of deform_conv2d are not supported (double backward is)"
+    )
+
+
+@torch.library.register_fake("deformconv::_deform_conv2d_double_backward")
+def _double_backward_fake(
+    grad_output, input, weight, offset, mask, gg_input, gg_weight, gg_offset, gg_mask, gg_bias,
+    stride, padding, dilation, output_mask,
+):
+    shape = check_args(input, weight, offset, mask, None, stride, padding, dilation)
+    torch._check(
+        tuple(grad_output.shape) == tuple(shape),
+        lambda: f"grad_output must have shape {tuple(shape)}: got {tuple(grad_output.shape)}",
+    )
+    want_mask = output_mask[4] and mask is not None
+    return (
+        _empty_like_layout(grad_output.shape, grad_output)
+        if output_mask[0] else grad_output.new_empty((0,)),
+        _empty_like_layout(input.shape, input) if output_mask[1] else input.new_empty((0,)),
+        weight.new_empty(weight.shape) if output_mask[2] else weight.new_empty((0,)),
+        _empty_like_layout(offset.shape, offset) if output_mask[3] else offset.new_empty((0,)),
+        _empty_like_layout(mask.shape, mask) if want_mask else (
+            mask if mask is not None else input).new_empty((0,)),
+    )
+
+
+torch.library.register_autograd(
+    "deformconv::_deform_conv2d_backward", _backward_of_backward, setup_context=_setup_context
+)
+torch.library.register_autograd(
+    "deformconv::_deform_conv2d_double_backward",
+    _no_third_derivative,
+    setup_context=lambda ctx, inputs, output: None,
+)
