@@ -1,4 +1,4 @@
-# Autograd for deformconv::deform_conv2d through the C++ backward op (its own autograd, the double backward, is in _double_backward.py).
+# Autograd for deformconv::deform_conv2d through the C++ backward op (the double backward is in _double_backward.py).
 import torch
 
 
