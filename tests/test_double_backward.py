@@ -84,9 +84,12 @@ def second_derivatives(args, seed=0):
     f, _ = as_function(args, names)
     out = f(*tensors)
     g = torch.Generator().manual_seed(seed)
-    grad_out = torch.randn(out.shape, generator=g, dtype=out.dtype).requires_grad_()
+    def rnd(like):  # float64 draws, so that every dtype gets the same numbers
+        return torch.randn(like.shape, generator=g, dtype=torch.float64).to(like.dtype)
+
+    grad_out = rnd(out).requires_grad_()
     first = torch.autograd.grad(out, tensors, grad_out, create_graph=True)
-    penalty = sum((d * torch.randn(d.shape, generator=g, dtype=d.dtype)).sum() for d in first)
+    penalty = sum((d * rnd(d)).sum() for d in first)
     return dict(zip(names + ["grad_output"],
                     torch.autograd.grad(penalty, tensors + [grad_out], allow_unused=True)))
 
@@ -133,6 +136,35 @@ def test_workspace_chunks_do_not_change_second_derivatives(monkeypatch):
     chunked = second_derivatives(args)
     for name in whole:
         torch.testing.assert_close(chunked[name], whole[name], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 5e-3),
+                                       (torch.bfloat16, 2e-2)])
+def test_lower_precision_matches_float64(dtype, tol):
+    """float32 and 16-bit arguments compute in float32 and come back in their own dtype;
+    the float64 reference takes the same (rounded) arguments."""
+    args = make_args(n=2, c_in=8, c_out=4, h=6, w=5, offset_groups=2, seed=4)
+    low_args = {k: v.to(dtype) if torch.is_tensor(v) else v for k, v in args.items()}
+    exact = second_derivatives({k: v.double() if torch.is_tensor(v) else v
+                                for k, v in low_args.items()})
+    low = second_derivatives(low_args)
+    for name, want in exact.items():
+        if want is None:
+            continue
+        assert low[name].dtype == dtype, name
+        scale = want.abs().max().item()
+        torch.testing.assert_close(low[name].double(), want, rtol=0, atol=tol * scale)
+
+
+def test_channels_last_input_gives_the_same_second_derivatives():
+    args = small_args(c_in=4, h=6, w=5, seed=5)
+    want = second_derivatives(args)
+    cl = dict(args, input=args["input"].contiguous(memory_format=torch.channels_last))
+    got = second_derivatives(cl)
+    assert got["input"].is_contiguous(memory_format=torch.channels_last)
+    for name in want:
+        if want[name] is not None:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-12, atol=1e-12)
 
 
 def test_opcheck_backward_op_with_autograd():
