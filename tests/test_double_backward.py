@@ -59,9 +59,13 @@ def test_gradgradcheck_all_inputs(name):
     assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
 
 
-def test_gradgradcheck_all_inputs_every_entry():
-    """The full second-derivative matrix, entry by entry, on the smallest shape."""
-    args = small_args(c_out=2, h=4, w=3, kernel=(2, 2), padding=(1, 0))
+@pytest.mark.parametrize("config", [
+    dict(c_out=2, h=4, w=3, kernel=(2, 2), padding=(1, 0)),
+    dict(c_in=4, c_out=2, groups=2, offset_groups=2, h=3, w=3, kernel=(2, 2), padding=(0, 1)),
+])
+def test_gradgradcheck_all_inputs_every_entry(config):
+    """The full second-derivative matrix, entry by entry, on the smallest shapes."""
+    args = small_args(**config)
     f, inputs = as_function(args, present(args))
     assert torch.autograd.gradgradcheck(f, inputs, fast_mode=False)
 
