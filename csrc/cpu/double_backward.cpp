@@ -7,7 +7,8 @@
 //   A2 = grad_out . vW^T
 //   d/d grad_out = D . W + cols . vW + vB          d/d weight = D^T . grad_out
 //   d/d input    = scatter(A, directional weights) + scatter(A2, mask * w)
-//   d/d offset, d/d mask: corner dot products of A and A2 (second_order_sample_grads).
+//   d/d offset, d/d mask: corner dot products of A and A2 (second_order_sample_grads in
+//   common/bilinear.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -143,9 +144,9 @@ std::array<at::Tensor, 5> double_backward_impl(const Layout& L, const at::Tensor
                            out[kInput].data_ptr<acc_t>());
     }
     if (do_dots) {
-      second_order_sample_grads(L, runs, bordered.data_ptr<acc_t>(), v_bordered, a_ptr, a2_ptr,
-                                dirs, table.data(), p0, chunk, out[kOffset].data_ptr<acc_t>(),
-                                mask ? out[kMask].data_ptr<acc_t>() : nullptr);
+      second_order_pass(L, runs, bordered.data_ptr<acc_t>(), v_bordered, a_ptr, a2_ptr, dirs,
+                        table.data(), p0, chunk, out[kOffset].data_ptr<acc_t>(),
+                        mask ? out[kMask].data_ptr<acc_t>() : nullptr);
     }
   }
   return out;
@@ -215,8 +216,9 @@ deform_conv2d_double_backward_cpu(
                                               : vb.expand({L.pixels, geo.out_channels});
   }
   if (r[kGradOutput].defined()) {
-    r[kGradOutput] =
-        r[kGradOutput].view({geo.batch, geo.out_h, geo.out_w, geo.out_channels}).permute({0, 3, 1, 2});
+    r[kGradOutput] = r[kGradOutput]
+                         .view({geo.batch, geo.out_h, geo.out_w, geo.out_channels})
+                         .permute({0, 3, 1, 2});
   }
   if (r[kInput].defined()) {
     r[kInput] = r[kInput].narrow(1, 1, geo.height).narrow(2, 1, geo.width).permute({0, 3, 1, 2});

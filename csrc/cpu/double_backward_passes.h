@@ -22,27 +22,28 @@ struct SampleDirections {
 
   bool any() const { return offset != nullptr || mask != nullptr; }
 
-  // Corner weights of the directional derivative of one sample,
-  //   d/dt [(mask + t*v_mask) * bilinear(pos + t*v_offset)] at t = 0
-  //   = mask * (v_dy * dw/dy + v_dx * dw/dx) + v_mask * w,
-  // for the samples of pixel p (p = n * H_out * W_out + r), into dir[4 * gk + c].
+  // Corner weights (directional_weights) of the samples of pixel p
+  // (p = n * H_out * W_out + r), into dir[4 * gk + c].
   void weights(const Layout& L, const Sample<acc_t>* samples, int64_t p, acc_t* dir) const {
     const int64_t hw_out = L.geo.out_pixels();
     const int64_t n = p / hw_out;
     const int64_t r = p % hw_out;
     for (int64_t gk = 0; gk < L.samples; ++gk) {
       const Sample<acc_t>& s = samples[gk];
-      acc_t w[4], dw_dy[4], dw_dx[4];
-      bilinear_weights(s.ly, s.lx, w);
-      bilinear_weight_grads(s.ly, s.lx, dw_dy, dw_dx);
-      const acc_t* vo = offset ? offset + (n * 2 * L.samples + 2 * gk) * hw_out + r : nullptr;
-      const acc_t v_dy = vo ? vo[0] : acc_t(0);
-      const acc_t v_dx = vo ? vo[hw_out] : acc_t(0);
-      const acc_t v_mask = mask ? mask[(n * L.samples + gk) * hw_out + r] : acc_t(0);
-      for (int c = 0; c < 4; ++c) {
-        dir[4 * gk + c] = s.mask * (v_dy * dw_dy[c] + v_dx * dw_dx[c]) + v_mask * w[c];
-      }
+      acc_t v_dy, v_dx, v_mask;
+      cotangents_at(L, n, r, gk, &v_dy, &v_dx, &v_mask);
+      directional_weights(s.ly, s.lx, s.mask, v_dy, v_dx, v_mask, dir + 4 * gk);
     }
+  }
+
+  // The cotangents of sample gk of pixel (n, r): 0 where absent.
+  void cotangents_at(const Layout& L, int64_t n, int64_t r, int64_t gk, acc_t* v_dy,
+                     acc_t* v_dx, acc_t* v_mask) const {
+    const int64_t hw_out = L.geo.out_pixels();
+    const acc_t* vo = offset ? offset + (n * 2 * L.samples + 2 * gk) * hw_out + r : nullptr;
+    *v_dy = vo ? vo[0] : acc_t(0);
+    *v_dx = vo ? vo[hw_out] : acc_t(0);
+    *v_mask = mask ? mask[(n * L.samples + gk) * hw_out + r] : acc_t(0);
   }
 };
 
@@ -141,23 +142,16 @@ void scatter_second_order(const Layout& L, const std::vector<ChannelRun>& runs,
   });
 }
 
-// Second-order grad_offset (dy, dx) and grad_mask of every sample, from two sets
-// of corner dot products over the offset group's channels:
-//   e = <A, corners of v_input> + <A2, corners of input>,  f = <A, corners of input>.
-// With w, dw/dy, dw/dx the weights and their derivatives, (vy, vx, vm) the
-// offset and mask cotangents and x = d2w/dydx . f (bilinear_cross_grad):
-//   grad_mask = w.e + vy * dw/dy.f + vx * dw/dx.f
-//   grad_dy   = mask * (dw/dy.e + vx * x) + vm * dw/dy.f
-//   grad_dx   = mask * (dw/dx.e + vy * x) + vm * dw/dx.f
-// Invalid samples (defined as 0) get 0. Any of v_bordered, grad_a, grad_a2 may
-// be null. Tasks own pixel ranges: no races, fixed order.
+// Second-order grad_offset (dy, dx) and grad_mask of every sample: the corner dot
+// products e and f of second_order_sample_grads (common/bilinear.h) over the offset
+// group's channels, then that formula. Invalid samples (defined as 0) get 0. Any of
+// v_bordered, grad_a, grad_a2 may be null. Tasks own pixel ranges: no races, fixed order.
 template <typename acc_t>
-void second_order_sample_grads(const Layout& L, const std::vector<ChannelRun>& runs,
-                               const acc_t* bordered, const acc_t* v_bordered,
-                               const acc_t* grad_a, const acc_t* grad_a2,
-                               const SampleDirections<acc_t>& dirs, const Sample<acc_t>* table,
-                               int64_t p_begin, int64_t chunk, acc_t* grad_offset,
-                               acc_t* grad_mask) {
+void second_order_pass(const Layout& L, const std::vector<ChannelRun>& runs,
+                       const acc_t* bordered, const acc_t* v_bordered, const acc_t* grad_a,
+                       const acc_t* grad_a2, const SampleDirections<acc_t>& dirs,
+                       const Sample<acc_t>* table, int64_t p_begin, int64_t chunk,
+                       acc_t* grad_offset, acc_t* grad_mask) {
   const ConvGeometry& g = L.geo;
   const int64_t taps = g.taps();
   const int64_t per_group = g.in_channels_per_group();
@@ -182,7 +176,9 @@ void second_order_sample_grads(const Layout& L, const std::vector<ChannelRun>& r
                             e.data() + 4 * gk);
           }
           if (grad_a2) corner_dots_run(x00, steps, grad_a2 + col, len, e.data() + 4 * gk);
-          if (grad_a && dirs.any()) corner_dots_run(x00, steps, grad_a + col, len, f.data() + 4 * gk);
+          if (grad_a && dirs.any()) {
+            corner_dots_run(x00, steps, grad_a + col, len, f.data() + 4 * gk);
+          }
         }
       }
       const int64_t p = p_begin + q;
@@ -197,21 +193,11 @@ void second_order_sample_grads(const Layout& L, const std::vector<ChannelRun>& r
           if (gm) *gm = acc_t(0);
           continue;
         }
-        const acc_t* ev = e.data() + 4 * gk;
-        const acc_t* fv = f.data() + 4 * gk;
-        const acc_t* vo =
-            dirs.offset ? dirs.offset + (n * 2 * L.samples + 2 * gk) * hw_out + r : nullptr;
-        const acc_t vy = vo ? vo[0] : acc_t(0);
-        const acc_t vx = vo ? vo[hw_out] : acc_t(0);
-        const acc_t vm = dirs.mask ? dirs.mask[(n * L.samples + gk) * hw_out + r] : acc_t(0);
-        acc_t w[4], e_dy, e_dx, f_dy, f_dx;
-        bilinear_weights(s.ly, s.lx, w);
-        bilinear_coordinate_grad(ev, s.ly, s.lx, &e_dy, &e_dx);
-        bilinear_coordinate_grad(fv, s.ly, s.lx, &f_dy, &f_dx);
-        const acc_t cross = bilinear_cross_grad(fv);
-        go[0] = s.mask * (e_dy + vx * cross) + vm * f_dy;
-        go[hw_out] = s.mask * (e_dx + vy * cross) + vm * f_dx;
-        if (gm) *gm = bilinear_combine(w, ev) + vy * f_dy + vx * f_dx;
+        acc_t v_dy, v_dx, v_mask, g_mask;
+        dirs.cotangents_at(L, n, r, gk, &v_dy, &v_dx, &v_mask);
+        second_order_sample_grads(e.data() + 4 * gk, f.data() + 4 * gk, s.ly, s.lx, s.mask, v_dy,
+                                  v_dx, v_mask, &go[0], &go[hw_out], &g_mask);
+        if (gm) *gm = g_mask;
       }
     }
   });
