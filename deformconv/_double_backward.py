@@ -6,8 +6,7 @@ all its tensor inputs (grad_output, input, weight, offset, mask; bias does not e
 results) by ``torch.ops.deformconv._deform_conv2d_double_backward``, which is the exact
 derivative of the zero-padded bilinear sampling: the pure second derivatives in y·y and
 x·x are 0, the cross term is not, and every derivative is 0 where a sample is defined as
-0. CPU kernels only: on other devices the double backward raises NotImplementedError.
-A third derivative raises NotImplementedError.
+0. CPU and CUDA kernels; a third derivative raises NotImplementedError.
 
 Example::
 
@@ -39,11 +38,6 @@ def _backward_of_backward(ctx, gg_input, gg_weight, gg_offset, gg_mask, gg_bias)
     output_mask = [needs[0], needs[1], needs[2], needs[3], needs[4] and mask is not None]
     if not any(output_mask):
         return (None,) * 9
-    if input.device.type != "cpu":
-        raise NotImplementedError(
-            "deformconv: double backward (gradients of gradients) of deform_conv2d has CPU "
-            f"kernels only; got tensors on {input.device} (no CUDA double-backward kernels yet)"
-        )
     results = torch.ops.deformconv._deform_conv2d_double_backward(
         grad_output,
         input,
