@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -37,26 +36,14 @@ CONFIGS = [
 ]
 
 
-def _load_oracle():
-    """deformconv/reference.py by path: it needs only NumPy, not the compiled extension."""
-    spec = importlib.util.spec_from_file_location(
-        "_deformconv_reference", REPO / "deformconv" / "reference.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.deform_conv2d_np
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 def _inputs(seed, n, c_in, h, w, c_out, k, groups, og, stride, padding, dilation, with_mask):
     """Random float64 Tensor[N, C_in, H, W] input, offset (+-3 px), mask, weight, bias."""
     g = torch.Generator().manual_seed(seed)
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = k, _pair(stride), _pair(padding), _pair(dilation)
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    from deformconv._geometry import output_size, pair  # importable once main() set sys.path
+
+    (kh, kw), (sh, sw) = k, pair(stride, "stride")
+    (ph, pw), (dh, dw) = pair(padding, "padding"), pair(dilation, "dilation")
+    ho, wo = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
     f64 = torch.float64
     x = torch.randn(n, c_in, h, w, generator=g, dtype=f64)
     offset = torch.rand(n, 2 * og * kh * kw, ho, wo, generator=g, dtype=f64) * 6 - 3
@@ -68,8 +55,8 @@ def _inputs(seed, n, c_in, h, w, c_out, k, groups, og, stride, padding, dilation
 
 def check(devices: list[str]) -> bool:
     """deformconv vs the oracle on CONFIGS, one line per (config, device); True if all pass."""
-    deform_conv2d_np = _load_oracle()
     import deformconv
+    from deformconv.reference import deform_conv2d_np
 
     ok = True
     print("# correctness: deformconv.deform_conv2d vs NumPy oracle deform_conv2d_np (float64)")
@@ -118,9 +105,12 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(REPO))
     try:
-        import deformconv  # noqa: F401
-    except Exception as exc:  # not built, broken build, ...
+        import deformconv
+    except Exception as exc:  # broken install, ...
         print(f"FAIL: cannot import deformconv ({type(exc).__name__}: {exc})")
+        return 2
+    if not deformconv.HAS_OPS:  # the package imports without its compiled extension
+        print("FAIL: deformconv's compiled extension is not built (deformconv.HAS_OPS is False)")
         return 2
     devices = ["cpu"]
     if any(a.endswith("cuda") for a in bench_args) and torch.cuda.is_available():

@@ -21,7 +21,7 @@ export PATH="$CUDA_HOME/bin:$PATH"
 # torch.use_deterministic_algorithms(True) (the determinism tests and timings).
 export CUBLAS_WORKSPACE_CONFIG="${CUBLAS_WORKSPACE_CONFIG:-:4096:8}"
 export PYTHONUNBUFFERED=1
-# The host-emulation tests of tests/test_cuda.py are for GPU-less CI; the real kernels run here.
+# The host-emulation tests (tests/test_cuda_emulated.py) are for GPU-less CI; the real kernels run here.
 export DEFORMCONV_SKIP_EMULATION=1
 DEADLINE_S="${DEADLINE_S:-480}"
 START=$SECONDS
@@ -98,9 +98,10 @@ print(deformconv.deform_conv2d(x, off, w, padding=1).shape)
 "
 
 # 2. Tests: CUDA vs CPU / oracle / torchvision, gradcheck, 16-bit bounds, determinism,
-#    large indices, bad devices, autocast; then the lead's op tests on both devices.
+#    large indices, bad devices, autocast, mixed dtypes; then the lead's op tests on both devices.
 TEST_FILES=()
-for f in tests/test_cuda.py tests/test_autocast.py tests/test_ops.py tests/test_double_backward.py; do
+for f in tests/test_cuda.py tests/test_autocast.py tests/test_mixed_precision.py tests/test_ops.py \
+  tests/test_double_backward.py; do
   [[ -f "$f" ]] && TEST_FILES+=("$f")
 done
 # --maxfail instead of -x: one device run should show every failure, not the first.
@@ -214,6 +215,6 @@ with open(f"{out_dir}/extras.md", "w") as f:
         f.write(f"| {r['case']} | " + ", ".join(f"{k}={v:.3g}" for k, v in r.items() if k != "case") + " |\n")
 PY
 
-# 4. The GPU benchmark (BASELINES.md shapes) against torchvision and dense cuDNN conv.
+# 4. The GPU benchmark (GPU_SHAPES of bench_deform_conv2d.py) against torchvision and dense cuDNN conv.
 TAIL=45 step bench 170 python3 benchmarks/bench_deform_conv2d.py --device cuda \
   --dtype float32,float16,bfloat16 --no-pure --min-run-time 0.2 --json "$OUT/gpu_bench.json"

@@ -3,8 +3,8 @@
 
 ``F.grid_sample`` (bilinear, ``padding_mode="zeros"``) samples the input at every deformed tap,
 the samples are multiplied by the mask and contracted with the weight by ``einsum``. Autograd
-gives the backward. It is the "pure PyTorch (grid_sample + einsum)" column of BASELINES.md and
-follows the semantics of ``deformconv/reference.py`` (torchvision's layout):
+gives the backward. It is the "pure PyTorch (grid_sample + einsum)" column of the benchmarks
+(README, "Performance") and follows the semantics of ``deformconv/reference.py`` (torchvision's layout):
 
     py = ho*sh - ph + i*dh + offset[n, 2*(g*kh*kw + k), ho, wo]        (dy first, then dx)
 
@@ -27,14 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from deformconv._geometry import output_size, pair
+
 __all__ = ["deform_conv2d_torch"]
-
-
-def _pair(value) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    a, b = value
-    return int(a), int(b)
 
 
 def _normalise(coord: Tensor, size: int) -> Tensor:
@@ -73,16 +68,16 @@ def deform_conv2d_torch(
         >>> deform_conv2d_torch(x, off, w, padding=1).shape
         torch.Size([1, 6, 8, 8])
     """
-    sh, sw = _pair(stride)
-    ph, pw = _pair(padding)
-    dh, dw = _pair(dilation)
+    sh, sw = pair(stride, "stride")
+    ph, pw = pair(padding, "padding")
+    dh, dw = pair(dilation, "dilation")
     n, c_in, height, width = input.shape
     c_out, c_per_group, kh, kw = weight.shape
     groups = c_in // c_per_group
     taps = kh * kw
     og = offset.shape[1] // (2 * taps)
-    h_out = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    w_out = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    h_out = output_size(height, kh, sh, ph, dh)
+    w_out = output_size(width, kw, sw, pw, dw)
     if (
         c_in != groups * c_per_group
         or c_out % groups

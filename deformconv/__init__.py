@@ -2,9 +2,11 @@
 """Fast, tested modulated deformable convolution for PyTorch.
 
 Importing the package loads the compiled extension ``deformconv._C``, which registers
-``torch.ops.deformconv.deform_conv2d`` (and its private backward op) with CPU and, when
-built with CUDA, CUDA kernels. The Python layer adds fake (meta) kernels, autograd and
-the ``nn.Module`` wrappers.
+``torch.ops.deformconv.deform_conv2d`` (and its private backward op) with meta, CPU and,
+when built with CUDA, CUDA kernels. The Python layer adds autograd and the ``nn.Module``
+wrappers. Without the extension the package still imports (``HAS_OPS`` is False, and the
+NumPy oracle ``deformconv.reference`` works); calling the op then raises a RuntimeError
+that says how to build it.
 
 Example::
 
@@ -17,23 +19,30 @@ Example::
 
 import torch
 
-try:
-    from . import _C  # noqa: F401  (loads the shared library: registers the ops and kernels)
-except ImportError as error:  # the source tree shadows the installed package, or no build
-    raise ImportError(
-        f"deformconv's compiled extension deformconv._C was not found next to {__file__}. "
-        "In a source checkout, install it with `pip install --no-build-isolation -e .`: the "
-        "editable install builds the extension into the checkout, so imports work from the "
-        "repository root too. A non-editable install works only from other directories."
-    ) from error
-from . import _autograd, _double_backward, _meta  # noqa: F401  (fake kernels and autograd)
+from . import _onnx_hook
+from ._extension import HAS_OPS
+
+if HAS_OPS:
+    from . import _autograd, _double_backward  # noqa: F401  (autograd; meta kernels are in C++)
+from .convert import convert_to_deformable
 from .modules import DeformConv2d, DeformConv2dPack
 from .ops import deform_conv2d
 
-__all__ = ["DeformConv2d", "DeformConv2dPack", "deform_conv2d", "has_cuda_kernels"]
+__all__ = [
+    "HAS_OPS",
+    "DeformConv2d",
+    "DeformConv2dPack",
+    "convert_to_deformable",
+    "deform_conv2d",
+    "has_cuda_kernels",
+]
 __version__ = "0.1.0"
+
+_onnx_hook.install()  # torch.onnx.export(dynamo=True) translates the op; onnxscript is imported only then
 
 
 def has_cuda_kernels() -> bool:
     """True when this build of the extension registered CUDA kernels for the op."""
+    if not HAS_OPS:
+        return False
     return torch._C._dispatch_has_kernel_for_dispatch_key("deformconv::deform_conv2d", "CUDA")

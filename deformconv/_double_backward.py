@@ -1,4 +1,4 @@
-# Double backward of deform_conv2d: autograd of the backward op through the C++ double-backward op, and its fake kernel.
+# Double backward of deform_conv2d: autograd of the backward op through the C++ double-backward op.
 """Gradients of gradients (gradient penalties, Hessian-vector products).
 
 ``torch.ops.deformconv._deform_conv2d_backward`` is made differentiable with respect to
@@ -17,8 +17,6 @@ Example::
 """
 
 import torch
-
-from ._meta import _empty_like_layout, check_args
 
 
 def _setup_context(ctx, inputs, output):
@@ -59,28 +57,6 @@ def _backward_of_backward(ctx, gg_input, gg_weight, gg_offset, gg_mask, gg_bias)
 def _no_third_derivative(ctx, *grads):
     raise NotImplementedError(
         "deformconv: third derivatives of deform_conv2d are not supported (double backward is)"
-    )
-
-
-@torch.library.register_fake("deformconv::_deform_conv2d_double_backward")
-def _double_backward_fake(
-    grad_output, input, weight, offset, mask, gg_input, gg_weight, gg_offset, gg_mask, gg_bias,
-    stride, padding, dilation, output_mask,
-):
-    shape = check_args(input, weight, offset, mask, None, stride, padding, dilation)
-    torch._check(
-        tuple(grad_output.shape) == tuple(shape),
-        lambda: f"grad_output must have shape {tuple(shape)}: got {tuple(grad_output.shape)}",
-    )
-    want_mask = output_mask[4] and mask is not None
-    return (
-        _empty_like_layout(grad_output.shape, grad_output)
-        if output_mask[0] else grad_output.new_empty((0,)),
-        _empty_like_layout(input.shape, input) if output_mask[1] else input.new_empty((0,)),
-        weight.new_empty(weight.shape) if output_mask[2] else weight.new_empty((0,)),
-        _empty_like_layout(offset.shape, offset) if output_mask[3] else offset.new_empty((0,)),
-        _empty_like_layout(mask.shape, mask) if want_mask else (
-            mask if mask is not None else input).new_empty((0,)),
     )
 
 

@@ -4,6 +4,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
 from .ops import deform_conv2d
@@ -107,16 +108,25 @@ class DeformConv2dPack(DeformConv2d):
 
     An internal ``nn.Conv2d`` (``conv_offset``, same kernel size, stride, padding and
     dilation) maps the input to ``2*og*kh*kw`` offset channels and, when
-    ``modulated``, ``og*kh*kw`` mask logits passed through a sigmoid. It is
-    zero-initialised, so a fresh layer computes a plain convolution: with
-    ``modulated=True`` every tap is scaled by sigmoid(0) = 0.5
-    (``y = bias + 0.5 * conv(x, weight)``).
+    ``modulated``, ``og*kh*kw`` mask logits, ``mask = mask_scale * sigmoid(logits)``.
+    It is zero-initialised, so a fresh layer computes a plain convolution: with
+    ``modulated=True`` every tap is scaled by ``mask_scale * sigmoid(0)``, i.e. 0.5 by
+    default (``y = bias + 0.5 * conv(x, weight)``) and exactly 1 with ``mask_scale=2``.
+    The parameter names and channel layout (offsets first, mask logits last) are mmcv's
+    ``ModulatedDeformConv2dPack`` (``modulated=True``) and ``DeformConv2dPack``
+    (``modulated=False, bias=False``), so their state_dicts load as they are.
+    Under ``torch.autocast`` the offset/mask branch runs in float32, so the offsets keep
+    sub-pixel precision.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias:
             as :class:`DeformConv2d`.
         offset_groups: channel groups with their own offsets; divides ``in_channels``.
         modulated: predict a mask (DCNv2) or not (DCNv1).
+        mask_scale: positive factor on the sigmoid mask, range ``(0, mask_scale)``.
+            1 (default) is DCNv2's and mmcv's mask; 2 makes the zero-initialised branch
+            give a mask of exactly 1 (what :func:`deformconv.convert_to_deformable` uses,
+            so a converted conv keeps its output and its original weight values).
 
     Shapes:
         input ``Tensor[N, C_in, H, W]`` -> output ``Tensor[N, C_out, H_out, W_out]``.
@@ -140,16 +150,20 @@ class DeformConv2dPack(DeformConv2d):
         offset_groups: int = 1,
         bias: bool = True,
         modulated: bool = True,
+        mask_scale: float = 1.0,
     ):
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
         )
+        if not (isinstance(mask_scale, (int, float)) and 0 < mask_scale < math.inf):
+            raise ValueError(f"mask_scale must be a positive finite number: got {mask_scale!r}")
         if offset_groups <= 0 or in_channels % offset_groups:
             raise ValueError(
                 f"in_channels ({in_channels}) must be divisible by offset_groups ({offset_groups})"
             )
         self.offset_groups = offset_groups
         self.modulated = modulated
+        self.mask_scale = float(mask_scale)
         taps = self.kernel_size[0] * self.kernel_size[1]
         self._offset_channels = 2 * offset_groups * taps
         predicted = self._offset_channels + (offset_groups * taps if modulated else 0)
@@ -167,15 +181,46 @@ class DeformConv2dPack(DeformConv2d):
 
     def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
         """input ``Tensor[N, C_in, H, W]`` -> ``Tensor[N, C_out, H_out, W_out]``."""
-        predicted = self.conv_offset(input)
-        offset = predicted[:, : self._offset_channels]
-        mask = predicted[:, self._offset_channels :].sigmoid() if self.modulated else None
+        offset, mask = self._predict_offset_mask(input)
         return deform_conv2d(
             input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask
         )
+
+    def _predict_offset_mask(self, input: Tensor):
+        """offset ``Tensor[N, 2*og*kh*kw, Ho, Wo]`` and mask ``Tensor[N, og*kh*kw, Ho, Wo]`` (or None).
+
+        Under ``torch.autocast`` the branch runs in float32 (autocast off, float32 input),
+        so the offsets keep sub-pixel precision (bf16 rounds an offset in [8, 16) px to
+        1/16 px) and the op samples at float32 positions; it is a small conv next to the
+        deformable one. Outside autocast it runs in the parameters' dtype.
+        """
+        device_type = input.device.type
+        if (
+            torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)
+            and input.dtype != torch.float64
+        ):
+            conv = self.conv_offset
+            with torch.autocast(device_type=device_type, enabled=False):
+                predicted = F.conv2d(
+                    input.float(),
+                    conv.weight.float(),
+                    conv.bias.float(),
+                    conv.stride,
+                    conv.padding,
+                    conv.dilation,
+                )
+        else:
+            predicted = self.conv_offset(input)
+        offset = predicted[:, : self._offset_channels]
+        mask = predicted[:, self._offset_channels :].sigmoid() if self.modulated else None
+        if mask is not None and self.mask_scale != 1.0:
+            mask = mask * self.mask_scale
+        return offset, mask
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
         if self.offset_groups != 1:
             s += f", offset_groups={self.offset_groups}"
-        return s + f", modulated={self.modulated}"
+        s += f", modulated={self.modulated}"
+        return s + (f", mask_scale={self.mask_scale}" if self.mask_scale != 1.0 else "")

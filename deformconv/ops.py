@@ -1,25 +1,11 @@
 # The functional API: deform_conv2d with torchvision's signature, calling the registered op.
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-IntPair = Union[int, Sequence[int]]
-
-
-def _pair(value: IntPair, name: str) -> Tuple[int, int]:
-    """(h, w) from an int or a pair of ints; raises TypeError / ValueError naming the argument."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints: got {value!r}")
-    if isinstance(value, int):
-        return (value, value)
-    try:
-        items = tuple(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int or a pair of ints: got {value!r}") from None
-    if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        raise ValueError(f"{name} must be an int or a pair of ints (h, w): got {value!r}")
-    return items
+from . import _extension
+from ._geometry import IntPair, pair
 
 
 def deform_conv2d(
@@ -44,10 +30,13 @@ def deform_conv2d(
         offset: ``Tensor[N, 2*offset_groups*kh*kw, H_out, W_out]``; for tap
             ``k = i*kw + j`` of offset group ``g``, channel ``2*(g*kh*kw + k)`` is the
             y (row) displacement and the next channel the x (column) displacement.
-        weight: ``Tensor[C_out, C_in/groups, kh, kw]``.
-        bias: ``Tensor[C_out]`` or None.
+            The input's dtype, or float32 with a float16 / bfloat16 input (keeps
+            sub-pixel precision: bf16 rounds an 8-16 px offset to 1/16 px).
+        weight: ``Tensor[C_out, C_in/groups, kh, kw]``, the input's dtype.
+        bias: ``Tensor[C_out]`` or None, the input's dtype.
         stride, padding, dilation: int or ``(h, w)``.
-        mask: ``Tensor[N, offset_groups*kh*kw, H_out, W_out]`` modulation, or None (all ones).
+        mask: ``Tensor[N, offset_groups*kh*kw, H_out, W_out]`` modulation, or None (all ones);
+            dtype as for offset.
 
     Returns:
         ``Tensor[N, C_out, H_out, W_out]`` in the input's dtype and memory format, with
@@ -55,7 +44,7 @@ def deform_conv2d(
 
     Samples are zero-padded bilinear: a point is 0 when ``y <= -1``, ``y >= H``,
     ``x <= -1``, ``x >= W`` or not finite; otherwise each of its 4 corners outside
-    the image contributes 0.
+    the image contributes 0. Gradients come back in each argument's dtype.
 
     Example::
 
@@ -65,13 +54,14 @@ def deform_conv2d(
         >>> deform_conv2d(x, off, w, padding=1).shape
         torch.Size([2, 4, 16, 16])
     """
+    _extension.require()
     return torch.ops.deformconv.deform_conv2d(
         input,
         weight,
         offset,
         mask,
         bias,
-        _pair(stride, "stride"),
-        _pair(padding, "padding"),
-        _pair(dilation, "dilation"),
+        pair(stride, "stride"),
+        pair(padding, "padding"),
+        pair(dilation, "dilation"),
     )

@@ -1,7 +1,8 @@
 # NumPy oracle for modulated deformable convolution (DCNv2): slow, float64, obviously correct.
 """Reference implementation used as the test oracle for ``deformconv``.
 
-This module depends on NumPy only (no torch) and computes in float64 with plain Python loops, so it
+This module depends on NumPy only (no torch, no compiled extension: ``import deformconv.reference``
+works without ``deformconv._C``) and computes in float64 with plain Python loops, so it
 is meant for tiny shapes in tests, never for real work.
 
 Semantics (torchvision's layout), for output pixel ``(ho, wo)``, output channel ``co`` in weight
@@ -38,6 +39,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from ._geometry import output_size, pair
 
 __all__ = ["bilinear_interpolate", "deform_conv2d_np"]
 
@@ -107,23 +110,16 @@ def bilinear_interpolate(feature_map, y, x) -> float:
     )
 
 
-def _pair(value, name: str, minimum: int) -> tuple[int, int]:
-    """An int or an (h, w) pair of ints, each >= minimum, as a tuple of two ints."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        pair = (int(value), int(value))
-    else:
-        try:
-            items = tuple(value)
-        except TypeError:
-            raise ValueError(f"{name} must be an int or a pair of ints: got {value!r}") from None
-        if len(items) != 2 or not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items
-        ):
-            raise ValueError(f"{name} must be an int or a pair of ints: got {value!r}")
-        pair = (int(items[0]), int(items[1]))
-    if pair[0] < minimum or pair[1] < minimum:
+def _param(value, name: str, minimum: int) -> tuple[int, int]:
+    """An int or an (h, w) pair of ints (:func:`deformconv._geometry.pair`), each >= minimum;
+    every bad value raises ValueError."""
+    try:
+        result = pair(value, name)
+    except TypeError as error:
+        raise ValueError(str(error)) from None
+    if result[0] < minimum or result[1] < minimum:
         raise ValueError(f"{name} must be >= {minimum}: got {value!r}")
-    return pair
+    return result
 
 
 def deform_conv2d_np(
@@ -165,9 +161,9 @@ def deform_conv2d_np(
     for name, arr in (("input_map", x), ("offset", off), ("weight", wgt)):
         if arr.ndim != 4:
             raise ValueError(f"{name} must be 4-D: got {arr.ndim}-D shape {arr.shape}")
-    sh, sw = _pair(stride, "stride", 1)
-    ph, pw = _pair(padding, "padding", 0)
-    dh, dw = _pair(dilation, "dilation", 1)
+    sh, sw = _param(stride, "stride", 1)
+    ph, pw = _param(padding, "padding", 0)
+    dh, dw = _param(dilation, "dilation", 1)
 
     n_batch, c_in, height, width = x.shape
     c_out, c_per_group, kh, kw = wgt.shape
@@ -195,8 +191,8 @@ def deform_conv2d_np(
             f"input_map.shape[1] ({c_in}) is not divisible by offset groups ({offset_groups} = "
             f"offset.shape[1] // (2*kh*kw))"
         )
-    h_out = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    w_out = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    h_out = output_size(height, kh, sh, ph, dh)
+    w_out = output_size(width, kw, sw, pw, dw)
     if h_out <= 0 or w_out <= 0:
         raise ValueError(
             f"output size is not positive: got ({h_out}, {w_out}) from input {height}x{width}, "

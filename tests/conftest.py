@@ -1,83 +1,8 @@
-# Shared pytest fixtures: devices with built kernels, seeded random deform_conv2d arguments.
-import os
-
+# Shared pytest fixtures: the devices with built kernels (helpers and markers live in helpers.py).
 import pytest
-import torch
-
-import deformconv
-
-CUDA_READY = torch.cuda.is_available() and deformconv.has_cuda_kernels()
-DEVICES = ["cpu"] + (["cuda"] if CUDA_READY else [])
-needs_cuda = pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels")
+from helpers import DEVICES
 
 
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
-
-
-def out_size(size, kernel, stride, pad, dil):
-    return (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
-
-
-def make_args(
-    n=2,
-    c_in=4,
-    h=7,
-    w=6,
-    c_out=6,
-    kernel=(3, 3),
-    stride=(1, 1),
-    padding=(1, 1),
-    dilation=(1, 1),
-    groups=1,
-    offset_groups=1,
-    with_mask=True,
-    with_bias=True,
-    dtype=torch.float64,
-    device="cpu",
-    offset_scale=2.0,
-    seed=0,
-):
-    """Random arguments of deform_conv2d: dict(input, offset, weight, bias, mask, stride, ...).
-
-    Offsets come from randn (never integers: bilinear sampling is not differentiable
-    at integer coordinates); mask from rand.
-    """
-    g = torch.Generator().manual_seed(seed)
-    kh, kw = kernel
-    ho = out_size(h, kh, stride[0], padding[0], dilation[0])
-    wo = out_size(w, kw, stride[1], padding[1], dilation[1])
-
-    def rnd(*shape, scale=1.0, uniform=False):
-        t = torch.rand(*shape, generator=g) if uniform else torch.randn(*shape, generator=g)
-        return (t * scale).to(dtype=dtype, device=device)
-
-    return dict(
-        input=rnd(n, c_in, h, w),
-        offset=rnd(n, 2 * offset_groups * kh * kw, ho, wo, scale=offset_scale),
-        weight=rnd(c_out, c_in // groups, kh, kw),
-        bias=rnd(c_out) if with_bias else None,
-        mask=rnd(n, offset_groups * kh * kw, ho, wo, uniform=True) if with_mask else None,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-    )
-
-
-def child_process_env():
-    """Environment for child processes: they import the same deformconv as this process
-    (the source tree here, site-packages in CI); they run in a temporary cwd so that a
-    source checkout without the built extension is never picked up from the cwd."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(deformconv.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
-
-
-def op_args(args):
-    """The positional arguments of torch.ops.deformconv.deform_conv2d, in schema order,
-    from a make_args dict (stride, padding and dilation as lists)."""
-    tensors = tuple(args[k] for k in ("input", "weight", "offset", "mask", "bias"))
-    return tensors + tuple(list(args[k]) for k in ("stride", "padding", "dilation"))

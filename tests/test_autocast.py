@@ -1,4 +1,4 @@
-# Autocast kernels of deformconv::deform_conv2d: the op runs in the autocast dtype (bf16 / fp16) instead of upcasting.
+# Autocast kernels of deformconv::deform_conv2d: data in the autocast dtype (bf16 / fp16), offset and mask in float32.
 import pytest
 import torch
 
@@ -35,8 +35,9 @@ def call(a, fn=OP):
     )
 
 
-def cast(a, dtype):
-    return {k: v.to(dtype) for k, v in a.items()}
+def cast_data(a, dtype):
+    """input, weight and bias cast to `dtype`; offset and mask as they are."""
+    return {k: v.to(dtype) if k in ("input", "weight", "bias") else v for k, v in a.items()}
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -52,9 +53,29 @@ def test_autocast_output_dtype_and_values(device, dtype):
             pytest.skip(str(e))
         raise
     assert out.dtype == dtype and out_py.dtype == dtype
-    # Same as calling the op on arguments cast to the autocast dtype.
-    assert torch.equal(out, call(cast(a, dtype)))
+    # Same as calling the op on input, weight and bias cast to the autocast dtype, offset
+    # and mask kept in float32.
+    assert torch.equal(out, call(cast_data(a, dtype)))
     assert torch.equal(out_py, out)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_offset_and_mask_dtypes(device, dtype):
+    # float64 -> float32; the autocast dtype stays; the other 16-bit dtype -> float32 (exact).
+    a = make_args(device)
+    other = torch.float16 if dtype == torch.bfloat16 else torch.bfloat16
+    for position_dtype, kept in [
+        (torch.float64, torch.float32),
+        (dtype, dtype),
+        (other, torch.float32),
+    ]:
+        b = dict(a, offset=a["offset"].to(position_dtype), mask=a["mask"].to(position_dtype))
+        with torch.autocast(device, dtype=dtype):
+            out = call(b)
+        expected = dict(cast_data(a, dtype), offset=b["offset"].to(kept), mask=b["mask"].to(kept))
+        assert out.dtype == dtype
+        assert torch.equal(out, call(expected)), position_dtype
 
 
 @pytest.mark.parametrize("device", DEVICES)

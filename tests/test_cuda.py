@@ -1,88 +1,51 @@
-# CUDA kernels: parity with the CPU op and the oracle, gradcheck, 16-bit error, determinism, large indices, bad devices.
-"""Tests of the CUDA backend.
-
-Two parts:
-
-* GPU tests (``needs_cuda``): skipped without a GPU or without the CUDA kernels built. Run on a
-  GPU machine with ``pytest -q tests/test_cuda.py`` (``benchmarks/device_check.sh`` does).
-  Deterministic-mode tests need ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` before the first cuBLAS
-  call (torch refuses cuBLAS in deterministic mode otherwise); it is set here at import.
-* Host-emulation tests (``test_emulated_*``), which need no GPU: ``csrc/cuda/emulation`` compiles
-  the production ``launch.cu`` and ``deform_conv2d_kernel.cpp`` for the CPU with the kernels run
-  by host threads (shuffles through barriers, atomics through std::atomic_ref), and they are
-  compared with the CPU op. They check indexing, layouts, chunking, both index widths and the
-  deterministic path; not races, cuBLAS or speed. The first run compiles the emulator (~1 min);
-  set DEFORMCONV_SKIP_EMULATION=1 to skip them.
+# CUDA kernels on a GPU: parity with the CPU op and the oracle, gradcheck, 16-bit error, determinism, bad devices.
+"""Tests of the CUDA backend on a real GPU (``needs_cuda``): skipped without a GPU or without the
+CUDA kernels built. Run on a GPU machine with ``pytest -q tests/test_cuda.py``
+(``benchmarks/device_check.sh`` does). The same CUDA sources run without a GPU, host-emulated,
+in ``test_cuda_emulated.py``.
 """
 
+import math
 import os
+import subprocess
+import sys
 
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+import pytest
+import torch
+import torch.nn.functional as F
 
-import contextlib  # noqa: E402
-import math  # noqa: E402
-from pathlib import Path  # noqa: E402
+import deformconv
+from cuda_helpers import (
+    BWD,
+    OP,
+    SWEEP,
+    deterministic,
+    grad_like,
+    make_args,
+    moved,
+    run_bwd,
+    run_op,
+)
+from helpers import child_process_env, full_precision_reductions, needs_cuda
+from test_mixed_precision import mixed
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import deformconv  # noqa: E402
-from conftest import needs_cuda  # noqa: E402
-from conftest import make_args as conftest_make_args  # noqa: E402
-from conftest import op_args  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
-OP = torch.ops.deformconv.deform_conv2d
-BWD = torch.ops.deformconv._deform_conv2d_backward
-
-
-def make_args(mask=True, bias=True, device="cuda", **kwargs):
-    """conftest.make_args with CUDA defaults, a weight scaled by 1/sqrt(fan_in) (keeps 16-bit
-    outputs O(1)) and stride/padding/dilation as lists, as the op schema takes them."""
-    args = conftest_make_args(with_mask=mask, with_bias=bias, device=device, **kwargs)
-    weight = args["weight"]
-    fan_in = max(1, weight.shape[1] * weight.shape[2] * weight.shape[3])
-    args["weight"] = (weight.double() / math.sqrt(fan_in)).to(weight.dtype)
-    for key in ("stride", "padding", "dilation"):
-        args[key] = list(args[key])
-    return args
+# Deterministic cuBLAS needs this in the environment before the process's first cuBLAS call
+# (torch reads it once); tests that need it run in a child process that has it.
+CUBLAS_DETERMINISTIC = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 
 
-def moved(args, device=None, dtype=None, memory_format=None):
-    """A copy of args with every tensor moved / cast (memory_format applies to input)."""
-    out = {}
-    for key, value in args.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device=device or value.device, dtype=dtype or value.dtype)
-            if key == "input" and memory_format is not None:
-                value = value.contiguous(memory_format=memory_format)
-        out[key] = value
-    return out
-
-
-def run_op(a):
-    return OP(*op_args(a))
-
-
-def run_bwd(a, grad_out):
-    return BWD(grad_out, *op_args(a))
-
-
-def grad_like(out, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device, out.dtype)
-
-
-@contextlib.contextmanager
-def deterministic(enabled=True):
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(enabled)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
+def in_child_with_env(request, env):
+    """True after running this test again in a child pytest process whose environment adds
+    env (its result is asserted here); False when this process already has env."""
+    if all(os.environ.get(k) == v for k, v in env.items()):
+        return False
+    child_env = {**child_process_env(), **env}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid],
+        cwd=request.config.rootpath, env=child_env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return True
 
 
 def assert_all_close(got, want, rtol, atol, what=""):
@@ -90,24 +53,6 @@ def assert_all_close(got, want, rtol, atol, what=""):
         torch.testing.assert_close(
             a.cpu(), b.cpu(), rtol=rtol, atol=atol, msg=lambda m, i=i: f"{what}[{i}]: {m}"
         )
-
-
-# Seeded sweep of options: mask/no mask, bias/none, groups, offset groups, asymmetric
-# kernel/stride/padding/dilation, small channel counts (team < 32) and wide ones (> 32).
-SWEEP = [
-    dict(),
-    dict(mask=False, bias=False),
-    dict(c_in=6, c_out=4, groups=2),
-    dict(c_in=8, c_out=8, offset_groups=4),
-    dict(c_in=12, c_out=6, groups=3, offset_groups=2),
-    dict(c_in=12, c_out=6, groups=2, offset_groups=3),
-    dict(kernel=(2, 3), stride=(2, 1), padding=(0, 2), dilation=(1, 2), h=9, w=8),
-    dict(kernel=(1, 1), padding=(0, 0)),
-    dict(c_in=40, c_out=9, h=5, w=5, offset_groups=1),
-    dict(c_in=64, c_out=16, h=6, w=5, offset_groups=2, groups=4),
-    dict(n=1, c_in=3, c_out=5, h=4, w=11, kernel=(3, 1), stride=(1, 3), padding=(2, 0)),
-    dict(c_in=4, c_out=4, groups=4, offset_groups=4),  # depthwise-like
-]
 
 
 @needs_cuda
@@ -137,6 +82,23 @@ def test_cuda_matches_cpu_lower_precision(cfg, dtype):
     go = grad_like(out_gpu)
     grads_gpu, grads_cpu = run_bwd(a, go), run_bwd(c, go.cpu())
     for gg, gc in zip(grads_gpu, grads_cpu):
+        assert gg.dtype == gc.dtype
+        torch.testing.assert_close(gg.cpu().double(), gc.double(), rtol=tol, atol=4 * tol)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cfg", SWEEP[:6], ids=str)
+def test_cuda_mixed_dtypes_match_cpu(cfg, dtype):
+    # float32 offset and mask with 16-bit data: values and every result's dtype as on the CPU.
+    a = mixed(make_args(**cfg, dtype=torch.float32, seed=3), dtype)
+    c = moved(a, device="cpu")
+    tol = {torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    out_gpu, out_cpu = run_op(a), run_op(c)
+    assert out_gpu.dtype == dtype
+    torch.testing.assert_close(out_gpu.cpu().double(), out_cpu.double(), rtol=tol, atol=tol)
+    go = grad_like(out_gpu)
+    for gg, gc in zip(run_bwd(a, go), run_bwd(c, go.cpu())):
         assert gg.dtype == gc.dtype
         torch.testing.assert_close(gg.cpu().double(), gc.double(), rtol=tol, atol=4 * tol)
 
@@ -265,22 +227,8 @@ def test_half_precision_error_within_2x_of_dense_conv(dtype):
     )
     ref_args = moved(low, dtype=torch.float64)
     ref = run_op(ref_args)
-    # cuBLAS may reduce split-K partial sums in 16 bits by default (a torch-wide knob that
-    # F.linear follows too); the bound is about the op's own rounding, so measure without it.
-    matmul = torch.backends.cuda.matmul
-    saved = (
-        matmul.allow_fp16_reduced_precision_reduction,
-        matmul.allow_bf16_reduced_precision_reduction,
-    )
-    matmul.allow_fp16_reduced_precision_reduction = False
-    matmul.allow_bf16_reduced_precision_reduction = False
-    try:
+    with full_precision_reductions():
         got = run_op(low)
-    finally:
-        (
-            matmul.allow_fp16_reduced_precision_reduction,
-            matmul.allow_bf16_reduced_precision_reduction,
-        ) = saved
     assert got.dtype == dtype
     x, w, b = ref_args["input"], ref_args["weight"], ref_args["bias"]
     dense_ref = F.conv2d(x, w, b, padding=1)
@@ -299,7 +247,9 @@ def test_half_precision_error_within_2x_of_dense_conv(dtype):
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_deterministic_backward_is_bitwise_reproducible(dtype, monkeypatch):
+def test_deterministic_backward_is_bitwise_reproducible(dtype, monkeypatch, request):
+    if in_child_with_env(request, CUBLAS_DETERMINISTIC):
+        return
     # Many contributions per input pixel: small image, large offsets pulling samples together.
     a = make_args(
         n=2, c_in=48, h=6, w=6, c_out=16, offset_groups=2, dtype=dtype, offset_scale=3.0, seed=11
@@ -389,7 +339,8 @@ def test_autocast_runs_in_autocast_dtype(dtype):
             a["input"], a["offset"], a["weight"], a["bias"], padding=1, mask=a["mask"]
         )
     assert out.dtype == dtype and out_f.dtype == dtype
-    assert torch.equal(out, run_op(moved(a, dtype=dtype)))
+    # input, weight and bias in the autocast dtype; offset and mask stay float32.
+    assert torch.equal(out, run_op(mixed(a, dtype)))
     # Backward through autocast: fp32 leaves get fp32 gradients.
     leaves = [a[k].detach().requires_grad_() for k in ("input", "offset", "weight", "bias", "mask")]
     with torch.autocast("cuda", dtype=dtype):
@@ -477,140 +428,3 @@ def test_large_index_column_buffer_over_2_31_elements(monkeypatch):
         err = (a_.float() - b_.float()).norm() / b_.float().norm().clamp_min(1e-30)
         assert err < 1e-2, err.item()
     assert torch.isfinite(whole).all()
-
-
-# ---------------------------------------------------------------------------------------------
-# Host emulation of the CUDA backend (no GPU needed): production launch.cu +
-# deform_conv2d_kernel.cpp compiled for the CPU, compared with the CPU op.
-
-
-@pytest.fixture(scope="module")
-def emu():
-    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
-        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
-    from torch.utils.cpp_extension import load
-
-    emulation = REPO / "csrc" / "cuda" / "emulation"
-    return load(
-        name="deformconv_cuda_emulation",
-        sources=[str(emulation / "emulated_ops.cpp"), str(REPO / "csrc/common/geometry.cpp")],
-        extra_include_paths=[str(emulation / "include"), str(emulation), str(REPO / "csrc")],
-        extra_cflags=["-O1"],
-    )
-
-
-def emu_fwd(emu, a):
-    return emu.forward(*op_args(a))
-
-
-def emu_bwd(emu, a, grad_out):
-    return emu.backward(grad_out, *op_args(a))
-
-
-def same_layout(x, y):
-    """Equal strides on every dimension longer than 1 (the others are never stepped)."""
-    return all(sx == sy for n, sx, sy in zip(x.shape, x.stride(), y.stride()) if n > 1)
-
-
-def check_emulated(emu, a, tol, det=False):
-    """Emulated CUDA forward/backward against the CPU op, values and layouts."""
-    out_cpu = run_op(a)
-    with deterministic(det):
-        out = emu_fwd(emu, a)
-        go = grad_like(out_cpu)
-        grads = emu_bwd(emu, a, go)
-    assert out.dtype == out_cpu.dtype and same_layout(out, out_cpu)
-    torch.testing.assert_close(out.double(), out_cpu.double(), rtol=tol, atol=tol)
-    for i, (g, gc) in enumerate(zip(grads, run_bwd(a, go))):
-        assert g.dtype == gc.dtype and g.shape == gc.shape, i
-        assert same_layout(g, gc), (i, g.stride(), gc.stride())
-        torch.testing.assert_close(
-            g.double(), gc.double(), rtol=tol, atol=tol, msg=lambda m, i=i: f"grad {i}: {m}"
-        )
-    return grads
-
-
-@pytest.mark.parametrize("index", ["int32", "int64"])
-@pytest.mark.parametrize(
-    "cfg", SWEEP, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default"
-)
-def test_emulated_matches_cpu(emu, cfg, index, monkeypatch):
-    if index == "int64":
-        monkeypatch.setenv("DEFORMCONV_FORCE_INT64_INDEX", "1")
-    check_emulated(emu, make_args(**cfg, device="cpu", seed=len(str(cfg))), 1e-10)
-
-
-@pytest.mark.parametrize("cfg", [SWEEP[0], SWEEP[4], SWEEP[5], SWEEP[9]], ids=str)
-def test_emulated_deterministic_path(emu, cfg, monkeypatch):
-    a = make_args(**cfg, device="cpu", seed=9, offset_scale=3.0)
-    first = check_emulated(emu, a, 1e-10, det=True)
-    with deterministic():
-        assert all(torch.equal(x, y) for x, y in zip(first, emu_bwd(emu, a, grad_like(run_op(a)))))
-    monkeypatch.setenv("DEFORMCONV_FORCE_INT64_INDEX", "1")
-    check_emulated(emu, a, 1e-10, det=True)
-
-
-@pytest.mark.parametrize("det", [False, True])
-@pytest.mark.parametrize("dtype,c_in,tol", [(torch.float64, 64, 1e-10), (torch.float16, 256, 3e-2)])
-def test_emulated_chunking(emu, det, dtype, c_in, tol, monkeypatch):
-    # 1 MiB: 227 (fp64) / 227 (fp16, 4x the channels) pixels per forward chunk, 113 (fast) or
-    # fewer (deterministic) per backward chunk, of 288 pixels: chunks straddle the two images
-    # and end with a remainder; fp16 accumulates grad_weight across chunks in fp32.
-    monkeypatch.setenv("DEFORMCONV_WORKSPACE_MB", "1")
-    a = make_args(
-        n=2, c_in=c_in, h=12, w=12, c_out=4, offset_groups=2, device="cpu", seed=4, dtype=dtype
-    )
-    check_emulated(emu, a, tol, det=det)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_emulated_lower_precision(emu, dtype):
-    tol = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1.5e-1}[dtype]
-    for cfg in (SWEEP[0], SWEEP[5]):
-        check_emulated(emu, make_args(**cfg, device="cpu", dtype=dtype, seed=2), tol)
-        check_emulated(emu, make_args(**cfg, device="cpu", dtype=dtype, seed=2), tol, det=True)
-
-
-def test_emulated_layouts(emu):
-    a = make_args(c_in=6, c_out=4, groups=2, offset_groups=3, device="cpu", seed=8)
-    cl = moved(a, memory_format=torch.channels_last)
-    cl["offset"] = a["offset"].contiguous(memory_format=torch.channels_last)
-    cl["mask"] = torch.stack([a["mask"], a["mask"]], dim=-1)[..., 0]  # non-contiguous
-    cl["weight"] = a["weight"].contiguous(memory_format=torch.channels_last)
-    grads = check_emulated(emu, cl, 1e-10)
-    assert emu_fwd(emu, cl).is_contiguous(memory_format=torch.channels_last)
-    assert grads[0].is_contiguous(memory_format=torch.channels_last)
-    assert grads[2].is_contiguous(memory_format=torch.channels_last)  # like offset
-    assert grads[1].is_contiguous()
-
-
-def test_emulated_edge_cases(emu):
-    check_emulated(emu, make_args(n=0, device="cpu"), 0)
-    check_emulated(emu, make_args(c_out=0, device="cpu"), 0)
-    a = make_args(n=1, c_in=5, c_out=3, h=6, w=6, device="cpu", seed=2)
-    for i, v in enumerate([math.nan, math.inf, -math.inf, 1e30, -1e30, 3e9]):
-        a["offset"][0, i, i % 6, (2 * i) % 6] = v
-    a["mask"][0, 0, 0, 0] = math.nan  # a NaN mask on an in-range point propagates, as on CPU
-    check_emulated(emu, a, 1e-10)
-    check_emulated(emu, a, 1e-10, det=True)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-def test_emulated_wide_packs(emu, dtype):
-    # 8 channels per offset group and per conv group: 16-byte packs for every dtype.
-    tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1.5e-1}[
-        dtype
-    ]
-    a = make_args(c_in=16, c_out=8, groups=2, offset_groups=2, device="cpu", dtype=dtype, seed=12)
-    check_emulated(emu, a, tol)
-    check_emulated(emu, a, tol, det=True)
-    # A channels-last input whose data pointer is 1 element off a 16-byte boundary: the
-    # launchers must fall back to 1-channel packs (the emulator aborts on a misaligned pack).
-    x = a["input"]
-    n, c, h, w = x.shape
-    storage = torch.empty(n * h * w * c + 1, dtype=dtype)
-    shifted = storage[1:].view(n, h, w, c).permute(0, 3, 1, 2)
-    shifted.copy_(x)
-    assert shifted.is_contiguous(memory_format=torch.channels_last) and shifted.data_ptr() % 16
-    a["input"] = shifted
-    check_emulated(emu, a, tol)

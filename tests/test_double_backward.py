@@ -1,18 +1,15 @@
 # Double backward of deform_conv2d: gradgradcheck, zero-sample rule, compile, penalty training, emulated CUDA kernels.
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 import deformconv
 
-from conftest import make_args, needs_cuda, op_args
+from helpers import make_args, needs_cuda, op_args
+from test_cuda_emulated import emu  # noqa: F401  (the emulated CUDA backend, built once)
 
 OP = torch.ops.deformconv.deform_conv2d
 BWD = torch.ops.deformconv._deform_conv2d_backward
 DOUBLE_BWD = torch.ops.deformconv._deform_conv2d_double_backward
-REPO = Path(__file__).resolve().parents[1]
 NAMES = ("input", "weight", "offset", "mask", "bias")  # schema order
 
 CONFIGS = {
@@ -294,22 +291,6 @@ def test_gradgradcheck_cuda(name):
 # --- the CUDA kernels through the host emulation (no GPU needed) ------------------------------
 
 
-@pytest.fixture(scope="module")
-def emu():
-    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
-        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
-    from torch.utils.cpp_extension import load
-
-    emulation = REPO / "csrc" / "cuda" / "emulation"
-    return load(
-        name="deformconv_cuda_double_backward_emulation",
-        sources=[str(emulation / "emulated_double_backward.cpp"),
-                 str(REPO / "csrc/common/geometry.cpp")],
-        extra_include_paths=[str(emulation / "include"), str(emulation), str(REPO / "csrc")],
-        extra_cflags=["-O1"],
-    )
-
-
 EMULATED = {
     "basic": dict(),
     "no_mask_no_bias": dict(with_mask=False, with_bias=False),
@@ -330,7 +311,7 @@ COTANGENT_CASES = [
 
 @pytest.mark.parametrize("given,wanted", COTANGENT_CASES)
 @pytest.mark.parametrize("name", list(EMULATED))
-def test_emulated_cuda_double_backward_matches_cpu(emu, name, given, wanted):
+def test_emulated_cuda_double_backward_matches_cpu(emu, name, given, wanted):  # noqa: F811
     args = make_args(**{**dict(n=2, h=6, w=5, seed=7), **EMULATED[name]})
     if name == "basic":  # non-finite and out-of-range samples too
         args["offset"][0, 0, 0, :3] = torch.tensor([float("nan"), float("inf"), 1e30])

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import deformconv
 from deformconv.reference import deform_conv2d_np
 
-from conftest import make_args
+from helpers import make_args
 
 try:
     import torchvision.ops
@@ -221,7 +221,7 @@ def test_bad_workspace_budget_is_reported(monkeypatch):
         call(make_args())
 
 
-# --- boundary semantics (DESIGN.md section 1) ---------------------------------------------
+# --- boundary semantics (docs/design.md, section 1) --------------------------------------
 
 def one_tap_args(dy, dx, h=4, w=5, device="cpu"):
     """1x1 kernel, one channel, one output pixel at (0, 0) displaced by (dy, dx)."""

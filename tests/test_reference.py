@@ -1,39 +1,30 @@
 # Tests of the NumPy oracle (deformconv/reference.py) and the pure-PyTorch benchmark reference.
 """The oracle must itself be right before it judges the kernels.
 
-Both modules are loaded from their files, so these tests run (and the oracle can be trusted)
-even while the compiled extension ``deformconv._C`` is not built: importing the ``deformconv``
-package loads it, the oracle does not need it.
+``deformconv.reference`` imports without the compiled extension ``deformconv._C`` (the
+package's ``HAS_OPS`` pattern), so these tests run, and the oracle can be trusted, even while
+the extension is not built. The pure-PyTorch baseline lives in ``benchmarks/`` (not a package)
+and is loaded from its file.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+from deformconv._geometry import output_size, pair
+from deformconv.reference import bilinear_interpolate, deform_conv2d_np
+from helpers import REPO as ROOT
+from helpers import load_benchmark
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load("_deformconv_reference_oracle", ROOT / "deformconv" / "reference.py")
-torch_ref = _load("_deformconv_torch_reference", ROOT / "benchmarks" / "torch_reference.py")
-bilinear_interpolate = ref.bilinear_interpolate
-deform_conv2d_np = ref.deform_conv2d_np
+torch_ref = load_benchmark("torch_reference")
 deform_conv2d_torch = torch_ref.deform_conv2d_torch
 
 try:
@@ -46,13 +37,10 @@ H, W = 3, 4
 FMAP = 4.0 * np.arange(H)[:, None] + np.arange(W)[None, :] + 1.0  # f(y, x) = 4y + x + 1
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 def _out_size(h, w, kh, kw, stride, padding, dilation):
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
-    return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    (sh, sw), (ph, pw) = pair(stride, "stride"), pair(padding, "padding")
+    dh, dw = pair(dilation, "dilation")
+    return output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
 
 
 def _problem(
@@ -60,7 +48,7 @@ def _problem(
 ):
     """Random float64 tensors for one configuration: (x, offset, mask, weight, bias, kwargs)."""
     g = torch.Generator().manual_seed(seed)
-    kh, kw = _pair(k)
+    kh, kw = pair(k, "k")
     ho, wo = _out_size(h, w, kh, kw, stride, padding, dilation)
     x = torch.randn(n, c_in, h, w, generator=g, dtype=torch.float64)
     offset = torch.rand(n, 2 * og * kh * kw, ho, wo, generator=g, dtype=torch.float64) * 2 - 1
@@ -178,14 +166,22 @@ def test_quiz_check_bounds_is_wrong_at_the_border():
 
 
 def test_reference_module_does_not_import_torch():
-    path = str(ROOT / "deformconv" / "reference.py")
+    # The package's __init__ imports torch; the oracle module and what it imports must not.
+    # A bare package object stands in for it, so only the oracle's own imports run.
     code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('r', {path!r})\n"
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "import sys, types\n"
+        "pkg = types.ModuleType('deformconv')\n"
+        f"pkg.__path__ = [{str(ROOT / 'deformconv')!r}]\n"
+        "sys.modules['deformconv'] = pkg\n"
+        "import deformconv.reference\n"
         "assert 'torch' not in sys.modules, 'reference.py imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reference_imports_without_the_extension():
+    code = "import sys; sys.modules['deformconv._C'] = None; import deformconv.reference"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 # --------------------------------------------------------------------------- deform_conv2d_np

@@ -4,7 +4,7 @@ import torch
 
 import deformconv
 
-from conftest import make_args, op_args
+from helpers import make_args, op_args
 
 
 @pytest.mark.parametrize("config", [

@@ -10,7 +10,7 @@ import torch
 
 from deformconv.train import checkpoint as C
 from deformconv.train.cli import main
-from conftest import child_process_env
+from helpers import child_process_env
 
 TINY = ["cifar", "--model", "plain", "--train-size", "64", "--val-size", "32",
         "--test-size", "40", "--width", "0.125", "--batch-size", "16", "--no-progress",

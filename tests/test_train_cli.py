@@ -11,7 +11,7 @@ import pytest
 from deformconv.train import reporting
 from deformconv.train.cli import main
 from deformconv.train.synthetic import SHAPE_CLASSES
-from conftest import child_process_env
+from helpers import child_process_env
 
 TINY = ["--train-size", "48", "--val-size", "24", "--test-size", "30", "--width", "0.125",
         "--batch-size", "16", "--no-progress", "--epochs", "2"]

@@ -6,15 +6,11 @@
 #include <algorithm>
 
 #include "common/geometry.h"
+#include "common/opmath.h"
 #include "cpu/sample_table.h"
 
 namespace deformconv {
 namespace cpu {
-
-// The compute dtype: float64 stays, every other dtype computes in float32.
-inline at::ScalarType opmath_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 inline at::Tensor to_opmath(const at::Tensor& t) {
   return t.to(opmath_dtype(t.scalar_type())).contiguous();

@@ -25,6 +25,7 @@
 #include <array>
 #include <tuple>
 
+#include "common/double_backward_checks.h"
 #include "common/geometry.h"
 #include "cpu/cpu_workspace.h"
 
@@ -41,16 +42,6 @@ struct Cotangents {
   at::Tensor weight_cols;     // (groups, kh*kw*C_in/groups, C_out/groups)
   at::Tensor offset, mask, bias;
 };
-
-inline void check_cotangent(const c10::optional<at::Tensor>& t, const at::Tensor& primal,
-                     const char* name) {
-  if (!t.has_value()) return;
-  TORCH_CHECK(t->sizes() == primal.sizes(), name, " must have the shape of its primal ",
-              primal.sizes(), ": got ", t->sizes());
-  TORCH_CHECK(t->device() == primal.device(), name, " must be on ", primal.device(), ": got ",
-              t->device());
-  TORCH_CHECK(t->is_floating_point(), name, " must be floating point: got ", t->scalar_type());
-}
 
 // Results in opmath: grad_grad_output as (P, C_out), grad_input bordered
 // (N, H+2, W+2, C), grad_weight in column layout, grad_offset, grad_mask.
@@ -164,18 +155,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> double_ba
   const ConvGeometry geo = check_deform_conv2d_args(input, weight, offset, mask, c10::nullopt,
                                                     stride, padding, dilation);
   check_grad_output(grad_output, input, geo);
-  check_cotangent(grad_grad_input, input, "grad_grad_input");
-  check_cotangent(grad_grad_weight, weight, "grad_grad_weight");
-  check_cotangent(grad_grad_offset, offset, "grad_grad_offset");
-  TORCH_CHECK(mask.has_value() || !grad_grad_mask.has_value(),
-              "grad_grad_mask must be None when mask is None: got a tensor of shape ",
-              grad_grad_mask ? grad_grad_mask->sizes() : at::IntArrayRef());
-  if (mask) check_cotangent(grad_grad_mask, *mask, "grad_grad_mask");
-  if (grad_grad_bias) {
-    TORCH_CHECK(grad_grad_bias->dim() == 1 && grad_grad_bias->size(0) == geo.out_channels,
-                "grad_grad_bias must have shape (", geo.out_channels, ",): got ",
-                grad_grad_bias->sizes());
-  }
+  check_double_backward_cotangents(input, weight, offset, mask, grad_grad_input, grad_grad_weight,
+                                   grad_grad_offset, grad_grad_mask, grad_grad_bias,
+                                   geo.out_channels);
   const Layout L(geo);
   const auto opmath = opmath_dtype(input.scalar_type());
   const bool want_mask = output_mask[kMask] && mask.has_value();

@@ -14,12 +14,13 @@ namespace cuda {
 // outside the image); sorts after every real key.
 constexpr int64_t kInvalidKey = INT64_MAX;
 
-// Where the coordinate kernel writes grad_offset / grad_mask (any layout: element strides).
-template <typename scalar_t, typename index_t>
+// Where the coordinate kernel writes grad_offset / grad_mask (opmath buffers, any layout:
+// element strides).
+template <typename acc_t, typename index_t>
 struct CoordGradOutputs {
-  scalar_t* grad_offset;
+  acc_t* grad_offset;
   index_t offset_stride[4];
-  scalar_t* grad_mask;  // nullptr without mask
+  acc_t* grad_mask;  // nullptr without mask
   index_t mask_stride[4];
 };
 
@@ -29,19 +30,22 @@ struct CoordGradOutputs {
 //   grad_offset[n, 2(o*taps+k) (+1), ...] = m * sum_c gv * d sample / dy (resp. dx)
 // The per-lane partial sums are combined by a fixed xor-butterfly of warp shuffles:
 // deterministic by construction. Where the point is outside the sampling range the
-// sample is the constant 0 and both sums get nothing (DESIGN.md section 1).
+// sample is the constant 0 and both sums get nothing (docs/design.md, section 1).
 // It also writes columns[p, column_of(c, k)] = m * sample (the forward columns, needed by
 // grad_weight; no separate im2col pass in backward), and when kScatter is true it
 // scatters grad_input[n, corner, c] += gv * (m * w_corner) with float atomics (fast,
 // nondeterministic order). grad_input is the opmath (acc_t) channels-last buffer.
-// Loads go kVec channels at a time (packs); lanes of a team take consecutive packs.
+// Offset, mask, grad_columns and the gradient outputs are acc_t (float32 for 16-bit types):
+// each 16-bit result is rounded once, by the caller. Loads go kVec channels at a time
+// (packs); lanes of a team take consecutive packs.
 template <typename scalar_t, typename index_t, int kVec, bool kScatter>
 __global__ void __launch_bounds__(kThreads) deformable_col2im_coord_kernel(
     const SamplingArgs<index_t> a, const scalar_t* __restrict__ input,
-    const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask,
-    const scalar_t* __restrict__ grad_columns, scalar_t* __restrict__ columns,
+    const at::opmath_type<scalar_t>* __restrict__ offset,
+    const at::opmath_type<scalar_t>* __restrict__ mask,
+    const at::opmath_type<scalar_t>* __restrict__ grad_columns, scalar_t* __restrict__ columns,
     at::opmath_type<scalar_t>* __restrict__ grad_input,
-    const CoordGradOutputs<scalar_t, index_t> out) {
+    const CoordGradOutputs<at::opmath_type<scalar_t>, index_t> out) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t team = static_cast<index_t>(blockDim.x);
   const index_t lane = static_cast<index_t>(threadIdx.x);
@@ -69,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) deformable_col2im_coord_kernel(
       in_range = s.in_range;
       const scalar_t* in_n = input + px.n * plane;
       acc_t* gin_n = kScatter ? grad_input + px.n * plane : nullptr;
-      const scalar_t* grad_row = grad_columns + p * a.columns;
+      const acc_t* grad_row = grad_columns + p * a.columns;
       scalar_t* col_row = columns + p * a.columns;
       // Weight of each corner in the column value: d column / d corner value.
       acc_t coef[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
@@ -87,12 +91,12 @@ __global__ void __launch_bounds__(kThreads) deformable_col2im_coord_kernel(
           store_pack<kVec>(col_row + col, col_val);
           continue;
         }
-        const Pack<scalar_t, kVec> grad = load_pack<kVec>(grad_row + col);
+        const Pack<acc_t, kVec> grad = load_pack<kVec>(grad_row + col);
         acc_t v[4][kVec];
         corner_packs<kVec>(in_n + c, s.corners, v);
 #pragma unroll
         for (int j = 0; j < kVec; ++j) {
-          const acc_t gv = static_cast<acc_t>(grad.v[j]);
+          const acc_t gv = grad.v[j];
           const acc_t vj[4] = {v[0][j], v[1][j], v[2][j], v[3][j]};
           const acc_t sample = bilinear_combine(s.w, vj);
           acc_t ds_dy, ds_dx;
@@ -116,7 +120,7 @@ __global__ void __launch_bounds__(kThreads) deformable_col2im_coord_kernel(
         if (s.in_range) {
           for (index_t cl = lane; cl < a.channels_per_offset_group; cl += team) {
             const index_t c = o * a.channels_per_offset_group + cl;
-            const acc_t gv = static_cast<acc_t>(grad_row[column_of(a, c, k)]);
+            const acc_t gv = grad_row[column_of(a, c, k)];
 #pragma unroll
             for (int c4 = 0; c4 < 4; ++c4) {
               if (s.corners.inside[c4]) atomicAdd(gin_n + s.corners.offset[c4] + c, gv * coef[c4]);
@@ -135,13 +139,11 @@ __global__ void __launch_bounds__(kThreads) deformable_col2im_coord_kernel(
       // Out of range everything is the constant 0 (also with a non-finite mask), as in csrc/cpu.
       const index_t go = px.n * out.offset_stride[0] + 2 * ok * out.offset_stride[1] +
                          px.ho * out.offset_stride[2] + px.wo * out.offset_stride[3];
-      out.grad_offset[go] = static_cast<scalar_t>(in_range ? m * g_dy : acc_t(0));
-      out.grad_offset[go + out.offset_stride[1]] =
-          static_cast<scalar_t>(in_range ? m * g_dx : acc_t(0));
+      out.grad_offset[go] = in_range ? m * g_dy : acc_t(0);
+      out.grad_offset[go + out.offset_stride[1]] = in_range ? m * g_dx : acc_t(0);
       if (out.grad_mask != nullptr) {
         out.grad_mask[px.n * out.mask_stride[0] + ok * out.mask_stride[1] +
-                      px.ho * out.mask_stride[2] + px.wo * out.mask_stride[3]] =
-            static_cast<scalar_t>(g_m);
+                      px.ho * out.mask_stride[2] + px.wo * out.mask_stride[3]] = g_m;
       }
     }
   }
@@ -153,12 +155,11 @@ __global__ void __launch_bounds__(kThreads) deformable_col2im_coord_kernel(
 //             or kInvalidKey when the point is out of range or the corner outside the image;
 //   coef[e] = m * w_corner;   src[e] = p*columns + k*C_in/groups (column row + tap block).
 // A stable sort by key then lists each destination's contributions in entry order.
-template <typename scalar_t, typename index_t>
+template <typename acc_t, typename index_t>
 __global__ void __launch_bounds__(kThreads) deformable_col2im_entries_kernel(
-    const SamplingArgs<index_t> a, const scalar_t* __restrict__ offset,
-    const scalar_t* __restrict__ mask, int64_t* __restrict__ keys,
-    at::opmath_type<scalar_t>* __restrict__ coef, int64_t* __restrict__ src) {
-  using acc_t = at::opmath_type<scalar_t>;
+    const SamplingArgs<index_t> a, const acc_t* __restrict__ offset,
+    const acc_t* __restrict__ mask, int64_t* __restrict__ keys, acc_t* __restrict__ coef,
+    int64_t* __restrict__ src) {
   const int64_t rows = blockDim.y;
   const index_t o = static_cast<index_t>(blockIdx.y) / a.taps;
   const index_t k = static_cast<index_t>(blockIdx.y) - o * a.taps;
@@ -191,13 +192,12 @@ __global__ void __launch_bounds__(kThreads) deformable_col2im_entries_kernel(
 // (a destination pixel and offset group); for each channel c of the group it sums
 // coef * grad_columns over the run in sorted (= entry) order and adds the sum to
 // grad_input once. No two teams write the same element: no atomics, a fixed order.
-template <typename scalar_t, typename index_t>
+template <typename acc_t, typename index_t>
 __global__ void __launch_bounds__(kThreads) deformable_col2im_gather_kernel(
     const SamplingArgs<index_t> a, const int64_t* __restrict__ sorted_keys,
-    const int64_t* __restrict__ order, const at::opmath_type<scalar_t>* __restrict__ coef,
-    const int64_t* __restrict__ src, const scalar_t* __restrict__ grad_columns,
-    at::opmath_type<scalar_t>* __restrict__ grad_input, const int64_t entries) {
-  using acc_t = at::opmath_type<scalar_t>;
+    const int64_t* __restrict__ order, const acc_t* __restrict__ coef,
+    const int64_t* __restrict__ src, const acc_t* __restrict__ grad_columns,
+    acc_t* __restrict__ grad_input, const int64_t entries) {
   const index_t team = static_cast<index_t>(blockDim.x);
   const index_t lane = static_cast<index_t>(threadIdx.x);
   const int64_t rows = blockDim.y;
@@ -220,7 +220,7 @@ __global__ void __launch_bounds__(kThreads) deformable_col2im_gather_kernel(
       acc_t sum = acc_t(0);
       for (int64_t j = i; j < entries && sorted_keys[j] == key; ++j) {
         const int64_t e = order[j];
-        sum += coef[e] * static_cast<acc_t>(grad_columns[src[e] + chan]);
+        sum += coef[e] * grad_columns[src[e] + chan];
       }
       dst[c] += sum;
     }

@@ -1,4 +1,4 @@
-// CUDA forward and backward of deform_conv2d: chunked channels-last deformable im2col + cuBLAS GEMMs, and TORCH_LIBRARY_IMPL(deformconv, CUDA).
+// CUDA forward and backward of deform_conv2d: chunked channels-last deformable im2col + cuBLAS GEMMs (registered in register.cpp).
 //
 // Host C++ (compiled by the C++ compiler, not nvcc): argument checks, workspace chunking and
 // the GEMMs through ATen; the sampling kernels live in launch.cu / im2col.cuh / col2im.cuh.
@@ -18,17 +18,19 @@
 //   grad_weight is accumulated across chunks in fp32 (mm with out_dtype=float32).
 // - Sampling kernels move 16-byte packs of channels when channel counts and pointers allow
 //   (launch.cu), else one channel per lane.
-// - Backward: grad_columns = grad_out . W (GEMM), then one fused kernel computes
-//   grad_offset / grad_mask (team shuffle reduction: deterministic), rewrites the forward
-//   columns for grad_weight, and, on the default fast path, scatters grad_input with float
-//   atomics into an fp32 (fp64 for double) buffer. Under
+// - Precision of positions: offset and mask are read in opmath (16-bit ones converted to
+//   float32 at entry; float32 ones, allowed with 16-bit data, read as they are), so sample
+//   coordinates keep float32 precision; gradients come back in each argument's dtype.
+// - Backward: grad_columns = grad_out . W (GEMM; written in fp32 for 16-bit types, so each
+//   gradient is rounded once and fp16 with a large loss scale cannot overflow there), then
+//   one fused kernel computes grad_offset / grad_mask (team shuffle reduction:
+//   deterministic), rewrites the forward columns for grad_weight, and, on the default fast
+//   path, scatters grad_input with float atomics into an fp32 (fp64 for double) buffer. Under
 //   torch.use_deterministic_algorithms(True) grad_input instead comes from a stable sort of
 //   the (destination pixel) keys of all bilinear corners and a gather that sums each
 //   destination's contributions in a fixed order: bitwise reproducible, no atomics.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -38,6 +40,9 @@
 #include <tuple>
 
 #include "common/geometry.h"
+#include "common/opmath.h"
+#include "cuda/backend.h"
+#include "cuda/entry_points.h"
 #include "cuda/launch.h"
 
 namespace deformconv {
@@ -48,10 +53,6 @@ namespace {
 // source (int64 each), coefficient (<= 8 bytes) and the sort's own scratch (~3 x 8 bytes:
 // index input and the radix sort's alternate buffers).
 constexpr int64_t kDeterministicBytesPerEntry = 8 * 4 + 8 + 24;
-
-at::ScalarType opmath_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 bool is_reduced_float(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 
@@ -102,20 +103,24 @@ at::Tensor weight_matrix(const at::Tensor& weight, const ConvGeometry& g) {
       .view({g.out_channels, g.taps() * g.in_channels_per_group()});
 }
 
-// out (float32) = a . b for float16 / bfloat16 a, b: cuBLAS accumulates and writes fp32
-// (mm with out_dtype, torch >= 2.8; it exists on CUDA only, hence the host-emulation branch).
-void mm_out_float(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-#ifdef DEFORMCONV_HOST_EMULATION
-  at::mm_out(out, a.to(at::kFloat), b.to(at::kFloat));
-#else
-  at::mm_out(out, a, b, at::kFloat);
-#endif
+using backend::mm_out_float;
+
+// Offset or mask as the kernels read it: opmath (float32 for 16-bit inputs), whatever dtype
+// the caller passed, so sampling positions keep float32 precision. A no-op when it already
+// is; strides are kept (the kernels read any layout).
+at::Tensor to_opmath(const at::Tensor& t) { return t.to(opmath_dtype(t.scalar_type())); }
+
+c10::optional<at::Tensor> to_opmath(const c10::optional<at::Tensor>& t) {
+  if (!t.has_value()) return c10::nullopt;
+  return to_opmath(*t);
 }
 
 void check_input_on_cuda(const at::Tensor& input) {
-  TORCH_CHECK(input.is_cuda(), "input must be a CUDA tensor for the CUDA kernel: got input on ",
-              input.device());
+  TORCH_CHECK(backend::on_device(input), "input must be a ", backend::kDeviceType,
+              " tensor for the CUDA kernel: got input on ", input.device());
 }
+
+}  // namespace
 
 at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
                                       const at::Tensor& offset,
@@ -127,7 +132,7 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor&
   const ConvGeometry geo =
       check_deform_conv2d_args(input, weight, offset, mask, bias, stride, padding, dilation);
   check_input_on_cuda(input);
-  const c10::cuda::CUDAGuard device_guard(input.device());
+  const backend::DeviceGuard device_guard(input.device());
   const at::MemoryFormat format = format_of(input);
   const int64_t pixels = geo.batch * geo.out_pixels();
   if (pixels == 0 || geo.out_channels == 0) {
@@ -143,16 +148,18 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor&
   const int64_t columns = geo.taps() * geo.in_channels;
   const int64_t group_cols = geo.taps() * geo.in_channels_per_group();
   const int64_t group_out = geo.out_channels_per_group();
+  const at::Tensor offset_k = to_opmath(offset);
+  const c10::optional<at::Tensor> mask_k = to_opmath(mask);
   const int64_t max_chunk = chunk_pixels(pixels, columns * input.element_size(), pixels);
-  const bool index32 = fits_int32({input.numel(), max_chunk * columns, extent(offset),
-                                   extent(mask), pixels});
+  const bool index32 = fits_int32({input.numel(), max_chunk * columns, extent(offset_k),
+                                   extent(mask_k), pixels});
   at::Tensor column_buffer = at::empty({max_chunk, columns}, input.options());
 
   // Step 2: per chunk, im2col then one GEMM per conv group (bias fused into the GEMM).
   for (int64_t p0 = 0; p0 < pixels; p0 += max_chunk) {
     const Chunk chunk{p0, std::min(max_chunk, pixels - p0)};
     const at::Tensor cols = column_buffer.narrow(0, 0, chunk.pc);
-    launch_im2col(input_nhwc, offset, mask, geo, chunk, index32, cols);
+    launch_im2col(input_nhwc, offset_k, mask_k, geo, chunk, index32, cols);
     const at::Tensor out_chunk = out_rows.narrow(0, p0, chunk.pc);
     for (int64_t grp = 0; grp < geo.groups; ++grp) {
       const at::Tensor cols_g = cols.narrow(1, grp * group_cols, group_cols);
@@ -178,26 +185,37 @@ deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& inp
       check_deform_conv2d_args(input, weight, offset, mask, bias, stride, padding, dilation);
   check_grad_output(grad_output, input, geo);
   check_input_on_cuda(input);
-  const c10::cuda::CUDAGuard device_guard(input.device());
+  const backend::DeviceGuard device_guard(input.device());
   const auto dtype = input.scalar_type();
   const auto opmath = opmath_dtype(dtype);
   const auto opts = input.options();
   const int64_t pixels = geo.batch * geo.out_pixels();
 
-  // Outputs written in place by the kernels, in the layouts of the CPU backend.
-  at::Tensor grad_offset = at::empty(offset.sizes(), opts.memory_format(format_of(offset)));
+  // Offset and mask as the kernels read them (opmath), and their gradients, written in
+  // place by the kernels in opmath and in the layouts of the CPU backend; each is rounded
+  // once to its argument's dtype at the end.
+  const at::Tensor offset_k = to_opmath(offset);
+  const c10::optional<at::Tensor> mask_k = to_opmath(mask);
+  at::Tensor grad_offset =
+      at::empty(offset.sizes(), opts.dtype(opmath).memory_format(format_of(offset)));
   c10::optional<at::Tensor> grad_mask;
   if (mask.has_value()) {
-    grad_mask = at::empty(mask->sizes(), opts.memory_format(format_of(*mask)));
+    grad_mask = at::empty(mask->sizes(), opts.dtype(opmath).memory_format(format_of(*mask)));
   }
   const auto no_grad = [&] { return at::empty({0}, opts); };
+  const auto in_caller_dtypes = [&](at::Tensor grad_input, at::Tensor grad_weight,
+                                    at::Tensor grad_bias)
+      -> std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> {
+    return {grad_input, grad_weight, grad_offset.to(offset.scalar_type()),
+            grad_mask.has_value() ? grad_mask->to(mask->scalar_type()) : no_grad(), grad_bias};
+  };
   if (pixels == 0 || geo.out_channels == 0) {
     grad_offset.zero_();
     if (grad_mask.has_value()) grad_mask->zero_();
-    return {zeros_in(input.sizes(), opts, format_of(input)),
-            at::zeros(weight.sizes(), weight.options()), grad_offset,
-            grad_mask.has_value() ? *grad_mask : no_grad(),
-            bias.has_value() ? at::zeros(bias->sizes(), bias->options()) : no_grad()};
+    return in_caller_dtypes(zeros_in(input.sizes(), opts, format_of(input)),
+                            at::zeros(weight.sizes(), weight.options()),
+                            bias.has_value() ? at::zeros(bias->sizes(), bias->options())
+                                             : no_grad());
   }
 
   // Step 1: channels-last input, grad_output as (pixels, C_out) rows, weight matrix.
@@ -211,10 +229,11 @@ deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& inp
   const int64_t group_out = geo.out_channels_per_group();
   const int64_t items_per_pixel = geo.offset_groups * geo.taps();
 
-  // Step 2: chunking. Two column buffers per pixel (columns, grad_columns), plus the sort
-  // entries in deterministic mode, whose count is kept below 2^31 per chunk.
+  // Step 2: chunking. Two column buffers per pixel (columns in the input's dtype,
+  // grad_columns in opmath), plus the sort entries in deterministic mode, whose count is
+  // kept below 2^31 per chunk.
   const bool deterministic = at::globalContext().deterministicAlgorithms();
-  int64_t bytes_per_pixel = 2 * columns * input.element_size();
+  int64_t bytes_per_pixel = columns * (input.element_size() + c10::elementSize(opmath));
   int64_t max_pixels = pixels;
   if (deterministic) {
     bytes_per_pixel += 4 * items_per_pixel * kDeterministicBytesPerEntry;
@@ -223,10 +242,12 @@ deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& inp
   }
   const int64_t max_chunk = chunk_pixels(pixels, bytes_per_pixel, max_pixels);
   const bool index32 =
-      fits_int32({input.numel(), max_chunk * columns, extent(offset), extent(mask),
+      fits_int32({input.numel(), max_chunk * columns, extent(offset_k), extent(mask_k),
                   extent(grad_offset), extent(grad_mask), pixels});
   at::Tensor column_buffer = at::empty({max_chunk, columns}, opts);
-  at::Tensor grad_column_buffer = at::empty({max_chunk, columns}, opts);
+  // grad_columns stays in opmath: one rounding of grad_input / grad_offset / grad_mask (a
+  // 16-bit grad_columns would round them twice, and overflow fp16 under a large loss scale).
+  at::Tensor grad_column_buffer = at::empty({max_chunk, columns}, opts.dtype(opmath));
   at::Tensor key_buffer, coef_buffer, src_buffer;
   if (deterministic) {
     const int64_t max_entries = 4 * items_per_pixel * max_chunk;
@@ -248,15 +269,20 @@ deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& inp
     const at::Tensor grad_cols = grad_column_buffer.narrow(0, 0, chunk.pc);
     const at::Tensor grad_chunk = grad_rows.narrow(0, p0, chunk.pc);
 
-    // 3a: grad_columns = grad_out . W, per conv group.
+    // 3a: grad_columns = grad_out . W, per conv group (fp32 output for 16-bit types).
     for (int64_t grp = 0; grp < geo.groups; ++grp) {
       at::Tensor grad_cols_g = grad_cols.narrow(1, grp * group_cols, group_cols);
-      at::mm_out(grad_cols_g, grad_chunk.narrow(1, grp * group_out, group_out),
-                 wmat.narrow(0, grp * group_out, group_out));
+      const at::Tensor grad_g = grad_chunk.narrow(1, grp * group_out, group_out);
+      const at::Tensor w_g = wmat.narrow(0, grp * group_out, group_out);
+      if (is_reduced_float(dtype)) {
+        mm_out_float(grad_cols_g, grad_g, w_g);
+      } else {
+        at::mm_out(grad_cols_g, grad_g, w_g);
+      }
     }
 
     // 3b: grad_offset, grad_mask, forward columns (+ atomic grad_input on the fast path).
-    launch_col2im_coord(input_nhwc, offset, mask, geo, chunk, index32, grad_cols, cols,
+    launch_col2im_coord(input_nhwc, offset_k, mask_k, geo, chunk, index32, grad_cols, cols,
                         deterministic ? at::Tensor() : grad_input_acc, grad_offset, grad_mask);
 
     // 3c: deterministic grad_input: entries, stable sort by destination, gather.
@@ -265,7 +291,7 @@ deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& inp
       const at::Tensor keys = key_buffer.narrow(0, 0, entries);
       const at::Tensor coef = coef_buffer.narrow(0, 0, entries);
       const at::Tensor src = src_buffer.narrow(0, 0, entries);
-      launch_col2im_entries(offset, mask, geo, chunk, index32, keys, coef, src);
+      launch_col2im_entries(offset_k, mask_k, geo, chunk, index32, keys, coef, src);
       const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
       launch_col2im_gather(geo, chunk, index32, std::get<0>(sorted), std::get<1>(sorted), coef,
                            src, grad_cols, grad_input_acc);
@@ -305,15 +331,7 @@ deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& inp
   at::Tensor grad_bias =
       bias.has_value() ? grad_rows.sum(0, /*keepdim=*/false, opmath).to(bias->scalar_type())
                        : no_grad();
-  return {grad_input, grad_weight, grad_offset,
-          grad_mask.has_value() ? *grad_mask : no_grad(), grad_bias};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(deformconv, CUDA, m) {
-  m.impl("deform_conv2d", &deform_conv2d_forward_cuda);
-  m.impl("_deform_conv2d_backward", &deform_conv2d_backward_cuda);
+  return in_caller_dtypes(grad_input, grad_weight, grad_bias);
 }
 
 }  // namespace cuda

@@ -1,13 +1,13 @@
-// CUDA double backward of deform_conv2d: the driver of cpu/double_backward_driver.h with CUDA sampling kernels, and TORCH_LIBRARY_IMPL.
+// CUDA double backward of deform_conv2d: the driver of cpu/double_backward_driver.h with the CUDA sampling kernels (registered by register.cpp).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <array>
 #include <tuple>
 
 #include "cpu/double_backward_driver.h"
+#include "cuda/backend.h"
 #include "cuda/double_backward_launch.h"
+#include "cuda/entry_points.h"
 
 namespace deformconv {
 namespace cuda {
@@ -39,6 +39,8 @@ class CudaSecondOrderPasses {
   second_order::Args args_{};
 };
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 deform_conv2d_double_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
@@ -49,18 +51,12 @@ deform_conv2d_double_backward_cuda(
     const c10::optional<at::Tensor>& grad_grad_mask,
     const c10::optional<at::Tensor>& grad_grad_bias, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 5> output_mask) {
-  TORCH_CHECK(input.is_cuda(), "input must be a CUDA tensor for the CUDA kernel: got input on ",
-              input.device());
-  const c10::cuda::CUDAGuard guard(input.device());
+  TORCH_CHECK(backend::on_device(input),
+              "input must be a CUDA tensor for the CUDA kernel: got input on ", input.device());
+  const backend::DeviceGuard guard(input.device());
   return cpu::second_order::double_backward_entry<CudaSecondOrderPasses>(
       grad_output, input, weight, offset, mask, grad_grad_input, grad_grad_weight,
       grad_grad_offset, grad_grad_mask, grad_grad_bias, stride, padding, dilation, output_mask);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(deformconv, CUDA, m) {
-  m.impl("_deform_conv2d_double_backward", &deform_conv2d_double_backward_cuda);
 }
 
 }  // namespace cuda

@@ -5,14 +5,12 @@
 // group's channels: deterministic). Grid-stride loops, int64 indices, opmath data in the
 // layouts of double_backward_launch.h. The sample math is common/bilinear.h's, shared with
 // the CPU passes.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <utility>
 
 #include "common/bilinear.h"
+#include "cuda/backend.h"
 #include "cuda/double_backward_launch.h"
 
 namespace deformconv {
@@ -187,13 +185,7 @@ void launch(void (*kernel)(Params...), int64_t total, Rest&&... rest) {
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads,
                                                           kMaxBlocks)));
   const dim3 block(kThreads);
-#ifdef DEFORMCONV_HOST_EMULATION
-  ::launch_kernel(kernel, grid, block, c10::cuda::getCurrentCUDAStream(),
-                  std::forward<Rest>(rest)...);
-#else
-  kernel<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(std::forward<Rest>(rest)...);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-#endif
+  launch_kernel(kernel, grid, block, backend::current_stream(), std::forward<Rest>(rest)...);
 }
 
 }  // namespace

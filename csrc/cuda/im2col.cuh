@@ -10,15 +10,17 @@ namespace cuda {
 
 // columns[p, column_of(c, k)] = mask * sample of input channel c at tap k of chunk pixel p
 // (0 when the point is out of the sampling range), for every channel c of offset group
-// o = blockIdx.y / taps. Coordinates, weights and the sum run in acc_t (float32 for 16-bit
-// types); the value is rounded once to scalar_t. Reads: 4 corners per kVec channels,
+// o = blockIdx.y / taps. Offset and mask are read in acc_t (float32 for 16-bit types: the
+// launcher converts 16-bit ones), and coordinates, weights and the sum run in acc_t; the
+// value is rounded once to scalar_t. Reads: 4 corners per kVec channels,
 // coalesced across a team (channels-last input). Writes: team*kVec consecutive column
 // elements per pixel and step.
 template <typename scalar_t, typename index_t, int kVec>
 __global__ void __launch_bounds__(kThreads)
     deformable_im2col_kernel(const SamplingArgs<index_t> a, const scalar_t* __restrict__ input,
-                             const scalar_t* __restrict__ offset,
-                             const scalar_t* __restrict__ mask, scalar_t* __restrict__ columns) {
+                             const at::opmath_type<scalar_t>* __restrict__ offset,
+                             const at::opmath_type<scalar_t>* __restrict__ mask,
+                             scalar_t* __restrict__ columns) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t team = static_cast<index_t>(blockDim.x);
   const index_t lane = static_cast<index_t>(threadIdx.x);

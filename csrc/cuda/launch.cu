@@ -2,8 +2,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -12,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "cuda/backend.h"
 #include "cuda/col2im.cuh"
 #include "cuda/im2col.cuh"
 #include "cuda/launch.h"
@@ -86,17 +85,6 @@ const T* optional_ptr(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? t->const_data_ptr<T>() : nullptr;
 }
 
-#ifndef DEFORMCONV_HOST_EMULATION
-// Every launch: on the given (current) stream, then a launch check. The host emulation
-// (csrc/cuda/emulation, CPU-only tests of this file) defines its own launch_kernel.
-template <typename... Params, typename... Args>
-void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
-                   Args&&... args) {
-  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-#endif
-
 // Lanes per team: the smallest power of two >= the packs of an offset group, at most a warp.
 int team_size(int64_t packs_per_offset_group) {
   int team = 1;
@@ -108,17 +96,26 @@ int team_size(int64_t packs_per_offset_group) {
 template <typename scalar_t>
 constexpr int kWide = static_cast<int>(16 / sizeof(scalar_t));
 
+bool aligned_to(const void* p, int64_t bytes) {
+  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
+
 // True when every pack access of the wide kernels is aligned: channel counts of offset
 // and conv groups (hence C_in and taps*C_in) are multiples of the pack, and so is every
-// base pointer (a sliced channels-last input may not be).
+// base pointer (a sliced channels-last input may not be): `ptrs` hold scalar_t, and
+// `opmath_ptrs` opmath values (grad_columns: packs of kWide<scalar_t> of them).
 template <typename scalar_t>
-bool wide_packs_fit(const ConvGeometry& g, std::initializer_list<const void*> ptrs) {
+bool wide_packs_fit(const ConvGeometry& g, std::initializer_list<const void*> ptrs,
+                    std::initializer_list<const void*> opmath_ptrs = {}) {
   const int64_t vec = kWide<scalar_t>;
   if (g.channels_per_offset_group() % vec != 0 || g.in_channels_per_group() % vec != 0) {
     return false;
   }
   for (const void* p : ptrs) {
-    if (reinterpret_cast<std::uintptr_t>(p) % (vec * sizeof(scalar_t)) != 0) return false;
+    if (!aligned_to(p, vec * sizeof(scalar_t))) return false;
+  }
+  for (const void* p : opmath_ptrs) {
+    if (!aligned_to(p, vec * sizeof(at::opmath_type<scalar_t>))) return false;
   }
   return true;
 }
@@ -135,12 +132,12 @@ void with_index_and_pack(bool index32, bool wide, F&& f) {
   }
 }
 
-template <typename scalar_t, typename index_t>
-CoordGradOutputs<scalar_t, index_t> coord_outputs(const at::Tensor& grad_offset,
-                                                  const c10::optional<at::Tensor>& grad_mask) {
-  CoordGradOutputs<scalar_t, index_t> out;
-  out.grad_offset = grad_offset.mutable_data_ptr<scalar_t>();
-  out.grad_mask = grad_mask.has_value() ? grad_mask->mutable_data_ptr<scalar_t>() : nullptr;
+template <typename acc_t, typename index_t>
+CoordGradOutputs<acc_t, index_t> coord_outputs(const at::Tensor& grad_offset,
+                                               const c10::optional<at::Tensor>& grad_mask) {
+  CoordGradOutputs<acc_t, index_t> out;
+  out.grad_offset = grad_offset.mutable_data_ptr<acc_t>();
+  out.grad_mask = grad_mask.has_value() ? grad_mask->mutable_data_ptr<acc_t>() : nullptr;
   for (int d = 0; d < 4; ++d) {
     out.offset_stride[d] = static_cast<index_t>(grad_offset.stride(d));
     out.mask_stride[d] =
@@ -155,13 +152,14 @@ void launch_im2col(const at::Tensor& input_nhwc, const at::Tensor& offset,
                    const c10::optional<at::Tensor>& mask, const ConvGeometry& geo, Chunk chunk,
                    bool index32, const at::Tensor& columns) {
   if (chunk.pc == 0) return;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = backend::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, input_nhwc.scalar_type(),
       "deformconv_im2col_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
         const scalar_t* in = input_nhwc.const_data_ptr<scalar_t>();
-        const scalar_t* off = offset.const_data_ptr<scalar_t>();
-        const scalar_t* msk = optional_ptr<scalar_t>(mask);
+        const acc_t* off = offset.const_data_ptr<acc_t>();
+        const acc_t* msk = optional_ptr<acc_t>(mask);
         scalar_t* cols = columns.mutable_data_ptr<scalar_t>();
         const bool wide = wide_packs_fit<scalar_t>(geo, {in, cols});
         const int team = team_size(geo.channels_per_offset_group() / (wide ? kWide<scalar_t> : 1));
@@ -183,18 +181,18 @@ void launch_col2im_coord(const at::Tensor& input_nhwc, const at::Tensor& offset,
                          const at::Tensor& grad_offset,
                          const c10::optional<at::Tensor>& grad_mask) {
   if (chunk.pc == 0) return;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = backend::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, input_nhwc.scalar_type(),
       "deformconv_col2im_coord_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const scalar_t* in = input_nhwc.const_data_ptr<scalar_t>();
-        const scalar_t* off = offset.const_data_ptr<scalar_t>();
-        const scalar_t* msk = optional_ptr<scalar_t>(mask);
-        const scalar_t* gcols = grad_columns.const_data_ptr<scalar_t>();
+        const acc_t* off = offset.const_data_ptr<acc_t>();
+        const acc_t* msk = optional_ptr<acc_t>(mask);
+        const acc_t* gcols = grad_columns.const_data_ptr<acc_t>();
         scalar_t* cols = columns.mutable_data_ptr<scalar_t>();
         acc_t* gin = grad_input_acc.defined() ? grad_input_acc.mutable_data_ptr<acc_t>() : nullptr;
-        const bool wide = wide_packs_fit<scalar_t>(geo, {in, gcols, cols});
+        const bool wide = wide_packs_fit<scalar_t>(geo, {in, cols}, {gcols});
         const int team = team_size(geo.channels_per_offset_group() / (wide ? kWide<scalar_t> : 1));
         const dim3 block(team, kThreads / team);
         const dim3 grid = pixel_grid(geo, chunk, kThreads / team);
@@ -202,7 +200,7 @@ void launch_col2im_coord(const at::Tensor& input_nhwc, const at::Tensor& offset,
           using index_t = decltype(index_tag);
           constexpr int kVec = decltype(pack)::value;
           const SamplingArgs<index_t> a = make_args<index_t>(geo, chunk, offset, mask);
-          const auto out = coord_outputs<scalar_t, index_t>(grad_offset, grad_mask);
+          const auto out = coord_outputs<acc_t, index_t>(grad_offset, grad_mask);
           if (gin != nullptr) {
             launch_kernel(deformable_col2im_coord_kernel<scalar_t, index_t, kVec, true>, grid,
                           block, stream, a, in, off, msk, gcols, cols, gin, out);
@@ -221,21 +219,21 @@ void launch_col2im_entries(const at::Tensor& offset, const c10::optional<at::Ten
   if (chunk.pc == 0) return;
   const dim3 block(1, kThreads);
   const dim3 grid = pixel_grid(geo, chunk, kThreads);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::ScalarType::Half, at::ScalarType::BFloat16, offset.scalar_type(),
-      "deformconv_col2im_entries_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const scalar_t* off = offset.const_data_ptr<scalar_t>();
-        const scalar_t* msk = optional_ptr<scalar_t>(mask);
+  const cudaStream_t stream = backend::current_stream();
+  // offset, mask and coef are opmath (float32 or float64).
+  AT_DISPATCH_FLOATING_TYPES(
+      offset.scalar_type(), "deformconv_col2im_entries_cuda", [&] {
+        using acc_t = scalar_t;
+        const acc_t* off = offset.const_data_ptr<acc_t>();
+        const acc_t* msk = optional_ptr<acc_t>(mask);
         int64_t* k = keys.mutable_data_ptr<int64_t>();
         acc_t* cf = coef.mutable_data_ptr<acc_t>();
         int64_t* s = src.mutable_data_ptr<int64_t>();
         if (index32) {
-          launch_kernel(deformable_col2im_entries_kernel<scalar_t, int32_t>, grid, block, stream,
+          launch_kernel(deformable_col2im_entries_kernel<acc_t, int32_t>, grid, block, stream,
                         make_args<int32_t>(geo, chunk, offset, mask), off, msk, k, cf, s);
         } else {
-          launch_kernel(deformable_col2im_entries_kernel<scalar_t, int64_t>, grid, block, stream,
+          launch_kernel(deformable_col2im_entries_kernel<acc_t, int64_t>, grid, block, stream,
                         make_args<int64_t>(geo, chunk, offset, mask), off, msk, k, cf, s);
         }
       });
@@ -251,22 +249,22 @@ void launch_col2im_gather(const ConvGeometry& geo, Chunk chunk, bool index32,
   const int rows = kThreads / team;
   const dim3 block(team, rows);
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((entries + rows - 1) / rows, kMaxGridX)));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::ScalarType::Half, at::ScalarType::BFloat16, grad_columns.scalar_type(),
-      "deformconv_col2im_gather_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
+  const cudaStream_t stream = backend::current_stream();
+  // grad_columns, coef and grad_input_acc are opmath (float32 or float64).
+  AT_DISPATCH_FLOATING_TYPES(
+      grad_columns.scalar_type(), "deformconv_col2im_gather_cuda", [&] {
+        using acc_t = scalar_t;
         const int64_t* sk = sorted_keys.const_data_ptr<int64_t>();
         const int64_t* ord = order.const_data_ptr<int64_t>();
         const acc_t* cf = coef.const_data_ptr<acc_t>();
         const int64_t* s = src.const_data_ptr<int64_t>();
-        const scalar_t* gcols = grad_columns.const_data_ptr<scalar_t>();
+        const acc_t* gcols = grad_columns.const_data_ptr<acc_t>();
         acc_t* gin = grad_input_acc.mutable_data_ptr<acc_t>();
         if (index32) {
-          launch_kernel(deformable_col2im_gather_kernel<scalar_t, int32_t>, grid, block, stream,
+          launch_kernel(deformable_col2im_gather_kernel<acc_t, int32_t>, grid, block, stream,
                         make_args<int32_t>(geo, chunk), sk, ord, cf, s, gcols, gin, entries);
         } else {
-          launch_kernel(deformable_col2im_gather_kernel<scalar_t, int64_t>, grid, block, stream,
+          launch_kernel(deformable_col2im_gather_kernel<acc_t, int64_t>, grid, block, stream,
                         make_args<int64_t>(geo, chunk), sk, ord, cf, s, gcols, gin, entries);
         }
       });

@@ -20,15 +20,16 @@ struct Chunk {
 // Every launcher runs on the current CUDA stream of the current device (the caller holds a
 // device guard), dispatches on input's dtype (float64, float32, float16, bfloat16), and
 // uses 32-bit index math when `index32` (see fits_int32 in deform_conv2d_kernel.cpp).
-// input_nhwc is channels-last contiguous; offset / mask may have any strides. Column
-// buffers are contiguous (>= pc, taps*C_in) in input's dtype.
+// input_nhwc is channels-last contiguous; offset / mask are opmath (float32 for 16-bit
+// inputs, float64 for float64) with any strides. The column buffer is contiguous
+// (>= pc, taps*C_in) in input's dtype; grad_columns likewise, in opmath.
 
 // columns[p, (g, k, cl)] = mask * bilinear sample, for the pixels of the chunk.
 void launch_im2col(const at::Tensor& input_nhwc, const at::Tensor& offset,
                    const c10::optional<at::Tensor>& mask, const ConvGeometry& geo, Chunk chunk,
                    bool index32, const at::Tensor& columns);
 
-// From grad_columns: writes grad_offset and grad_mask (any strides, caller's dtype) for the
+// From grad_columns: writes grad_offset and grad_mask (any strides, opmath) for the
 // chunk's pixels, rewrites columns with the forward columns, and, when grad_input_acc is
 // defined (the fast path), adds the chunk's grad_input into it with float atomics.
 // grad_input_acc: opmath dtype, channels-last contiguous, shape of the input.

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "common/bilinear.h"
+#include "cuda/backend.h"
 
 namespace deformconv {
 namespace cuda {
@@ -43,16 +44,13 @@ struct SamplingArgs {
   index_t mask_stride[4];    // element strides of mask (N, og*taps, H_out, W_out)
 };
 
-// kVec consecutive channels moved as one aligned access of at most 16 bytes: the launchers
-// pick kVec > 1 only when every such access is aligned (channel counts and base pointers).
+// kVec consecutive channels moved as one aligned access: 16 bytes of scalar_t (the fp32
+// grad_columns of a 16-bit call: 32 bytes, two accesses). The launchers pick kVec > 1 only
+// when every such access is aligned (channel counts and base pointers).
 template <typename scalar_t, int kVec>
 struct alignas(sizeof(scalar_t) * kVec) Pack {
   scalar_t v[kVec];
 };
-
-#ifndef DEFORMCONV_ASSERT_ALIGNED  // the host emulation checks alignment
-#define DEFORMCONV_ASSERT_ALIGNED(ptr, bytes)
-#endif
 
 template <int kVec, typename scalar_t>
 __device__ __forceinline__ Pack<scalar_t, kVec> load_pack(const scalar_t* p) {
@@ -113,7 +111,7 @@ __device__ __forceinline__ index_t column_of(const SamplingArgs<index_t>& a, ind
 }
 
 // One deformed sampling point of tap (i, j) of offset group o for output pixel px: the
-// mask value, whether the point is inside the sampling range (DESIGN.md section 1: else
+// mask value, whether the point is inside the sampling range (docs/design.md, section 1: else
 // the sample and its coordinate gradient are 0), and then its cell, bilinear weights and
 // corner offsets in the channels-last input plane of image n.
 template <typename acc_t, typename index_t>

@@ -1,4 +1,4 @@
-// Host emulation of the CUDA constructs used by the deformconv kernels (CPU-only tests of csrc/cuda).
+// Host emulation of the CUDA builtins the deformconv kernels use (CPU-only tests of csrc/cuda); included only through cuda/backend.h.
 //
 // A kernel launch runs its grid block after block on one host thread; each CUDA thread of
 // a block is a fiber (ucontext) with its own stack. __shfl_xor_sync writes the caller's
@@ -10,6 +10,10 @@
 // Slow-ish and only for small shapes: it checks indexing, layouts, chunking and reduction
 // order without a GPU, not races or performance.
 #pragma once
+
+#ifndef DEFORMCONV_HOST_EMULATION
+#error "cuda_shim.h belongs to the host emulation: include cuda/backend.h instead"
+#endif
 
 #include <ucontext.h>
 
@@ -103,9 +107,10 @@ inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
             }
           }
           if (waiting != 0 && finished_now != 0) {
-            std::fprintf(stderr, "cuda_shim: %u threads of block (%u,%u,%u) wait in a shuffle "
-                         "that %u finished threads never reach\n", waiting, bx, by, bz,
-                         finished_now);
+            std::fprintf(stderr,
+                         "cuda_shim: %u threads of block (%u,%u,%u) wait in a shuffle "
+                         "that %u finished threads never reach\n",
+                         waiting, bx, by, bz, finished_now);
             std::abort();
           }
         }
@@ -146,18 +151,11 @@ inline double atomicAdd(double* address, double value) {
 }
 
 // Pack accesses must be aligned on the GPU (else "misaligned address"): checked here.
-#define DEFORMCONV_ASSERT_ALIGNED(ptr, bytes)                                              \
-  do {                                                                                     \
-    if (reinterpret_cast<std::uintptr_t>(ptr) % (bytes) != 0) {                            \
-      std::fprintf(stderr, "cuda_shim: misaligned %zu-byte pack access at %p\n",           \
-                   static_cast<size_t>(bytes), static_cast<const void*>(ptr));             \
-      std::abort();                                                                        \
-    }                                                                                      \
+#define DEFORMCONV_ASSERT_ALIGNED(ptr, bytes)                                    \
+  do {                                                                           \
+    if (reinterpret_cast<std::uintptr_t>(ptr) % (bytes) != 0) {                  \
+      std::fprintf(stderr, "cuda_shim: misaligned %zu-byte pack access at %p\n", \
+                   static_cast<size_t>(bytes), static_cast<const void*>(ptr));   \
+      std::abort();                                                              \
+    }                                                                            \
   } while (0)
-
-// launch.cu's launch_kernel, emulated.
-template <typename... Params, typename... Args>
-void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t,
-                   Args&&... args) {
-  ::deformconv_emu::run_grid(grid, block, [&] { kernel(args...); });
-}

@@ -1,0 +1,58 @@
+// Meta kernels of the deformconv ops (what fake tensors, torch.compile and torch.export run): the shared checks, then empty results with the kernels' shapes, dtypes and layouts.
+//
+// Fake tensors fall back to these kernels (no Python fake kernel is registered), so a bad
+// argument raises the same error at trace time as in eager mode. Sizes are SymInts: a
+// dynamic batch (torch.export.Dim) stays symbolic.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "common/geometry.h"
+
+namespace deformconv {
+namespace {
+
+// An empty tensor of t's shape and options in the memory format the kernels give results
+// that follow t in (result_memory_format).
+at::Tensor empty_in_layout_of(const at::Tensor& t) {
+  return at::empty_symint(t.sym_sizes(), t.options(), result_memory_format(t));
+}
+
+at::Tensor deform_conv2d_meta(const at::Tensor& input, const at::Tensor& weight,
+                              const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
+                              const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const SymConvGeometry geo =
+      check_deform_conv2d_args_sym(input, weight, offset, mask, bias, stride, padding, dilation);
+  const std::vector<c10::SymInt> sizes{geo.batch, geo.out_channels, geo.out_h, geo.out_w};
+  return at::empty_symint(sizes, input.options(), result_memory_format(input));
+}
+
+// Gradients in their argument's dtype: grad_input in input's layout, grad_weight
+// contiguous, grad_offset / grad_mask in offset's / mask's layout; grad_mask / grad_bias
+// are empty (shape [0]) when mask / bias is None.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_meta(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
+    const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
+  const SymConvGeometry geo =
+      check_deform_conv2d_args_sym(input, weight, offset, mask, bias, stride, padding, dilation);
+  check_grad_output(grad_output, input, geo);
+  const auto none = [&] { return at::empty({0}, input.options()); };
+  return {empty_in_layout_of(input), at::empty_symint(weight.sym_sizes(), weight.options()),
+          empty_in_layout_of(offset), mask.has_value() ? empty_in_layout_of(*mask) : none(),
+          bias.has_value() ? at::empty_symint(bias->sym_sizes(), bias->options()) : none()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(deformconv, Meta, m) {
+  m.impl("deform_conv2d", &deform_conv2d_meta);
+  m.impl("_deform_conv2d_backward", &deform_conv2d_backward_meta);
+}
+
+}  // namespace deformconv

@@ -1,0 +1,76 @@
+# Shared by the CUDA test files (GPU and host emulation): argument factory, op calls, deterministic mode, sweep.
+import contextlib
+import math
+
+import torch
+
+from helpers import make_args as base_make_args
+from helpers import op_args
+
+OP = torch.ops.deformconv.deform_conv2d
+BWD = torch.ops.deformconv._deform_conv2d_backward
+
+
+def make_args(mask=True, bias=True, device="cuda", **kwargs):
+    """helpers.make_args with CUDA defaults, a weight scaled by 1/sqrt(fan_in) (keeps 16-bit
+    outputs O(1)) and stride/padding/dilation as lists, as the op schema takes them."""
+    args = base_make_args(with_mask=mask, with_bias=bias, device=device, **kwargs)
+    weight = args["weight"]
+    fan_in = max(1, weight.shape[1] * weight.shape[2] * weight.shape[3])
+    args["weight"] = (weight.double() / math.sqrt(fan_in)).to(weight.dtype)
+    for key in ("stride", "padding", "dilation"):
+        args[key] = list(args[key])
+    return args
+
+
+def moved(args, device=None, dtype=None, memory_format=None):
+    """A copy of args with every tensor moved / cast (memory_format applies to input)."""
+    out = {}
+    for key, value in args.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device=device or value.device, dtype=dtype or value.dtype)
+            if key == "input" and memory_format is not None:
+                value = value.contiguous(memory_format=memory_format)
+        out[key] = value
+    return out
+
+
+def run_op(a):
+    return OP(*op_args(a))
+
+
+def run_bwd(a, grad_out):
+    return BWD(grad_out, *op_args(a))
+
+
+def grad_like(out, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device, out.dtype)
+
+
+@contextlib.contextmanager
+def deterministic(enabled=True):
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+# Seeded sweep of options: mask/no mask, bias/none, groups, offset groups, asymmetric
+# kernel/stride/padding/dilation, small channel counts (team < 32) and wide ones (> 32).
+SWEEP = [
+    dict(),
+    dict(mask=False, bias=False),
+    dict(c_in=6, c_out=4, groups=2),
+    dict(c_in=8, c_out=8, offset_groups=4),
+    dict(c_in=12, c_out=6, groups=3, offset_groups=2),
+    dict(c_in=12, c_out=6, groups=2, offset_groups=3),
+    dict(kernel=(2, 3), stride=(2, 1), padding=(0, 2), dilation=(1, 2), h=9, w=8),
+    dict(kernel=(1, 1), padding=(0, 0)),
+    dict(c_in=40, c_out=9, h=5, w=5, offset_groups=1),
+    dict(c_in=64, c_out=16, h=6, w=5, offset_groups=2, groups=4),
+    dict(n=1, c_in=3, c_out=5, h=4, w=11, kernel=(3, 1), stride=(1, 3), padding=(2, 0)),
+    dict(c_in=4, c_out=4, groups=4, offset_groups=4),  # depthwise-like
+]
