@@ -100,7 +100,8 @@ print(deformconv.deform_conv2d(x, off, w, padding=1).shape)
 # 2. Tests: CUDA vs CPU / oracle / torchvision, gradcheck, 16-bit bounds, determinism,
 #    large indices, bad devices, autocast, mixed dtypes; then the lead's op tests on both devices.
 TEST_FILES=()
-for f in tests/test_cuda.py tests/test_autocast.py tests/test_mixed_precision.py tests/test_ops.py; do
+for f in tests/test_cuda.py tests/test_autocast.py tests/test_mixed_precision.py tests/test_ops.py \
+  tests/test_double_backward.py; do
   [[ -f "$f" ]] && TEST_FILES+=("$f")
 done
 # --maxfail instead of -x: one device run should show every failure, not the first.

@@ -23,4 +23,16 @@ TORCH_LIBRARY(deformconv, m) {
       "Tensor? mask, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation) -> "
       "(Tensor grad_input, Tensor grad_weight, Tensor grad_offset, Tensor grad_mask, "
       "Tensor grad_bias)");
+  // Gradients of _deform_conv2d_backward's outputs pulled back to its inputs
+  // (double backward), given the cotangents grad_grad_* of (grad_input,
+  // grad_weight, grad_offset, grad_mask, grad_bias), each None when zero. Returns
+  // the gradients with respect to (grad_output, input, weight, offset, mask);
+  // bias does not enter the backward's results, so it gets none. A result whose
+  // output_mask entry is false, and grad_mask when mask is None, is empty (shape [0]).
+  m.def(
+      "_deform_conv2d_double_backward(Tensor grad_output, Tensor input, Tensor weight, "
+      "Tensor offset, Tensor? mask, Tensor? grad_grad_input, Tensor? grad_grad_weight, "
+      "Tensor? grad_grad_offset, Tensor? grad_grad_mask, Tensor? grad_grad_bias, int[2] stride, "
+      "int[2] padding, int[2] dilation, bool[5] output_mask) -> (Tensor grad_grad_output, "
+      "Tensor grad_input, Tensor grad_weight, Tensor grad_offset, Tensor grad_mask)");
 }

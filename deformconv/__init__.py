@@ -23,7 +23,7 @@ from . import _onnx_hook
 from ._extension import HAS_OPS
 
 if HAS_OPS:
-    from . import _autograd  # noqa: F401  (autograd for the ops; meta kernels are in C++)
+    from . import _autograd, _double_backward  # noqa: F401  (autograd; meta kernels are in C++)
 from .convert import convert_to_deformable
 from .modules import DeformConv2d, DeformConv2dPack
 from .ops import deform_conv2d

@@ -1,4 +1,4 @@
-# Autograd for deformconv::deform_conv2d through the C++ backward op; double backward raises a clear error.
+# Autograd for deformconv::deform_conv2d through the C++ backward op (the double backward is in _double_backward.py).
 import torch
 
 
@@ -29,22 +29,6 @@ def _backward(ctx, grad_output):
     )
 
 
-def _no_double_backward_setup(ctx, inputs, output):
-    pass
-
-
-def _no_double_backward(ctx, *grads):
-    raise NotImplementedError(
-        "deformconv: double backward (gradients of gradients) of deform_conv2d is not "
-        "supported yet; compute first-order gradients only (create_graph=False)"
-    )
-
-
 torch.library.register_autograd(
     "deformconv::deform_conv2d", _backward, setup_context=_setup_context
-)
-torch.library.register_autograd(
-    "deformconv::_deform_conv2d_backward",
-    _no_double_backward,
-    setup_context=_no_double_backward_setup,
 )

@@ -34,6 +34,8 @@ def emu():
             str(csrc / "cuda" / "emulation" / "emulated_ops.cpp"),
             str(csrc / "cuda" / "emulation" / "launch_host.cpp"),
             str(csrc / "cuda" / "deform_conv2d_kernel.cpp"),
+            str(csrc / "cuda" / "emulation" / "double_backward_host.cpp"),
+            str(csrc / "cuda" / "double_backward.cpp"),
             str(csrc / "common" / "geometry.cpp"),
         ],
         extra_include_paths=[str(csrc)],

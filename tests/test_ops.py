@@ -284,15 +284,6 @@ def test_mask_none_equals_mask_of_ones(device):
     torch.testing.assert_close(call(dict(args, mask=None)), call(ones))
 
 
-def test_double_backward_raises_clear_error():
-    args = make_args(h=5, w=5)
-    args["input"].requires_grad_()
-    args["offset"].requires_grad_()
-    (g,) = torch.autograd.grad(call(args).sum(), args["input"], create_graph=True)
-    with pytest.raises(NotImplementedError, match="double backward"):
-        g.sum().backward()
-
-
 def test_grad_only_for_some_inputs():
     args = make_args()
     args["offset"].requires_grad_()

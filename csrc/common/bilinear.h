@@ -147,6 +147,68 @@ DEFORMCONV_HOST_DEVICE void bilinear_coordinate_grad(const acc_t v[4], acc_t ly,
   *d_dx = hy * (v[1] - v[0]) + ly * (v[3] - v[2]);
 }
 
+// Derivatives of the four corner weights (order of bilinear_weights) with respect
+// to y and x. Each weight is linear in y and in x, so d2w/dy2 = d2w/dx2 = 0 and
+// the only second derivative is the cross term of bilinear_cross_grad.
+template <typename acc_t>
+DEFORMCONV_HOST_DEVICE void bilinear_weight_grads(acc_t ly, acc_t lx, acc_t dw_dy[4],
+                                                  acc_t dw_dx[4]) {
+  const acc_t hy = acc_t(1) - ly;
+  const acc_t hx = acc_t(1) - lx;
+  dw_dy[0] = -hx;
+  dw_dy[1] = -lx;
+  dw_dy[2] = hx;
+  dw_dy[3] = lx;
+  dw_dx[0] = -hy;
+  dw_dx[1] = hy;
+  dw_dx[2] = -ly;
+  dw_dx[3] = ly;
+}
+
+// d2(sample)/dy dx inside a cell with corner values v (order of bilinear_weights):
+// v00 - v01 - v10 + v11, the same everywhere in the cell. Like the first
+// derivatives, it is 0 where the sample is defined as 0: callers must not call it there.
+template <typename acc_t>
+DEFORMCONV_HOST_DEVICE acc_t bilinear_cross_grad(const acc_t v[4]) {
+  return v[0] - v[1] - v[2] + v[3];
+}
+
+// Corner weights of the directional derivative of one modulated sample,
+//   d/dt [(mask + t*v_mask) * bilinear(y + t*v_dy, x + t*v_dx)] at t = 0
+//   = mask * (v_dy * dw/dy + v_dx * dw/dx) + v_mask * w   (per corner, order of bilinear_weights),
+// used by the double backward with (v_dy, v_dx, v_mask) the cotangents of grad_offset / grad_mask.
+template <typename acc_t>
+DEFORMCONV_HOST_DEVICE void directional_weights(acc_t ly, acc_t lx, acc_t mask, acc_t v_dy,
+                                                acc_t v_dx, acc_t v_mask, acc_t dir[4]) {
+  acc_t w[4], dw_dy[4], dw_dx[4];
+  bilinear_weights(ly, lx, w);
+  bilinear_weight_grads(ly, lx, dw_dy, dw_dx);
+  for (int c = 0; c < 4; ++c) dir[c] = mask * (v_dy * dw_dy[c] + v_dx * dw_dx[c]) + v_mask * w[c];
+}
+
+// Second-order grad_offset (dy, dx) and grad_mask of one in-range sample, from two sets of
+// corner dot products over its channels (A = grad_columns, A2 = grad_out . v_weight^T):
+//   e = <A, corners of v_input> + <A2, corners of input>,   f = <A, corners of input>.
+// With x = d2/dydx . f (bilinear_cross_grad):
+//   grad_mask = w.e + v_dy * dw/dy.f + v_dx * dw/dx.f
+//   grad_dy   = mask * (dw/dy.e + v_dx * x) + v_mask * dw/dy.f
+//   grad_dx   = mask * (dw/dx.e + v_dy * x) + v_mask * dw/dx.f
+// A sample defined as 0 gets 0 for all three: callers must not call this there.
+template <typename acc_t>
+DEFORMCONV_HOST_DEVICE void second_order_sample_grads(const acc_t e[4], const acc_t f[4], acc_t ly,
+                                                      acc_t lx, acc_t mask, acc_t v_dy,
+                                                      acc_t v_dx, acc_t v_mask, acc_t* grad_dy,
+                                                      acc_t* grad_dx, acc_t* grad_mask) {
+  acc_t w[4], e_dy, e_dx, f_dy, f_dx;
+  bilinear_weights(ly, lx, w);
+  bilinear_coordinate_grad(e, ly, lx, &e_dy, &e_dx);
+  bilinear_coordinate_grad(f, ly, lx, &f_dy, &f_dx);
+  const acc_t cross = bilinear_cross_grad(f);
+  *grad_dy = mask * (e_dy + v_dx * cross) + v_mask * f_dy;
+  *grad_dx = mask * (e_dx + v_dy * cross) + v_mask * f_dx;
+  *grad_mask = w[0] * e[0] + w[1] * e[1] + w[2] * e[2] + w[3] * e[3] + v_dy * f_dy + v_dx * f_dx;
+}
+
 // Sampling position of kernel tap (i, j) for output pixel (ho, wo) before the learned offset.
 template <typename acc_t>
 DEFORMCONV_HOST_DEVICE acc_t base_coordinate(int64_t out_index, int64_t stride, int64_t pad,

@@ -8,82 +8,14 @@
 #include <vector>
 
 #include "common/geometry.h"
-#include "common/opmath.h"
 #include "cpu/column_gemm.h"
 #include "cpu/cpu_paths.h"
+#include "cpu/cpu_workspace.h"
 #include "cpu/deform_passes.h"
 
 namespace deformconv {
 namespace cpu {
 namespace {
-
-at::Tensor to_opmath(const at::Tensor& t) {
-  return t.to(opmath_dtype(t.scalar_type())).contiguous();
-}
-
-c10::optional<at::Tensor> to_opmath(const c10::optional<at::Tensor>& t) {
-  if (!t.has_value()) return c10::nullopt;
-  return to_opmath(*t);
-}
-
-// Weight / bias in the input's dtype, contiguous (the native 16-bit path).
-at::Tensor to_dtype(const at::Tensor& t, const at::Tensor& input) {
-  return t.to(input.scalar_type()).contiguous();
-}
-
-c10::optional<at::Tensor> to_dtype(const c10::optional<at::Tensor>& t, const at::Tensor& input) {
-  if (!t.has_value()) return c10::nullopt;
-  return to_dtype(*t, input);
-}
-
-// A result in the caller's dtype and in the memory format `like` prefers.
-at::Tensor to_caller(const at::Tensor& t, const at::Tensor& like) {
-  const auto format = prefers_channels_last(like) ? at::MemoryFormat::ChannelsLast
-                                                  : at::MemoryFormat::Contiguous;
-  return t.to(like.scalar_type()).contiguous(format);
-}
-
-// The input as opmath (N, H+2, W+2, C) with a zero border, in one copy.
-at::Tensor bordered_nhwc(const at::Tensor& input) {
-  const auto opts = input.options().dtype(opmath_dtype(input.scalar_type()));
-  const int64_t H = input.size(2);
-  const int64_t W = input.size(3);
-  at::Tensor out = at::empty({input.size(0), H + 2, W + 2, input.size(1)}, opts);
-  for (int64_t row : {int64_t(0), H + 1}) out.select(1, row).zero_();
-  for (int64_t col : {int64_t(0), W + 1}) out.select(2, col).zero_();
-  out.narrow(1, 1, H).narrow(2, 1, W).copy_(input.permute({0, 2, 3, 1}));
-  return out;
-}
-
-// Weight as (groups, kh*kw*C_in/groups, C_out/groups), rows in column order (tap, channel).
-at::Tensor weight_for_columns(const at::Tensor& weight, const ConvGeometry& g) {
-  return weight.view({g.groups, g.out_channels_per_group(), g.in_channels_per_group(), g.kernel_h,
-                      g.kernel_w})
-      .permute({0, 3, 4, 2, 1})
-      .reshape({g.groups, g.taps() * g.in_channels_per_group(), g.out_channels_per_group()})
-      .contiguous();
-}
-
-// Column bytes per chunk the passes aim for: small enough that the columns a
-// sampling pass writes are still in cache when the GEMM reads them (measured on
-// a 2-core EPYC: forward 1.2-1.5x and backward 1.3-1.5x faster than one chunk
-// spanning the whole batch on the resnet-stage and detection-like shapes).
-constexpr int64_t kColumnCacheBytes = int64_t(8) << 20;
-constexpr int64_t kMinChunkPixels = 256;
-
-// Pixels per chunk: about kColumnCacheBytes of columns, never above what the
-// workspace budget allows for `column_buffers` column blocks plus the sample
-// table; at least 1, a multiple of kImageWidth where larger (the oneDNN GEMMs
-// then need no tail call), and the last chunk takes the remainder.
-template <typename acc_t, typename col_t>
-int64_t pixels_per_chunk(const Layout& L, int64_t column_buffers) {
-  const int64_t column_bytes = column_buffers * L.columns * int64_t(sizeof(col_t));
-  const int64_t bytes_per_pixel = column_bytes + L.samples * int64_t(sizeof(Sample<acc_t>));
-  const int64_t cache_pixels = std::max(kMinChunkPixels, kColumnCacheBytes / column_bytes);
-  const int64_t budget_pixels = workspace_budget_bytes() / bytes_per_pixel;
-  const int64_t chunk = std::max<int64_t>(1, std::min({L.pixels, cache_pixels, budget_pixels}));
-  return chunk > kImageWidth && chunk < L.pixels ? chunk / kImageWidth * kImageWidth : chunk;
-}
 
 // Forward: returns Tensor[N, C_out, H_out, W_out] with channels-last strides,
 // in col_t. Sampling runs in acc_t (float32 or float64); the columns, the

@@ -3,13 +3,15 @@
 // Built by tests/test_cuda_emulated.py with torch.utils.cpp_extension.load from the
 // production sources, each compiled unchanged as its own translation unit with
 // -DDEFORMCONV_HOST_EMULATION: cuda/deform_conv2d_kernel.cpp, cuda/launch.cu (through
-// launch_host.cpp) and common/geometry.cpp, plus this file. Everything that differs from the
+// launch_host.cpp), cuda/double_backward.cpp, cuda/double_backward_kernels.cu (through
+// double_backward_host.cpp) and common/geometry.cpp, plus this file. Everything that differs from the
 // CUDA build is in cuda/backend.h; cuda/register.cpp is not compiled, so nothing is
 // registered with the dispatcher. The entry points then run on CPU tensors: chunking,
 // layouts, index math, the GEMMs (ATen on the CPU), the deterministic sort + gather and the
 // emulated kernels, including both index widths.
 #include <torch/extension.h>
 
+#include <array>
 #include <tuple>
 #include <vector>
 
@@ -38,9 +40,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
                                                        bias, stride, padding, dilation);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> double_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
+    const c10::optional<at::Tensor>& grad_grad_input,
+    const c10::optional<at::Tensor>& grad_grad_weight,
+    const c10::optional<at::Tensor>& grad_grad_offset,
+    const c10::optional<at::Tensor>& grad_grad_mask,
+    const c10::optional<at::Tensor>& grad_grad_bias, std::vector<int64_t> stride,
+    std::vector<int64_t> padding, std::vector<int64_t> dilation, std::array<bool, 5> output_mask) {
+  return deformconv::cuda::deform_conv2d_double_backward_cuda(
+      grad_output, input, weight, offset, mask, grad_grad_input, grad_grad_weight,
+      grad_grad_offset, grad_grad_mask, grad_grad_bias, stride, padding, dilation, output_mask);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "CUDA-backend forward, host-emulated");
   m.def("backward", &backward, "CUDA-backend backward, host-emulated");
+  m.def("double_backward", &double_backward, "CUDA-backend double backward, host-emulated");
 }
