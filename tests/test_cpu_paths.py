@@ -24,6 +24,9 @@ CONFIGS = {
     "strided_dilated": dict(kernel=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), h=9,
                             w=8),
     "channels_last": dict(c_in=8, c_out=8, h=9, w=10),
+    # Size-1 channel dimensions: their strides are arbitrary in a contiguous tensor.
+    "one_output_channel": dict(c_in=8, c_out=1),
+    "one_input_channel": dict(c_in=1, c_out=3),
 }
 TENSORS = ("input", "weight", "offset", "mask", "bias")
 GRADS = ("input", "weight", "offset", "mask", "bias")

@@ -10,11 +10,12 @@ namespace deformconv {
 namespace cpu {
 namespace {
 
-// Rows Tensor[R, C] (row stride C) as the channels-last image Tensor[1, C, R / width, width].
+// Rows Tensor[R, C] (contiguous; a size-1 dimension may have any stride) as the
+// channels-last image Tensor[1, C, R / width, width].
 at::Tensor rows_as_image(const at::Tensor& rows, int64_t width) {
   const int64_t R = rows.size(0);
   const int64_t C = rows.size(1);
-  TORCH_INTERNAL_ASSERT(rows.stride(1) == 1 && rows.stride(0) == C && R % width == 0);
+  TORCH_INTERNAL_ASSERT(rows.is_contiguous() && R % width == 0);
   return rows.as_strided({1, C, R / width, width}, {R * C, 1, width * C, C});
 }
 
