@@ -27,11 +27,17 @@ def _want_cuda():
         return False
     if torch.version.cuda is None or CUDA_HOME is None:
         if _env_flag("FORCE_CUDA"):
-            print("deformconv: FORCE_CUDA=1 but torch has no CUDA or no toolkit was found; "
-                  "building CPU-only", file=sys.stderr)
+            print(
+                "deformconv: FORCE_CUDA=1 but torch has no CUDA or no toolkit was found; "
+                "building CPU-only",
+                file=sys.stderr,
+            )
         return False
-    return (_env_flag("FORCE_CUDA") or bool(os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip())
-            or torch.cuda.is_available())
+    return (
+        _env_flag("FORCE_CUDA")
+        or bool(os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip())
+        or torch.cuda.is_available()
+    )
 
 
 def _cuda_wheel_include_dirs():
@@ -46,8 +52,12 @@ def build_extension():
     debug = _env_flag("DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx_flags = opt + ["-fopenmp"]  # torch adds the C++ standard it needs
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/common/*.cpp")
-                     + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/autocast/*.cpp"))
+    sources = sorted(
+        glob.glob("csrc/*.cpp")
+        + glob.glob("csrc/common/*.cpp")
+        + glob.glob("csrc/cpu/*.cpp")
+        + glob.glob("csrc/autocast/*.cpp")
+    )
     kwargs = dict(
         name="deformconv._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
@@ -55,8 +65,7 @@ def build_extension():
     )
     if _want_cuda():
         sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
-        nvcc_flags = opt + ["--expt-relaxed-constexpr", "-lineinfo",
-                            "-DCUDA_HAS_FP16=1"]
+        nvcc_flags = opt + ["--expt-relaxed-constexpr", "-lineinfo", "-DCUDA_HAS_FP16=1"]
         nvcc_flags += os.environ.get("NVCC_FLAGS", "").split()
         kwargs["include_dirs"] += _cuda_wheel_include_dirs()
         kwargs["define_macros"] = [("WITH_CUDA", None)]

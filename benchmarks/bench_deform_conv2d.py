@@ -208,7 +208,9 @@ def vector_isa() -> str:
         units = [u for u in ("amx_bf16", "amx_fp16") if caps.get(u)]
         return "AMX (" + ", ".join(units) + ")" if units else "AMX"
     if caps.get("avx512_f"):
-        extra = [name for u, name in (("avx512_bf16", "bf16"), ("avx512_fp16", "fp16")) if caps.get(u)]
+        extra = [
+            name for u, name in (("avx512_bf16", "bf16"), ("avx512_fp16", "fp16")) if caps.get(u)
+        ]
         return "AVX-512" + "".join("+" + e for e in extra)
     if caps.get("avx2"):
         return "AVX2"
@@ -219,8 +221,10 @@ def cpu_libraries() -> dict:
     """MKL and oneDNN versions from torch's build configuration."""
     config = torch.__config__.show()
     found = {}
-    for key, pattern in (("mkl", r"Math Kernel Library Version ([\w.]+)"),
-                         ("onednn", r"MKL-DNN v([\w.]+)")):
+    for key, pattern in (
+        ("mkl", r"Math Kernel Library Version ([\w.]+)"),
+        ("onednn", r"MKL-DNN v([\w.]+)"),
+    ):
         match = re.search(pattern, config)
         found[key] = match.group(1) if match else "not in this build"
     found["onednn_enabled"] = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled

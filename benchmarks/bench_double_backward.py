@@ -60,8 +60,9 @@ def op_closure(shape: Shape):
 def module_closure(shape: Shape):
     """(f, params, x): DeformConv2dPack with non-trivial offset/mask conv weights."""
     torch.manual_seed(0)
-    layer = deformconv.DeformConv2dPack(shape.c_in, shape.c_out, shape.k, shape.stride,
-                                        shape.padding, shape.dilation)
+    layer = deformconv.DeformConv2dPack(
+        shape.c_in, shape.c_out, shape.k, shape.stride, shape.padding, shape.dilation
+    )
     with torch.no_grad():
         layer.conv_offset.weight.normal_(0, 0.01)
     x = make_inputs(shape, torch.float32, "cpu")[0]
@@ -95,7 +96,8 @@ def measure(fns: dict, rounds: int, min_run_time: float) -> dict:
     for _ in range(rounds):
         for name, fn in fns.items():
             m = benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(
-                min_run_time=min_run_time)
+                min_run_time=min_run_time
+            )
             times[name] += [t * 1e3 for t in m.times]
     return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -119,17 +121,25 @@ def run(args) -> dict:
         for kind, closure in (("op", op_closure), ("DeformConv2dPack", module_closure)):
             plain, penalty = step_fns(*closure(shape))
             monitor = OtherCpuUse()
-            ms = measure({"fwd+bwd": plain, "penalty step": penalty}, args.rounds,
-                         args.min_run_time)
+            ms = measure(
+                {"fwd+bwd": plain, "penalty step": penalty}, args.rounds, args.min_run_time
+            )
             others = monitor.cpus()
-            row = dict(shape=shape.label(), kind=kind, fwd_bwd_ms=round(ms["fwd+bwd"], 2),
-                       penalty_step_ms=round(ms["penalty step"], 2),
-                       ratio=round(ms["penalty step"] / ms["fwd+bwd"], 2),
-                       other_cpus=None if others is None else round(others, 2))
+            row = dict(
+                shape=shape.label(),
+                kind=kind,
+                fwd_bwd_ms=round(ms["fwd+bwd"], 2),
+                penalty_step_ms=round(ms["penalty step"], 2),
+                ratio=round(ms["penalty step"] / ms["fwd+bwd"], 2),
+                other_cpus=None if others is None else round(others, 2),
+            )
             rows.append(row)
-            print(f"{row['shape']:<28} {kind:<17} fwd+bwd {row['fwd_bwd_ms']:8.2f} ms   "
-                  f"penalty step {row['penalty_step_ms']:8.2f} ms   ratio {row['ratio']:.2f}x   "
-                  f"(other processes kept {row['other_cpus']} CPUs busy)", flush=True)
+            print(
+                f"{row['shape']:<28} {kind:<17} fwd+bwd {row['fwd_bwd_ms']:8.2f} ms   "
+                f"penalty step {row['penalty_step_ms']:8.2f} ms   ratio {row['ratio']:.2f}x   "
+                f"(other processes kept {row['other_cpus']} CPUs busy)",
+                flush=True,
+            )
     return {"header": info, "rows": rows}
 
 

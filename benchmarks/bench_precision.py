@@ -87,7 +87,8 @@ def smooth_problem(offset_range, n=2, c_in=32, h=40, w=40, c_out=32, k=3, seed=0
         offset = lo + (hi - lo) * rand(*off_shape)
     p = dict(
         input=x,
-        weight=torch.randn(c_out, c_in, k, k, generator=g, dtype=torch.float64) / math.sqrt(c_in * k * k),
+        weight=torch.randn(c_out, c_in, k, k, generator=g, dtype=torch.float64)
+        / math.sqrt(c_in * k * k),
         bias=0.1 * torch.randn(c_out, generator=g, dtype=torch.float64),
         offset=offset,
         mask=rand(n, k * k, h, w),
@@ -132,7 +133,9 @@ def mode_errors(p: dict, dtype: torch.dtype, mode: str, device="cpu", forward=OP
     """
     grad = p["grad"].to(device, dtype)
     if mode == "autocast":
-        leaves = [t.float().requires_grad_(i == 2) for i, t in enumerate(args_of(p, device=device)[:5])]
+        leaves = [
+            t.float().requires_grad_(i == 2) for i, t in enumerate(args_of(p, device=device)[:5])
+        ]
         with torch.autocast(device, dtype=dtype):
             out = OP(*leaves, *CONV)
         (grad_offset,) = torch.autograd.grad(out, leaves[2], grad)
@@ -164,7 +167,9 @@ def error_table() -> None:
             grd = " ".join(f"{errs[m][1]:10.2e}" for m in MODES)
             r_out = f"{errs['explicit'][0] / dense:.2f}x / {errs['autocast'][0] / dense:.2f}x"
             r_grd = f"{errs['explicit'][1] / floor:.2f}x / {errs['autocast'][1] / floor:.2f}x"
-            print(f"{dname:5} {rname:8} | {dense:8.2e} {out} | {r_out:18} | {floor:8.2e} {grd} | {r_grd}")
+            print(
+                f"{dname:5} {rname:8} | {dense:8.2e} {out} | {r_out:18} | {floor:8.2e} {grd} | {r_grd}"
+            )
 
 
 # ------------------------------------------------------------------------------------------
@@ -222,8 +227,12 @@ def speed_rows(n=4, c=64, h=56, w=56) -> dict:
         return fwd, fwd_bwd
 
     rows = {
-        "bf16 args, bf16 offset+mask": op_rows([x.to(bf), weight.to(bf), offset.to(bf), mask.to(bf), bias.to(bf)]),
-        "bf16 args, fp32 offset+mask": op_rows([x.to(bf), weight.to(bf), offset, mask, bias.to(bf)]),
+        "bf16 args, bf16 offset+mask": op_rows(
+            [x.to(bf), weight.to(bf), offset.to(bf), mask.to(bf), bias.to(bf)]
+        ),
+        "bf16 args, fp32 offset+mask": op_rows(
+            [x.to(bf), weight.to(bf), offset, mask, bias.to(bf)]
+        ),
         "autocast bf16 (fp32 args)": op_rows([x, weight, offset, mask, bias], autocast=True),
         "Pack autocast (this build)": pack_rows(pack),
         "Pack autocast, bf16 offset branch": pack_rows(lambda t: _pack_before(pack, t)),
@@ -255,7 +264,10 @@ def time_rows(min_run_time: float) -> dict:
         except RuntimeError:
             result[name] = None
             continue
-        result[name] = {"fwd": fastest_call_ms(fwd, min_run_time), "fwd+bwd": fastest_call_ms(fwd_bwd, min_run_time)}
+        result[name] = {
+            "fwd": fastest_call_ms(fwd, min_run_time),
+            "fwd+bwd": fastest_call_ms(fwd_bwd, min_run_time),
+        }
     return result
 
 

@@ -6,8 +6,8 @@ extern "C" {
 // Importing deformconv._C loads this shared library, which runs the static
 // TORCH_LIBRARY registrations below; the module itself has no Python functions.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT, "_C", "deformconv operator registrations", -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+                                          "deformconv operator registrations", -1, nullptr};
   return PyModule_Create(&module_def);
 }
 }

@@ -51,7 +51,9 @@ def _to_pack(conv: nn.Conv2d, offset_groups: int, modulated: bool) -> DeformConv
         mask_scale=_IDENTITY_MASK_SCALE if modulated else 1.0,
     )
     pack.to(device=conv.weight.device, dtype=conv.weight.dtype)
-    pack.weight = conv.weight  # the same Parameter objects: values, requires_grad and optimizer state carry over
+    pack.weight = (
+        conv.weight
+    )  # the same Parameter objects: values, requires_grad and optimizer state carry over
     pack.bias = conv.bias
     return pack.train(conv.training)
 
@@ -102,13 +104,17 @@ def convert_to_deformable(
     if include is not None:
         prefixes = [include] if isinstance(include, str) else list(include)
         if not prefixes:
-            raise ValueError("include is empty: pass module-name prefixes, or None for every eligible conv")
+            raise ValueError(
+                "include is empty: pass module-name prefixes, or None for every eligible conv"
+            )
     # remove_duplicate=False: a conv registered under two names is replaced under both.
     named = [(n, m) for n, m in module.named_modules(remove_duplicate=False) if _is_eligible(m)]
     if prefixes is not None:
         unmatched = [p for p in prefixes if not any(_matches(n, p) for n, _ in named)]
         if unmatched:
-            eligible = ", ".join(n or "<root>" for n, _ in named[:8]) + (", ..." if len(named) > 8 else "")
+            eligible = ", ".join(n or "<root>" for n, _ in named[:8]) + (
+                ", ..." if len(named) > 8 else ""
+            )
             raise ValueError(
                 f"include prefixes {unmatched} match no eligible nn.Conv2d (kernel > 1x1, symmetric "
                 f"zero padding); eligible module names: {eligible or 'none'}"
@@ -119,7 +125,9 @@ def convert_to_deformable(
             f"{type(module).__name__} has no eligible nn.Conv2d to convert (kernel > 1x1, symmetric zero padding)"
         )
 
-    packs: Dict[int, DeformConv2dPack] = {}  # all built before any is swapped in: an error changes nothing
+    packs: Dict[
+        int, DeformConv2dPack
+    ] = {}  # all built before any is swapped in: an error changes nothing
     for name, conv in named:
         if id(conv) not in packs:
             try:

@@ -96,7 +96,9 @@ def deform_conv2d_onnx(
 
 
 #: The onnxscript (trace-only) function that translates the op.
-translation = onnxscript.TracedOnnxFunction(onnxscript.values.Opset("pkg.deformconv", 1), deform_conv2d_onnx)
+translation = onnxscript.TracedOnnxFunction(
+    onnxscript.values.Opset("pkg.deformconv", 1), deform_conv2d_onnx
+)
 
 
 def custom_translation_table() -> Dict[Callable, Callable]:

@@ -19,18 +19,36 @@ torch.save([runner(x) for x in inputs], sys.argv[3])
 
 def test_aoti_package_runs_in_a_fresh_process_like_eager(tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
-    nn.init.normal_(model[0].conv_offset.weight, std=0.3)  # fractional offsets and a non-trivial mask
+    model = nn.Sequential(
+        DeformConv2dPack(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)
+    ).eval()
+    nn.init.normal_(
+        model[0].conv_offset.weight, std=0.3
+    )  # fractional offsets and a non-trivial mask
     batch = torch.export.Dim("batch", min=1, max=16)
     exported = torch.export.export(model, (torch.randn(2, 3, 8, 7),), dynamic_shapes=({0: batch},))
     assert any(n.target is torch.ops.deformconv.deform_conv2d.default for n in exported.graph.nodes)
-    package = torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp_path / "model.pt2"))
+    package = torch._inductor.aoti_compile_and_package(
+        exported, package_path=str(tmp_path / "model.pt2")
+    )
 
     inputs = [torch.randn(n, 3, 8, 7, generator=torch.Generator().manual_seed(n)) for n in (1, 5)]
     torch.save(inputs, tmp_path / "inputs.pt")
     proc = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_RUN, package, str(tmp_path / "inputs.pt"), str(tmp_path / "outputs.pt")],
-        env=child_process_env(), cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-c",
+            LOAD_AND_RUN,
+            package,
+            str(tmp_path / "inputs.pt"),
+            str(tmp_path / "outputs.pt"),
+        ],
+        env=child_process_env(),
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     outputs = torch.load(tmp_path / "outputs.pt")

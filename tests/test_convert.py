@@ -28,19 +28,30 @@ def test_resnet50_stages_keep_outputs_and_state_dict():
 
     assert convert_to_deformable(model, include=RESNET_STAGES) is model
     packs = {n: m for n, m in model.named_modules() if isinstance(m, DeformConv2dPack)}
-    assert sorted(packs) == sorted(f"{layer}.{i}.conv2" for layer, blocks in zip(RESNET_STAGES, (4, 6, 3))
-                                   for i in range(blocks))
+    assert sorted(packs) == sorted(
+        f"{layer}.{i}.conv2"
+        for layer, blocks in zip(RESNET_STAGES, (4, 6, 3))
+        for i in range(blocks)
+    )
     assert all(m.stride == (1, 1) for n, m in packs.items() if not n.endswith(".0.conv2"))
-    assert all(m.stride == (2, 2) and m.padding == (1, 1) for n, m in packs.items() if n.endswith(".0.conv2"))
+    assert all(
+        m.stride == (2, 2) and m.padding == (1, 1)
+        for n, m in packs.items()
+        if n.endswith(".0.conv2")
+    )
     assert not packs["layer2.0.conv2"].training
 
     after = model.state_dict()
-    assert set(after) - set(before) == {f"{n}.conv_offset.{p}" for n in packs for p in ("weight", "bias")}
+    assert set(after) - set(before) == {
+        f"{n}.conv_offset.{p}" for n in packs for p in ("weight", "bias")
+    }
     assert set(before) <= set(after)
     assert all(torch.equal(after[k], v) for k, v in before.items())
     with torch.no_grad():
         actual = model(x)
-    assert _relative_error(actual, expected) < 1e-5  # fp32 summation order only: im2col GEMM vs conv
+    assert (
+        _relative_error(actual, expected) < 1e-5
+    )  # fp32 summation order only: im2col GEMM vs conv
 
 
 def test_converted_resnet50_offset_branches_train():
@@ -59,11 +70,19 @@ def test_converted_conv_shares_parameters_and_exact_initial_mask():
     model = convert_to_deformable(nn.Sequential(conv), offset_groups=4)
     pack = model[0]
     assert isinstance(pack, DeformConv2dPack) and pack.weight is conv.weight and pack.bias is None
-    assert (pack.stride, pack.padding, pack.dilation, pack.groups, pack.offset_groups) == ((2, 2), (2, 2), (2, 2), 2, 4)
+    assert (pack.stride, pack.padding, pack.dilation, pack.groups, pack.offset_groups) == (
+        (2, 2),
+        (2, 2),
+        (2, 2),
+        2,
+        4,
+    )
     assert pack.conv_offset.weight.dtype == torch.float64 and pack.mask_scale == 2.0
     x = torch.randn(2, 8, 11, 10, dtype=torch.float64)
-    logits = pack.conv_offset(x)[:, 2 * 4 * 9:]
-    assert torch.equal(pack.mask_scale * logits.sigmoid(), torch.ones_like(logits))  # 2 * sigmoid(0) == 1 exactly
+    logits = pack.conv_offset(x)[:, 2 * 4 * 9 :]
+    assert torch.equal(
+        pack.mask_scale * logits.sigmoid(), torch.ones_like(logits)
+    )  # 2 * sigmoid(0) == 1 exactly
     assert _relative_error(pack(x), conv(x)) < 1e-12
 
 
@@ -71,8 +90,12 @@ def test_eligibility_and_include_prefixes():
     model = nn.Sequential()
     model.add_module("stem", nn.Conv2d(3, 4, 3, padding="same"))
     model.add_module("proj", nn.Conv2d(4, 4, 1))  # 1x1: never converted
-    model.add_module("reflect", nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))  # not zero padding
-    model.add_module("block", nn.Sequential(nn.Conv2d(4, 4, 3, padding="valid"), nn.Conv2d(4, 4, (1, 3))))
+    model.add_module(
+        "reflect", nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")
+    )  # not zero padding
+    model.add_module(
+        "block", nn.Sequential(nn.Conv2d(4, 4, 3, padding="valid"), nn.Conv2d(4, 4, (1, 3)))
+    )
     model.add_module("block1", nn.Conv2d(4, 4, 3))
     convert_to_deformable(model, include="block")  # whole components: block1 is not inside block
     kinds = {n: type(m).__name__ for n, m in model.named_modules() if n}
@@ -109,14 +132,20 @@ def test_include_that_matches_nothing_is_a_clear_error(include, match):
     model = _resnet50()
     with pytest.raises(ValueError, match=match):
         convert_to_deformable(model, include=include)
-    assert not any(isinstance(m, DeformConv2dPack) for m in model.modules())  # nothing half-converted
+    assert not any(
+        isinstance(m, DeformConv2dPack) for m in model.modules()
+    )  # nothing half-converted
 
 
 def test_model_without_eligible_convs_and_bad_offset_groups_are_clear_errors():
     with pytest.raises(ValueError, match="Sequential has no eligible nn.Conv2d"):
         convert_to_deformable(nn.Sequential(nn.Conv2d(4, 4, 1), nn.Linear(4, 4)))
-    with pytest.raises(ValueError, match=r"cannot convert 1: in_channels \(6\) must be divisible by offset_groups"):
-        convert_to_deformable(model := nn.Sequential(nn.Conv2d(4, 6, 3), nn.Conv2d(6, 6, 3)), offset_groups=4)
+    with pytest.raises(
+        ValueError, match=r"cannot convert 1: in_channels \(6\) must be divisible by offset_groups"
+    ):
+        convert_to_deformable(
+            model := nn.Sequential(nn.Conv2d(4, 6, 3), nn.Conv2d(6, 6, 3)), offset_groups=4
+        )
     assert all(type(m) is nn.Conv2d for m in model)  # nothing half-converted
 
 

@@ -21,8 +21,9 @@ CONFIGS = {
     "groups": dict(c_in=8, c_out=6, groups=2),
     "offset_groups": dict(c_in=8, offset_groups=4),
     "groups_and_offset_groups": dict(c_in=8, c_out=4, groups=2, offset_groups=4),
-    "strided_dilated": dict(kernel=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), h=9,
-                            w=8),
+    "strided_dilated": dict(
+        kernel=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), h=9, w=8
+    ),
     "channels_last": dict(c_in=8, c_out=8, h=9, w=10),
     # Size-1 channel dimensions: their strides are arbitrary in a contiguous tensor.
     "one_output_channel": dict(c_in=8, c_out=1),
@@ -97,8 +98,16 @@ def test_path_forward_matches_numpy_oracle(path, dtype, use_path):
     use_path(*path)
     out = torch.ops.deformconv.deform_conv2d(*op_args(low))
     as_np = {k: (v.double().numpy() if torch.is_tensor(v) else v) for k, v in low.items()}
-    expected = deform_conv2d_np(as_np["input"], as_np["offset"], as_np["mask"], as_np["weight"],
-                                as_np["bias"], args["stride"], args["padding"], args["dilation"])
+    expected = deform_conv2d_np(
+        as_np["input"],
+        as_np["offset"],
+        as_np["mask"],
+        as_np["weight"],
+        as_np["bias"],
+        args["stride"],
+        args["padding"],
+        args["dilation"],
+    )
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(out.double(), torch.from_numpy(expected), rtol=tol, atol=tol)
 
@@ -119,8 +128,7 @@ def test_paths_agree_with_each_other(dtype, use_path):
 
 @pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_remainder_chunks_are_reproducible_and_match_one_chunk(path, dtype, use_path,
-                                                               monkeypatch):
+def test_remainder_chunks_are_reproducible_and_match_one_chunk(path, dtype, use_path, monkeypatch):
     """A 1 MiB workspace splits 5*21*23 pixels into chunks whose last one is partial and not a
     multiple of the oneDNN image width; results repeat bitwise and match a single chunk."""
     args = cast(make_args(n=5, c_in=32, c_out=8, h=21, w=23, groups=2, offset_groups=2), dtype)
@@ -169,8 +177,9 @@ def test_automatic_choice_follows_the_cpu(monkeypatch):
             assert query(torch.float32).endswith("loops=" + expected)
 
 
-@pytest.mark.parametrize("name,value", [("DEFORMCONV_CPU_GEMM", "mkl"),
-                                        ("DEFORMCONV_CPU_16BIT", "bf16")])
+@pytest.mark.parametrize(
+    "name,value", [("DEFORMCONV_CPU_GEMM", "mkl"), ("DEFORMCONV_CPU_16BIT", "bf16")]
+)
 def test_bad_path_switch_is_reported(name, value, monkeypatch):
     monkeypatch.setenv(name, value)
     with pytest.raises(RuntimeError, match=f"{name} is not valid: got '{value}'"):

@@ -42,7 +42,10 @@ def in_child_with_env(request, env):
     child_env = {**child_process_env(), **env}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid],
-        cwd=request.config.rootpath, env=child_env, capture_output=True, text=True,
+        cwd=request.config.rootpath,
+        env=child_env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return True

@@ -20,8 +20,9 @@ CONFIGS = {
     "groups_and_offset_groups": dict(c_in=4, c_out=6, groups=2, offset_groups=2),
     "offset_group_spans_groups": dict(c_in=4, c_out=4, groups=4, offset_groups=2),
     "asymmetric_kernel": dict(kernel=(2, 3), padding=(0, 1)),
-    "stride_dilation_padding": dict(kernel=(3, 2), stride=(2, 1), padding=(2, 1),
-                                    dilation=(2, 1), h=7, w=5),
+    "stride_dilation_padding": dict(
+        kernel=(3, 2), stride=(2, 1), padding=(2, 1), dilation=(2, 1), h=7, w=5
+    ),
     "batch_0": dict(n=0),
 }
 
@@ -60,10 +61,13 @@ def test_gradgradcheck_all_inputs(name):
     assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
 
 
-@pytest.mark.parametrize("config", [
-    dict(c_out=2, h=4, w=3, kernel=(2, 2), padding=(1, 0)),
-    dict(c_in=4, c_out=2, groups=2, offset_groups=2, h=3, w=3, kernel=(2, 2), padding=(0, 1)),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(c_out=2, h=4, w=3, kernel=(2, 2), padding=(1, 0)),
+        dict(c_in=4, c_out=2, groups=2, offset_groups=2, h=3, w=3, kernel=(2, 2), padding=(0, 1)),
+    ],
+)
 def test_gradgradcheck_all_inputs_every_entry(config):
     """The full second-derivative matrix, entry by entry, on the smallest shapes."""
     args = small_args(**config)
@@ -71,8 +75,19 @@ def test_gradgradcheck_all_inputs_every_entry(config):
     assert torch.autograd.gradgradcheck(f, inputs, fast_mode=False)
 
 
-@pytest.mark.parametrize("names", [("input",), ("weight",), ("offset",), ("mask",), ("bias",),
-                                   ("input", "offset"), ("offset", "mask"), ("weight", "mask")])
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("input",),
+        ("weight",),
+        ("offset",),
+        ("mask",),
+        ("bias",),
+        ("input", "offset"),
+        ("offset", "mask"),
+        ("weight", "mask"),
+    ],
+)
 def test_gradgradcheck_subsets(names):
     """Only some inputs require grad: absent cotangents and unrequested results are skipped,
     and what is computed is still exact."""
@@ -89,14 +104,19 @@ def second_derivatives(args, seed=0):
     f, _ = as_function(args, names)
     out = f(*tensors)
     g = torch.Generator().manual_seed(seed)
+
     def rnd(like):  # float64 draws, so that every dtype gets the same numbers
         return torch.randn(like.shape, generator=g, dtype=torch.float64).to(like.dtype)
 
     grad_out = rnd(out).requires_grad_()
     first = torch.autograd.grad(out, tensors, grad_out, create_graph=True)
     penalty = sum((d * rnd(d)).sum() for d in first)
-    return dict(zip(names + ["grad_output"],
-                    torch.autograd.grad(penalty, tensors + [grad_out], allow_unused=True)))
+    return dict(
+        zip(
+            names + ["grad_output"],
+            torch.autograd.grad(penalty, tensors + [grad_out], allow_unused=True),
+        )
+    )
 
 
 @pytest.mark.parametrize("value", [-1.0, 1e30, float("nan"), float("inf"), -float("inf")])
@@ -119,8 +139,9 @@ def test_samples_defined_zero_have_zero_second_derivatives(value):
 
 def test_pure_second_derivatives_are_zero_and_cross_term_is_not():
     """Bilinear is linear in y and in x: d2/dy2 = d2/dx2 = 0 inside a cell, d2/dydx is not."""
-    args = small_args(c_in=1, c_out=1, kernel=(1, 1), padding=(0, 0), with_mask=False,
-                      with_bias=False, seed=3)
+    args = small_args(
+        c_in=1, c_out=1, kernel=(1, 1), padding=(0, 0), with_mask=False, with_bias=False, seed=3
+    )
     args["offset"] = torch.full_like(args["offset"], 0.35)
     offset = args["offset"].clone().requires_grad_()
     out = OP(args["input"], args["weight"], offset, None, None, *op_args(args)[5:])
@@ -143,15 +164,17 @@ def test_workspace_chunks_do_not_change_second_derivatives(monkeypatch):
         torch.testing.assert_close(chunked[name], whole[name], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 5e-3),
-                                       (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize(
+    "dtype,tol", [(torch.float32, 1e-5), (torch.float16, 5e-3), (torch.bfloat16, 2e-2)]
+)
 def test_lower_precision_matches_float64(dtype, tol):
     """float32 and 16-bit arguments compute in float32 and come back in their own dtype;
     the float64 reference takes the same (rounded) arguments."""
     args = make_args(n=2, c_in=8, c_out=4, h=6, w=5, offset_groups=2, seed=4)
     low_args = {k: v.to(dtype) if torch.is_tensor(v) else v for k, v in args.items()}
-    exact = second_derivatives({k: v.double() if torch.is_tensor(v) else v
-                                for k, v in low_args.items()})
+    exact = second_derivatives(
+        {k: v.double() if torch.is_tensor(v) else v for k, v in low_args.items()}
+    )
     low = second_derivatives(low_args)
     for name, want in exact.items():
         if want is None:
@@ -195,10 +218,14 @@ def test_opcheck_double_backward_op():
     args = small_args()
     grads = BWD(torch.randn(1, 3, 5, 4, dtype=torch.float64), *op_args(args))
     cotangents = [torch.randn_like(g) for g in grads]
-    call = (torch.randn(1, 3, 5, 4, dtype=torch.float64), *op_args(args)[:4], *cotangents,
-            *op_args(args)[5:], [True, True, False, True, True])
-    torch.library.opcheck(DOUBLE_BWD.default, call,
-                          test_utils=("test_schema", "test_faketensor"))
+    call = (
+        torch.randn(1, 3, 5, 4, dtype=torch.float64),
+        *op_args(args)[:4],
+        *cotangents,
+        *op_args(args)[5:],
+        [True, True, False, True, True],
+    )
+    torch.library.opcheck(DOUBLE_BWD.default, call, test_utils=("test_schema", "test_faketensor"))
 
 
 def test_compile_aot_eager_through_backward_op():
@@ -275,13 +302,23 @@ def test_bad_cotangent_shape_is_reported():
     args = small_args()
     grad = torch.randn(1, 3, 5, 4, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="grad_grad_offset must have the shape of its primal"):
-        DOUBLE_BWD(grad, *op_args(args)[:4], None, None, args["offset"][:, :2], None, None,
-                   *op_args(args)[5:], [True] * 5)
+        DOUBLE_BWD(
+            grad,
+            *op_args(args)[:4],
+            None,
+            None,
+            args["offset"][:, :2],
+            None,
+            None,
+            *op_args(args)[5:],
+            [True] * 5,
+        )
 
 
 @needs_cuda
-@pytest.mark.parametrize("name", ["basic", "no_mask", "groups_and_offset_groups",
-                                  "stride_dilation_padding", "batch_0"])
+@pytest.mark.parametrize(
+    "name", ["basic", "no_mask", "groups_and_offset_groups", "stride_dilation_padding", "batch_0"]
+)
 def test_gradgradcheck_cuda(name):
     args = small_args(device="cuda", **CONFIGS[name])
     f, inputs = as_function(args, present(args))
@@ -296,8 +333,9 @@ EMULATED = {
     "no_mask_no_bias": dict(with_mask=False, with_bias=False),
     "groups_and_offset_groups": dict(c_in=8, c_out=4, groups=2, offset_groups=4),
     "offset_group_spans_groups": dict(c_in=8, c_out=4, groups=4, offset_groups=2),
-    "stride_dilation_padding": dict(kernel=(3, 2), stride=(2, 1), padding=(2, 1),
-                                    dilation=(2, 1), h=7, w=5),
+    "stride_dilation_padding": dict(
+        kernel=(3, 2), stride=(2, 1), padding=(2, 1), dilation=(2, 1), h=7, w=5
+    ),
     "batch_0": dict(n=0),
 }
 # (cotangents given, results wanted): all, the gradient-penalty case, and partial ones.
@@ -317,14 +355,21 @@ def test_emulated_cuda_double_backward_matches_cpu(emu, name, given, wanted):  #
         args["offset"][0, 0, 0, :3] = torch.tensor([float("nan"), float("inf"), 1e30])
     grads = BWD(torch.randn(OP(*op_args(args)).shape, dtype=torch.float64), *op_args(args))
     g = torch.Generator().manual_seed(8)
-    cotangents = [torch.randn(t.shape, generator=g, dtype=t.dtype) if (use and t.numel()) else None
-                  for t, use in zip(grads, given)]
+    cotangents = [
+        torch.randn(t.shape, generator=g, dtype=t.dtype) if (use and t.numel()) else None
+        for t, use in zip(grads, given)
+    ]
     if args["mask"] is None:
         cotangents[3] = None
     if args["bias"] is None:
         cotangents[4] = None
-    call = (torch.randn(OP(*op_args(args)).shape, generator=g, dtype=torch.float64),
-            *op_args(args)[:4], *cotangents, *op_args(args)[5:], list(wanted))
+    call = (
+        torch.randn(OP(*op_args(args)).shape, generator=g, dtype=torch.float64),
+        *op_args(args)[:4],
+        *cotangents,
+        *op_args(args)[5:],
+        list(wanted),
+    )
     want = DOUBLE_BWD(*call)
     got = emu.double_backward(*call)
     for i, (a, b) in enumerate(zip(got, want)):

@@ -32,9 +32,15 @@ def call(path="eager", **overrides):
     args.update(overrides)
     with on_path(path) as to_path:
         return deformconv.deform_conv2d(
-            to_path(args["input"]), to_path(args["offset"]), to_path(args["weight"]),
-            to_path(args["bias"]), args["stride"], args["padding"], args["dilation"],
-            to_path(args["mask"]))
+            to_path(args["input"]),
+            to_path(args["offset"]),
+            to_path(args["weight"]),
+            to_path(args["bias"]),
+            args["stride"],
+            args["padding"],
+            args["dilation"],
+            to_path(args["mask"]),
+        )
 
 
 def error_of(fn):
@@ -51,43 +57,81 @@ CASES = {
     "weight rank": (dict(weight=BASE["weight"][0]), "weight must be 4-D"),
     "offset rank": (dict(offset=BASE["offset"][0]), "offset must be 4-D"),
     "channels not divisible by weight": (
-        dict(weight=torch.randn(6, 3, 3, 3)), r"input.shape\[1\] \(C_in=4\) must be divisible"),
+        dict(weight=torch.randn(6, 3, 3, 3)),
+        r"input.shape\[1\] \(C_in=4\) must be divisible",
+    ),
     "out channels not divisible by groups": (
-        dict(weight=torch.randn(5, 2, 3, 3)), r"weight.shape\[0\] \(C_out=5\) must be divisible"),
+        dict(weight=torch.randn(5, 2, 3, 3)),
+        r"weight.shape\[0\] \(C_out=5\) must be divisible",
+    ),
     "offset channels": (
-        dict(offset=torch.randn(2, 17, 7, 6)), r"offset.shape\[1\] must be a positive multiple"),
+        dict(offset=torch.randn(2, 17, 7, 6)),
+        r"offset.shape\[1\] must be a positive multiple",
+    ),
     "channels not divisible by offset groups": (
-        dict(offset=torch.randn(2, 54, 7, 6), mask=None), "divisible by offset_groups=3"),
+        dict(offset=torch.randn(2, 54, 7, 6), mask=None),
+        "divisible by offset_groups=3",
+    ),
     "offset batch": (dict(offset=BASE["offset"][:1]), r"offset.shape\[0\] must equal"),
     "offset spatial": (dict(offset=BASE["offset"][..., :5]), "offset spatial shape"),
     "mask shape": (dict(mask=BASE["mask"][:, :4]), "mask must have shape"),
     "bias shape": (dict(bias=torch.randn(5)), "bias must have shape"),
     "mixed dtype": (dict(offset=BASE["offset"].double()), "offset must have the same dtype"),
     "mask dtype": (dict(mask=BASE["mask"].half()), "mask must have the same dtype"),
-    "integer input": (dict(input=BASE["input"].long(), weight=BASE["weight"].long(),
-                           offset=BASE["offset"].long(), mask=None, bias=None),
-                      "input dtype must be"),
+    "integer input": (
+        dict(
+            input=BASE["input"].long(),
+            weight=BASE["weight"].long(),
+            offset=BASE["offset"].long(),
+            mask=None,
+            bias=None,
+        ),
+        "input dtype must be",
+    ),
     "zero input channels": (dict(input=torch.randn(2, 0, 7, 6)), r"C_in\) must be positive"),
     "zero stride": (dict(stride=(0, 1)), "stride must be positive"),
     "negative dilation": (dict(dilation=(1, -1)), "dilation must be positive"),
     "negative padding": (dict(padding=(-1, 0)), "padding must be non-negative"),
-    "zero kernel size": (dict(weight=torch.randn(6, 4, 0, 3)), "weight kernel size must be positive"),
-    "weight dtype": (dict(input=BASE["input"].half(), weight=BASE["weight"].float(), bias=None),
-                     r"weight must have the same dtype as input: got Float, expected Half"),
+    "zero kernel size": (
+        dict(weight=torch.randn(6, 4, 0, 3)),
+        "weight kernel size must be positive",
+    ),
+    "weight dtype": (
+        dict(input=BASE["input"].half(), weight=BASE["weight"].float(), bias=None),
+        r"weight must have the same dtype as input: got Float, expected Half",
+    ),
     "half offset for float32 input": (
-        dict(offset=BASE["offset"].half()), "offset must have the same dtype as input: got Half"),
+        dict(offset=BASE["offset"].half()),
+        "offset must have the same dtype as input: got Half",
+    ),
     "half offset for bfloat16 input": (
-        dict(input=BASE["input"].bfloat16(), weight=BASE["weight"].bfloat16(), bias=None,
-             offset=BASE["offset"].half(), mask=None),
-        r"offset dtype must be float32 or the input's dtype \(BFloat16\) for 16-bit input: got Half"),
+        dict(
+            input=BASE["input"].bfloat16(),
+            weight=BASE["weight"].bfloat16(),
+            bias=None,
+            offset=BASE["offset"].half(),
+            mask=None,
+        ),
+        r"offset dtype must be float32 or the input's dtype \(BFloat16\) for 16-bit input: got Half",
+    ),
     "double mask for half input": (
-        dict(input=BASE["input"].half(), weight=BASE["weight"].half(), bias=None,
-             mask=BASE["mask"].double()),
-        r"mask dtype must be float32 or the input's dtype \(Half\) for 16-bit input: got Double"),
+        dict(
+            input=BASE["input"].half(),
+            weight=BASE["weight"].half(),
+            bias=None,
+            mask=BASE["mask"].double(),
+        ),
+        r"mask dtype must be float32 or the input's dtype \(Half\) for 16-bit input: got Double",
+    ),
     "kernel larger than input": (
-        dict(weight=torch.randn(6, 4, 9, 3), offset=torch.randn(2, 54, 1, 6),
-             mask=torch.rand(2, 27, 1, 6), padding=(0, 1)),
-        "larger than the padded input"),
+        dict(
+            weight=torch.randn(6, 4, 9, 3),
+            offset=torch.randn(2, 54, 1, 6),
+            mask=torch.rand(2, 27, 1, 6),
+            padding=(0, 1),
+        ),
+        "larger than the padded input",
+    ),
 }
 
 
@@ -128,13 +172,15 @@ def test_16bit_input_takes_float32_offset_and_mask(dtype, path):
         tensors = [to_path(t) for t in op_args(args)[:5]]
         out = torch.ops.deformconv.deform_conv2d(*tensors, *op_args(args)[5:])
         grads = torch.ops.deformconv._deform_conv2d_backward(
-            torch.ones_like(out), *tensors, *op_args(args)[5:])
+            torch.ones_like(out), *tensors, *op_args(args)[5:]
+        )
     assert out.dtype == dtype and out.shape == (2, 6, 5, 5)
     assert [g.dtype for g in grads] == [dtype, dtype, torch.float32, torch.float32, dtype]
 
 
-@pytest.mark.parametrize("name,value", [("stride", (1, 2, 3)), ("padding", "1"),
-                                        ("dilation", 1.5), ("stride", (1.0, 1))])
+@pytest.mark.parametrize(
+    "name,value", [("stride", (1, 2, 3)), ("padding", "1"), ("dilation", 1.5), ("stride", (1.0, 1))]
+)
 def test_bad_int_pairs_raise(name, value):
     with pytest.raises((TypeError, ValueError), match=name):
         call(**{name: value})
@@ -146,9 +192,16 @@ def test_grad_output_shape_checked(path):
     with on_path(path) as to_path:
         with pytest.raises(RuntimeError, match="grad_output must have shape"):
             torch.ops.deformconv._deform_conv2d_backward(
-                to_path(torch.randn(1, 2, 3, 4)), to_path(args["input"]), to_path(args["weight"]),
-                to_path(args["offset"]), to_path(args["mask"]), to_path(args["bias"]), [1, 1],
-                [1, 1], [1, 1])
+                to_path(torch.randn(1, 2, 3, 4)),
+                to_path(args["input"]),
+                to_path(args["weight"]),
+                to_path(args["offset"]),
+                to_path(args["mask"]),
+                to_path(args["bias"]),
+                [1, 1],
+                [1, 1],
+                [1, 1],
+            )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -163,10 +216,13 @@ def test_tensors_on_meta_and_cpu_devices():
         call(offset=BASE["offset"].to("meta"))
 
 
-@pytest.mark.parametrize("kwargs,fragment", [
-    (dict(in_channels=6, out_channels=4, kernel_size=3, groups=4), "divisible by groups"),
-    (dict(in_channels=0, out_channels=4, kernel_size=3), "must be positive"),
-])
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        (dict(in_channels=6, out_channels=4, kernel_size=3, groups=4), "divisible by groups"),
+        (dict(in_channels=0, out_channels=4, kernel_size=3), "must be positive"),
+    ],
+)
 def test_module_constructor_errors(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         DeformConv2d(**kwargs)

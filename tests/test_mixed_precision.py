@@ -40,7 +40,13 @@ bench = load_benchmark("bench_precision")
 def mixed(args: dict, dtype, offset_dtype=torch.float32, mask_dtype=torch.float32) -> dict:
     """make_args dict with input, weight, bias in `dtype` and offset / mask in their dtypes."""
     out = dict(args)
-    for k, to in (("input", dtype), ("weight", dtype), ("bias", dtype), ("offset", offset_dtype), ("mask", mask_dtype)):
+    for k, to in (
+        ("input", dtype),
+        ("weight", dtype),
+        ("bias", dtype),
+        ("offset", offset_dtype),
+        ("mask", mask_dtype),
+    ):
         if args[k] is not None:
             out[k] = args[k].to(to)
     return out
@@ -100,7 +106,9 @@ def test_16bit_offsets_miss_the_target_at_large_offsets(dtype):
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 def test_mixed_forward_matches_oracle(dtype, device):
-    args = make_args(n=1, c_in=4, c_out=3, h=6, w=5, offset_groups=2, offset_scale=6.0, seed=3, device=device)
+    args = make_args(
+        n=1, c_in=4, c_out=3, h=6, w=5, offset_groups=2, offset_scale=6.0, seed=3, device=device
+    )
     exact = exact_in(args, dtype)
     out = OP(*op_args(mixed(exact, dtype))).double().cpu()
     ref = torch.from_numpy(
@@ -116,7 +124,11 @@ def test_mixed_forward_matches_oracle(dtype, device):
     # the output's scale.
     eps = torch.finfo(dtype).eps
     rounds_once = device == "cpu" and "columns=float32" in torch.ops.deformconv._cpu_path(dtype)
-    bound = eps * (ref.abs() + 2 * eps * ref.abs().max()) if rounds_once else (4 * eps * ref.abs().max())
+    bound = (
+        eps * (ref.abs() + 2 * eps * ref.abs().max())
+        if rounds_once
+        else (4 * eps * ref.abs().max())
+    )
     assert ((out - ref).abs() <= bound).all(), (out - ref).abs().max()
 
 
@@ -125,7 +137,9 @@ def check_rounds_once(dtype, device="cpu", backward=BWD, grad_scale=1.0):
     grad_offset / grad_mask match the float64 op to float32 accuracy (no 16-bit rounding on
     their way, so no fp16 overflow either with a large `grad_scale`), and the 16-bit
     grad_input / grad_weight / grad_bias, where finite, to one rounding."""
-    args = exact_in(make_args(c_in=8, c_out=6, offset_groups=2, offset_scale=5.0, seed=5, device=device), dtype)
+    args = exact_in(
+        make_args(c_in=8, c_out=6, offset_groups=2, offset_scale=5.0, seed=5, device=device), dtype
+    )
     g = torch.Generator().manual_seed(6)
     grad = (grad_scale * torch.randn(2, 6, 7, 6, generator=g, dtype=torch.float64)).clamp(-6e4, 6e4)
     grad = grad.to(device, dtype).double()
@@ -174,7 +188,12 @@ def test_gradient_dtypes(dtype, off, msk, device):
     names = [k for k in ("input", "weight", "offset", "mask", "bias") if args[k] is not None]
     leaves = {k: args[k].detach().requires_grad_() for k in names}
     out = deformconv.deform_conv2d(
-        leaves["input"], leaves["offset"], leaves["weight"], leaves["bias"], padding=1, mask=leaves.get("mask")
+        leaves["input"],
+        leaves["offset"],
+        leaves["weight"],
+        leaves["bias"],
+        padding=1,
+        mask=leaves.get("mask"),
     )
     assert out.dtype == dtype
     out.float().square().sum().backward()
@@ -186,7 +205,9 @@ def test_gradient_dtypes(dtype, off, msk, device):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode() as mode:
-        fake_args = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+        fake_args = {
+            k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()
+        }
         fake_out = OP(*op_args(fake_args))
         fake_grads = BWD(fake_out, *op_args(fake_args))
     assert fake_out.dtype == dtype
@@ -201,7 +222,9 @@ def test_opcheck_mixed_dtypes(device):
         args[k].requires_grad_()
     torch.library.opcheck(OP.default, op_args(args))
     grad = torch.randn(2, 6, 7, 6, device=device).bfloat16()
-    torch.library.opcheck(BWD.default, (grad, *op_args(args)), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        BWD.default, (grad, *op_args(args)), test_utils=("test_schema", "test_faketensor")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +342,9 @@ def test_pack_under_autocast_accuracy(dtype, device):
     with torch.no_grad():
         with torch.autocast(device, dtype=dtype):
             y = layer(x)
-        dense = torch.nn.functional.conv2d(x.to(dtype), layer.weight.to(dtype), layer.bias.to(dtype), padding=1)
+        dense = torch.nn.functional.conv2d(
+            x.to(dtype), layer.weight.to(dtype), layer.bias.to(dtype), padding=1
+        )
         layer.double()
         ref = layer(x.double()).cpu()
         dense_ref = torch.nn.functional.conv2d(x.double(), layer.weight, layer.bias, padding=1)

@@ -16,8 +16,9 @@ except Exception:
 @pytest.mark.parametrize("modulated", [True, False])
 def test_fresh_pack_is_a_plain_conv(modulated, device):
     torch.manual_seed(0)
-    layer = DeformConv2dPack(8, 6, 3, stride=2, padding=1, groups=2, offset_groups=4,
-                             modulated=modulated).to(device)
+    layer = DeformConv2dPack(
+        8, 6, 3, stride=2, padding=1, groups=2, offset_groups=4, modulated=modulated
+    ).to(device)
     x = torch.randn(2, 8, 11, 11, device=device)
     scale = 0.5 if modulated else 1.0
     expected = F.conv2d(x, layer.weight * scale, layer.bias, 2, 1, groups=2)
@@ -69,8 +70,7 @@ def test_state_dict_interchange_with_torchvision():
     x = torch.randn(2, 4, 7, 7)
     offset = torch.randn(2, 18, 7, 7)
     mask = torch.rand(2, 9, 7, 7)
-    torch.testing.assert_close(ours(x, offset, mask), theirs(x, offset, mask),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours(x, offset, mask), theirs(x, offset, mask), rtol=1e-5, atol=1e-5)
     back = torchvision.ops.DeformConv2d(4, 6, 3, padding=1, groups=2)
     back.load_state_dict(ours.state_dict())
     torch.testing.assert_close(back.weight, ours.weight)
@@ -83,8 +83,16 @@ def test_state_dict_without_bias():
 
 def test_repr_names_the_configuration():
     text = repr(DeformConv2dPack(8, 16, 3, stride=2, padding=1, offset_groups=2, bias=False))
-    for fragment in ("8, 16", "kernel_size=(3, 3)", "stride=(2, 2)", "padding=(1, 1)",
-                     "bias=False", "offset_groups=2", "modulated=True", "conv_offset"):
+    for fragment in (
+        "8, 16",
+        "kernel_size=(3, 3)",
+        "stride=(2, 2)",
+        "padding=(1, 1)",
+        "bias=False",
+        "offset_groups=2",
+        "modulated=True",
+        "conv_offset",
+    ):
         assert fragment in text
 
 

@@ -31,7 +31,9 @@ def _pack(**kwargs):
 
 def _converted():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, stride=2, padding=1))
+    model = nn.Sequential(
+        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, stride=2, padding=1)
+    )
     model = convert_to_deformable(model).eval()
     for m in model.modules():
         if isinstance(m, DeformConv2dPack):
@@ -53,21 +55,58 @@ def _with_offsets(with_mask):
 
 # name: (model factory, inputs for a batch size, expected DeformConv attributes, has bias, has mask)
 CASES = {
-    "plain": (lambda: DeformConv2d(4, 6, 3, padding=1).eval(), _with_offsets(True),
-              dict(group=1, offset_group=1, pads=[1, 1, 1, 1], strides=[1, 1], dilations=[1, 1]), True, True),
-    "plain_no_mask_no_bias": (lambda: DeformConv2d(4, 6, 3, padding=1, bias=False).eval(), _with_offsets(False),
-                              dict(group=1, offset_group=1, pads=[1, 1, 1, 1]), False, False),
-    "pack": (lambda: _pack(in_channels=4, out_channels=6, kernel_size=3, padding=1), _image(4),
-             dict(group=1, offset_group=1, pads=[1, 1, 1, 1]), True, True),
-    "pack_no_mask": (lambda: _pack(in_channels=4, out_channels=6, kernel_size=3, padding=1, modulated=False),
-                     _image(4), dict(group=1, offset_group=1), True, False),
+    "plain": (
+        lambda: DeformConv2d(4, 6, 3, padding=1).eval(),
+        _with_offsets(True),
+        dict(group=1, offset_group=1, pads=[1, 1, 1, 1], strides=[1, 1], dilations=[1, 1]),
+        True,
+        True,
+    ),
+    "plain_no_mask_no_bias": (
+        lambda: DeformConv2d(4, 6, 3, padding=1, bias=False).eval(),
+        _with_offsets(False),
+        dict(group=1, offset_group=1, pads=[1, 1, 1, 1]),
+        False,
+        False,
+    ),
+    "pack": (
+        lambda: _pack(in_channels=4, out_channels=6, kernel_size=3, padding=1),
+        _image(4),
+        dict(group=1, offset_group=1, pads=[1, 1, 1, 1]),
+        True,
+        True,
+    ),
+    "pack_no_mask": (
+        lambda: _pack(in_channels=4, out_channels=6, kernel_size=3, padding=1, modulated=False),
+        _image(4),
+        dict(group=1, offset_group=1),
+        True,
+        False,
+    ),
     "groups_offset_groups": (
-        lambda: _pack(in_channels=8, out_channels=6, kernel_size=3, padding=1, groups=2, offset_groups=4),
-        _image(8), dict(group=2, offset_group=4), True, True),
+        lambda: _pack(
+            in_channels=8, out_channels=6, kernel_size=3, padding=1, groups=2, offset_groups=4
+        ),
+        _image(8),
+        dict(group=2, offset_group=4),
+        True,
+        True,
+    ),
     "strided_dilated": (
-        lambda: _pack(in_channels=4, out_channels=6, kernel_size=(3, 2), stride=(2, 1), padding=(2, 1),
-                      dilation=(2, 1), bias=False),
-        _image(4), dict(pads=[2, 1, 2, 1], strides=[2, 1], dilations=[2, 1]), False, True),
+        lambda: _pack(
+            in_channels=4,
+            out_channels=6,
+            kernel_size=(3, 2),
+            stride=(2, 1),
+            padding=(2, 1),
+            dilation=(2, 1),
+            bias=False,
+        ),
+        _image(4),
+        dict(pads=[2, 1, 2, 1], strides=[2, 1], dilations=[2, 1]),
+        False,
+        True,
+    ),
     "converted": (_converted, _image(4), dict(group=1, offset_group=1), True, True),
 }
 
@@ -84,12 +123,20 @@ def _attributes(node):
 
 def _export(model, args, **kwargs):
     batch = torch.export.Dim("batch")
-    return torch.onnx.export(model, args, dynamo=True, verbose=False,
-                             dynamic_shapes=tuple({0: batch} for _ in args), **kwargs)
+    return torch.onnx.export(
+        model,
+        args,
+        dynamo=True,
+        verbose=False,
+        dynamic_shapes=tuple({0: batch} for _ in args),
+        **kwargs,
+    )
 
 
 def _run(ort, program, args):
-    session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), args)}
     return torch.from_numpy(session.run(None, feeds)[0])
 
@@ -97,10 +144,14 @@ def _run(ort, program, args):
 def _assert_close_relative(actual, expected, rel=REL_TOL):
     error = (actual.double() - expected.double()).abs().max().item()
     scale = expected.abs().max().item()
-    assert error <= rel * scale, f"max |ORT - eager| = {error:.3g}, {error / scale:.3g} of max |eager| {scale:.3g}"
+    assert error <= rel * scale, (
+        f"max |ORT - eager| = {error:.3g}, {error / scale:.3g} of max |eager| {scale:.3g}"
+    )
 
 
-@pytest.mark.filterwarnings("ignore:# The axis name")  # several inputs share the batch Dim: expected
+@pytest.mark.filterwarnings(
+    "ignore:# The axis name"
+)  # several inputs share the batch Dim: expected
 @pytest.mark.parametrize("case", list(CASES))
 def test_plain_export_runs_in_onnxruntime_like_eager(ort, case):
     build, inputs, expected_attributes, has_bias, has_mask = CASES[case]
@@ -109,12 +160,21 @@ def test_plain_export_runs_in_onnxruntime_like_eager(ort, case):
 
     nodes = _deform_nodes(program.model_proto)
     assert len(nodes) == (2 if case == "converted" else 1)
-    assert {n.op_type for n in program.model_proto.graph.node} <= {"DeformConv", "Conv", "Slice", "Sigmoid", "Mul",
-                                                                   "Relu", "Constant"}
+    assert {n.op_type for n in program.model_proto.graph.node} <= {
+        "DeformConv",
+        "Conv",
+        "Slice",
+        "Sigmoid",
+        "Mul",
+        "Relu",
+        "Constant",
+    }
     for node in nodes:
         attributes = _attributes(node)
         assert {k: attributes[k] for k in expected_attributes} == expected_attributes
-        assert bool(node.input[3:4] and node.input[3]) == has_bias  # X, W, offset, B, mask ("" = absent)
+        assert (
+            bool(node.input[3:4] and node.input[3]) == has_bias
+        )  # X, W, offset, B, mask ("" = absent)
         assert bool(node.input[4:5] and node.input[4]) == has_mask
 
     with torch.no_grad():
@@ -127,7 +187,9 @@ def test_dynamic_height_and_width(ort):
     model = _pack(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1)
     dim = torch.export.Dim
     dims = {0: dim("batch"), 2: dim("h", min=4, max=64), 3: dim("w", min=4, max=64)}
-    program = torch.onnx.export(model, (torch.randn(2, 4, 16, 12),), dynamo=True, verbose=False, dynamic_shapes=(dims,))
+    program = torch.onnx.export(
+        model, (torch.randn(2, 4, 16, 12),), dynamo=True, verbose=False, dynamic_shapes=(dims,)
+    )
     with torch.no_grad():
         for shape in ((1, 4, 9, 8), (3, 4, 20, 31)):
             x = torch.randn(*shape)
@@ -139,10 +201,16 @@ def test_custom_translation_table_gives_the_same_graph(ort):
 
     build, inputs, *_ = CASES["groups_offset_groups"]
     model, args = build(), inputs(EXPORT_BATCH)
-    program = _export(model, args, custom_translation_table=deformconv.onnx.custom_translation_table())
+    program = _export(
+        model, args, custom_translation_table=deformconv.onnx.custom_translation_table()
+    )
     plain = _export(model, args)
-    assert [n.op_type for n in program.model_proto.graph.node] == [n.op_type for n in plain.model_proto.graph.node]
-    assert _attributes(_deform_nodes(program.model_proto)[0]) == _attributes(_deform_nodes(plain.model_proto)[0])
+    assert [n.op_type for n in program.model_proto.graph.node] == [
+        n.op_type for n in plain.model_proto.graph.node
+    ]
+    assert _attributes(_deform_nodes(program.model_proto)[0]) == _attributes(
+        _deform_nodes(plain.model_proto)[0]
+    )
     with torch.no_grad():
         _assert_close_relative(_run(ort, program, inputs(3)), model(*inputs(3)))
 
@@ -164,19 +232,29 @@ def test_deformconv_node_runs_in_float64_and_float16(ort, dtype, rel):
 
 def test_opset_below_19_is_a_clear_error(ort):
     with pytest.raises(Exception, match=r"needs opset_version >= 19 \(ONNX DeformConv\): got 18"):
-        torch.onnx.export(CASES["pack"][0](), _image(4)(1), dynamo=True, verbose=False, opset_version=18)
+        torch.onnx.export(
+            CASES["pack"][0](), _image(4)(1), dynamo=True, verbose=False, opset_version=18
+        )
 
 
 def _child(code):
-    proc = subprocess.run([sys.executable, "-c", code], env=child_process_env(), capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=child_process_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
 
 def test_import_does_not_load_onnx_or_onnxscript():
-    out = _child("import sys, deformconv\n"
-                 "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxscript', 'onnxruntime')))")
+    out = _child(
+        "import sys, deformconv\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxscript', 'onnxruntime')))"
+    )
     assert out.strip() == "[]"
 
 
@@ -192,7 +270,10 @@ def test_everything_but_onnx_works_without_onnx_installed():
         "except ImportError as error:\n"
         "    print(error)\n"
     )
-    assert "needs the optional extra deformconv[onnx]: pip install onnx onnxruntime onnxscript" in _child(code)
+    assert (
+        "needs the optional extra deformconv[onnx]: pip install onnx onnxruntime onnxscript"
+        in _child(code)
+    )
 
 
 def test_plain_export_needs_the_registration_and_table_works_without_it(ort):
@@ -234,5 +315,8 @@ def test_failed_registration_warns_with_the_fallback(ort, monkeypatch):
         raise AttributeError("module 'registration' has no attribute 'default_registry'")
 
     monkeypatch.setattr(deformconv.onnx, "register", moved_registry)
-    with pytest.warns(RuntimeWarning, match=r"needs custom_translation_table=deformconv.onnx.custom_translation_table"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"needs custom_translation_table=deformconv.onnx.custom_translation_table",
+    ):
         _onnx_hook._register()

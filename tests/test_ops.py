@@ -35,17 +35,33 @@ CONFIGS = {
 
 def call(args):
     return deformconv.deform_conv2d(
-        args["input"], args["offset"], args["weight"], args["bias"], args["stride"],
-        args["padding"], args["dilation"], args["mask"],
+        args["input"],
+        args["offset"],
+        args["weight"],
+        args["bias"],
+        args["stride"],
+        args["padding"],
+        args["dilation"],
+        args["mask"],
     )
 
 
 def oracle(args):
-    as_np = {k: (v.detach().cpu().double().numpy() if torch.is_tensor(v) else v)
-             for k, v in args.items()}
-    return torch.from_numpy(deform_conv2d_np(
-        as_np["input"], as_np["offset"], as_np["mask"], as_np["weight"], as_np["bias"],
-        args["stride"], args["padding"], args["dilation"]))
+    as_np = {
+        k: (v.detach().cpu().double().numpy() if torch.is_tensor(v) else v) for k, v in args.items()
+    }
+    return torch.from_numpy(
+        deform_conv2d_np(
+            as_np["input"],
+            as_np["offset"],
+            as_np["mask"],
+            as_np["weight"],
+            as_np["bias"],
+            args["stride"],
+            args["padding"],
+            args["dilation"],
+        )
+    )
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -64,13 +80,21 @@ def test_random_sweep_matches_oracle(seed, device):
     groups, offset_groups = [(1, 1), (2, 1), (1, 2), (2, 4)][seed % 4]
     kernel = tuple(int(v) for v in rng.integers(1, 4, size=2))
     args = make_args(
-        n=int(rng.integers(1, 3)), c_in=4 * groups // groups * max(groups, offset_groups),
-        c_out=2 * groups, h=int(rng.integers(4, 8)), w=int(rng.integers(4, 8)), kernel=kernel,
+        n=int(rng.integers(1, 3)),
+        c_in=4 * groups // groups * max(groups, offset_groups),
+        c_out=2 * groups,
+        h=int(rng.integers(4, 8)),
+        w=int(rng.integers(4, 8)),
+        kernel=kernel,
         stride=tuple(int(v) for v in rng.integers(1, 3, size=2)),
         padding=tuple(int(v) for v in rng.integers(0, 2, size=2)),
         dilation=tuple(int(v) for v in rng.integers(1, 3, size=2)),
-        groups=groups, offset_groups=offset_groups, with_mask=bool(seed % 2),
-        with_bias=bool(seed % 3), offset_scale=float(rng.choice([0.5, 2.0, 6.0])), seed=seed,
+        groups=groups,
+        offset_groups=offset_groups,
+        with_mask=bool(seed % 2),
+        with_bias=bool(seed % 3),
+        offset_scale=float(rng.choice([0.5, 2.0, 6.0])),
+        seed=seed,
         device=device,
     )
     torch.testing.assert_close(call(args).cpu(), oracle(args), rtol=1e-10, atol=1e-10)
@@ -80,15 +104,28 @@ def test_zero_offsets_unit_mask_is_conv2d(device):
     args = make_args(device=device, c_in=6, c_out=4, groups=2, stride=(2, 1), dilation=(1, 2))
     args["offset"].zero_()
     args["mask"].fill_(1)
-    dense = F.conv2d(args["input"], args["weight"], args["bias"], args["stride"],
-                     args["padding"], args["dilation"], groups=2)
+    dense = F.conv2d(
+        args["input"],
+        args["weight"],
+        args["bias"],
+        args["stride"],
+        args["padding"],
+        args["dilation"],
+        groups=2,
+    )
     torch.testing.assert_close(call(args), dense)
 
 
 def test_non_contiguous_inputs(device):
     args = make_args(device=device, c_in=6, offset_groups=3)
-    strided = {k: (v.transpose(-1, -2).contiguous().transpose(-1, -2) if torch.is_tensor(v)
-                   and v.dim() == 4 else v) for k, v in args.items()}
+    strided = {
+        k: (
+            v.transpose(-1, -2).contiguous().transpose(-1, -2)
+            if torch.is_tensor(v) and v.dim() == 4
+            else v
+        )
+        for k, v in args.items()
+    }
     interleaved = torch.stack([args["input"], torch.zeros_like(args["input"])], dim=2)
     sliced = dict(args, input=interleaved.flatten(1, 2)[:, ::2])
     assert not strided["input"].is_contiguous() and not sliced["input"].is_contiguous()
@@ -117,8 +154,9 @@ def test_gradcheck(name, device):
     leaves = [args[k].requires_grad_() for k in names]
 
     def fn(x, off, w, m, b):
-        return deformconv.deform_conv2d(x, off, w, b, args["stride"], args["padding"],
-                                        args["dilation"], m)
+        return deformconv.deform_conv2d(
+            x, off, w, b, args["stride"], args["padding"], args["dilation"], m
+        )
 
     assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
 
@@ -127,12 +165,14 @@ def test_gradcheck_without_mask_and_bias(device):
     args = make_args(device=device, h=5, w=5, with_mask=False, with_bias=False)
     leaves = [args[k].requires_grad_() for k in ("input", "offset", "weight")]
     assert torch.autograd.gradcheck(
-        lambda x, off, w: deformconv.deform_conv2d(x, off, w, padding=1), leaves, fast_mode=True)
+        lambda x, off, w: deformconv.deform_conv2d(x, off, w, padding=1), leaves, fast_mode=True
+    )
 
 
 @pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision not importable")
-@pytest.mark.parametrize("name", ["basic", "groups_and_offset_groups", "asymmetric",
-                                  "no_mask_no_bias"])
+@pytest.mark.parametrize(
+    "name", ["basic", "groups_and_offset_groups", "asymmetric", "no_mask_no_bias"]
+)
 def test_matches_torchvision_values_and_grads(name, device):
     args = make_args(device=device, dtype=torch.float32, **CONFIGS[name])
     names = [k for k in ("input", "offset", "weight", "mask", "bias") if args[k] is not None]
@@ -140,8 +180,15 @@ def test_matches_torchvision_values_and_grads(name, device):
         args[k].requires_grad_()
     ours = call(args)
     theirs = torchvision.ops.deform_conv2d(
-        args["input"], args["offset"], args["weight"], args["bias"], args["stride"],
-        args["padding"], args["dilation"], args["mask"])
+        args["input"],
+        args["offset"],
+        args["weight"],
+        args["bias"],
+        args["stride"],
+        args["padding"],
+        args["dilation"],
+        args["mask"],
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(ours)
     g_ours = torch.autograd.grad(ours, [args[k] for k in names], grad)
@@ -178,8 +225,9 @@ def test_half_precision_backward_close_to_float64(dtype, device):
         args[k].requires_grad_()
     g_low = torch.autograd.grad(call(low), [low[k] for k in names], grad.to(dtype))
     # Float64 gradients at the rounded inputs: only output rounding separates them.
-    rounded = {k: (low[k].detach().double().requires_grad_() if k in names else v)
-               for k, v in args.items()}
+    rounded = {
+        k: (low[k].detach().double().requires_grad_() if k in names else v) for k, v in args.items()
+    }
     g_ref = torch.autograd.grad(call(rounded), [rounded[k] for k in names], grad.to(dtype).double())
     for k, a, b in zip(names, g_low, g_ref):
         assert a.dtype == dtype
@@ -188,8 +236,9 @@ def test_half_precision_backward_close_to_float64(dtype, device):
 
 
 def test_backward_is_bitwise_deterministic(device):
-    args = make_args(device=device, n=3, c_in=8, c_out=8, h=9, w=9, offset_groups=2,
-                     dtype=torch.float32)
+    args = make_args(
+        device=device, n=3, c_in=8, c_out=8, h=9, w=9, offset_groups=2, dtype=torch.float32
+    )
     names = ["input", "offset", "weight", "mask", "bias"]
     for k in names:
         args[k].requires_grad_()
@@ -223,6 +272,7 @@ def test_bad_workspace_budget_is_reported(monkeypatch):
 
 # --- boundary semantics (docs/design.md, section 1) --------------------------------------
 
+
 def one_tap_args(dy, dx, h=4, w=5, device="cpu"):
     """1x1 kernel, one channel, one output pixel at (0, 0) displaced by (dy, dx)."""
     x = torch.arange(1.0, h * w + 1, dtype=torch.float64, device=device).view(1, 1, h, w)
@@ -232,8 +282,9 @@ def one_tap_args(dy, dx, h=4, w=5, device="cpu"):
     return x, offset, weight
 
 
-@pytest.mark.parametrize("dy,dx", [(-1.0, 0.3), (0.2, -1.0), (4.0, 0.0), (0.0, 5.0),
-                                   (-1.5, 0.0), (0.0, 7.25)])
+@pytest.mark.parametrize(
+    "dy,dx", [(-1.0, 0.3), (0.2, -1.0), (4.0, 0.0), (0.0, 5.0), (-1.5, 0.0), (0.0, 7.25)]
+)
 def test_samples_outside_are_zero(dy, dx, device):
     x, offset, weight = one_tap_args(dy, dx, device=device)
     out = deformconv.deform_conv2d(x, offset, weight)
@@ -294,7 +345,16 @@ def test_grad_only_for_some_inputs():
 def test_every_option_combination_runs_forward_and_backward():
     """Smoke-level sweep of the cross product of the boolean options against torchvision."""
     for with_mask, with_bias, (groups, og) in itertools.product(
-            (True, False), (True, False), ((1, 1), (2, 2), (2, 1))):
-        args = make_args(c_in=4, c_out=4, groups=groups, offset_groups=og,
-                         with_mask=with_mask, with_bias=with_bias, h=5, w=5)
+        (True, False), (True, False), ((1, 1), (2, 2), (2, 1))
+    ):
+        args = make_args(
+            c_in=4,
+            c_out=4,
+            groups=groups,
+            offset_groups=og,
+            with_mask=with_mask,
+            with_bias=with_bias,
+            h=5,
+            w=5,
+        )
         torch.testing.assert_close(call(args), oracle(args), rtol=1e-10, atol=1e-10)

@@ -64,8 +64,9 @@ def test_rnn_forward_matches_formula():
 def test_loss_is_log_softmax_nll():
     logits = [torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.0, -1.0, 3.0])]
     targets = torch.tensor([1, 2])
-    assert torch.allclose(sequence_loss(logits, targets),
-                          F.cross_entropy(torch.stack(logits), targets))
+    assert torch.allclose(
+        sequence_loss(logits, targets), F.cross_entropy(torch.stack(logits), targets)
+    )
 
 
 def test_compute_gradients_one_call_matches_backward():
@@ -86,15 +87,23 @@ def test_compute_gradients_one_call_matches_backward():
 
 
 def test_learns_deep_learning_and_generates_it():
-    result = train_charrnn(QUIZ_TEXT, hidden_size=16, steps=200, lr=0.02, seed=0,
-                           stop_at_accuracy=100.0)
+    result = train_charrnn(
+        QUIZ_TEXT, hidden_size=16, steps=200, lr=0.02, seed=0, stop_at_accuracy=100.0
+    )
     assert result.accuracy == 100.0 and result.steps < 200
     assert all(type(v) is float for v in result.history["loss"])
     assert result.history["loss"][-1] < result.history["loss"][0]
     text = generate(result.params, result.char2idx, result.idx2char, "D", len(QUIZ_TEXT) - 1)
     assert text == QUIZ_TEXT
-    sampled = generate(result.params, result.char2idx, result.idx2char, "D", 5,
-                       temperature=1.0, generator=torch.Generator().manual_seed(0))
+    sampled = generate(
+        result.params,
+        result.char2idx,
+        result.idx2char,
+        "D",
+        5,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert len(sampled) == 6 and sampled[0] == "D"
 
 

@@ -12,9 +12,25 @@ from deformconv.train import checkpoint as C
 from deformconv.train.cli import main
 from helpers import child_process_env
 
-TINY = ["cifar", "--model", "plain", "--train-size", "64", "--val-size", "32",
-        "--test-size", "40", "--width", "0.125", "--batch-size", "16", "--no-progress",
-        "--no-plot", "--seed", "3"]
+TINY = [
+    "cifar",
+    "--model",
+    "plain",
+    "--train-size",
+    "64",
+    "--val-size",
+    "32",
+    "--test-size",
+    "40",
+    "--width",
+    "0.125",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "--no-plot",
+    "--seed",
+    "3",
+]
 
 
 def test_atomic_save_keeps_previous_checkpoint_on_failure(tmp_path, monkeypatch):
@@ -49,8 +65,9 @@ def test_restore_refuses_other_configuration(tmp_path):
     model = torch.nn.Linear(3, 2)
     state = C.make_checkpoint(1, model, None, None, {}, {"model": "plain", "width": 0.5})
     with pytest.raises(C.CheckpointMismatchError, match="width"):
-        C.restore_checkpoint(state, model, config={"model": "plain", "width": 1.0},
-                             must_match=("model", "width"))
+        C.restore_checkpoint(
+            state, model, config={"model": "plain", "width": 1.0}, must_match=("model", "width")
+        )
 
 
 def _history(out):
@@ -84,8 +101,13 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     )
     proc = subprocess.run(
         [sys.executable, "-c", child, *TINY, "--epochs", "3", "--output-dir", killed],
-        check=False, env=child_process_env(), cwd=str(tmp_path), capture_output=True, text=True,
-        timeout=300)
+        check=False,
+        env=child_process_env(),
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert C.load_checkpoint(os.path.join(killed, "plain", "checkpoint.pt"))["epoch"] == 1
     assert not [f for f in os.listdir(os.path.join(killed, "plain")) if f.startswith(".tmp")]

@@ -13,22 +13,53 @@ from deformconv.train.cli import main
 from deformconv.train.synthetic import SHAPE_CLASSES
 from helpers import child_process_env
 
-TINY = ["--train-size", "48", "--val-size", "24", "--test-size", "30", "--width", "0.125",
-        "--batch-size", "16", "--no-progress", "--epochs", "2"]
+TINY = [
+    "--train-size",
+    "48",
+    "--val-size",
+    "24",
+    "--test-size",
+    "30",
+    "--width",
+    "0.125",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "--epochs",
+    "2",
+]
 
 
 @pytest.mark.slow
 def test_cifar_cli_compares_models_and_writes_outputs(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = str(tmp_path / "run")
-    assert main(["cifar", "--model", "plain", "deformable", "--output-dir", out,
-                 "--num-classes", "4", *TINY]) == 0
+    assert (
+        main(
+            [
+                "cifar",
+                "--model",
+                "plain",
+                "deformable",
+                "--output-dir",
+                out,
+                "--num-classes",
+                "4",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "test top-1" in printed and "best  classes" in printed and "worst classes" in printed
     for name in ("plain", "deformable"):
         run = os.path.join(out, name)
-        assert sorted(os.listdir(run)) == ["checkpoint.pt", "curves.png", "metrics.csv",
-                                           "metrics.json"]
+        assert sorted(os.listdir(run)) == [
+            "checkpoint.pt",
+            "curves.png",
+            "metrics.csv",
+            "metrics.json",
+        ]
         with open(os.path.join(run, "metrics.json")) as f:
             m = json.load(f)
         assert m["config"]["model"] == name and m["config"]["dataset"] == "shapes"
@@ -52,8 +83,17 @@ def test_cifar_cli_compares_models_and_writes_outputs(tmp_path, capsys):
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
-    code = main(["cifar", "--dataset", "cifar100", "--data-root", str(tmp_path / "none"),
-                 "--output-dir", str(tmp_path / "o")])
+    code = main(
+        [
+            "cifar",
+            "--dataset",
+            "cifar100",
+            "--data-root",
+            str(tmp_path / "none"),
+            "--output-dir",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "cifar-100-python" in err and "--download" in err
     with pytest.raises(SystemExit) as info:
@@ -67,10 +107,24 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 def test_charrnn_cli_via_python_m(tmp_path):
     out = str(tmp_path / "rnn")
     proc = subprocess.run(
-        [sys.executable, "-m", "deformconv.train", "charrnn", "--steps", "150",
-         "--output-dir", out, "--no-plot"],
-        check=False, env=child_process_env(), cwd=str(tmp_path), capture_output=True, text=True,
-        timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "deformconv.train",
+            "charrnn",
+            "--steps",
+            "150",
+            "--output-dir",
+            out,
+            "--no-plot",
+        ],
+        check=False,
+        env=child_process_env(),
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "generated from 'D': Deep_Learning" in proc.stdout
     with open(os.path.join(out, "metrics.json")) as f:
@@ -80,20 +134,34 @@ def test_charrnn_cli_via_python_m(tmp_path):
 
 
 def test_package_imports_without_matplotlib(tmp_path):
-    code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "import deformconv.train as t\n"
-            "from deformconv.train import cli, engine, data, models, charrnn, reporting\n"
-            "assert t.CustomCNN is models.CustomCNN\n"
-            "print('ok')\n")
-    proc = subprocess.run([sys.executable, "-c", code], check=False, env=child_process_env(),
-                          cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "import deformconv.train as t\n"
+        "from deformconv.train import cli, engine, data, models, charrnn, reporting\n"
+        "assert t.CustomCNN is models.CustomCNN\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        env=child_process_env(),
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
 
 def test_plot_is_skipped_with_warning_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    hist = {"epoch": [1.0], "train_loss": [1.0], "val_loss": [1.0], "train_acc": [1.0],
-            "val_acc": [1.0]}
+    hist = {
+        "epoch": [1.0],
+        "train_loss": [1.0],
+        "val_loss": [1.0],
+        "train_acc": [1.0],
+        "val_acc": [1.0],
+    }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert reporting.plot_history({"m": hist}, str(tmp_path / "p.png")) is None

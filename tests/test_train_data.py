@@ -29,13 +29,20 @@ def write_fake_cifar100(root, n_train=50, n_test=20, seed=0):
     for name, n in (("train", n_train), ("test", n_test)):
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         fine = [int(i % 100) for i in range(n)]
-        entry = {"filenames": [f"img_{i}.png" for i in range(n)], "batch_label": name,
-                 "fine_labels": fine, "coarse_labels": [f // 5 for f in fine], "data": data}
+        entry = {
+            "filenames": [f"img_{i}.png" for i in range(n)],
+            "batch_label": name,
+            "fine_labels": fine,
+            "coarse_labels": [f // 5 for f in fine],
+            "data": data,
+        }
         with open(os.path.join(folder, name), "wb") as f:
             pickle.dump(entry, f)
         raw[name] = (data, fine)
-    meta = {"fine_label_names": [f"class_{i:02d}" for i in range(100)],
-            "coarse_label_names": [f"super_{i:02d}" for i in range(20)]}
+    meta = {
+        "fine_label_names": [f"class_{i:02d}" for i in range(100)],
+        "coarse_label_names": [f"super_{i:02d}" for i in range(20)],
+    }
     with open(os.path.join(folder, "meta"), "wb") as f:
         pickle.dump(meta, f)
     return raw
@@ -90,9 +97,10 @@ def test_validation_uses_test_transform_not_augmentation(fake_root):
     # exactly ToTensor + Normalize of the raw image
     i = va.dataset.indices[0]
     hwc = raw["train"][0][i].reshape(3, 32, 32).transpose(1, 2, 0)
-    expected = (torch.from_numpy(hwc.copy()).permute(2, 0, 1).float() / 255
-                - torch.tensor(D.CIFAR100_MEAN).view(3, 1, 1)) / torch.tensor(
-                    D.CIFAR100_STD).view(3, 1, 1)
+    expected = (
+        torch.from_numpy(hwc.copy()).permute(2, 0, 1).float() / 255
+        - torch.tensor(D.CIFAR100_MEAN).view(3, 1, 1)
+    ) / torch.tensor(D.CIFAR100_STD).view(3, 1, 1)
     assert torch.allclose(a1, expected, atol=1e-6)
     t1, _ = te.dataset[0]
     assert torch.equal(t1, te.dataset[0][0])
@@ -105,9 +113,14 @@ def test_validation_uses_test_transform_not_augmentation(fake_root):
 def test_transform_pipelines_match_spec():
     train = D.cifar100_train_transform().transforms
     kinds = [type(t) for t in train]
-    assert kinds == [transforms.RandomCrop, transforms.RandomHorizontalFlip,
-                     transforms.RandomRotation, transforms.ColorJitter, transforms.ToTensor,
-                     transforms.Normalize]
+    assert kinds == [
+        transforms.RandomCrop,
+        transforms.RandomHorizontalFlip,
+        transforms.RandomRotation,
+        transforms.ColorJitter,
+        transforms.ToTensor,
+        transforms.Normalize,
+    ]
     assert train[0].size == (32, 32) and train[0].padding == 4 and train[1].p == 0.5
     assert train[2].degrees == [-10.0, 10.0]
     assert train[3].brightness == (0.8, 1.2) and train[3].contrast == (0.8, 1.2)
@@ -159,9 +172,25 @@ def test_cifar100_cli_on_fake_directory(tmp_path, capsys):
     root = str(tmp_path / "data")
     write_fake_cifar100(root, n_train=40, n_test=20)
     out = str(tmp_path / "run")
-    args = ["cifar", "--dataset", "cifar100", "--data-root", root, "--model", "batchnorm",
-            "--width", "0.125", "--epochs", "1", "--batch-size", "8", "--no-progress",
-            "--no-plot", "--output-dir", out]
+    args = [
+        "cifar",
+        "--dataset",
+        "cifar100",
+        "--data-root",
+        root,
+        "--model",
+        "batchnorm",
+        "--width",
+        "0.125",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--no-plot",
+        "--output-dir",
+        out,
+    ]
     assert main(args) == 2  # md5 check fails on the fake files
     assert "corrupted" in capsys.readouterr().err
     assert main(args + ["--no-verify"]) == 0
@@ -208,8 +237,9 @@ def test_shapes_are_learnable_by_a_small_cnn():
     from deformconv.train.engine import train_model
     from deformconv.train.models import CNNWithBatchNorm
 
-    tr, va, _ = D.shapes_loaders(batch_size=32, num_train=320, num_val=160, num_test=10,
-                                 seed=0, num_classes=4)
+    tr, va, _ = D.shapes_loaders(
+        batch_size=32, num_train=320, num_val=160, num_test=10, seed=0, num_classes=4
+    )
     torch.manual_seed(0)
     model = CNNWithBatchNorm(num_classes=4, width=0.25)
     hist = train_model(model, tr, va, num_epochs=6, seed=0, log=lambda msg: None)

@@ -50,22 +50,54 @@ def test_resolve_device_errors():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                    reason="needs torch.distributed with gloo")
+@pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
 def test_torchrun_two_cpu_processes(tmp_path):
     out = str(tmp_path / "ddp")
     env = dict(os.environ)  # same deformconv as this process; cwd is a temp dir (see below)
     root = os.path.dirname(os.path.dirname(os.path.abspath(deformconv.__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           "-m", "deformconv.train", "cifar", "--model", "plain", "deformable",
-           "--device", "cpu", "--epochs", "1", "--train-size", "40", "--val-size", "21",
-           "--test-size", "30", "--num-classes", "4", "--width", "0.125", "--batch-size", "8",
-           "--no-progress", "--no-plot", "--output-dir", out]
-    proc = subprocess.run(cmd, check=False, env=env, cwd=str(tmp_path), capture_output=True,
-                          text=True, timeout=400)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "deformconv.train",
+        "cifar",
+        "--model",
+        "plain",
+        "deformable",
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--train-size",
+        "40",
+        "--val-size",
+        "21",
+        "--test-size",
+        "30",
+        "--num-classes",
+        "4",
+        "--width",
+        "0.125",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--no-plot",
+        "--output-dir",
+        out,
+    ]
+    proc = subprocess.run(
+        cmd, check=False, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=400
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # only rank 0 logs: one epoch line and one report per model
     assert proc.stdout.count("epoch 1/1  train") == 2, proc.stdout
@@ -76,7 +108,10 @@ def test_torchrun_two_cpu_processes(tmp_path):
         assert json.load(f)["world_size"] == 2
     for name in ("plain", "deformable"):
         assert sorted(os.listdir(os.path.join(out, name))) == [
-            "checkpoint.pt", "metrics.csv", "metrics.json"]
+            "checkpoint.pt",
+            "metrics.csv",
+            "metrics.json",
+        ]
         with open(os.path.join(out, name, "metrics.json")) as f:
             m = json.load(f)
         assert m["rank"] == 0 and m["config"]["world_size"] == 2

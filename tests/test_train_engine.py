@@ -105,8 +105,9 @@ def test_validate_no_backward_grads_stay_none():
     torch.manual_seed(0)
     model = CustomCNN(num_classes=4, width=0.125)
     before = [p.detach().clone() for p in model.parameters()]
-    loader = DataLoader(TensorDataset(torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1])),
-                        batch_size=4)
+    loader = DataLoader(
+        TensorDataset(torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1])), batch_size=4
+    )
     loss, acc = validate(model, loader, nn.CrossEntropyLoss())
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
@@ -138,8 +139,12 @@ def test_evaluate_model_top1_top5_per_class_batch_of_one():
     table[4, labels[4]] = -100.0  # sample 4 wrong even at top-5
     ds = TensorDataset(torch.arange(10), labels)
     model = LookupModel(table)
-    r1 = evaluate_model(model, DataLoader(ds, batch_size=1), num_classes=num_classes,
-                        class_names=[f"c{i}" for i in range(num_classes)])
+    r1 = evaluate_model(
+        model,
+        DataLoader(ds, batch_size=1),
+        num_classes=num_classes,
+        class_names=[f"c{i}" for i in range(num_classes)],
+    )
     r4 = evaluate_model(model, DataLoader(ds, batch_size=4), num_classes=num_classes)
     pred = table.argmax(1)
     top5 = (table.topk(5, 1).indices == labels[:, None]).any(1)
@@ -172,9 +177,17 @@ def test_train_model_history_floats_scheduler_and_learning():
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
     model = CustomCNN(num_classes=2, width=0.125, dropout=0.0)
     seen = []
-    hist = train_model(model, loader, loader, num_epochs=3, step_size=1, gamma=0.5, lr=3e-3,
-                       on_epoch_end=lambda e, h, m, o, s: seen.append((e, type(o), type(s))),
-                       log=lambda msg: None)
+    hist = train_model(
+        model,
+        loader,
+        loader,
+        num_epochs=3,
+        step_size=1,
+        gamma=0.5,
+        lr=3e-3,
+        on_epoch_end=lambda e, h, m, o, s: seen.append((e, type(o), type(s))),
+        log=lambda msg: None,
+    )
     assert set(hist) == set(HISTORY_KEYS)
     for key, values in hist.items():
         assert len(values) == 3 and all(type(v) is float for v in values), key

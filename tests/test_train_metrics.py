@@ -13,12 +13,14 @@ from deformconv.train.metrics import (
 
 def _outputs():
     # 4 samples, 6 classes; rank of the true label: 1st, 2nd, 6th, 3rd
-    out = torch.tensor([
-        [9.0, 1, 2, 3, 4, 5],
-        [1.0, 2, 9, 3, 8, 0],
-        [5.0, 4, 3, 2, 1, 0],
-        [0.0, 9, 8, 7, 1, 2],
-    ])
+    out = torch.tensor(
+        [
+            [9.0, 1, 2, 3, 4, 5],
+            [1.0, 2, 9, 3, 8, 0],
+            [5.0, 4, 3, 2, 1, 0],
+            [0.0, 9, 8, 7, 1, 2],
+        ]
+    )
     labels = torch.tensor([0, 4, 5, 3])
     return out, labels
 

@@ -21,7 +21,10 @@ def test_custom_cnn_matches_quiz():
     assert m.fc1.in_features == 4096 and m.fc1.out_features == 512
     assert m.fc2.out_features == 100 and m.dropout.p == 0.5
     assert [(c.in_channels, c.out_channels) for c in (m.conv1, m.conv2, m.conv3)] == [
-        (3, 64), (64, 128), (128, 256)]
+        (3, 64),
+        (64, 128),
+        (128, 256),
+    ]
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 100)
 
 

@@ -24,11 +24,9 @@ namespace deformconv {
 namespace {
 
 at::Tensor deform_conv2d_redispatch(const at::Tensor& input, const at::Tensor& weight,
-                                    const at::Tensor& offset,
-                                    const c10::optional<at::Tensor>& mask,
-                                    const c10::optional<at::Tensor>& bias,
-                                    at::IntArrayRef stride, at::IntArrayRef padding,
-                                    at::IntArrayRef dilation) {
+                                    const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
+                                    const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                    at::IntArrayRef padding, at::IntArrayRef dilation) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("deformconv::deform_conv2d", "")
                        .typed<decltype(deform_conv2d_redispatch)>();
@@ -52,8 +50,7 @@ c10::optional<at::Tensor> position_cast(at::ScalarType autocast_dtype,
 
 template <c10::DispatchKey autocast_key, c10::DeviceType device_type>
 at::Tensor deform_conv2d_autocast(const at::Tensor& input, const at::Tensor& weight,
-                                  const at::Tensor& offset,
-                                  const c10::optional<at::Tensor>& mask,
+                                  const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
                                   const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);

@@ -196,9 +196,9 @@ DEFORMCONV_HOST_DEVICE void directional_weights(acc_t ly, acc_t lx, acc_t mask, 
 // A sample defined as 0 gets 0 for all three: callers must not call this there.
 template <typename acc_t>
 DEFORMCONV_HOST_DEVICE void second_order_sample_grads(const acc_t e[4], const acc_t f[4], acc_t ly,
-                                                      acc_t lx, acc_t mask, acc_t v_dy,
-                                                      acc_t v_dx, acc_t v_mask, acc_t* grad_dy,
-                                                      acc_t* grad_dx, acc_t* grad_mask) {
+                                                      acc_t lx, acc_t mask, acc_t v_dy, acc_t v_dx,
+                                                      acc_t v_mask, acc_t* grad_dy, acc_t* grad_dx,
+                                                      acc_t* grad_mask) {
   acc_t w[4], e_dy, e_dx, f_dy, f_dx;
   bilinear_weights(ly, lx, w);
   bilinear_coordinate_grad(e, ly, lx, &e_dy, &e_dx);

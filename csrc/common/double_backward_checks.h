@@ -19,13 +19,15 @@ inline void check_cotangent(const c10::optional<at::Tensor>& t, const at::Tensor
 }
 
 // The cotangents of (grad_input, grad_weight, grad_offset, grad_mask, grad_bias).
-inline void check_double_backward_cotangents(
-    const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offset,
-    const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& grad_grad_input,
-    const c10::optional<at::Tensor>& grad_grad_weight,
-    const c10::optional<at::Tensor>& grad_grad_offset,
-    const c10::optional<at::Tensor>& grad_grad_mask,
-    const c10::optional<at::Tensor>& grad_grad_bias, const c10::SymInt& out_channels) {
+inline void check_double_backward_cotangents(const at::Tensor& input, const at::Tensor& weight,
+                                             const at::Tensor& offset,
+                                             const c10::optional<at::Tensor>& mask,
+                                             const c10::optional<at::Tensor>& grad_grad_input,
+                                             const c10::optional<at::Tensor>& grad_grad_weight,
+                                             const c10::optional<at::Tensor>& grad_grad_offset,
+                                             const c10::optional<at::Tensor>& grad_grad_mask,
+                                             const c10::optional<at::Tensor>& grad_grad_bias,
+                                             const c10::SymInt& out_channels) {
   check_cotangent(grad_grad_input, input, "grad_grad_input");
   check_cotangent(grad_grad_weight, weight, "grad_grad_weight");
   check_cotangent(grad_grad_offset, offset, "grad_grad_offset");

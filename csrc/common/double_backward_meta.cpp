@@ -21,15 +21,16 @@ at::Tensor result_like(const at::Tensor& t, bool wanted, bool follow_layout) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-deform_conv2d_double_backward_meta(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
-    const c10::optional<at::Tensor>& grad_grad_input,
-    const c10::optional<at::Tensor>& grad_grad_weight,
-    const c10::optional<at::Tensor>& grad_grad_offset,
-    const c10::optional<at::Tensor>& grad_grad_mask,
-    const c10::optional<at::Tensor>& grad_grad_bias, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 5> output_mask) {
+deform_conv2d_double_backward_meta(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const at::Tensor& weight, const at::Tensor& offset,
+                                   const c10::optional<at::Tensor>& mask,
+                                   const c10::optional<at::Tensor>& grad_grad_input,
+                                   const c10::optional<at::Tensor>& grad_grad_weight,
+                                   const c10::optional<at::Tensor>& grad_grad_offset,
+                                   const c10::optional<at::Tensor>& grad_grad_mask,
+                                   const c10::optional<at::Tensor>& grad_grad_bias,
+                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, std::array<bool, 5> output_mask) {
   const SymConvGeometry geo = check_deform_conv2d_args_sym(input, weight, offset, mask,
                                                            c10::nullopt, stride, padding, dilation);
   check_grad_output(grad_output, input, geo);

@@ -40,7 +40,8 @@ at::Tensor conv1x1_rows(const at::Tensor& rows, const at::Tensor& weight,
   const int64_t width = std::min(R, kImageWidth);
   const int64_t head = R / width * width;
   if (head == R) return conv(rows, width);
-  return at::cat({conv(rows.narrow(0, 0, head), width), conv(rows.narrow(0, head, R - head), R - head)});
+  return at::cat(
+      {conv(rows.narrow(0, 0, head), width), conv(rows.narrow(0, head, R - head), R - head)});
 }
 
 // mkldnn::_linear_pointwise (ATen's oneDNN linear, used by Inductor), where this torch has
@@ -48,7 +49,8 @@ at::Tensor conv1x1_rows(const at::Tensor& rows, const at::Tensor& weight,
 const c10::optional<c10::OperatorHandle>& onednn_linear() {
   static const c10::optional<c10::OperatorHandle> op = []() -> c10::optional<c10::OperatorHandle> {
     auto found = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
-    if (!found || found->schema().arguments().size() != 6 || found->schema().returns().size() != 1) {
+    if (!found || found->schema().arguments().size() != 6 ||
+        found->schema().returns().size() != 1) {
       return c10::nullopt;
     }
     return found;
@@ -57,9 +59,14 @@ const c10::optional<c10::OperatorHandle>& onednn_linear() {
 }
 
 // Tensor[M, N] = x Tensor[M, K] @ w Tensor[N, K]^T through oneDNN's linear.
-at::Tensor onednn_x_wt(const c10::OperatorHandle& linear, const at::Tensor& x, const at::Tensor& w) {
-  torch::jit::Stack stack{x, w, c10::IValue(), std::string("none"),
-                          c10::List<c10::optional<at::Scalar>>(), c10::IValue(std::string())};
+at::Tensor onednn_x_wt(const c10::OperatorHandle& linear, const at::Tensor& x,
+                       const at::Tensor& w) {
+  torch::jit::Stack stack{x,
+                          w,
+                          c10::IValue(),
+                          std::string("none"),
+                          c10::List<c10::optional<at::Scalar>>(),
+                          c10::IValue(std::string())};
   linear.callBoxed(&stack);
   return stack.at(0).toTensor();
 }

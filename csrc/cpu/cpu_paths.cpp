@@ -39,10 +39,14 @@ bool cpu_has_any(std::initializer_list<const char*> units) {
 
 const char* dtype_name(at::ScalarType t) {
   switch (t) {
-    case at::kDouble: return "float64";
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    default: return "float32";
+    case at::kDouble:
+      return "float64";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kHalf:
+      return "float16";
+    default:
+      return "float32";
   }
 }
 
@@ -92,8 +96,8 @@ std::string describe_path(at::ScalarType dtype) {
   const bool is16 = dtype == at::kBFloat16 || dtype == at::kHalf;
   const at::ScalarType compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
   const bool native = native_16bit(dtype);
-  std::string path = std::string("gemm=") +
-                     (gemm_backend(compute) == GemmBackend::kOneDnn ? "onednn" : "mm");
+  std::string path =
+      std::string("gemm=") + (gemm_backend(compute) == GemmBackend::kOneDnn ? "onednn" : "mm");
   path += std::string(" columns=") + dtype_name(native ? dtype : compute);
   if (is16 && !native) path += " (16-bit input computed in float32)";
   path += std::string(" loops=") + loop_isa();
@@ -105,9 +109,7 @@ std::string cpu_path_op(c10::ScalarType dtype) { return describe_path(dtype); }
 }  // namespace
 
 // Private query for benchmarks and tests: torch.ops.deformconv._cpu_path(torch.bfloat16).
-TORCH_LIBRARY_FRAGMENT(deformconv, m) {
-  m.def("_cpu_path(ScalarType dtype) -> str", &cpu_path_op);
-}
+TORCH_LIBRARY_FRAGMENT(deformconv, m) { m.def("_cpu_path(ScalarType dtype) -> str", &cpu_path_op); }
 
 }  // namespace cpu
 }  // namespace deformconv

@@ -27,15 +27,16 @@ inline at::Tensor to_dtype(const at::Tensor& t, const at::Tensor& input) {
   return t.to(input.scalar_type()).contiguous();
 }
 
-inline c10::optional<at::Tensor> to_dtype(const c10::optional<at::Tensor>& t, const at::Tensor& input) {
+inline c10::optional<at::Tensor> to_dtype(const c10::optional<at::Tensor>& t,
+                                          const at::Tensor& input) {
   if (!t.has_value()) return c10::nullopt;
   return to_dtype(*t, input);
 }
 
 // A result in the caller's dtype and in the memory format `like` prefers.
 inline at::Tensor to_caller(const at::Tensor& t, const at::Tensor& like) {
-  const auto format = prefers_channels_last(like) ? at::MemoryFormat::ChannelsLast
-                                                  : at::MemoryFormat::Contiguous;
+  const auto format =
+      prefers_channels_last(like) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   return t.to(like.scalar_type()).contiguous(format);
 }
 
@@ -53,8 +54,9 @@ inline at::Tensor bordered_nhwc(const at::Tensor& input) {
 
 // Weight as (groups, kh*kw*C_in/groups, C_out/groups), rows in column order (tap, channel).
 inline at::Tensor weight_for_columns(const at::Tensor& weight, const ConvGeometry& g) {
-  return weight.view({g.groups, g.out_channels_per_group(), g.in_channels_per_group(), g.kernel_h,
-                      g.kernel_w})
+  return weight
+      .view(
+          {g.groups, g.out_channels_per_group(), g.in_channels_per_group(), g.kernel_h, g.kernel_w})
       .permute({0, 3, 4, 2, 1})
       .reshape({g.groups, g.taps() * g.in_channels_per_group(), g.out_channels_per_group()})
       .contiguous();

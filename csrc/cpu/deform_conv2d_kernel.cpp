@@ -97,8 +97,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
         grad_out_times_weight_t(backend, grad_block.to(opts.dtype()), w_cols_acc).contiguous();
     scatter_input_grad(L, runs, grad_columns.data_ptr<acc_t>(), table.data(), p0, chunk,
                        grad_bordered.data_ptr<acc_t>());
-    sample_grads(L, runs, bordered.data_ptr<acc_t>(), grad_columns.data_ptr<acc_t>(),
-                 table.data(), p0, chunk, grad_offset.data_ptr<acc_t>(),
+    sample_grads(L, runs, bordered.data_ptr<acc_t>(), grad_columns.data_ptr<acc_t>(), table.data(),
+                 p0, chunk, grad_offset.data_ptr<acc_t>(),
                  mask ? grad_mask.data_ptr<acc_t>() : nullptr);
   }
   const at::Tensor grad_input =
@@ -115,9 +115,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
 at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                                      const at::Tensor& offset,
                                      const c10::optional<at::Tensor>& mask,
-                                     const c10::optional<at::Tensor>& bias,
-                                     at::IntArrayRef stride, at::IntArrayRef padding,
-                                     at::IntArrayRef dilation) {
+                                     const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation) {
   const ConvGeometry geo =
       check_deform_conv2d_args(input, weight, offset, mask, bias, stride, padding, dilation);
   const Layout L(geo);
@@ -131,8 +130,9 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
   if (native_16bit(input.scalar_type())) {
     // Columns, weight, bias and GEMM in the input's 16-bit dtype; sampling in float32.
     AT_DISPATCH_REDUCED_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_forward_cpu", [&] {
-      out = forward_impl<float, scalar_t>(L, backend, input, to_dtype(weight, input),
-                                          to_opmath(offset), to_opmath(mask), to_dtype(bias, input));
+      out =
+          forward_impl<float, scalar_t>(L, backend, input, to_dtype(weight, input),
+                                        to_opmath(offset), to_opmath(mask), to_dtype(bias, input));
     });
   } else {
     AT_DISPATCH_FLOATING_TYPES(opmath_dtype(input.scalar_type()), "deform_conv2d_forward_cpu", [&] {
@@ -143,12 +143,11 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
   return to_caller(out, input);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-deform_conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                           const at::Tensor& weight, const at::Tensor& offset,
-                           const c10::optional<at::Tensor>& mask,
-                           const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                           at::IntArrayRef padding, at::IntArrayRef dilation) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
+    const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
   const ConvGeometry geo =
       check_deform_conv2d_args(input, weight, offset, mask, bias, stride, padding, dilation);
   check_grad_output(grad_output, input, geo);

@@ -133,9 +133,8 @@ DEFORMCONV_CPU_CLONES void sample_grad_rows(const Layout& L, const std::vector<C
         const int64_t gk = run.offset_group * taps + k;
         const Sample<acc_t>& s = samples[gk];
         if (!s.valid) continue;
-        corner_dots_run(bordered + s.base + run.begin, steps,
-                        row + run.column_base + k * per_group, run.end - run.begin,
-                        dots + 4 * gk);
+        corner_dots_run(bordered + s.base + run.begin, steps, row + run.column_base + k * per_group,
+                        run.end - run.begin, dots + 4 * gk);
       }
     }
     const int64_t p = p_begin + q;
@@ -169,8 +168,8 @@ void sample_grads(const Layout& L, const std::vector<ChannelRun>& runs, const ac
                   int64_t chunk, acc_t* grad_offset, acc_t* grad_mask) {
   at::parallel_for(0, chunk, 16, [&](int64_t q_begin, int64_t q_end) {
     std::vector<acc_t> dots(4 * L.samples);
-    sample_grad_rows(L, runs, bordered, grad_columns, table, p_begin, q_begin, q_end,
-                     dots.data(), grad_offset, grad_mask);
+    sample_grad_rows(L, runs, bordered, grad_columns, table, p_begin, q_begin, q_end, dots.data(),
+                     grad_offset, grad_mask);
   });
 }
 

@@ -62,7 +62,8 @@ class CpuSecondOrderPasses {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(deformconv, CPU, m) {
-  m.impl("_deform_conv2d_double_backward", &second_order::double_backward_entry<CpuSecondOrderPasses>);
+  m.impl("_deform_conv2d_double_backward",
+         &second_order::double_backward_entry<CpuSecondOrderPasses>);
 }
 
 }  // namespace cpu

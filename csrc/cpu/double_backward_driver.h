@@ -97,8 +97,7 @@ std::array<at::Tensor, 5> double_backward_impl(const Layout& L, const at::Tensor
       if (!needed) return at::Tensor();
       return column_storage.narrow(0, len * next++, len).view({chunk, L.columns});
     };
-    const at::Tensor d = take(need_d), cols = take(need_cols), a = take(need_a),
-                     a2 = take(need_a2);
+    const at::Tensor d = take(need_d), cols = take(need_cols), a = take(need_a), a2 = take(need_a2);
     passes.begin_chunk(p0, chunk);
     if (need_d) passes.fill_directional(d.data_ptr<acc_t>());
     if (need_cols) passes.fill_columns(cols.data_ptr<acc_t>());
@@ -166,8 +165,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> double_ba
 
   std::array<at::Tensor, 5> r;
   if (L.pixels > 0 && geo.out_channels > 0) {
-    const at::Tensor grad_pc = grad_output.to(opmath).permute({0, 2, 3, 1}).contiguous().view(
-        {L.pixels, geo.out_channels});
+    const at::Tensor grad_pc = grad_output.to(opmath)
+                                   .permute({0, 2, 3, 1})
+                                   .contiguous()
+                                   .view({L.pixels, geo.out_channels});
     auto in_opmath = [&](const at::Tensor& t) { return t.to(opmath).contiguous(); };
     Cotangents v;
     if (grad_grad_input) v.input_bordered = bordered_nhwc(in_opmath(*grad_grad_input));
@@ -175,10 +176,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> double_ba
     if (grad_grad_offset) v.offset = in_opmath(*grad_grad_offset);
     if (grad_grad_mask) v.mask = in_opmath(*grad_grad_mask);
     AT_DISPATCH_FLOATING_TYPES(opmath, "deform_conv2d_double_backward_cpu", [&] {
-      r = double_backward_impl<Passes, scalar_t>(L, grad_pc, input, in_opmath(weight), in_opmath(offset),
-                                         mask ? c10::optional<at::Tensor>(in_opmath(*mask))
-                                              : c10::nullopt,
-                                         v, want);
+      r = double_backward_impl<Passes, scalar_t>(
+          L, grad_pc, input, in_opmath(weight), in_opmath(offset),
+          mask ? c10::optional<at::Tensor>(in_opmath(*mask)) : c10::nullopt, v, want);
     });
   }
   // d/d grad_out also gets vB in every pixel (grad_bias = sum of grad_out).

@@ -37,8 +37,8 @@ struct SampleDirections {
   }
 
   // The cotangents of sample gk of pixel (n, r): 0 where absent.
-  void cotangents_at(const Layout& L, int64_t n, int64_t r, int64_t gk, acc_t* v_dy,
-                     acc_t* v_dx, acc_t* v_mask) const {
+  void cotangents_at(const Layout& L, int64_t n, int64_t r, int64_t gk, acc_t* v_dy, acc_t* v_dx,
+                     acc_t* v_mask) const {
     const int64_t hw_out = L.geo.out_pixels();
     const acc_t* vo = offset ? offset + (n * 2 * L.samples + 2 * gk) * hw_out + r : nullptr;
     *v_dy = vo ? vo[0] : acc_t(0);
@@ -92,10 +92,10 @@ void fill_directional_columns(const Layout& L, const std::vector<ChannelRun>& ru
 // mask * w). Either may be null (A only matters with dirs.any()). Tasks own
 // (image, channel slice) pairs, as in scatter_input_grad: no races, fixed order.
 template <typename acc_t>
-void scatter_second_order(const Layout& L, const std::vector<ChannelRun>& runs,
-                          const acc_t* grad_a, const acc_t* grad_a2,
-                          const SampleDirections<acc_t>& dirs, const Sample<acc_t>* table,
-                          int64_t p_begin, int64_t chunk, acc_t* grad_bordered) {
+void scatter_second_order(const Layout& L, const std::vector<ChannelRun>& runs, const acc_t* grad_a,
+                          const acc_t* grad_a2, const SampleDirections<acc_t>& dirs,
+                          const Sample<acc_t>* table, int64_t p_begin, int64_t chunk,
+                          acc_t* grad_bordered) {
   const ConvGeometry& g = L.geo;
   const int64_t taps = g.taps();
   const int64_t per_group = g.in_channels_per_group();
@@ -147,11 +147,10 @@ void scatter_second_order(const Layout& L, const std::vector<ChannelRun>& runs,
 // group's channels, then that formula. Invalid samples (defined as 0) get 0. Any of
 // v_bordered, grad_a, grad_a2 may be null. Tasks own pixel ranges: no races, fixed order.
 template <typename acc_t>
-void second_order_pass(const Layout& L, const std::vector<ChannelRun>& runs,
-                       const acc_t* bordered, const acc_t* v_bordered, const acc_t* grad_a,
-                       const acc_t* grad_a2, const SampleDirections<acc_t>& dirs,
-                       const Sample<acc_t>* table, int64_t p_begin, int64_t chunk,
-                       acc_t* grad_offset, acc_t* grad_mask) {
+void second_order_pass(const Layout& L, const std::vector<ChannelRun>& runs, const acc_t* bordered,
+                       const acc_t* v_bordered, const acc_t* grad_a, const acc_t* grad_a2,
+                       const SampleDirections<acc_t>& dirs, const Sample<acc_t>* table,
+                       int64_t p_begin, int64_t chunk, acc_t* grad_offset, acc_t* grad_mask) {
   const ConvGeometry& g = L.geo;
   const int64_t taps = g.taps();
   const int64_t per_group = g.in_channels_per_group();

@@ -72,9 +72,8 @@ inline std::vector<ChannelRun> channel_runs(const ConvGeometry& g) {
 // from SSE4.1 on), pixel indices stepped without divisions.
 template <typename acc_t>
 DEFORMCONV_CPU_CLONES void sample_table_rows(const Layout& L, const acc_t* offset,
-                                             const acc_t* mask, int64_t p_begin,
-                                             int64_t q_begin, int64_t q_end,
-                                             Sample<acc_t>* table) {
+                                             const acc_t* mask, int64_t p_begin, int64_t q_begin,
+                                             int64_t q_end, Sample<acc_t>* table) {
   const ConvGeometry& g = L.geo;
   const int64_t hw_out = g.out_pixels();
   const int64_t C = g.in_channels;

@@ -30,8 +30,8 @@ DEFORMCONV_CPU_CLONES void sample2_run(const T* a00, const T* wa, const T* b00, 
 // Adjoint of sample_run for two gradients with their own weights:
 // corner_c[i] += wa[c] * a[i] + wb[c] * b[i].
 template <typename T>
-DEFORMCONV_CPU_CLONES void scatter2_run(T* g00, CornerSteps s, const T* wa, const T* a,
-                                        const T* wb, const T* b, int64_t n) {
+DEFORMCONV_CPU_CLONES void scatter2_run(T* g00, CornerSteps s, const T* wa, const T* a, const T* wb,
+                                        const T* b, int64_t n) {
   T* g01 = g00 + s.col_step;
   T* g10 = g00 + s.row_step;
   T* g11 = g10 + s.col_step;

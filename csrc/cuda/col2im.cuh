@@ -39,13 +39,15 @@ struct CoordGradOutputs {
 // each 16-bit result is rounded once, by the caller. Loads go kVec channels at a time
 // (packs); lanes of a team take consecutive packs.
 template <typename scalar_t, typename index_t, int kVec, bool kScatter>
-__global__ void __launch_bounds__(kThreads) deformable_col2im_coord_kernel(
-    const SamplingArgs<index_t> a, const scalar_t* __restrict__ input,
-    const at::opmath_type<scalar_t>* __restrict__ offset,
-    const at::opmath_type<scalar_t>* __restrict__ mask,
-    const at::opmath_type<scalar_t>* __restrict__ grad_columns, scalar_t* __restrict__ columns,
-    at::opmath_type<scalar_t>* __restrict__ grad_input,
-    const CoordGradOutputs<at::opmath_type<scalar_t>, index_t> out) {
+__global__ void __launch_bounds__(kThreads)
+    deformable_col2im_coord_kernel(const SamplingArgs<index_t> a,
+                                   const scalar_t* __restrict__ input,
+                                   const at::opmath_type<scalar_t>* __restrict__ offset,
+                                   const at::opmath_type<scalar_t>* __restrict__ mask,
+                                   const at::opmath_type<scalar_t>* __restrict__ grad_columns,
+                                   scalar_t* __restrict__ columns,
+                                   at::opmath_type<scalar_t>* __restrict__ grad_input,
+                                   const CoordGradOutputs<at::opmath_type<scalar_t>, index_t> out) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t team = static_cast<index_t>(blockDim.x);
   const index_t lane = static_cast<index_t>(threadIdx.x);
@@ -156,10 +158,11 @@ __global__ void __launch_bounds__(kThreads) deformable_col2im_coord_kernel(
 //   coef[e] = m * w_corner;   src[e] = p*columns + k*C_in/groups (column row + tap block).
 // A stable sort by key then lists each destination's contributions in entry order.
 template <typename acc_t, typename index_t>
-__global__ void __launch_bounds__(kThreads) deformable_col2im_entries_kernel(
-    const SamplingArgs<index_t> a, const acc_t* __restrict__ offset,
-    const acc_t* __restrict__ mask, int64_t* __restrict__ keys, acc_t* __restrict__ coef,
-    int64_t* __restrict__ src) {
+__global__ void __launch_bounds__(kThreads)
+    deformable_col2im_entries_kernel(const SamplingArgs<index_t> a,
+                                     const acc_t* __restrict__ offset,
+                                     const acc_t* __restrict__ mask, int64_t* __restrict__ keys,
+                                     acc_t* __restrict__ coef, int64_t* __restrict__ src) {
   const int64_t rows = blockDim.y;
   const index_t o = static_cast<index_t>(blockIdx.y) / a.taps;
   const index_t k = static_cast<index_t>(blockIdx.y) - o * a.taps;
@@ -193,11 +196,13 @@ __global__ void __launch_bounds__(kThreads) deformable_col2im_entries_kernel(
 // coef * grad_columns over the run in sorted (= entry) order and adds the sum to
 // grad_input once. No two teams write the same element: no atomics, a fixed order.
 template <typename acc_t, typename index_t>
-__global__ void __launch_bounds__(kThreads) deformable_col2im_gather_kernel(
-    const SamplingArgs<index_t> a, const int64_t* __restrict__ sorted_keys,
-    const int64_t* __restrict__ order, const acc_t* __restrict__ coef,
-    const int64_t* __restrict__ src, const acc_t* __restrict__ grad_columns,
-    acc_t* __restrict__ grad_input, const int64_t entries) {
+__global__ void __launch_bounds__(kThreads)
+    deformable_col2im_gather_kernel(const SamplingArgs<index_t> a,
+                                    const int64_t* __restrict__ sorted_keys,
+                                    const int64_t* __restrict__ order,
+                                    const acc_t* __restrict__ coef, const int64_t* __restrict__ src,
+                                    const acc_t* __restrict__ grad_columns,
+                                    acc_t* __restrict__ grad_input, const int64_t entries) {
   const index_t team = static_cast<index_t>(blockDim.x);
   const index_t lane = static_cast<index_t>(threadIdx.x);
   const int64_t rows = blockDim.y;

@@ -125,9 +125,8 @@ void check_input_on_cuda(const at::Tensor& input) {
 at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
                                       const at::Tensor& offset,
                                       const c10::optional<at::Tensor>& mask,
-                                      const c10::optional<at::Tensor>& bias,
-                                      at::IntArrayRef stride, at::IntArrayRef padding,
-                                      at::IntArrayRef dilation) {
+                                      const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation) {
   // Device mismatches (e.g. offset on the CPU) are reported here, naming the argument.
   const ConvGeometry geo =
       check_deform_conv2d_args(input, weight, offset, mask, bias, stride, padding, dilation);
@@ -151,8 +150,8 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor&
   const at::Tensor offset_k = to_opmath(offset);
   const c10::optional<at::Tensor> mask_k = to_opmath(mask);
   const int64_t max_chunk = chunk_pixels(pixels, columns * input.element_size(), pixels);
-  const bool index32 = fits_int32({input.numel(), max_chunk * columns, extent(offset_k),
-                                   extent(mask_k), pixels});
+  const bool index32 =
+      fits_int32({input.numel(), max_chunk * columns, extent(offset_k), extent(mask_k), pixels});
   at::Tensor column_buffer = at::empty({max_chunk, columns}, input.options());
 
   // Step 2: per chunk, im2col then one GEMM per conv group (bias fused into the GEMM).
@@ -175,12 +174,11 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor&
   return out.contiguous(format);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                            const at::Tensor& weight, const at::Tensor& offset,
-                            const c10::optional<at::Tensor>& mask,
-                            const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
+    const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
   const ConvGeometry geo =
       check_deform_conv2d_args(input, weight, offset, mask, bias, stride, padding, dilation);
   check_grad_output(grad_output, input, geo);
@@ -212,10 +210,10 @@ deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& inp
   if (pixels == 0 || geo.out_channels == 0) {
     grad_offset.zero_();
     if (grad_mask.has_value()) grad_mask->zero_();
-    return in_caller_dtypes(zeros_in(input.sizes(), opts, format_of(input)),
-                            at::zeros(weight.sizes(), weight.options()),
-                            bias.has_value() ? at::zeros(bias->sizes(), bias->options())
-                                             : no_grad());
+    return in_caller_dtypes(
+        zeros_in(input.sizes(), opts, format_of(input)),
+        at::zeros(weight.sizes(), weight.options()),
+        bias.has_value() ? at::zeros(bias->sizes(), bias->options()) : no_grad());
   }
 
   // Step 1: channels-last input, grad_output as (pixels, C_out) rows, weight matrix.
@@ -237,13 +235,12 @@ deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& inp
   int64_t max_pixels = pixels;
   if (deterministic) {
     bytes_per_pixel += 4 * items_per_pixel * kDeterministicBytesPerEntry;
-    max_pixels = std::max<int64_t>(
-        1, (std::numeric_limits<int32_t>::max() - 1) / (4 * items_per_pixel));
+    max_pixels =
+        std::max<int64_t>(1, (std::numeric_limits<int32_t>::max() - 1) / (4 * items_per_pixel));
   }
   const int64_t max_chunk = chunk_pixels(pixels, bytes_per_pixel, max_pixels);
-  const bool index32 =
-      fits_int32({input.numel(), max_chunk * columns, extent(offset_k), extent(mask_k),
-                  extent(grad_offset), extent(grad_mask), pixels});
+  const bool index32 = fits_int32({input.numel(), max_chunk * columns, extent(offset_k),
+                                   extent(mask_k), extent(grad_offset), extent(grad_mask), pixels});
   at::Tensor column_buffer = at::empty({max_chunk, columns}, opts);
   // grad_columns stays in opmath: one rounding of grad_input / grad_offset / grad_mask (a
   // 16-bit grad_columns would round them twice, and overflow fp16 under a large loss scale).
@@ -293,8 +290,8 @@ deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& inp
       const at::Tensor src = src_buffer.narrow(0, 0, entries);
       launch_col2im_entries(offset_k, mask_k, geo, chunk, index32, keys, coef, src);
       const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-      launch_col2im_gather(geo, chunk, index32, std::get<0>(sorted), std::get<1>(sorted), coef,
-                           src, grad_cols, grad_input_acc);
+      launch_col2im_gather(geo, chunk, index32, std::get<0>(sorted), std::get<1>(sorted), coef, src,
+                           grad_cols, grad_input_acc);
     }
 
     // 3d: grad_weight += grad_out^T . columns, accumulated in opmath across chunks.
@@ -322,15 +319,14 @@ deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& inp
     grad_input = at::empty(input.sizes(), opts.memory_format(format_of(input)));
     grad_input.copy_(grad_input_acc);
   }
-  at::Tensor grad_weight = grad_wmat
-                               .view({geo.out_channels, geo.kernel_h, geo.kernel_w,
-                                      geo.in_channels_per_group()})
-                               .permute({0, 3, 1, 2})
-                               .to(weight.scalar_type())
-                               .contiguous();
-  at::Tensor grad_bias =
-      bias.has_value() ? grad_rows.sum(0, /*keepdim=*/false, opmath).to(bias->scalar_type())
-                       : no_grad();
+  at::Tensor grad_weight =
+      grad_wmat.view({geo.out_channels, geo.kernel_h, geo.kernel_w, geo.in_channels_per_group()})
+          .permute({0, 3, 1, 2})
+          .to(weight.scalar_type())
+          .contiguous();
+  at::Tensor grad_bias = bias.has_value()
+                             ? grad_rows.sum(0, /*keepdim=*/false, opmath).to(bias->scalar_type())
+                             : no_grad();
   return in_caller_dtypes(grad_input, grad_weight, grad_bias);
 }
 

@@ -42,21 +42,22 @@ class CudaSecondOrderPasses {
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-deform_conv2d_double_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
-    const c10::optional<at::Tensor>& grad_grad_input,
-    const c10::optional<at::Tensor>& grad_grad_weight,
-    const c10::optional<at::Tensor>& grad_grad_offset,
-    const c10::optional<at::Tensor>& grad_grad_mask,
-    const c10::optional<at::Tensor>& grad_grad_bias, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 5> output_mask) {
+deform_conv2d_double_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const at::Tensor& weight, const at::Tensor& offset,
+                                   const c10::optional<at::Tensor>& mask,
+                                   const c10::optional<at::Tensor>& grad_grad_input,
+                                   const c10::optional<at::Tensor>& grad_grad_weight,
+                                   const c10::optional<at::Tensor>& grad_grad_offset,
+                                   const c10::optional<at::Tensor>& grad_grad_mask,
+                                   const c10::optional<at::Tensor>& grad_grad_bias,
+                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, std::array<bool, 5> output_mask) {
   TORCH_CHECK(backend::on_device(input),
               "input must be a CUDA tensor for the CUDA kernel: got input on ", input.device());
   const backend::DeviceGuard guard(input.device());
   return cpu::second_order::double_backward_entry<CudaSecondOrderPasses>(
-      grad_output, input, weight, offset, mask, grad_grad_input, grad_grad_weight,
-      grad_grad_offset, grad_grad_mask, grad_grad_bias, stride, padding, dilation, output_mask);
+      grad_output, input, weight, offset, mask, grad_grad_input, grad_grad_weight, grad_grad_offset,
+      grad_grad_mask, grad_grad_bias, stride, padding, dilation, output_mask);
 }
 
 }  // namespace cuda

@@ -32,8 +32,8 @@ struct Located {
 };
 
 template <typename acc_t>
-__device__ __forceinline__ Located<acc_t> locate(const Args& a, const Inputs<acc_t>& in,
-                                                 int64_t q, int64_t gk) {
+__device__ __forceinline__ Located<acc_t> locate(const Args& a, const Inputs<acc_t>& in, int64_t q,
+                                                 int64_t gk) {
   Located<acc_t> s;
   s.hw_out = a.out_h * a.out_w;
   const int64_t p = a.p0 + q;
@@ -43,10 +43,12 @@ __device__ __forceinline__ Located<acc_t> locate(const Args& a, const Inputs<acc
   // offset[n, 2*gk, ho, wo] is dy and offset[n, 2*gk + 1, ho, wo] is dx.
   s.offset_index = (n * 2 * a.samples + 2 * gk) * s.hw_out + r;
   s.mask_index = (n * a.samples + gk) * s.hw_out + r;
-  const acc_t y = base_coordinate<acc_t>(r / a.out_w, a.stride_h, a.pad_h, k / a.kernel_w,
-                                         a.dilation_h) + in.offset[s.offset_index];
-  const acc_t x = base_coordinate<acc_t>(r % a.out_w, a.stride_w, a.pad_w, k % a.kernel_w,
-                                         a.dilation_w) + in.offset[s.offset_index + s.hw_out];
+  const acc_t y =
+      base_coordinate<acc_t>(r / a.out_w, a.stride_h, a.pad_h, k / a.kernel_w, a.dilation_h) +
+      in.offset[s.offset_index];
+  const acc_t x =
+      base_coordinate<acc_t>(r % a.out_w, a.stride_w, a.pad_w, k % a.kernel_w, a.dilation_w) +
+      in.offset[s.offset_index + s.hw_out];
   s.mask = in.mask ? in.mask[s.mask_index] : acc_t(1);
   s.v_dy = in.v_offset ? in.v_offset[s.offset_index] : acc_t(0);
   s.v_dx = in.v_offset ? in.v_offset[s.offset_index + s.hw_out] : acc_t(0);
@@ -79,9 +81,9 @@ __device__ __forceinline__ int64_t column_of(const Args& a, int64_t c, int64_t k
          (c - group * a.channels_per_group);
 }
 
-#define DEFORMCONV_GRID_STRIDE(i, total)                                        \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; \
-       i < (total); i += static_cast<int64_t>(blockDim.x) * gridDim.x)
+#define DEFORMCONV_GRID_STRIDE(i, total)                                                     \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (total); \
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
 template <typename acc_t>
 __global__ void fill_kernel(Args a, Inputs<acc_t> in, acc_t* d, acc_t* cols) {
@@ -115,8 +117,8 @@ __global__ void fill_kernel(Args a, Inputs<acc_t> in, acc_t* d, acc_t* cols) {
 }
 
 template <typename acc_t>
-__global__ void scatter_kernel(Args a, Inputs<acc_t> in, const acc_t* grad_a,
-                               const acc_t* grad_a2, acc_t* grad_bordered) {
+__global__ void scatter_kernel(Args a, Inputs<acc_t> in, const acc_t* grad_a, const acc_t* grad_a2,
+                               acc_t* grad_bordered) {
   const int64_t per_og = a.channels_per_offset_group;
   DEFORMCONV_GRID_STRIDE(i, a.pc * a.samples * per_og) {
     const int64_t cl = i % per_og;
@@ -141,8 +143,7 @@ __global__ void scatter_kernel(Args a, Inputs<acc_t> in, const acc_t* grad_a,
 
 template <typename acc_t>
 __global__ void sample_grads_kernel(Args a, Inputs<acc_t> in, const acc_t* grad_a,
-                                    const acc_t* grad_a2, acc_t* grad_offset,
-                                    acc_t* grad_mask) {
+                                    const acc_t* grad_a2, acc_t* grad_offset, acc_t* grad_mask) {
   const int64_t per_og = a.channels_per_offset_group;
   const bool has_dir = in.v_offset != nullptr || in.v_mask != nullptr;
   DEFORMCONV_GRID_STRIDE(i, a.pc * a.samples) {
@@ -182,8 +183,8 @@ __global__ void sample_grads_kernel(Args a, Inputs<acc_t> in, const acc_t* grad_
 template <typename... Params, typename... Rest>
 void launch(void (*kernel)(Params...), int64_t total, Rest&&... rest) {
   if (total == 0) return;
-  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads,
-                                                          kMaxBlocks)));
+  const dim3 grid(
+      static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks)));
   const dim3 block(kThreads);
   launch_kernel(kernel, grid, block, backend::current_stream(), std::forward<Rest>(rest)...);
 }
@@ -209,11 +210,10 @@ void launch_sample_grads(const Args& a, const Inputs<acc_t>& in, const acc_t* gr
          grad_mask);
 }
 
-#define DEFORMCONV_INSTANTIATE(T)                                                          \
-  template void launch_fill<T>(const Args&, const Inputs<T>&, T*, T*);                     \
-  template void launch_scatter<T>(const Args&, const Inputs<T>&, const T*, const T*, T*);  \
-  template void launch_sample_grads<T>(const Args&, const Inputs<T>&, const T*, const T*, \
-                                       T*, T*);
+#define DEFORMCONV_INSTANTIATE(T)                                                         \
+  template void launch_fill<T>(const Args&, const Inputs<T>&, T*, T*);                    \
+  template void launch_scatter<T>(const Args&, const Inputs<T>&, const T*, const T*, T*); \
+  template void launch_sample_grads<T>(const Args&, const Inputs<T>&, const T*, const T*, T*, T*);
 DEFORMCONV_INSTANTIATE(float)
 DEFORMCONV_INSTANTIATE(double)
 #undef DEFORMCONV_INSTANTIATE

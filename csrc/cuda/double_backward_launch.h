@@ -26,13 +26,27 @@ struct Args {
 };
 
 inline Args make_args(const ConvGeometry& g, int64_t p0, int64_t pc) {
-  return Args{g.in_channels,  g.height,     g.width,      g.out_h,
-              g.out_w,        g.kernel_w,   g.taps(),     g.stride_h,
-              g.stride_w,     g.pad_h,      g.pad_w,      g.dilation_h,
-              g.dilation_w,   g.in_channels_per_group(),  g.channels_per_offset_group(),
-              g.offset_groups * g.taps(),   g.taps() * g.in_channels,
-              g.width + 2,    (g.height + 2) * (g.width + 2) * g.in_channels,
-              p0,             pc};
+  return Args{g.in_channels,
+              g.height,
+              g.width,
+              g.out_h,
+              g.out_w,
+              g.kernel_w,
+              g.taps(),
+              g.stride_h,
+              g.stride_w,
+              g.pad_h,
+              g.pad_w,
+              g.dilation_h,
+              g.dilation_w,
+              g.in_channels_per_group(),
+              g.channels_per_offset_group(),
+              g.offset_groups * g.taps(),
+              g.taps() * g.in_channels,
+              g.width + 2,
+              (g.height + 2) * (g.width + 2) * g.in_channels,
+              p0,
+              pc};
 }
 
 // The read-only inputs of every pass; v_* (the cotangents) and mask are null when absent.

@@ -28,15 +28,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
 // deformconv::_deform_conv2d_double_backward: (grad_grad_output, grad_input, grad_weight,
 // grad_offset, grad_mask); a result not asked for by output_mask is empty (shape [0]).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-deform_conv2d_double_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
-    const c10::optional<at::Tensor>& grad_grad_input,
-    const c10::optional<at::Tensor>& grad_grad_weight,
-    const c10::optional<at::Tensor>& grad_grad_offset,
-    const c10::optional<at::Tensor>& grad_grad_mask,
-    const c10::optional<at::Tensor>& grad_grad_bias, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 5> output_mask);
+deform_conv2d_double_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const at::Tensor& weight, const at::Tensor& offset,
+                                   const c10::optional<at::Tensor>& mask,
+                                   const c10::optional<at::Tensor>& grad_grad_input,
+                                   const c10::optional<at::Tensor>& grad_grad_weight,
+                                   const c10::optional<at::Tensor>& grad_grad_offset,
+                                   const c10::optional<at::Tensor>& grad_grad_mask,
+                                   const c10::optional<at::Tensor>& grad_grad_bias,
+                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, std::array<bool, 5> output_mask);
 
 }  // namespace cuda
 }  // namespace deformconv

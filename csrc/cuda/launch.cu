@@ -76,8 +76,7 @@ dim3 pixel_grid(const ConvGeometry& g, Chunk chunk, int rows) {
   TORCH_CHECK(og_taps <= kMaxGridY, "offset_groups*kh*kw must be at most ", kMaxGridY,
               " on CUDA: got ", og_taps);
   const int64_t blocks = std::min<int64_t>((chunk.pc + rows - 1) / rows, kMaxGridX);
-  return dim3(static_cast<unsigned>(std::max<int64_t>(blocks, 1)),
-              static_cast<unsigned>(og_taps));
+  return dim3(static_cast<unsigned>(std::max<int64_t>(blocks, 1)), static_cast<unsigned>(og_taps));
 }
 
 template <typename T>
@@ -214,29 +213,27 @@ void launch_col2im_coord(const at::Tensor& input_nhwc, const at::Tensor& offset,
 
 void launch_col2im_entries(const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
                            const ConvGeometry& geo, Chunk chunk, bool index32,
-                           const at::Tensor& keys, const at::Tensor& coef,
-                           const at::Tensor& src) {
+                           const at::Tensor& keys, const at::Tensor& coef, const at::Tensor& src) {
   if (chunk.pc == 0) return;
   const dim3 block(1, kThreads);
   const dim3 grid = pixel_grid(geo, chunk, kThreads);
   const cudaStream_t stream = backend::current_stream();
   // offset, mask and coef are opmath (float32 or float64).
-  AT_DISPATCH_FLOATING_TYPES(
-      offset.scalar_type(), "deformconv_col2im_entries_cuda", [&] {
-        using acc_t = scalar_t;
-        const acc_t* off = offset.const_data_ptr<acc_t>();
-        const acc_t* msk = optional_ptr<acc_t>(mask);
-        int64_t* k = keys.mutable_data_ptr<int64_t>();
-        acc_t* cf = coef.mutable_data_ptr<acc_t>();
-        int64_t* s = src.mutable_data_ptr<int64_t>();
-        if (index32) {
-          launch_kernel(deformable_col2im_entries_kernel<acc_t, int32_t>, grid, block, stream,
-                        make_args<int32_t>(geo, chunk, offset, mask), off, msk, k, cf, s);
-        } else {
-          launch_kernel(deformable_col2im_entries_kernel<acc_t, int64_t>, grid, block, stream,
-                        make_args<int64_t>(geo, chunk, offset, mask), off, msk, k, cf, s);
-        }
-      });
+  AT_DISPATCH_FLOATING_TYPES(offset.scalar_type(), "deformconv_col2im_entries_cuda", [&] {
+    using acc_t = scalar_t;
+    const acc_t* off = offset.const_data_ptr<acc_t>();
+    const acc_t* msk = optional_ptr<acc_t>(mask);
+    int64_t* k = keys.mutable_data_ptr<int64_t>();
+    acc_t* cf = coef.mutable_data_ptr<acc_t>();
+    int64_t* s = src.mutable_data_ptr<int64_t>();
+    if (index32) {
+      launch_kernel(deformable_col2im_entries_kernel<acc_t, int32_t>, grid, block, stream,
+                    make_args<int32_t>(geo, chunk, offset, mask), off, msk, k, cf, s);
+    } else {
+      launch_kernel(deformable_col2im_entries_kernel<acc_t, int64_t>, grid, block, stream,
+                    make_args<int64_t>(geo, chunk, offset, mask), off, msk, k, cf, s);
+    }
+  });
 }
 
 void launch_col2im_gather(const ConvGeometry& geo, Chunk chunk, bool index32,
@@ -251,23 +248,22 @@ void launch_col2im_gather(const ConvGeometry& geo, Chunk chunk, bool index32,
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((entries + rows - 1) / rows, kMaxGridX)));
   const cudaStream_t stream = backend::current_stream();
   // grad_columns, coef and grad_input_acc are opmath (float32 or float64).
-  AT_DISPATCH_FLOATING_TYPES(
-      grad_columns.scalar_type(), "deformconv_col2im_gather_cuda", [&] {
-        using acc_t = scalar_t;
-        const int64_t* sk = sorted_keys.const_data_ptr<int64_t>();
-        const int64_t* ord = order.const_data_ptr<int64_t>();
-        const acc_t* cf = coef.const_data_ptr<acc_t>();
-        const int64_t* s = src.const_data_ptr<int64_t>();
-        const acc_t* gcols = grad_columns.const_data_ptr<acc_t>();
-        acc_t* gin = grad_input_acc.mutable_data_ptr<acc_t>();
-        if (index32) {
-          launch_kernel(deformable_col2im_gather_kernel<acc_t, int32_t>, grid, block, stream,
-                        make_args<int32_t>(geo, chunk), sk, ord, cf, s, gcols, gin, entries);
-        } else {
-          launch_kernel(deformable_col2im_gather_kernel<acc_t, int64_t>, grid, block, stream,
-                        make_args<int64_t>(geo, chunk), sk, ord, cf, s, gcols, gin, entries);
-        }
-      });
+  AT_DISPATCH_FLOATING_TYPES(grad_columns.scalar_type(), "deformconv_col2im_gather_cuda", [&] {
+    using acc_t = scalar_t;
+    const int64_t* sk = sorted_keys.const_data_ptr<int64_t>();
+    const int64_t* ord = order.const_data_ptr<int64_t>();
+    const acc_t* cf = coef.const_data_ptr<acc_t>();
+    const int64_t* s = src.const_data_ptr<int64_t>();
+    const acc_t* gcols = grad_columns.const_data_ptr<acc_t>();
+    acc_t* gin = grad_input_acc.mutable_data_ptr<acc_t>();
+    if (index32) {
+      launch_kernel(deformable_col2im_gather_kernel<acc_t, int32_t>, grid, block, stream,
+                    make_args<int32_t>(geo, chunk), sk, ord, cf, s, gcols, gin, entries);
+    } else {
+      launch_kernel(deformable_col2im_gather_kernel<acc_t, int64_t>, grid, block, stream,
+                    make_args<int64_t>(geo, chunk), sk, ord, cf, s, gcols, gin, entries);
+    }
+  });
 }
 
 }  // namespace cuda

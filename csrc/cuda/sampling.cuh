@@ -36,10 +36,10 @@ struct SamplingArgs {
   index_t channels_per_group;         // C_in / groups
   index_t channels_per_offset_group;  // C_in / offset_groups
   index_t offset_groups;
-  bool grouped;     // groups > 1
+  bool grouped;  // groups > 1
   bool has_mask;
-  index_t columns;  // elements per column row: taps * C_in
-  index_t p0, pc;   // chunk: first flattened output pixel, pixel count
+  index_t columns;           // elements per column row: taps * C_in
+  index_t p0, pc;            // chunk: first flattened output pixel, pixel count
   index_t offset_stride[4];  // element strides of offset (N, 2*og*taps, H_out, W_out)
   index_t mask_stride[4];    // element strides of mask (N, og*taps, H_out, W_out)
 };
@@ -103,8 +103,7 @@ __device__ __forceinline__ OutPixel<index_t> decode_pixel(const SamplingArgs<ind
 // Position in the column row of channel c (global input channel) at tap k:
 // (g*taps + k)*cpg + (c - g*cpg) with g = c / cpg, i.e. k*cpg + c + g*(taps-1)*cpg.
 template <typename index_t>
-__device__ __forceinline__ index_t column_of(const SamplingArgs<index_t>& a, index_t c,
-                                             index_t k) {
+__device__ __forceinline__ index_t column_of(const SamplingArgs<index_t>& a, index_t c, index_t k) {
   index_t col = k * a.channels_per_group + c;
   if (a.grouped) col += (c / a.channels_per_group) * (a.taps - 1) * a.channels_per_group;
   return col;
@@ -148,8 +147,7 @@ __device__ __forceinline__ SamplePoint<acc_t, index_t> load_sample_point(
   if (s.in_range) {
     s.cell = locate_cell(y, x);
     bilinear_weights(s.cell.ly, s.cell.lx, s.w);
-    s.corners = cell_corners<index_t>(s.cell, a.height, a.width, a.width * a.channels,
-                                      a.channels);
+    s.corners = cell_corners<index_t>(s.cell, a.height, a.width, a.width * a.channels, a.channels);
   }
   return s;
 }

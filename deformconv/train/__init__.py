@@ -21,8 +21,18 @@ Command line: ``python -m deformconv.train {cifar,charrnn} --help``.
 import importlib
 from typing import Any
 
-_SUBMODULES = ("charrnn", "checkpoint", "cli", "data", "distributed", "engine", "metrics",
-               "models", "reporting", "synthetic")
+_SUBMODULES = (
+    "charrnn",
+    "checkpoint",
+    "cli",
+    "data",
+    "distributed",
+    "engine",
+    "metrics",
+    "models",
+    "reporting",
+    "synthetic",
+)
 
 _EXPORTS = {
     "calculate_topk_accuracy": "metrics",

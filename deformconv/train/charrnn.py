@@ -95,8 +95,9 @@ def make_sequences(text: str, char2idx: dict[str, int]) -> tuple[list[Tensor], T
     return inputs, targets
 
 
-def init_params(vocab_size: int, hidden_size: int = 16, seed: int = 0,
-                scale: float = 0.01) -> CharRNNParams:
+def init_params(
+    vocab_size: int, hidden_size: int = 16, seed: int = 0, scale: float = 0.01
+) -> CharRNNParams:
     """Small random weights and zero biases as **leaf** tensors (quiz P8 fixed).
 
     Weights are ``N(0, 1) * scale`` drawn from a private ``torch.Generator(seed)``; the
@@ -121,7 +122,12 @@ def init_params(vocab_size: int, hidden_size: int = 16, seed: int = 0,
 
 def rnn_forward(
     inputs: Sequence[Tensor] | Tensor,
-    W_xh: Tensor, W_hh: Tensor, b_xh: Tensor, b_hh: Tensor, W_hy: Tensor, b_y: Tensor,
+    W_xh: Tensor,
+    W_hh: Tensor,
+    b_xh: Tensor,
+    b_hh: Tensor,
+    W_hy: Tensor,
+    b_y: Tensor,
     hidden_size: int,
     h0: Tensor | None = None,
 ) -> tuple[list[Tensor], Tensor]:
@@ -153,8 +159,9 @@ def sequence_loss(outputs: Sequence[Tensor], targets: Tensor) -> Tensor:
     return F.nll_loss(log_probs, targets)
 
 
-def compute_gradients(loss: Tensor, params: Sequence[Tensor],
-                      retain_graph: bool = False) -> tuple[Tensor, ...]:
+def compute_gradients(
+    loss: Tensor, params: Sequence[Tensor], retain_graph: bool = False
+) -> tuple[Tensor, ...]:
     """d(loss)/d(param) for every parameter in **one** ``torch.autograd.grad`` call.
 
     Returns one gradient tensor per parameter, each shaped like it (a

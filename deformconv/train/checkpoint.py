@@ -49,8 +49,9 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
     state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a deformconv.train checkpoint (format "
-                         f"{CHECKPOINT_FORMAT})")
+        raise ValueError(
+            f"{path} is not a deformconv.train checkpoint (format {CHECKPOINT_FORMAT})"
+        )
     return state
 
 
@@ -97,12 +98,17 @@ def restore_checkpoint(
     """
     saved = state.get("config", {})
     if config is not None:
-        diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {config.get(k)!r}"
-                 for k in must_match if saved.get(k) != config.get(k)]
+        diffs = [
+            f"{k}: checkpoint {saved.get(k)!r} vs now {config.get(k)!r}"
+            for k in must_match
+            if saved.get(k) != config.get(k)
+        ]
         if diffs:
             raise CheckpointMismatchError(
                 "cannot resume: the checkpoint comes from a different run configuration ("
-                + "; ".join(diffs) + "). Use another --output-dir or drop --resume.")
+                + "; ".join(diffs)
+                + "). Use another --output-dir or drop --resume."
+            )
     unwrap_model(model).load_state_dict(state["model"])
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])

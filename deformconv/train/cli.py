@@ -47,8 +47,20 @@ __all__ = ["build_parser", "main"]
 DATASETS = ("shapes", "cifar100")
 MODEL_CHOICES = ("plain", "batchnorm", "deformable", "deformable-bn")
 #: Config keys that must agree between a checkpoint and the run resuming it.
-RESUME_KEYS = ("dataset", "model", "width", "deform_layers", "num_classes", "seed",
-               "batch_size", "val_fraction", "limit", "train_size", "val_size", "test_size")
+RESUME_KEYS = (
+    "dataset",
+    "model",
+    "width",
+    "deform_layers",
+    "num_classes",
+    "seed",
+    "batch_size",
+    "val_fraction",
+    "limit",
+    "train_size",
+    "val_size",
+    "test_size",
+)
 
 
 def _positive_int(text: str) -> int:
@@ -75,38 +87,78 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{cifar,charrnn}")
     sub.required = True
 
-    c = sub.add_parser("cifar", help="train/compare CNNs on the shapes dataset or CIFAR-100",
-                       formatter_class=_HelpFormatter)
-    c.add_argument("--dataset", choices=DATASETS, default="shapes",
-                   help="'shapes': embedded procedurally generated dataset (offline); "
-                        "'cifar100': torchvision's CIFAR-100 under --data-root")
-    c.add_argument("--model", nargs="+", choices=MODEL_CHOICES, default=["plain", "deformable"],
-                   help="one or more models; several are trained one after another and compared")
+    c = sub.add_parser(
+        "cifar",
+        help="train/compare CNNs on the shapes dataset or CIFAR-100",
+        formatter_class=_HelpFormatter,
+    )
+    c.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="shapes",
+        help="'shapes': embedded procedurally generated dataset (offline); "
+        "'cifar100': torchvision's CIFAR-100 under --data-root",
+    )
+    c.add_argument(
+        "--model",
+        nargs="+",
+        choices=MODEL_CHOICES,
+        default=["plain", "deformable"],
+        help="one or more models; several are trained one after another and compared",
+    )
     c.add_argument("--epochs", type=_positive_int, default=6, help="total epochs")
-    c.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="per process; default 32 for shapes, 64 (the quiz's) for cifar100")
+    c.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="per process; default 32 for shapes, 64 (the quiz's) for cifar100",
+    )
     c.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     c.add_argument("--weight-decay", type=float, default=1e-4, help="Adam L2 weight decay")
-    c.add_argument("--offset-lr-mult", type=float, default=0.1,
-                   help="learning-rate multiplier of the deformable layers' offset/mask convs")
+    c.add_argument(
+        "--offset-lr-mult",
+        type=float,
+        default=0.1,
+        help="learning-rate multiplier of the deformable layers' offset/mask convs",
+    )
     c.add_argument("--step-size", type=_positive_int, default=7, help="StepLR period (epochs)")
     c.add_argument("--gamma", type=float, default=0.1, help="StepLR decay factor")
-    c.add_argument("--width", type=float, default=None,
-                   help="channel multiplier (1.0 = the quiz's 64/128/256 channels); "
-                        "default 0.5 for shapes, 1.0 for cifar100")
-    c.add_argument("--deform-layers", type=int, nargs="+", default=[2, 3],
-                   help="convs (1-3) made deformable in the deformable models")
+    c.add_argument(
+        "--width",
+        type=float,
+        default=None,
+        help="channel multiplier (1.0 = the quiz's 64/128/256 channels); "
+        "default 0.5 for shapes, 1.0 for cifar100",
+    )
+    c.add_argument(
+        "--deform-layers",
+        type=int,
+        nargs="+",
+        default=[2, 3],
+        help="convs (1-3) made deformable in the deformable models",
+    )
     c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     c.add_argument("--output-dir", default=None, help="default: runs/<dataset>")
-    c.add_argument("--seed", type=int, default=0,
-                   help="seeds data generation/split, initial weights and every epoch's RNG")
+    c.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds data generation/split, initial weights and every epoch's RNG",
+    )
     c.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    c.add_argument("--resume", action="store_true",
-                   help="continue from OUT/<model>/checkpoint.pt when it exists")
-    c.add_argument("--progress", dest="progress", action="store_true", default=None,
-                   help="progress bars (default: when stderr is a terminal)")
-    c.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars")
+    c.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/<model>/checkpoint.pt when it exists",
+    )
+    c.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="progress bars (default: when stderr is a terminal)",
+    )
+    c.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     c.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
     g = c.add_argument_group("shapes dataset")
     g.add_argument("--train-size", type=_positive_int, default=3000, help="training images")
@@ -116,16 +168,30 @@ def build_parser() -> argparse.ArgumentParser:
     g = c.add_argument_group("cifar100 dataset")
     g.add_argument("--data-root", default="./data", help="folder holding cifar-100-python/")
     g.add_argument("--download", action="store_true", help="download CIFAR-100 if absent")
-    g.add_argument("--val-fraction", type=float, default=0.2,
-                   help="share of the training file held out for validation")
-    g.add_argument("--limit", type=_positive_int, default=None,
-                   help="use only the first N training and test images (smoke runs)")
-    g.add_argument("--no-verify", action="store_true",
-                   help="skip torchvision's md5 check of the CIFAR-100 files (files must "
-                        "still exist; for re-pickled subsets)")
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of the training file held out for validation",
+    )
+    g.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="use only the first N training and test images (smoke runs)",
+    )
+    g.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip torchvision's md5 check of the CIFAR-100 files (files must "
+        "still exist; for re-pickled subsets)",
+    )
 
-    r = sub.add_parser("charrnn", help="train the quiz's character RNN and generate text",
-                       formatter_class=_HelpFormatter)
+    r = sub.add_parser(
+        "charrnn",
+        help="train the quiz's character RNN and generate text",
+        formatter_class=_HelpFormatter,
+    )
     r.add_argument("--text", default="Deep_Learning", help="training text")
     r.add_argument("--hidden-size", type=_positive_int, default=16, help="hidden units H")
     r.add_argument("--steps", type=_positive_int, default=300, help="full-sequence updates")
@@ -133,8 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="update rule")
     r.add_argument("--seed", type=int, default=0, help="parameter init / sampling seed")
     r.add_argument("--generate-from", default=None, help="seed character (default: text[0])")
-    r.add_argument("--generate-length", type=int, default=None,
-                   help="characters to generate (default: len(text) - 1)")
+    r.add_argument(
+        "--generate-length",
+        type=int,
+        default=None,
+        help="characters to generate (default: len(text) - 1)",
+    )
     r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     r.add_argument("--output-dir", default="runs/charrnn", help="where outputs go")
     r.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
@@ -143,10 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- cifar
 def _config(args: argparse.Namespace, model_name: str, ctx: DistContext) -> dict[str, Any]:
-    keys = ("dataset", "epochs", "batch_size", "lr", "weight_decay", "offset_lr_mult",
-            "step_size", "gamma",
-            "width", "deform_layers", "seed", "num_classes", "train_size", "val_size",
-            "test_size", "val_fraction", "limit")
+    keys = (
+        "dataset",
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "offset_lr_mult",
+        "step_size",
+        "gamma",
+        "width",
+        "deform_layers",
+        "seed",
+        "num_classes",
+        "train_size",
+        "val_size",
+        "test_size",
+        "val_fraction",
+        "limit",
+    )
     cfg = {k: getattr(args, k) for k in keys}
     cfg["deform_layers"] = list(args.deform_layers)
     cfg["model"] = model_name
@@ -162,15 +247,35 @@ def _config(args: argparse.Namespace, model_name: str, ctx: DistContext) -> dict
 
 def _loaders(args: argparse.Namespace):
     if args.dataset == "cifar100":
-        return cifar100_loaders(args.data_root, args.batch_size, args.val_fraction, args.seed,
-                                args.download, args.num_workers, verify=not args.no_verify,
-                                limit=args.limit)
-    return shapes_loaders(args.batch_size, args.train_size, args.val_size, args.test_size,
-                          args.seed, args.num_classes, args.num_workers)
+        return cifar100_loaders(
+            args.data_root,
+            args.batch_size,
+            args.val_fraction,
+            args.seed,
+            args.download,
+            args.num_workers,
+            verify=not args.no_verify,
+            limit=args.limit,
+        )
+    return shapes_loaders(
+        args.batch_size,
+        args.train_size,
+        args.val_size,
+        args.test_size,
+        args.seed,
+        args.num_classes,
+        args.num_workers,
+    )
 
 
-def _train_one(args: argparse.Namespace, model_name: str, loaders, ctx: DistContext,
-               class_names: list[str] | None, out: str) -> dict[str, Any]:
+def _train_one(
+    args: argparse.Namespace,
+    model_name: str,
+    loaders,
+    ctx: DistContext,
+    class_names: list[str] | None,
+    out: str,
+) -> dict[str, Any]:
     from .engine import evaluate_model, make_optimizer, make_scheduler, train_model
     from .models import build_model, count_parameters
 
@@ -189,8 +294,9 @@ def _train_one(args: argparse.Namespace, model_name: str, loaders, ctx: DistCont
     start_epoch, history = 0, None
     if args.resume and os.path.exists(ckpt_path):
         state = load_checkpoint(ckpt_path, map_location=ctx.device)
-        start_epoch, history = restore_checkpoint(state, model, optimizer, scheduler, cfg,
-                                                  RESUME_KEYS)
+        start_epoch, history = restore_checkpoint(
+            state, model, optimizer, scheduler, cfg, RESUME_KEYS
+        )
         log(f"[{model_name}] resuming from {ckpt_path}: {start_epoch} epoch(s) done")
     elif args.resume:
         log(f"[{model_name}] --resume: no checkpoint at {ckpt_path}, starting from scratch")
@@ -199,19 +305,31 @@ def _train_one(args: argparse.Namespace, model_name: str, loaders, ctx: DistCont
 
         model = DDP(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
 
-    log(f"[{model_name}] {n_params:,} parameters, epochs {start_epoch + 1}..{args.epochs}, "
-        f"device {ctx.device}, world size {ctx.world_size}")
+    log(
+        f"[{model_name}] {n_params:,} parameters, epochs {start_epoch + 1}..{args.epochs}, "
+        f"device {ctx.device}, world size {ctx.world_size}"
+    )
 
     def save_metrics(hist: dict[str, list], report: dict[str, Any] | None = None) -> None:
         if not ctx.is_main:
             return
-        write_json(os.path.join(run_dir, "metrics.json"),
-                   {"config": cfg, "params": n_params, "rank": ctx.rank, "history": hist,
-                    "report": report})
+        write_json(
+            os.path.join(run_dir, "metrics.json"),
+            {
+                "config": cfg,
+                "params": n_params,
+                "rank": ctx.rank,
+                "history": hist,
+                "report": report,
+            },
+        )
         write_history_csv(os.path.join(run_dir, "metrics.csv"), hist)
         if not args.no_plot and hist.get("epoch"):
-            plot_history({model_name: hist}, os.path.join(run_dir, "curves.png"),
-                         title=f"{model_name} on {args.dataset}")
+            plot_history(
+                {model_name: hist},
+                os.path.join(run_dir, "curves.png"),
+                title=f"{model_name} on {args.dataset}",
+            )
 
     def on_epoch_end(epoch, hist, mdl, opt, sched) -> None:
         if ctx.is_main:
@@ -219,13 +337,30 @@ def _train_one(args: argparse.Namespace, model_name: str, loaders, ctx: DistCont
             save_metrics(hist)
 
     t0 = time.perf_counter()
-    history = train_model(model, train_loader, val_loader, args.epochs, ctx.device,
-                          optimizer=optimizer, scheduler=scheduler, start_epoch=start_epoch,
-                          history=history, seed=args.seed, on_epoch_end=on_epoch_end,
-                          show_progress=args.progress, log=log)
+    history = train_model(
+        model,
+        train_loader,
+        val_loader,
+        args.epochs,
+        ctx.device,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        start_epoch=start_epoch,
+        history=history,
+        seed=args.seed,
+        on_epoch_end=on_epoch_end,
+        show_progress=args.progress,
+        log=log,
+    )
     train_seconds = time.perf_counter() - t0
-    report = evaluate_model(model, test_loader, ctx.device, args.num_classes, class_names,
-                            show_progress=args.progress and ctx.is_main)
+    report = evaluate_model(
+        model,
+        test_loader,
+        ctx.device,
+        args.num_classes,
+        class_names,
+        show_progress=args.progress and ctx.is_main,
+    )
     report["params"] = n_params
     report["best_val_acc"] = max(history["val_acc"]) if history["val_acc"] else None
     report["final_val_acc"] = history["val_acc"][-1] if history["val_acc"] else None
@@ -257,19 +392,33 @@ def run_cifar(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     try:
         loaders = _loaders(args)
         class_names = getattr(loaders[2].dataset, "classes", None)
-        results = {name: _train_one(args, name, loaders, ctx, class_names, out)
-                   for name in models}
+        results = {name: _train_one(args, name, loaders, ctx, class_names, out) for name in models}
         if ctx.is_main:
-            summary = {name: {k: r["report"][k] for k in ("params", "best_val_acc",
-                                                             "final_val_acc", "top1", "top5",
-                                                             "train_seconds", "epochs")}
-                       for name, r in results.items()}
-            write_json(os.path.join(out, "comparison.json"),
-                       {"dataset": args.dataset, "world_size": ctx.world_size, "models": summary})
+            summary = {
+                name: {
+                    k: r["report"][k]
+                    for k in (
+                        "params",
+                        "best_val_acc",
+                        "final_val_acc",
+                        "top1",
+                        "top5",
+                        "train_seconds",
+                        "epochs",
+                    )
+                }
+                for name, r in results.items()
+            }
+            write_json(
+                os.path.join(out, "comparison.json"),
+                {"dataset": args.dataset, "world_size": ctx.world_size, "models": summary},
+            )
             if not args.no_plot:
-                plot_history({n: r["history"] for n, r in results.items()},
-                             os.path.join(out, "comparison.png"),
-                             title=f"{' vs '.join(models)} on {args.dataset}")
+                plot_history(
+                    {n: r["history"] for n, r in results.items()},
+                    os.path.join(out, "comparison.png"),
+                    title=f"{' vs '.join(models)} on {args.dataset}",
+                )
             print(format_comparison({n: r["report"] for n, r in results.items()}))
             print(f"outputs in {os.path.abspath(out)}")
         barrier()
@@ -292,26 +441,41 @@ def run_charrnn(args: argparse.Namespace) -> dict[str, Any]:
     result = train_charrnn(text, args.hidden_size, args.steps, args.lr, args.seed, args.optimizer)
     seconds = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(args.seed)
-    sample = generate(result.params, result.char2idx, result.idx2char, seed_char, length,
-                      args.temperature, gen)
+    sample = generate(
+        result.params, result.char2idx, result.idx2char, seed_char, length, args.temperature, gen
+    )
     summary = {
-        "text": text, "vocab": result.chars, "hidden_size": args.hidden_size,
-        "steps": result.steps, "lr": args.lr, "optimizer": args.optimizer, "seed": args.seed,
-        "final_loss": result.loss, "accuracy": result.accuracy, "generated": sample,
+        "text": text,
+        "vocab": result.chars,
+        "hidden_size": args.hidden_size,
+        "steps": result.steps,
+        "lr": args.lr,
+        "optimizer": args.optimizer,
+        "seed": args.seed,
+        "final_loss": result.loss,
+        "accuracy": result.accuracy,
+        "generated": sample,
         "train_seconds": seconds,
     }
     out = args.output_dir
     write_json(os.path.join(out, "metrics.json"), {**summary, "history": result.history})
     write_history_csv(os.path.join(out, "metrics.csv"), result.history)
-    save_checkpoint(os.path.join(out, "params.pt"),
-                    {"format": 1, "params": {k: v.detach() for k, v in
-                                             result.params._asdict().items()},
-                     "chars": result.chars})
+    save_checkpoint(
+        os.path.join(out, "params.pt"),
+        {
+            "format": 1,
+            "params": {k: v.detach() for k, v in result.params._asdict().items()},
+            "chars": result.chars,
+        },
+    )
     if not args.no_plot:
-        plot_history({"": result.history}, os.path.join(out, "curves.png"),
-                     title=f"char-RNN on {text!r}")
-    print(f"char-RNN on {text!r}: {result.steps} steps, loss {result.loss:.4f}, "
-          f"next-char accuracy {result.accuracy:.1f}% ({seconds:.1f}s)")
+        plot_history(
+            {"": result.history}, os.path.join(out, "curves.png"), title=f"char-RNN on {text!r}"
+        )
+    print(
+        f"char-RNN on {text!r}: {result.steps} steps, loss {result.loss:.4f}, "
+        f"next-char accuracy {result.accuracy:.1f}% ({seconds:.1f}s)"
+    )
     print(f"generated from {seed_char!r}: {sample}")
     print(f"outputs in {os.path.abspath(out)}")
     return summary

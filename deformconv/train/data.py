@@ -129,11 +129,18 @@ def make_loader(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    kwargs = {"batch_size": batch_size, "num_workers": num_workers,
-              "persistent_workers": False, "pin_memory": False}
+    kwargs = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "persistent_workers": False,
+        "pin_memory": False,
+    }
     if is_distributed():
-        sampler = (DistributedSampler(dataset, shuffle=True, seed=seed) if train
-                   else ShardSampler(len(dataset)))
+        sampler = (
+            DistributedSampler(dataset, shuffle=True, seed=seed)
+            if train
+            else ShardSampler(len(dataset))
+        )
         return DataLoader(dataset, sampler=sampler, **kwargs)
     return DataLoader(dataset, shuffle=train, **kwargs)
 
@@ -162,9 +169,7 @@ def _missing_message(root: str, download: bool, cause: BaseException) -> str:
         f"For an offline run use `--dataset shapes`, the embedded dataset."
     )
     what = "could not be downloaded" if download else "was not found or is corrupted"
-    return (
-        f"CIFAR-100 {what}: looked for {folder}/{{train,test,meta}} ({cause}). {how}"
-    )
+    return f"CIFAR-100 {what}: looked for {folder}/{{train,test,meta}} ({cause}). {how}"
 
 
 def load_cifar100(

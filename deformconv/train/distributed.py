@@ -108,8 +108,9 @@ def init_distributed(device: str = "auto") -> DistContext:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
-    return DistContext(rank=get_rank(), world_size=get_world_size(), local_rank=local_rank,
-                       device=dev)
+    return DistContext(
+        rank=get_rank(), world_size=get_world_size(), local_rank=local_rank, device=dev
+    )
 
 
 def cleanup_distributed() -> None:

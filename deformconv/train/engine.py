@@ -47,7 +47,13 @@ History = dict[str, list[float]]
 
 #: Keys of the history dict returned by :func:`train_model` (one float per epoch each).
 HISTORY_KEYS: tuple[str, ...] = (
-    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time",
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "epoch_time",
 )
 
 
@@ -171,8 +177,7 @@ def evaluate_model(
             lab = labels.cpu()
             class_total += torch.bincount(lab, minlength=num_classes)[:num_classes].double()
             class_correct.index_add_(0, lab, hit)
-    sums = all_reduce_sums([top1, top5, total, *class_correct.tolist(), *class_total.tolist()],
-                           dev)
+    sums = all_reduce_sums([top1, top5, total, *class_correct.tolist(), *class_total.tolist()], dev)
     top1, top5, total = sums[:3]
     cc = [round(v) for v in sums[3 : 3 + num_classes]]
     ct = [round(v) for v in sums[3 + num_classes :]]
@@ -204,8 +209,9 @@ def offset_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
-def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-4,
-                   offset_lr_mult: float = 0.1) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-4, offset_lr_mult: float = 0.1
+) -> torch.optim.Optimizer:
     """Adam with L2 weight decay (quiz P7).
 
     The offset/mask predictors of deformable layers (:func:`offset_parameters`) form a
@@ -222,8 +228,9 @@ def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-
     return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, step_size: int = 7,
-                   gamma: float = 0.1) -> torch.optim.lr_scheduler.StepLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, step_size: int = 7, gamma: float = 0.1
+) -> torch.optim.lr_scheduler.StepLR:
     """StepLR: multiply the learning rate by ``gamma`` every ``step_size`` epochs (P7, P12)."""
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
 
@@ -298,15 +305,26 @@ def train_model(
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         current_lr = float(optimizer.param_groups[0]["lr"])
-        train_loss, train_acc = train_epoch(model, train_loader, optimizer, criterion, dev,
-                                            show, f"epoch {epoch + 1}/{num_epochs} train")
-        val_loss, val_acc = validate(model, val_loader, criterion, dev, show,
-                                     f"epoch {epoch + 1}/{num_epochs} val")
+        train_loss, train_acc = train_epoch(
+            model,
+            train_loader,
+            optimizer,
+            criterion,
+            dev,
+            show,
+            f"epoch {epoch + 1}/{num_epochs} train",
+        )
+        val_loss, val_acc = validate(
+            model, val_loader, criterion, dev, show, f"epoch {epoch + 1}/{num_epochs} val"
+        )
         scheduler.step()
         row = {
-            "epoch": float(epoch + 1), "train_loss": float(train_loss),
-            "train_acc": float(train_acc), "val_loss": float(val_loss),
-            "val_acc": float(val_acc), "lr": current_lr,
+            "epoch": float(epoch + 1),
+            "train_loss": float(train_loss),
+            "train_acc": float(train_acc),
+            "val_loss": float(val_loss),
+            "val_acc": float(val_acc),
+            "lr": current_lr,
             "epoch_time": float(time.perf_counter() - t0),
         }
         for k, v in row.items():

@@ -104,8 +104,13 @@ class CustomCNN(nn.Module):
     Shapes: ``x: Tensor[N, 3, 32, 32]`` -> ``Tensor[N, num_classes]`` logits.
     """
 
-    def __init__(self, num_classes: int = 100, width: float = 1.0,
-                 deformable: DeformSpec = False, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        num_classes: int = 100,
+        width: float = 1.0,
+        deformable: DeformSpec = False,
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         c1, c2, c3, hidden = _channels(width)
         self.deform_layers = _deform_layers(deformable)
@@ -139,8 +144,13 @@ class CNNWithBatchNorm(nn.Module):
     Shapes: ``x: Tensor[N, 3, 32, 32]`` -> ``Tensor[N, num_classes]`` logits.
     """
 
-    def __init__(self, num_classes: int = 100, width: float = 1.0,
-                 deformable: DeformSpec = False, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_classes: int = 100,
+        width: float = 1.0,
+        deformable: DeformSpec = False,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         c1, c2, c3, hidden = _channels(width)
         self.deform_layers = _deform_layers(deformable)
@@ -169,23 +179,35 @@ class CNNWithBatchNorm(nn.Module):
 class DeformableCNN(CustomCNN):
     """:class:`CustomCNN` with ``deform_layers`` (default conv2, conv3) deformable."""
 
-    def __init__(self, num_classes: int = 100, width: float = 1.0,
-                 deform_layers: Iterable[int] = DEFAULT_DEFORM_LAYERS,
-                 dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        num_classes: int = 100,
+        width: float = 1.0,
+        deform_layers: Iterable[int] = DEFAULT_DEFORM_LAYERS,
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__(num_classes, width, deformable=tuple(deform_layers), dropout=dropout)
 
 
 class DeformableCNNWithBatchNorm(CNNWithBatchNorm):
     """:class:`CNNWithBatchNorm` with ``deform_layers`` (default conv2, conv3) deformable."""
 
-    def __init__(self, num_classes: int = 100, width: float = 1.0,
-                 deform_layers: Iterable[int] = DEFAULT_DEFORM_LAYERS,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_classes: int = 100,
+        width: float = 1.0,
+        deform_layers: Iterable[int] = DEFAULT_DEFORM_LAYERS,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__(num_classes, width, deformable=tuple(deform_layers), dropout=dropout)
 
 
-def build_model(name: str, num_classes: int = 100, width: float = 1.0,
-                deform_layers: Iterable[int] = DEFAULT_DEFORM_LAYERS) -> nn.Module:
+def build_model(
+    name: str,
+    num_classes: int = 100,
+    width: float = 1.0,
+    deform_layers: Iterable[int] = DEFAULT_DEFORM_LAYERS,
+) -> nn.Module:
     """Model by CLI name: ``plain``, ``batchnorm``, ``deformable`` or ``deformable-bn``.
 
     Raises:

@@ -38,8 +38,14 @@ class ProgressBar:
     ~10 lines per loop. Written to ``stream`` (default ``sys.stderr``).
     """
 
-    def __init__(self, iterable: Iterable, desc: str = "", total: int | None = None,
-                 stream: TextIO | None = None, width: int = 24) -> None:
+    def __init__(
+        self,
+        iterable: Iterable,
+        desc: str = "",
+        total: int | None = None,
+        stream: TextIO | None = None,
+        width: int = 24,
+    ) -> None:
         self.iterable = iterable
         self.desc = desc
         if total is None:
@@ -57,11 +63,16 @@ class ProgressBar:
         if self.total:
             frac = min(1.0, n / self.total)
             filled = int(frac * self.width)
-            bar = "=" * filled + (">" if filled < self.width else "") + " " * (
-                self.width - filled - 1)
+            bar = (
+                "=" * filled
+                + (">" if filled < self.width else "")
+                + " " * (self.width - filled - 1)
+            )
             eta = (self.total - n) / rate if rate > 0 else 0.0
-            return (f"{self.desc}  {n}/{self.total} [{bar[:self.width]}] {rate:.1f} it/s "
-                    f"eta {int(eta) // 60}:{int(eta) % 60:02d}")
+            return (
+                f"{self.desc}  {n}/{self.total} [{bar[: self.width]}] {rate:.1f} it/s "
+                f"eta {int(eta) // 60}:{int(eta) % 60:02d}"
+            )
         return f"{self.desc}  {n} it {rate:.1f} it/s"
 
     def __iter__(self) -> Iterator:
@@ -82,8 +93,13 @@ class ProgressBar:
             self.stream.flush()
 
 
-def progress_bar(iterable: Iterable, desc: str = "", enable: bool = True,
-                 total: int | None = None, stream: TextIO | None = None) -> Iterable:
+def progress_bar(
+    iterable: Iterable,
+    desc: str = "",
+    enable: bool = True,
+    total: int | None = None,
+    stream: TextIO | None = None,
+) -> Iterable:
     """``iterable`` wrapped in a :class:`ProgressBar` when ``enable``, else unchanged."""
     return ProgressBar(iterable, desc, total, stream) if enable else iterable
 
@@ -141,8 +157,9 @@ def write_history_csv(path: str, history: Mapping[str, Sequence[float]]) -> None
     atomic_write_text(path, buf.getvalue())
 
 
-def plot_history(histories: Mapping[str, Mapping[str, Sequence[float]]], path: str,
-                 title: str = "") -> str | None:
+def plot_history(
+    histories: Mapping[str, Mapping[str, Sequence[float]]], path: str, title: str = ""
+) -> str | None:
     """PNG of loss (left) and accuracy (right) curves for one or more runs.
 
     Args:
@@ -160,8 +177,11 @@ def plot_history(histories: Mapping[str, Mapping[str, Sequence[float]]], path: s
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
     except ImportError:
-        warnings.warn("matplotlib is not installed: skipping the plot "
-                      "(pip install matplotlib to get it)", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "matplotlib is not installed: skipping the plot (pip install matplotlib to get it)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for name, h in histories.items():
@@ -173,12 +193,25 @@ def plot_history(histories: Mapping[str, Mapping[str, Sequence[float]]], path: s
             continue
         xlabel = "epoch"
         (line,) = ax_loss.plot(h["epoch"], h["train_loss"], marker="o", label=f"{prefix}train")
-        ax_loss.plot(h["epoch"], h["val_loss"], marker="s", linestyle="--",
-                     color=line.get_color(), label=f"{prefix}val")
-        ax_acc.plot(h["epoch"], h["train_acc"], marker="o", color=line.get_color(),
-                    label=f"{prefix}train")
-        ax_acc.plot(h["epoch"], h["val_acc"], marker="s", linestyle="--",
-                    color=line.get_color(), label=f"{prefix}val")
+        ax_loss.plot(
+            h["epoch"],
+            h["val_loss"],
+            marker="s",
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{prefix}val",
+        )
+        ax_acc.plot(
+            h["epoch"], h["train_acc"], marker="o", color=line.get_color(), label=f"{prefix}train"
+        )
+        ax_acc.plot(
+            h["epoch"],
+            h["val_acc"],
+            marker="s",
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{prefix}val",
+        )
     for ax, ylabel in ((ax_loss, "loss"), (ax_acc, "accuracy (%)")):
         ax.set_xlabel(xlabel if histories else "epoch")
         ax.set_ylabel(ylabel)
@@ -204,8 +237,10 @@ def plot_history(histories: Mapping[str, Mapping[str, Sequence[float]]], path: s
 def format_report(name: str, report: Mapping[str, Any]) -> str:
     """Human-readable final report: top-1/top-5 and the best and worst classes."""
     lines: list[str] = [
-        (f"[{name}] test top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
-         f"({report['num_samples']} samples)")
+        (
+            f"[{name}] test top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
+            f"({report['num_samples']} samples)"
+        )
     ]
     for key in ("best", "worst"):
         items = ", ".join(f"{r['name']} {r['accuracy']:.1f}%" for r in report.get(key, []))
@@ -215,8 +250,10 @@ def format_report(name: str, report: Mapping[str, Any]) -> str:
 
 def format_comparison(reports: Mapping[str, dict[str, Any]]) -> str:
     """Table of final numbers for several models: name, params, val/test accuracy, time."""
-    header = f"{'model':<16}{'params':>10}{'best val':>10}{'test top1':>11}{'test top5':>11}" \
-             f"{'train s':>9}"
+    header = (
+        f"{'model':<16}{'params':>10}{'best val':>10}{'test top1':>11}{'test top5':>11}"
+        f"{'train s':>9}"
+    )
     rows = [header, "-" * len(header)]
     for name, r in reports.items():
         rows.append(

@@ -92,8 +92,9 @@ _SDF_BY_NAME: dict[str, Callable[[Tensor], Tensor]] = {
     "frame": lambda p: _sd_box(p, 0.4, 0.4).abs() - 0.1,
     "triangle": lambda p: _sd_triangle(p, 0.5),
     "plus": lambda p: torch.minimum(_sd_box(p, 0.5, 0.12), _sd_box(p, 0.12, 0.5)),
-    "cross": lambda p: torch.minimum(_sd_box(_rot45(p), 0.55, 0.11),
-                                     _sd_box(_rot45(p), 0.11, 0.55)),
+    "cross": lambda p: torch.minimum(
+        _sd_box(_rot45(p), 0.55, 0.11), _sd_box(_rot45(p), 0.11, 0.55)
+    ),
     "L": lambda p: torch.minimum(
         _sd_box(p - p.new_tensor([-0.25, 0.0]), 0.12, 0.5),
         _sd_box(p - p.new_tensor([0.05, 0.38]), 0.42, 0.12),

@@ -50,8 +50,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> double_ba
     const c10::optional<at::Tensor>& grad_grad_bias, std::vector<int64_t> stride,
     std::vector<int64_t> padding, std::vector<int64_t> dilation, std::array<bool, 5> output_mask) {
   return deformconv::cuda::deform_conv2d_double_backward_cuda(
-      grad_output, input, weight, offset, mask, grad_grad_input, grad_grad_weight,
-      grad_grad_offset, grad_grad_mask, grad_grad_bias, stride, padding, dilation, output_mask);
+      grad_output, input, weight, offset, mask, grad_grad_input, grad_grad_weight, grad_grad_offset,
+      grad_grad_mask, grad_grad_bias, stride, padding, dilation, output_mask);
 }
 
 }  // namespace
