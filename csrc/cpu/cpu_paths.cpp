@@ -85,7 +85,7 @@ bool native_16bit(at::ScalarType dtype) {
 
 const char* loop_isa() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  // The same order as the target_clones resolver of channel_runs.h.
+  // The same order as the target_clones resolver of channel_loops.h.
   if (__builtin_cpu_supports("x86-64-v4")) return "avx512";
   if (__builtin_cpu_supports("x86-64-v3")) return "avx2";
 #endif

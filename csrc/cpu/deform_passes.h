@@ -7,7 +7,7 @@
 #include <cstring>
 #include <vector>
 
-#include "channel_runs.h"
+#include "channel_loops.h"
 #include "sample_table.h"
 
 namespace deformconv {

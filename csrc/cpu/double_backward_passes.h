@@ -6,9 +6,9 @@
 #include <algorithm>
 #include <vector>
 
-#include "cpu/channel_runs.h"
+#include "cpu/channel_loops.h"
 #include "cpu/sample_table.h"
-#include "cpu/second_order_runs.h"
+#include "cpu/second_order_loops.h"
 
 namespace deformconv {
 namespace cpu {

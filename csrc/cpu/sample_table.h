@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "channel_runs.h"
+#include "channel_loops.h"
 #include "common/bilinear.h"
 #include "common/geometry.h"
 

@@ -174,6 +174,107 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor&
   return out.contiguous(format);
 }
 
+namespace {
+
+// The backward's per-chunk buffers: the forward columns (input dtype), grad_columns
+// (opmath), and in deterministic mode the sort entries of grad_input.
+struct BackwardWorkspace {
+  int64_t max_chunk;
+  at::Tensor columns, grad_columns;
+  at::Tensor keys, coef, src;  // deterministic mode only
+};
+
+// Step 2 of the backward: chunk sizing and buffers. Two column buffers per pixel, plus the
+// sort entries in deterministic mode, whose count is kept below 2^31 per chunk.
+BackwardWorkspace backward_workspace(const ConvGeometry& geo, const at::TensorOptions& opts,
+                                     at::ScalarType opmath, bool deterministic) {
+  const int64_t pixels = geo.batch * geo.out_pixels();
+  const int64_t columns = geo.taps() * geo.in_channels;
+  const int64_t entries_per_pixel = 4 * geo.offset_groups * geo.taps();
+  int64_t bytes_per_pixel =
+      columns * (c10::elementSize(opts.dtype().toScalarType()) + c10::elementSize(opmath));
+  int64_t max_pixels = pixels;
+  if (deterministic) {
+    bytes_per_pixel += entries_per_pixel * kDeterministicBytesPerEntry;
+    max_pixels =
+        std::max<int64_t>(1, (std::numeric_limits<int32_t>::max() - 1) / entries_per_pixel);
+  }
+  BackwardWorkspace ws;
+  ws.max_chunk = chunk_pixels(pixels, bytes_per_pixel, max_pixels);
+  ws.columns = at::empty({ws.max_chunk, columns}, opts);
+  // grad_columns stays in opmath: one rounding of grad_input / grad_offset / grad_mask (a
+  // 16-bit grad_columns would round them twice, and overflow fp16 under a large loss scale).
+  ws.grad_columns = at::empty({ws.max_chunk, columns}, opts.dtype(opmath));
+  if (deterministic) {
+    const int64_t max_entries = entries_per_pixel * ws.max_chunk;
+    ws.keys = at::empty({max_entries}, opts.dtype(at::kLong));
+    ws.coef = at::empty({max_entries}, opts.dtype(opmath));
+    ws.src = at::empty({max_entries}, opts.dtype(at::kLong));
+  }
+  return ws;
+}
+
+// Step 3a: grad_cols = grad_chunk . W per conv group (an fp32 output for 16-bit types).
+void grad_columns_gemm(const ConvGeometry& geo, const at::Tensor& grad_chunk,
+                       const at::Tensor& wmat, const at::Tensor& grad_cols) {
+  const int64_t group_cols = geo.taps() * geo.in_channels_per_group();
+  const int64_t group_out = geo.out_channels_per_group();
+  for (int64_t grp = 0; grp < geo.groups; ++grp) {
+    at::Tensor grad_cols_g = grad_cols.narrow(1, grp * group_cols, group_cols);
+    const at::Tensor grad_g = grad_chunk.narrow(1, grp * group_out, group_out);
+    const at::Tensor w_g = wmat.narrow(0, grp * group_out, group_out);
+    if (is_reduced_float(grad_chunk.scalar_type())) {
+      mm_out_float(grad_cols_g, grad_g, w_g);
+    } else {
+      at::mm_out(grad_cols_g, grad_g, w_g);
+    }
+  }
+}
+
+// Step 3c (deterministic mode): grad_input_acc += the chunk's bilinear-corner contributions,
+// from a stable sort of their destination keys and a gather that sums each destination in a
+// fixed order: bitwise reproducible, no atomics.
+void gather_input_grad(const at::Tensor& offset_k, const c10::optional<at::Tensor>& mask_k,
+                       const ConvGeometry& geo, const Chunk& chunk, bool index32,
+                       const BackwardWorkspace& ws, const at::Tensor& grad_cols,
+                       at::Tensor& grad_input_acc) {
+  const int64_t entries = 4 * geo.offset_groups * geo.taps() * chunk.pc;
+  const at::Tensor keys = ws.keys.narrow(0, 0, entries);
+  const at::Tensor coef = ws.coef.narrow(0, 0, entries);
+  const at::Tensor src = ws.src.narrow(0, 0, entries);
+  launch_col2im_entries(offset_k, mask_k, geo, chunk, index32, keys, coef, src);
+  const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  launch_col2im_gather(geo, chunk, index32, std::get<0>(sorted), std::get<1>(sorted), coef, src,
+                       grad_cols, grad_input_acc);
+}
+
+// Step 3d: grad_wmat += grad_chunk^T . columns per conv group, accumulated in opmath across
+// chunks. 16-bit types: cuBLAS writes each chunk's product in fp32 (mm with an fp32
+// output), straight into grad_wmat for the first chunk, else into `scratch` and added.
+void accumulate_grad_weight(const ConvGeometry& geo, const at::Tensor& grad_chunk,
+                            const at::Tensor& cols, bool first_chunk, at::Tensor& grad_wmat,
+                            at::Tensor& scratch) {
+  const int64_t group_cols = geo.taps() * geo.in_channels_per_group();
+  const int64_t group_out = geo.out_channels_per_group();
+  for (int64_t grp = 0; grp < geo.groups; ++grp) {
+    const at::Tensor grad_t = grad_chunk.narrow(1, grp * group_out, group_out).t();
+    const at::Tensor cols_g = cols.narrow(1, grp * group_cols, group_cols);
+    at::Tensor acc_g = grad_wmat.narrow(0, grp * group_out, group_out);
+    if (!is_reduced_float(cols.scalar_type())) {
+      acc_g.addmm_(grad_t, cols_g);
+    } else if (first_chunk) {
+      mm_out_float(acc_g, grad_t, cols_g);
+    } else {
+      if (!scratch.defined()) scratch = at::empty_like(grad_wmat);
+      at::Tensor tmp_g = scratch.narrow(0, grp * group_out, group_out);
+      mm_out_float(tmp_g, grad_t, cols_g);
+      acc_g.add_(tmp_g);
+    }
+  }
+}
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
@@ -223,93 +324,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
                                    .reshape({pixels, geo.out_channels});
   const at::Tensor wmat = weight_matrix(weight, geo);
   const int64_t columns = geo.taps() * geo.in_channels;
-  const int64_t group_cols = geo.taps() * geo.in_channels_per_group();
-  const int64_t group_out = geo.out_channels_per_group();
-  const int64_t items_per_pixel = geo.offset_groups * geo.taps();
 
-  // Step 2: chunking. Two column buffers per pixel (columns in the input's dtype,
-  // grad_columns in opmath), plus the sort entries in deterministic mode, whose count is
-  // kept below 2^31 per chunk.
+  // Step 2: chunking and buffers.
   const bool deterministic = at::globalContext().deterministicAlgorithms();
-  int64_t bytes_per_pixel = columns * (input.element_size() + c10::elementSize(opmath));
-  int64_t max_pixels = pixels;
-  if (deterministic) {
-    bytes_per_pixel += 4 * items_per_pixel * kDeterministicBytesPerEntry;
-    max_pixels =
-        std::max<int64_t>(1, (std::numeric_limits<int32_t>::max() - 1) / (4 * items_per_pixel));
-  }
-  const int64_t max_chunk = chunk_pixels(pixels, bytes_per_pixel, max_pixels);
-  const bool index32 = fits_int32({input.numel(), max_chunk * columns, extent(offset_k),
+  const BackwardWorkspace ws = backward_workspace(geo, opts, opmath, deterministic);
+  const bool index32 = fits_int32({input.numel(), ws.max_chunk * columns, extent(offset_k),
                                    extent(mask_k), extent(grad_offset), extent(grad_mask), pixels});
-  at::Tensor column_buffer = at::empty({max_chunk, columns}, opts);
-  // grad_columns stays in opmath: one rounding of grad_input / grad_offset / grad_mask (a
-  // 16-bit grad_columns would round them twice, and overflow fp16 under a large loss scale).
-  at::Tensor grad_column_buffer = at::empty({max_chunk, columns}, opts.dtype(opmath));
-  at::Tensor key_buffer, coef_buffer, src_buffer;
-  if (deterministic) {
-    const int64_t max_entries = 4 * items_per_pixel * max_chunk;
-    key_buffer = at::empty({max_entries}, opts.dtype(at::kLong));
-    coef_buffer = at::empty({max_entries}, opts.dtype(opmath));
-    src_buffer = at::empty({max_entries}, opts.dtype(at::kLong));
-  }
 
   // Accumulators in opmath: grad_input (channels-last), grad_weight (as wmat).
   at::Tensor grad_input_acc =
       zeros_in(input.sizes(), opts.dtype(opmath), at::MemoryFormat::ChannelsLast);
-  at::Tensor grad_wmat = at::zeros({geo.out_channels, group_cols}, opts.dtype(opmath));
-  at::Tensor grad_wmat_chunk;  // 16-bit types: one chunk's fp32 product before adding
+  at::Tensor grad_wmat =
+      at::zeros({geo.out_channels, geo.taps() * geo.in_channels_per_group()}, opts.dtype(opmath));
+  at::Tensor grad_wmat_scratch;
 
   // Step 3: per chunk.
-  for (int64_t p0 = 0; p0 < pixels; p0 += max_chunk) {
-    const Chunk chunk{p0, std::min(max_chunk, pixels - p0)};
-    const at::Tensor cols = column_buffer.narrow(0, 0, chunk.pc);
-    const at::Tensor grad_cols = grad_column_buffer.narrow(0, 0, chunk.pc);
+  for (int64_t p0 = 0; p0 < pixels; p0 += ws.max_chunk) {
+    const Chunk chunk{p0, std::min(ws.max_chunk, pixels - p0)};
+    const at::Tensor cols = ws.columns.narrow(0, 0, chunk.pc);
+    const at::Tensor grad_cols = ws.grad_columns.narrow(0, 0, chunk.pc);
     const at::Tensor grad_chunk = grad_rows.narrow(0, p0, chunk.pc);
-
-    // 3a: grad_columns = grad_out . W, per conv group (fp32 output for 16-bit types).
-    for (int64_t grp = 0; grp < geo.groups; ++grp) {
-      at::Tensor grad_cols_g = grad_cols.narrow(1, grp * group_cols, group_cols);
-      const at::Tensor grad_g = grad_chunk.narrow(1, grp * group_out, group_out);
-      const at::Tensor w_g = wmat.narrow(0, grp * group_out, group_out);
-      if (is_reduced_float(dtype)) {
-        mm_out_float(grad_cols_g, grad_g, w_g);
-      } else {
-        at::mm_out(grad_cols_g, grad_g, w_g);
-      }
-    }
-
+    grad_columns_gemm(geo, grad_chunk, wmat, grad_cols);  // 3a
     // 3b: grad_offset, grad_mask, forward columns (+ atomic grad_input on the fast path).
     launch_col2im_coord(input_nhwc, offset_k, mask_k, geo, chunk, index32, grad_cols, cols,
                         deterministic ? at::Tensor() : grad_input_acc, grad_offset, grad_mask);
-
-    // 3c: deterministic grad_input: entries, stable sort by destination, gather.
-    if (deterministic) {
-      const int64_t entries = 4 * items_per_pixel * chunk.pc;
-      const at::Tensor keys = key_buffer.narrow(0, 0, entries);
-      const at::Tensor coef = coef_buffer.narrow(0, 0, entries);
-      const at::Tensor src = src_buffer.narrow(0, 0, entries);
-      launch_col2im_entries(offset_k, mask_k, geo, chunk, index32, keys, coef, src);
-      const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-      launch_col2im_gather(geo, chunk, index32, std::get<0>(sorted), std::get<1>(sorted), coef, src,
-                           grad_cols, grad_input_acc);
+    if (deterministic) {  // 3c
+      gather_input_grad(offset_k, mask_k, geo, chunk, index32, ws, grad_cols, grad_input_acc);
     }
-
-    // 3d: grad_weight += grad_out^T . columns, accumulated in opmath across chunks.
-    for (int64_t grp = 0; grp < geo.groups; ++grp) {
-      const at::Tensor grad_t = grad_chunk.narrow(1, grp * group_out, group_out).t();
-      const at::Tensor cols_g = cols.narrow(1, grp * group_cols, group_cols);
-      at::Tensor acc_g = grad_wmat.narrow(0, grp * group_out, group_out);
-      if (!is_reduced_float(dtype)) {
-        acc_g.addmm_(grad_t, cols_g);
-      } else if (p0 == 0) {
-        mm_out_float(acc_g, grad_t, cols_g);
-      } else {
-        if (!grad_wmat_chunk.defined()) grad_wmat_chunk = at::empty_like(grad_wmat);
-        at::Tensor tmp_g = grad_wmat_chunk.narrow(0, grp * group_out, group_out);
-        mm_out_float(tmp_g, grad_t, cols_g);
-        acc_g.add_(tmp_g);
-      }
-    }
+    accumulate_grad_weight(geo, grad_chunk, cols, p0 == 0, grad_wmat, grad_wmat_scratch);  // 3d
   }
 
   // Step 4: results in the caller's dtype and layouts (those of csrc/cpu).

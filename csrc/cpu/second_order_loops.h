@@ -3,7 +3,7 @@
 
 #include <cstdint>
 
-#include "cpu/channel_runs.h"
+#include "cpu/channel_loops.h"
 
 namespace deformconv {
 namespace cpu {
