@@ -107,3 +107,25 @@ def op_args(args):
     from a make_args dict (stride, padding and dilation as lists)."""
     tensors = tuple(args[k] for k in ("input", "weight", "offset", "mask", "bias"))
     return tensors + tuple(list(args[k]) for k in ("stride", "padding", "dilation"))
+
+
+def oracle(args):
+    """The NumPy float64 oracle on a make_args-style dict (tensors on any device and dtype):
+    Tensor[N, C_out, H_out, W_out] in float64 on the CPU."""
+    from deformconv.reference import deform_conv2d_np
+
+    as_np = {
+        k: (v.detach().cpu().double().numpy() if torch.is_tensor(v) else v) for k, v in args.items()
+    }
+    return torch.from_numpy(
+        deform_conv2d_np(
+            as_np["input"],
+            as_np["offset"],
+            as_np["mask"],
+            as_np["weight"],
+            as_np["bias"],
+            tuple(args["stride"]),
+            tuple(args["padding"]),
+            tuple(args["dilation"]),
+        )
+    )

@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import deformconv
-from deformconv.reference import deform_conv2d_np
 
-from helpers import make_args
+from helpers import make_args, oracle
 
 try:
     import torchvision.ops
@@ -43,24 +42,6 @@ def call(args):
         args["padding"],
         args["dilation"],
         args["mask"],
-    )
-
-
-def oracle(args):
-    as_np = {
-        k: (v.detach().cpu().double().numpy() if torch.is_tensor(v) else v) for k, v in args.items()
-    }
-    return torch.from_numpy(
-        deform_conv2d_np(
-            as_np["input"],
-            as_np["offset"],
-            as_np["mask"],
-            as_np["weight"],
-            as_np["bias"],
-            args["stride"],
-            args["padding"],
-            args["dilation"],
-        )
     )
 
 
