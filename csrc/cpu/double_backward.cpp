@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "cpu/deform_passes.h"
-#include "cpu/double_backward_driver.h"
+#include "common/double_backward_driver.h"
 #include "cpu/double_backward_passes.h"
 
 namespace deformconv {

@@ -1,10 +1,10 @@
-// CUDA double backward of deform_conv2d: the driver of cpu/double_backward_driver.h with the CUDA sampling kernels (registered by register.cpp).
+// CUDA double backward of deform_conv2d: the driver of common/double_backward_driver.h with the CUDA sampling kernels (registered by register.cpp).
 #include <ATen/ATen.h>
 
 #include <array>
 #include <tuple>
 
-#include "cpu/double_backward_driver.h"
+#include "common/double_backward_driver.h"
 #include "cuda/backend.h"
 #include "cuda/double_backward_launch.h"
 #include "cuda/entry_points.h"

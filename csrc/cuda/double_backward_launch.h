@@ -10,7 +10,7 @@ namespace cuda {
 namespace second_order {
 
 // Sizes of a call and its chunk of flattened output pixels [p0, p0 + pc). Tensors are
-// read in the layouts of cpu/double_backward_driver.h: input, v_input and grad_input
+// read in the layouts of common/double_backward_driver.h: input, v_input and grad_input
 // bordered channels-last (N, H+2, W+2, C) with a zero border; offset-like (N, 2S, H_out,
 // W_out) and mask-like (N, S, H_out, W_out) contiguous; column rows of `columns` entries
 // ordered (conv group, tap, channel of the group). All in the opmath dtype.
