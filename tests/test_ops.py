@@ -32,8 +32,9 @@ CONFIGS = {
 }
 
 
-def call(args):
-    return deformconv.deform_conv2d(
+def call(args, fn=deformconv.deform_conv2d):
+    """fn (deformconv's functional op, or torchvision's: same signature) on a make_args dict."""
+    return fn(
         args["input"],
         args["offset"],
         args["weight"],
@@ -160,16 +161,7 @@ def test_matches_torchvision_values_and_grads(name, device):
     for k in names:
         args[k].requires_grad_()
     ours = call(args)
-    theirs = torchvision.ops.deform_conv2d(
-        args["input"],
-        args["offset"],
-        args["weight"],
-        args["bias"],
-        args["stride"],
-        args["padding"],
-        args["dilation"],
-        args["mask"],
-    )
+    theirs = call(args, torchvision.ops.deform_conv2d)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(ours)
     g_ours = torch.autograd.grad(ours, [args[k] for k in names], grad)
