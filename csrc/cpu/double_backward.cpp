@@ -5,8 +5,8 @@
 #include <array>
 #include <vector>
 
-#include "cpu/deform_passes.h"
 #include "common/double_backward_driver.h"
+#include "cpu/deform_passes.h"
 #include "cpu/double_backward_passes.h"
 
 namespace deformconv {
