@@ -90,16 +90,7 @@ __all__ = [
     "train_epoch",
     "train_model",
     "validate",
-    "charrnn",
-    "checkpoint",
-    "cli",
-    "data",
-    "distributed",
-    "engine",
-    "metrics",
-    "models",
-    "reporting",
-    "synthetic",
+    *_SUBMODULES,
 ]
 
 
