@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot check on a lent GPU machine (no network): build, CUDA tests, GPU timings vs torchvision and cuDNN; short table last; <= 8 min.
+# One-shot check on a lent GPU machine (no network): build, CUDA tests, GPU timings vs torchvision and cuDNN, compute-sanitizer; short table last; <= 8 min.
 #
 # Usage (repository root or anywhere):  bash benchmarks/device_check.sh
 # Logs and JSON go to $OUT (default /tmp/deformconv_device_check). Every step runs under
@@ -218,3 +218,14 @@ PY
 # 4. The GPU benchmark (GPU_SHAPES of bench_deform_conv2d.py) against torchvision and dense cuDNN conv.
 TAIL=45 step bench 170 python3 benchmarks/bench_deform_conv2d.py --device cuda \
   --dtype float32,float16,bfloat16 --no-pure --min-run-time 0.2 --json "$OUT/gpu_bench.json"
+
+# 5. compute-sanitizer on tiny cases (memcheck; racecheck on the backward), if the toolkit has it.
+#    No caching allocator, so that memcheck sees each tensor as its own allocation.
+if command -v compute-sanitizer >/dev/null; then
+  TAIL=8 step memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+    --error-exitcode 9 python3 benchmarks/sanitizer_cases.py
+  TAIL=8 step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
+    python3 benchmarks/sanitizer_cases.py --no-double
+else
+  SUMMARY+=("sanitizer|not installed|0")
+fi

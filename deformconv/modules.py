@@ -10,6 +10,14 @@ from torch.nn.modules.utils import _pair
 from .ops import deform_conv2d
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for device_type. CPU and CUDA (the op's backends) skip
+    ``torch.amp.is_autocast_available``, which torch.compile cannot trace before torch 2.14."""
+    if device_type in ("cpu", "cuda"):
+        return torch.is_autocast_enabled(device_type)
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 class DeformConv2d(nn.Module):
     """Deformable convolution layer with torchvision.ops.DeformConv2d's constructor.
 
@@ -194,12 +202,8 @@ class DeformConv2dPack(DeformConv2d):
         1/16 px) and the op samples at float32 positions; it is a small conv next to the
         deformable one. Outside autocast it runs in the parameters' dtype.
         """
-        device_type = input.device.type
-        if (
-            torch.amp.is_autocast_available(device_type)
-            and torch.is_autocast_enabled(device_type)
-            and input.dtype != torch.float64
-        ):
+        if _autocast_enabled(input.device.type) and input.dtype != torch.float64:
+            device_type = input.device.type
             conv = self.conv_offset
             with torch.autocast(device_type=device_type, enabled=False):
                 predicted = F.conv2d(

@@ -1,0 +1,76 @@
+# A few small CUDA forward/backward calls for compute-sanitizer (memcheck, racecheck) in the device check.
+"""Runs every CUDA kernel of the op once or twice on tiny shapes, so that
+
+    compute-sanitizer --tool memcheck python3 benchmarks/sanitizer_cases.py
+
+checks them in seconds. Covers: mask/no mask, bias, weight and offset groups, stride and
+dilation, samples outside the image, fp32/fp16/bf16 with float32 offsets, the deterministic
+grad_input path, int64 indices and the double backward. Prints one line per case.
+"""
+
+import os
+import sys
+
+import torch
+
+import deformconv
+
+OP = torch.ops.deformconv.deform_conv2d
+
+
+def case(
+    name,
+    *,
+    dtype=torch.float32,
+    groups=1,
+    offset_groups=1,
+    stride=1,
+    dilation=1,
+    mask=True,
+    bias=True,
+    double=False,
+):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n, c_in, c_out, h, w = 2, 4 * groups, 2 * groups, 7, 6
+    ho = (h + 2 - dilation * 2 - 1) // stride + 1
+    wo = (w + 2 - dilation * 2 - 1) // stride + 1
+    x = torch.randn(n, c_in, h, w, device="cuda", generator=g).to(dtype)
+    # Offsets up to +-4 px: some samples fall outside the image or on its border.
+    off = torch.randn(n, 2 * 9 * offset_groups, ho, wo, device="cuda", generator=g) * 4
+    m = torch.rand(n, 9 * offset_groups, ho, wo, device="cuda", generator=g) if mask else None
+    wt = torch.randn(c_out, c_in // groups, 3, 3, device="cuda", generator=g).to(dtype)
+    b = torch.randn(c_out, device="cuda", generator=g).to(dtype) if bias else None
+    leaves = [t.requires_grad_() for t in (x, off, wt, m, b) if t is not None]
+    y = deformconv.deform_conv2d(x, off, wt, b, stride=stride, padding=1, dilation=dilation, mask=m)
+    grads = torch.autograd.grad(y, leaves, torch.randn_like(y), create_graph=double)
+    if double:
+        torch.autograd.grad(sum(gr.float().square().sum() for gr in grads), leaves[:3])
+    torch.cuda.synchronize()
+    print(f"{name}: ok {tuple(y.shape)}", flush=True)
+
+
+def main():
+    assert deformconv.has_cuda_kernels() and torch.cuda.is_available()
+    case("fp32 mask bias")
+    case(
+        "fp32 groups=2 offset_groups=2 stride=2 dilation=2 no mask",
+        groups=2,
+        offset_groups=2,
+        stride=2,
+        dilation=2,
+        mask=False,
+    )
+    case("fp16", dtype=torch.float16, bias=False)
+    case("bf16 offset_groups=2", dtype=torch.bfloat16, offset_groups=2)
+    torch.use_deterministic_algorithms(True)
+    case("fp32 deterministic", groups=2)
+    case("bf16 deterministic", dtype=torch.bfloat16)
+    torch.use_deterministic_algorithms(False)
+    if "--no-double" not in sys.argv:
+        case("fp64 double backward", dtype=torch.float64, double=True)
+    os.environ["DEFORMCONV_FORCE_INT64_INDEX"] = "1"
+    case("fp32 int64 indices")
+
+
+if __name__ == "__main__":
+    main()
