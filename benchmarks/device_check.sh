@@ -2,7 +2,9 @@
 # One-shot check on a lent GPU machine (no network): build, CUDA tests, GPU timings vs torchvision and cuDNN, compute-sanitizer; short table last; <= 8 min.
 #
 # Usage (repository root or anywhere):  bash benchmarks/device_check.sh
-# Logs and JSON go to $OUT (default /tmp/deformconv_device_check). Every step runs under
+# Results go to $OUT (default /tmp/deformconv_device_check): gpu_bench.json, extras.json and
+# logs.tgz (every step's log, the profile and the short tables; few files, since a device run
+# returns at most 8). Every step runs under
 # `timeout`, capped by what is left of an 8-minute deadline; a failing step does not stop
 # the later ones (except a failed build), and the summary at the end lists each step's
 # exit status. Environment: TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
@@ -11,7 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT="${OUT:-/tmp/deformconv_device_check}"
-mkdir -p "$OUT"
+LOG="$OUT/logs"
+mkdir -p "$LOG"
+# The benchmark scripts run as files: they import the package built in place here.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 export MAX_JOBS="${MAX_JOBS:-16}"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
@@ -27,7 +32,7 @@ DEADLINE_S="${DEADLINE_S:-480}"
 START=$SECONDS
 SUMMARY=()
 
-# step NAME MAX_SECONDS CMD...: runs CMD with output in $OUT/NAME.log, prints its tail.
+# step NAME MAX_SECONDS CMD...: runs CMD with output in $LOG/NAME.log, prints its tail.
 step() {
   local name=$1 limit=$2
   shift 2
@@ -40,9 +45,9 @@ step() {
   ((limit > left)) && limit=$left
   echo "== $name (limit ${limit}s)"
   local t0=$SECONDS rc=0
-  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1 || rc=$?
+  timeout --kill-after=10 "$limit" "$@" >"$LOG/$name.log" 2>&1 || rc=$?
   local dt=$((SECONDS - t0))
-  tail -n "${TAIL:-25}" "$OUT/$name.log" || true
+  tail -n "${TAIL:-25}" "$LOG/$name.log" || true
   local what="ok"
   ((rc == 124 || rc == 137)) && what="TIMEOUT"
   ((rc != 0 && rc != 124 && rc != 137)) && what="FAILED rc=$rc"
@@ -54,7 +59,7 @@ step() {
 summary() {
   echo
   echo "================ deformconv device check summary ($((SECONDS - START))s) ================"
-  [[ -f "$OUT/gpu.txt" ]] && cat "$OUT/gpu.txt"
+  [[ -f "$LOG/gpu.txt" ]] && cat "$LOG/gpu.txt"
   printf '| %-12s | %-20s | %6s |\n' step result seconds
   printf '|--------------|----------------------|--------|\n'
   local row
@@ -62,30 +67,32 @@ summary() {
     IFS='|' read -r a b c <<<"$row"
     printf '| %-12s | %-20s | %6s |\n' "$a" "$b" "$c"
   done
-  if [[ -f "$OUT/tests.log" ]]; then
+  if [[ -f "$LOG/tests.log" ]]; then
     echo
-    grep -E "passed|failed|error" "$OUT/tests.log" | tail -n 3 || true
+    grep -E "passed|failed|error" "$LOG/tests.log" | tail -n 3 || true
   fi
-  if [[ -f "$OUT/extras.md" ]]; then
+  if [[ -f "$LOG/extras.md" ]]; then
     echo
-    cat "$OUT/extras.md"
+    cat "$LOG/extras.md"
   fi
-  if [[ -f "$OUT/bench.log" ]]; then
+  if [[ -f "$LOG/bench.log" ]]; then
     echo
     # The benchmark prints its markdown table last.
-    awk '/^\|/ {print}' "$OUT/bench.log" | tail -n 40
+    awk '/^\|/ {print}' "$LOG/bench.log" | tail -n 40
   fi
+  # Few files come back from a device run: the logs travel as one archive.
+  tar -C "$OUT" -czf "$OUT/logs.tgz" logs && rm -rf "$LOG"
 }
 trap summary EXIT
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/gpu.txt" 2>&1 || true
-python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', sys.version.split()[0])" >>"$OUT/gpu.txt" 2>&1 || true
-cat "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$LOG/gpu.txt" 2>&1 || true
+python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', sys.version.split()[0])" >>"$LOG/gpu.txt" 2>&1 || true
+cat "$LOG/gpu.txt"
 
 # 1. Build in place (CPU + CUDA kernels), no network needed.
 TAIL=15 step build 300 python3 setup.py build_ext --inplace
 if [[ "${SUMMARY[-1]}" != build\|ok\|* ]]; then
-  echo "build failed: see $OUT/build.log"
+  echo "build failed: see $LOG/build.log"
   exit 1
 fi
 step import 60 python3 -c "
@@ -104,8 +111,18 @@ for f in tests/test_cuda.py tests/test_autocast.py tests/test_mixed_precision.py
   tests/test_double_backward.py; do
   [[ -f "$f" ]] && TEST_FILES+=("$f")
 done
-# --maxfail instead of -x: one device run should show every failure, not the first.
-TAIL=40 step tests 200 python3 -m pytest -q -rfE --maxfail=30 "${TEST_FILES[@]}"
+# --maxfail instead of -x: one device run should show every failure, not the first. With
+# pytest-xdist (4 workers), a test that crashes the interpreter fails alone and the rest run on.
+XDIST=()
+python3 -c "import xdist" 2>/dev/null && XDIST=(-n 4)
+TAIL=40 step tests 200 python3 -m pytest -q -rfE --maxfail=30 "${XDIST[@]}" "${TEST_FILES[@]}"
+
+# A test that crashed its worker: rerun the first one under cuda-gdb for a native backtrace.
+CRASHED=$(grep -o "crashed while running '[^']*'" "$LOG/tests.log" | head -n 1 | cut -d"'" -f2 || true)
+if [[ -n "$CRASHED" ]] && command -v cuda-gdb >/dev/null; then
+  TAIL=40 step crash_bt 90 cuda-gdb -q -batch -ex run -ex bt --args \
+    python3 -m pytest -q -p no:cacheprovider "$CRASHED"
+fi
 
 # The 64-bit-index kernels on the CPU-parity sweep (the large-index test covers them only at
 # > 2^31 elements).
@@ -114,12 +131,12 @@ TAIL=5 step tests64 60 env DEFORMCONV_FORCE_INT64_INDEX=1 python3 -m pytest -q -
 
 # 3. Timings the benchmark script does not take: deterministic vs fast backward, TF32 off/on
 #    for fp32, fp16 vs bf16, peak memory vs torchvision, r50-c3 at batch 64 (CUDA events).
-step extras 90 python3 - "$OUT" <<'PY'
+step extras 90 python3 - "$OUT" "$LOG" <<'PY'
 import json, sys, torch
 import torch.utils.deterministic
 import torch.nn.functional as F
 import deformconv
-out_dir = sys.argv[1]
+out_dir, log_dir = sys.argv[1], sys.argv[2]
 try:
     import torchvision.ops as tvops
 except Exception:  # noqa: BLE001
@@ -209,10 +226,25 @@ a = args(64, 128, 100, 168, 128, torch.float16)
 row("r50-c3 N=64 fp16", ours_fb_ms=time_ms(ours, a, True, reps=3), ours_peak_mb=peak_mb(ours, a),
     dense_peak_mb=peak_mb(dense, a))
 json.dump(rows, open(f"{out_dir}/extras.json", "w"), indent=1)
-with open(f"{out_dir}/extras.md", "w") as f:
+with open(f"{log_dir}/extras.md", "w") as f:
     f.write("| case | measurements (ms / MiB) |\n|---|---|\n")
     for r in rows:
         f.write(f"| {r['case']} | " + ", ".join(f"{k}={v:.3g}" for k, v in r.items() if k != "case") + " |\n")
+# Where the GPU time goes: kernels of 5 forward+backward passes, r50-c3 fp16 and fp32.
+from torch.profiler import ProfilerActivity, profile
+for dt in (torch.float16, torch.float32):
+    a = args(8, 128, 100, 168, 128, dt)
+    time_ms(ours, a, True, reps=1)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            y = ours(*a)
+            torch.autograd.grad(y, a, torch.ones_like(y))
+        torch.cuda.synchronize()
+    try:
+        table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=14)
+    except Exception:  # noqa: BLE001 (older torch: the cuda_ key)
+        table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14)
+    print(f"profile r50-c3 {dt}, 5 x forward+backward\n{table}", flush=True)
 PY
 
 # 4. The GPU benchmark (GPU_SHAPES of bench_deform_conv2d.py) against torchvision and dense cuDNN conv.

@@ -6,6 +6,7 @@
 checks them in seconds. Covers: mask/no mask, bias, weight and offset groups, stride and
 dilation, samples outside the image, fp32/fp16/bf16 with float32 offsets, the deterministic
 grad_input path, int64 indices and the double backward. Prints one line per case.
+``--no-double`` leaves out the double backward; ``--cpu`` runs the cases on the CPU.
 """
 
 import os
@@ -15,7 +16,8 @@ import torch
 
 import deformconv
 
-OP = torch.ops.deformconv.deform_conv2d
+# --cpu runs the same cases on the CPU (a dry run of this script without a GPU).
+DEVICE = "cpu" if "--cpu" in sys.argv else "cuda"
 
 
 def case(
@@ -30,27 +32,33 @@ def case(
     bias=True,
     double=False,
 ):
-    g = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
     n, c_in, c_out, h, w = 2, 4 * groups, 2 * groups, 7, 6
     ho = (h + 2 - dilation * 2 - 1) // stride + 1
     wo = (w + 2 - dilation * 2 - 1) // stride + 1
-    x = torch.randn(n, c_in, h, w, device="cuda", generator=g).to(dtype)
-    # Offsets up to +-4 px: some samples fall outside the image or on its border.
-    off = torch.randn(n, 2 * 9 * offset_groups, ho, wo, device="cuda", generator=g) * 4
-    m = torch.rand(n, 9 * offset_groups, ho, wo, device="cuda", generator=g) if mask else None
-    wt = torch.randn(c_out, c_in // groups, 3, 3, device="cuda", generator=g).to(dtype)
-    b = torch.randn(c_out, device="cuda", generator=g).to(dtype) if bias else None
+    x = torch.randn(n, c_in, h, w, device=DEVICE, generator=g).to(dtype)
+    # Offsets up to +-4 px: some samples fall outside the image or on its border. Offset and
+    # mask are float32 (allowed with 16-bit input), or float64 with float64 input.
+    pos = torch.float64 if dtype == torch.float64 else torch.float32
+    off = torch.randn(n, 2 * 9 * offset_groups, ho, wo, device=DEVICE, generator=g) * 4
+    off = off.to(pos)
+    m = torch.rand(n, 9 * offset_groups, ho, wo, device=DEVICE, generator=g) if mask else None
+    m = m.to(pos) if mask else None
+    wt = torch.randn(c_out, c_in // groups, 3, 3, device=DEVICE, generator=g).to(dtype)
+    b = torch.randn(c_out, device=DEVICE, generator=g).to(dtype) if bias else None
     leaves = [t.requires_grad_() for t in (x, off, wt, m, b) if t is not None]
     y = deformconv.deform_conv2d(x, off, wt, b, stride=stride, padding=1, dilation=dilation, mask=m)
     grads = torch.autograd.grad(y, leaves, torch.randn_like(y), create_graph=double)
     if double:
         torch.autograd.grad(sum(gr.float().square().sum() for gr in grads), leaves[:3])
-    torch.cuda.synchronize()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
     print(f"{name}: ok {tuple(y.shape)}", flush=True)
 
 
 def main():
-    assert deformconv.has_cuda_kernels() and torch.cuda.is_available()
+    if DEVICE == "cuda":
+        assert deformconv.has_cuda_kernels() and torch.cuda.is_available()
     case("fp32 mask bias")
     case(
         "fp32 groups=2 offset_groups=2 stride=2 dilation=2 no mask",

@@ -1,0 +1,35 @@
+# The GPU device-check tooling (benchmarks/device_check.sh, sanitizer_cases.py) works before it reaches a GPU.
+"""A device run is short and scarce: a script bug there wastes it. These tests run the device
+check's own scripts on the CPU (sanitizer cases) and check the shell script's syntax."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO, child_process_env
+
+
+def test_sanitizer_cases_run_on_cpu():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "sanitizer_cases.py"), "--cpu"],
+        cwd="/",
+        env=child_process_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 8 and all(": ok (" in line for line in lines), result.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_device_check_script_parses():
+    result = subprocess.run(
+        ["bash", "-n", str(REPO / "benchmarks" / "device_check.sh")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
