@@ -1,7 +1,7 @@
 # The op against the NumPy oracle and torchvision: values, gradients, layouts, dtypes, boundaries, determinism.
 import itertools
+import random
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -55,30 +55,40 @@ def test_matches_oracle(name, device):
     torch.testing.assert_close(out.cpu(), expected, rtol=1e-10, atol=1e-10)
 
 
+def random_config(seed):
+    """A seeded random configuration for make_args: every option, small shapes, offsets
+    of several scales (some samples land outside the image)."""
+    r = random.Random(seed)
+    groups, offset_groups = r.choice([(1, 1), (1, 2), (2, 1), (2, 2), (1, 3), (3, 1), (2, 4)])
+    kernel = (r.randint(1, 3), r.randint(1, 3))
+    stride = (r.randint(1, 2), r.randint(1, 2))
+    dilation = (r.randint(1, 2), r.randint(1, 2))
+    padding = (r.randint(0, 2), r.randint(0, 2))
+    h = r.randint(dilation[0] * (kernel[0] - 1) + 1, 9)
+    w = r.randint(dilation[1] * (kernel[1] - 1) + 1, 9)
+    return dict(
+        n=r.randint(1, 2),
+        c_in=groups * offset_groups * r.randint(1, 2),
+        c_out=groups * r.randint(1, 3),
+        h=h,
+        w=w,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        offset_groups=offset_groups,
+        with_mask=r.random() < 0.7,
+        with_bias=r.random() < 0.7,
+        offset_scale=r.choice([0.5, 2.0, 6.0]),
+        seed=seed,
+    )
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_random_sweep_matches_oracle(seed, device):
     """Random combinations of every option, several offset scales."""
-    rng = np.random.default_rng(seed)
-    groups, offset_groups = [(1, 1), (2, 1), (1, 2), (2, 4)][seed % 4]
-    kernel = tuple(int(v) for v in rng.integers(1, 4, size=2))
-    args = make_args(
-        n=int(rng.integers(1, 3)),
-        c_in=4 * groups // groups * max(groups, offset_groups),
-        c_out=2 * groups,
-        h=int(rng.integers(4, 8)),
-        w=int(rng.integers(4, 8)),
-        kernel=kernel,
-        stride=tuple(int(v) for v in rng.integers(1, 3, size=2)),
-        padding=tuple(int(v) for v in rng.integers(0, 2, size=2)),
-        dilation=tuple(int(v) for v in rng.integers(1, 3, size=2)),
-        groups=groups,
-        offset_groups=offset_groups,
-        with_mask=bool(seed % 2),
-        with_bias=bool(seed % 3),
-        offset_scale=float(rng.choice([0.5, 2.0, 6.0])),
-        seed=seed,
-        device=device,
-    )
+    args = make_args(device=device, **random_config(seed))
     torch.testing.assert_close(call(args).cpu(), oracle(args), rtol=1e-10, atol=1e-10)
 
 
@@ -171,6 +181,24 @@ def test_matches_torchvision_values_and_grads(name, device):
     g_theirs = torch.autograd.grad(theirs, [args[k] for k in names], grad)
     for k, a, b in zip(names, g_ours, g_theirs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"grad of {k}")
+
+
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision not importable")
+@pytest.mark.parametrize("seed", range(40))
+def test_matches_torchvision_float64_random_sweep(seed, device):
+    """float64 values and every gradient equal torchvision's over 40 seeded random configs."""
+    args = make_args(device=device, **random_config(seed))
+    names = [k for k in ("input", "offset", "weight", "mask", "bias") if args[k] is not None]
+    for k in names:
+        args[k].requires_grad_()
+    ours = call(args)
+    theirs = call(args, torchvision.ops.deform_conv2d)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    grad = torch.randn_like(ours)
+    g_ours = torch.autograd.grad(ours, [args[k] for k in names], grad)
+    g_theirs = torch.autograd.grad(theirs, [args[k] for k in names], grad)
+    for k, a, b in zip(names, g_ours, g_theirs):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"grad of {k}")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
