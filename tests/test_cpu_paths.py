@@ -1,7 +1,9 @@
-# Every CPU path (GEMM backend x 16-bit column storage), forced by environment switches, against float64 and each other.
-"""The CPU kernels choose, per call, a GEMM backend (``DEFORMCONV_CPU_GEMM=mm|onednn``) and, for
-bfloat16 / float16, whether the columns stay in 16 bits (``DEFORMCONV_CPU_16BIT=native|fp32``).
-Each test forces every combination, so all paths run on any CPU, whatever it would choose."""
+# Every CPU path (GEMM backend, 16-bit columns, forward scheme), forced by environment switches, against float64.
+"""The CPU kernels choose, per call, a GEMM backend (``DEFORMCONV_CPU_GEMM=mm|onednn``), for
+bfloat16 / float16 whether the columns stay in 16 bits (``DEFORMCONV_CPU_16BIT=native|fp32``),
+and for float32 compute whether the forward runs fused per-thread tiles
+(``DEFORMCONV_CPU_FORWARD=fused|chunked``). Each test forces every combination that matters, so
+all paths run on any CPU, whatever it would choose."""
 
 import pytest
 import torch
@@ -9,8 +11,16 @@ import torch
 
 from helpers import make_args, op_args, oracle
 
-PATHS = [("mm", "fp32"), ("onednn", "fp32"), ("onednn", "native"), ("mm", "native")]
-PATH_IDS = [f"{g}-{b}" for g, b in PATHS]
+# (GEMM backend, 16-bit columns, forward scheme); "fused" applies to float32 compute only.
+PATHS = [
+    ("mm", "fp32", "chunked"),
+    ("onednn", "fp32", "chunked"),
+    ("onednn", "native", "chunked"),
+    ("mm", "native", "chunked"),
+    ("onednn", "fp32", "fused"),
+    ("onednn", "native", "fused"),
+]
+PATH_IDS = ["-".join(p) for p in PATHS]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 # Max abs error over max abs value of the float64 result at the same (rounded) inputs.
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}
@@ -34,11 +44,12 @@ GRADS = ("input", "weight", "offset", "mask", "bias")
 
 @pytest.fixture
 def use_path(monkeypatch):
-    """Force a CPU path for the rest of the test: use_path("onednn", "native")."""
+    """Force a CPU path for the rest of the test: use_path("onednn", "native", "fused")."""
 
-    def use(gemm, columns_16bit):
+    def use(gemm, columns_16bit, forward="chunked"):
         monkeypatch.setenv("DEFORMCONV_CPU_GEMM", gemm)
         monkeypatch.setenv("DEFORMCONV_CPU_16BIT", columns_16bit)
+        monkeypatch.setenv("DEFORMCONV_CPU_FORWARD", forward)
 
     return use
 
@@ -143,6 +154,13 @@ def test_path_query_names_the_forced_path(use_path):
     use_path("mm", "fp32")
     assert query(torch.float32).startswith("gemm=mm columns=float32")
     assert query(torch.bfloat16).startswith("gemm=mm columns=float32 (16-bit input")
+    assert "forward=chunked" in query(torch.float32)
+    use_path("mm", "fp32", "fused")
+    assert "forward=fused loops=" in query(torch.float32)
+    assert "forward=fused loops=" in query(torch.bfloat16)  # computed in float32
+    assert "forward=chunked" in query(torch.float64)  # the fused forward is float32 only
+    use_path("onednn", "native", "fused")
+    assert "forward=chunked" in query(torch.bfloat16)  # 16-bit columns: chunked
 
 
 def test_automatic_choice_follows_the_cpu(monkeypatch):
@@ -150,6 +168,7 @@ def test_automatic_choice_follows_the_cpu(monkeypatch):
     only where the CPU also has 16-bit dot-product units; AVX-512 loops where it has x86-64-v4."""
     monkeypatch.delenv("DEFORMCONV_CPU_GEMM", raising=False)
     monkeypatch.delenv("DEFORMCONV_CPU_16BIT", raising=False)
+    monkeypatch.delenv("DEFORMCONV_CPU_FORWARD", raising=False)
     caps = torch._C._cpu._get_cpu_capability()
     avx512 = all(caps.get(f) for f in ("avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"))
     onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and avx512
@@ -159,6 +178,8 @@ def test_automatic_choice_follows_the_cpu(monkeypatch):
     native_fp16 = onednn and (caps.get("avx512_fp16") or caps.get("amx_fp16"))
     assert ("columns=bfloat16" in query(torch.bfloat16)) == bool(native_bf16)
     assert ("columns=float16" in query(torch.float16)) == bool(native_fp16)
+    # Fused float32 forward with oneDNN (AVX-512) CPUs, for layers with small weights.
+    assert ("forward=fused(group weights" in query(torch.float32)) == onednn
     v4 = avx512 and caps.get("avx512_cd")
     if caps.get("architecture") == "x86_64":
         expected = "avx512" if v4 else ("avx2" if caps.get("avx2") and caps.get("fma3") else "")
@@ -167,9 +188,35 @@ def test_automatic_choice_follows_the_cpu(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name,value", [("DEFORMCONV_CPU_GEMM", "mkl"), ("DEFORMCONV_CPU_16BIT", "bf16")]
+    "name,value,dtype",
+    [
+        ("DEFORMCONV_CPU_GEMM", "mkl", torch.bfloat16),
+        ("DEFORMCONV_CPU_16BIT", "bf16", torch.bfloat16),
+        ("DEFORMCONV_CPU_FORWARD", "tiled", torch.float32),
+    ],
 )
-def test_bad_path_switch_is_reported(name, value, monkeypatch):
+def test_bad_path_switch_is_reported(name, value, dtype, monkeypatch):
     monkeypatch.setenv(name, value)
     with pytest.raises(RuntimeError, match=f"{name} is not valid: got '{value}'"):
-        torch.ops.deformconv.deform_conv2d(*op_args(cast(make_args(), torch.bfloat16)))
+        torch.ops.deformconv.deform_conv2d(*op_args(cast(make_args(), dtype)))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_fused_forward_is_bitwise_independent_of_thread_count(channels_last, use_path):
+    """Tiles are fixed by the shape, not by the threads: 1 and 2 threads give the same bits."""
+    args = cast(make_args(n=3, c_in=16, c_out=12, h=17, w=19, groups=2), torch.float32)
+    if channels_last:
+        args["input"] = args["input"].contiguous(memory_format=torch.channels_last)
+    use_path("onednn", "fp32", "fused")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.deformconv.deform_conv2d(*op_args(args))
+        torch.set_num_threads(2)
+        two = torch.ops.deformconv.deform_conv2d(*op_args(args))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    assert one.is_contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )

@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <string>
 
+#include "cpu/fused_forward.h"
+
 namespace deformconv {
 namespace cpu {
 namespace {
@@ -83,6 +85,14 @@ bool native_16bit(at::ScalarType dtype) {
                                 : cpu_has_any({"avx512_fp16", "amx_fp16"});
 }
 
+bool fused_forward_chosen(at::ScalarType dtype, int64_t group_weight_bytes) {
+  if (dtype == at::kDouble || native_16bit(dtype) || !fused_forward_available()) return false;
+  const std::string choice = env_choice("DEFORMCONV_CPU_FORWARD", {"fused", "chunked"});
+  if (choice != "auto") return choice == "fused";
+  return gemm_backend(at::kFloat) == GemmBackend::kOneDnn &&
+         group_weight_bytes <= kFusedMaxWeightBytes;
+}
+
 const char* loop_isa() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   // The same order as the target_clones resolver of channel_loops.h.
@@ -100,6 +110,14 @@ std::string describe_path(at::ScalarType dtype) {
       std::string("gemm=") + (gemm_backend(compute) == GemmBackend::kOneDnn ? "onednn" : "mm");
   path += std::string(" columns=") + dtype_name(native ? dtype : compute);
   if (is16 && !native) path += " (16-bit input computed in float32)";
+  if (!fused_forward_chosen(dtype, 0)) {
+    path += " forward=chunked";
+  } else {
+    // Forced, or auto with the weight-size rule of fused_forward_chosen.
+    path += fused_forward_chosen(dtype, kFusedMaxWeightBytes + 1)
+                ? " forward=fused"
+                : " forward=fused(group weights <= 512 KiB, else chunked)";
+  }
   path += std::string(" loops=") + loop_isa();
   return path;
 }

@@ -3,6 +3,7 @@
 
 #include <c10/core/ScalarType.h>
 
+#include <cstdint>
 #include <string>
 
 namespace deformconv {
@@ -28,6 +29,20 @@ GemmBackend gemm_backend(at::ScalarType compute_dtype);
 // backend is oneDNN. Always false for float32 / float64.
 bool native_16bit(at::ScalarType dtype);
 
+// True when a call with this input dtype runs its forward as fused per-thread tiles
+// (fused_forward.h: sampling and ATen's float32 brgemm per tile, no column chunk
+// through memory); false keeps the chunked forward (columns, then one GEMM per
+// chunk). Only calls computed in float32 with float32 columns can be fused (not
+// float64, not native 16-bit). DEFORMCONV_CPU_FORWARD=fused|chunked forces one
+// (read on every call). Unset or "auto" picks fused where the torch build has the
+// brgemm, the GEMM backend is oneDNN (CPUs with AVX-512), and one group's weight
+// matrix (group_weight_bytes, in float32) fits kFusedMaxWeightBytes: every tile
+// reads all of it, which stays in a core's L2 cache only when it is small.
+// Measured on a 2-core AVX-512 EPYC (1 MiB L2 per core): fused is faster at 64-128
+// output channels (147-295 KiB of weight), slower at 256 (2.3 MiB).
+constexpr int64_t kFusedMaxWeightBytes = int64_t(512) << 10;
+bool fused_forward_chosen(at::ScalarType dtype, int64_t group_weight_bytes);
+
 // True when the CPU has AVX-512 F/BW/VL/DQ (oneDNN's bfloat16 kernels need them).
 bool cpu_has_avx512();
 
@@ -35,7 +50,7 @@ bool cpu_has_avx512();
 const char* loop_isa();
 
 // One line naming the path a call with this input dtype takes, e.g.
-// "gemm=onednn columns=bfloat16 loops=avx512".
+// "gemm=onednn columns=bfloat16 forward=chunked loops=avx512".
 std::string describe_path(at::ScalarType dtype);
 
 }  // namespace cpu

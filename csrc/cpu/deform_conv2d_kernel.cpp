@@ -12,6 +12,7 @@
 #include "cpu/cpu_paths.h"
 #include "cpu/cpu_workspace.h"
 #include "cpu/deform_passes.h"
+#include "cpu/fused_forward.h"
 
 namespace deformconv {
 namespace cpu {
@@ -124,6 +125,13 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
     return at::zeros({geo.batch, geo.out_channels, geo.out_h, geo.out_w}, input.options())
         .contiguous(prefers_channels_last(input) ? at::MemoryFormat::ChannelsLast
                                                  : at::MemoryFormat::Contiguous);
+  }
+  const int64_t group_weight_bytes = weight.numel() / geo.groups * int64_t(sizeof(float));
+  if (fused_forward_chosen(input.scalar_type(), group_weight_bytes)) {
+    // Float32 compute: sampling and GEMM per cache-sized tile of pixels.
+    return to_caller(fused_forward(L, input, to_opmath(weight), to_opmath(offset),
+                                   to_opmath(mask), to_opmath(bias), prefers_channels_last(input)),
+                     input);
   }
   const GemmBackend backend = gemm_backend(opmath_dtype(input.scalar_type()));
   at::Tensor out;

@@ -1,0 +1,125 @@
+// The float32 CPU forward in per-thread pixel tiles: sample a tile's columns into cache, multiply them with ATen's brgemm, write the output.
+#include "cpu/fused_forward.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common/geometry.h"
+#include "cpu/cpu_workspace.h"
+#include "cpu/deform_passes.h"
+#include "cpu/sample_table.h"
+
+namespace deformconv {
+namespace cpu {
+namespace {
+
+// Column bytes of one tile: a tile's columns, its GEMM output and the weight
+// (576 x 64 floats at resnet-stage) share a core's L2 cache.
+constexpr int64_t kFusedTileBytes = int64_t(256) << 10;
+constexpr int64_t kMinTilePixels = 16;
+constexpr int64_t kMaxTilePixels = 512;
+
+// Output pixels per tile: about kFusedTileBytes of columns, within the workspace
+// budget with one tile per thread, at least 1.
+int64_t tile_pixels(const Layout& L) {
+  const int64_t column_bytes = L.columns * int64_t(sizeof(float));
+  const int64_t bytes_per_pixel = column_bytes + L.samples * int64_t(sizeof(Sample<float>)) +
+                                  L.geo.out_channels * int64_t(sizeof(float));
+  const int64_t cache_pixels =
+      std::clamp(kFusedTileBytes / column_bytes, kMinTilePixels, kMaxTilePixels);
+  const int64_t budget_pixels =
+      workspace_budget_bytes() / (bytes_per_pixel * std::max(1, at::get_num_threads()));
+  return std::max<int64_t>(1, std::min({cache_pixels, budget_pixels, L.pixels}));
+}
+
+// out[n, c, s] = acc[q, c] + bias[c] for the tile's rows q (pixels p0 + q, p = n * H_out*W_out + s):
+// the tile's GEMM rows scattered into an NCHW output, one image segment at a time.
+void write_nchw_rows(const Layout& L, const float* acc, const float* bias, int64_t p0,
+                     int64_t rows, float* out) {
+  const int64_t C_out = L.geo.out_channels;
+  const int64_t hw_out = L.geo.out_pixels();
+  for (int64_t q = 0; q < rows;) {
+    const int64_t n = (p0 + q) / hw_out;
+    const int64_t s = (p0 + q) % hw_out;
+    const int64_t len = std::min(rows - q, hw_out - s);
+    for (int64_t c = 0; c < C_out; ++c) {
+      const float b = bias ? bias[c] : 0.f;
+      const float* a = acc + q * C_out + c;
+      float* o = out + (n * C_out + c) * hw_out + s;
+      for (int64_t i = 0; i < len; ++i) o[i] = a[i * C_out] + b;
+    }
+    q += len;
+  }
+}
+
+}  // namespace
+
+bool fused_forward_available() {
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+  return true;
+#else
+  return false;
+#endif
+}
+
+at::Tensor fused_forward(const Layout& L, const at::Tensor& input, const at::Tensor& weight,
+                         const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
+                         const c10::optional<at::Tensor>& bias, bool channels_last_out) {
+#ifndef CPUBLAS_BRGEMM_F32F32F32
+  TORCH_CHECK(false, "the fused CPU forward needs ATen's float32 brgemm, which this torch lacks");
+#else
+  const ConvGeometry& g = L.geo;
+  const at::Tensor bordered = bordered_nhwc(input);
+  const at::Tensor w_cols = weight_for_columns(weight, g);  // [groups, K, C_out/groups]
+  const std::vector<ChannelRun> runs = channel_runs(g);
+  const int64_t C_out = g.out_channels;
+  const int64_t K = w_cols.size(1);
+  const int64_t cout_g = w_cols.size(2);
+  const auto opts = bordered.options();
+  at::Tensor out = channels_last_out ? at::empty({g.batch, g.out_h, g.out_w, C_out}, opts)
+                                     : at::empty({g.batch, C_out, g.out_h, g.out_w}, opts);
+
+  const float* bordered_p = bordered.data_ptr<float>();
+  const float* w_p = w_cols.data_ptr<float>();
+  const float* offset_p = offset.data_ptr<float>();
+  const float* mask_p = mask ? mask->data_ptr<float>() : nullptr;
+  const float* bias_p = bias ? bias->data_ptr<float>() : nullptr;
+  float* out_p = out.data_ptr<float>();
+  const int64_t T = tile_pixels(L);
+  const int64_t tiles = (L.pixels + T - 1) / T;
+  at::parallel_for(0, tiles, 1, [&](int64_t t_begin, int64_t t_end) {
+    std::vector<float> columns(T * L.columns);
+    std::vector<Sample<float>> table(T * L.samples);
+    std::vector<float> acc(channels_last_out ? 0 : T * C_out);
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      const int64_t p0 = t * T;
+      const int64_t rows = std::min(T, L.pixels - p0);
+      sample_table_rows(L, offset_p, mask_p, p0, 0, rows, table.data());
+      fill_column_rows(L, runs, bordered_p, table.data(), 0, rows, columns.data());
+      // Channels-last output rows are the GEMM's own output; NCHW goes through acc.
+      float* c = channels_last_out ? out_p + p0 * C_out : acc.data();
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        at::native::cpublas::brgemm(rows, cout_g, K, L.columns, cout_g, C_out, /*add_C=*/false,
+                                    columns.data() + grp * K, w_p + grp * K * cout_g,
+                                    c + grp * cout_g, /*is_vnni=*/false);
+      }
+      if (!channels_last_out) {
+        write_nchw_rows(L, acc.data(), bias_p, p0, rows, out_p);
+      } else if (bias_p) {
+        for (int64_t q = 0; q < rows; ++q) {
+          for (int64_t ch = 0; ch < C_out; ++ch) c[q * C_out + ch] += bias_p[ch];
+        }
+      }
+    }
+    at::native::cpublas::brgemm_release(/*is_vnni=*/false);
+  });
+  return channels_last_out ? out.permute({0, 3, 1, 2}) : out;
+#endif
+}
+
+}  // namespace cpu
+}  // namespace deformconv
