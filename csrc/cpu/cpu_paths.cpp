@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "cpu/fused_forward.h"
+#include "cpu/brgemm.h"
 
 namespace deformconv {
 namespace cpu {
@@ -86,7 +86,7 @@ bool native_16bit(at::ScalarType dtype) {
 }
 
 bool fused_forward_chosen(at::ScalarType dtype, int64_t group_weight_bytes) {
-  if (dtype == at::kDouble || native_16bit(dtype) || !fused_forward_available()) return false;
+  if (dtype == at::kDouble || native_16bit(dtype) || !brgemm_available()) return false;
   const std::string choice = env_choice("DEFORMCONV_CPU_FORWARD", {"fused", "chunked"});
   if (choice != "auto") return choice == "fused";
   return gemm_backend(at::kFloat) == GemmBackend::kOneDnn &&

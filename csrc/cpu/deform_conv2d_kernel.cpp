@@ -129,8 +129,8 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
   const int64_t group_weight_bytes = weight.numel() / geo.groups * int64_t(sizeof(float));
   if (fused_forward_chosen(input.scalar_type(), group_weight_bytes)) {
     // Float32 compute: sampling and GEMM per cache-sized tile of pixels.
-    return to_caller(fused_forward(L, input, to_opmath(weight), to_opmath(offset),
-                                   to_opmath(mask), to_opmath(bias), prefers_channels_last(input)),
+    return to_caller(fused_forward(L, input, to_opmath(weight), to_opmath(offset), to_opmath(mask),
+                                   to_opmath(bias), prefers_channels_last(input)),
                      input);
   }
   const GemmBackend backend = gemm_backend(opmath_dtype(input.scalar_type()));

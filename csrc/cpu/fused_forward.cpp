@@ -3,12 +3,12 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "common/geometry.h"
+#include "cpu/brgemm.h"
 #include "cpu/cpu_workspace.h"
 #include "cpu/deform_passes.h"
 #include "cpu/sample_table.h"
@@ -38,8 +38,8 @@ int64_t tile_pixels(const Layout& L) {
 
 // out[n, c, s] = acc[q, c] + bias[c] for the tile's rows q (pixels p0 + q, p = n * H_out*W_out + s):
 // the tile's GEMM rows scattered into an NCHW output, one image segment at a time.
-void write_nchw_rows(const Layout& L, const float* acc, const float* bias, int64_t p0,
-                     int64_t rows, float* out) {
+void write_nchw_rows(const Layout& L, const float* acc, const float* bias, int64_t p0, int64_t rows,
+                     float* out) {
   const int64_t C_out = L.geo.out_channels;
   const int64_t hw_out = L.geo.out_pixels();
   for (int64_t q = 0; q < rows;) {
@@ -58,20 +58,9 @@ void write_nchw_rows(const Layout& L, const float* acc, const float* bias, int64
 
 }  // namespace
 
-bool fused_forward_available() {
-#ifdef CPUBLAS_BRGEMM_F32F32F32
-  return true;
-#else
-  return false;
-#endif
-}
-
 at::Tensor fused_forward(const Layout& L, const at::Tensor& input, const at::Tensor& weight,
                          const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
                          const c10::optional<at::Tensor>& bias, bool channels_last_out) {
-#ifndef CPUBLAS_BRGEMM_F32F32F32
-  TORCH_CHECK(false, "the fused CPU forward needs ATen's float32 brgemm, which this torch lacks");
-#else
   const ConvGeometry& g = L.geo;
   const at::Tensor bordered = bordered_nhwc(input);
   const at::Tensor w_cols = weight_for_columns(weight, g);  // [groups, K, C_out/groups]
@@ -103,9 +92,8 @@ at::Tensor fused_forward(const Layout& L, const at::Tensor& input, const at::Ten
       // Channels-last output rows are the GEMM's own output; NCHW goes through acc.
       float* c = channels_last_out ? out_p + p0 * C_out : acc.data();
       for (int64_t grp = 0; grp < g.groups; ++grp) {
-        at::native::cpublas::brgemm(rows, cout_g, K, L.columns, cout_g, C_out, /*add_C=*/false,
-                                    columns.data() + grp * K, w_p + grp * K * cout_g,
-                                    c + grp * cout_g, /*is_vnni=*/false);
+        brgemm_f32(rows, cout_g, K, columns.data() + grp * K, L.columns, w_p + grp * K * cout_g,
+                   cout_g, c + grp * cout_g, C_out);
       }
       if (!channels_last_out) {
         write_nchw_rows(L, acc.data(), bias_p, p0, rows, out_p);
@@ -115,10 +103,9 @@ at::Tensor fused_forward(const Layout& L, const at::Tensor& input, const at::Ten
         }
       }
     }
-    at::native::cpublas::brgemm_release(/*is_vnni=*/false);
+    brgemm_release_thread();
   });
   return channels_last_out ? out.permute({0, 3, 1, 2}) : out;
-#endif
 }
 
 }  // namespace cpu

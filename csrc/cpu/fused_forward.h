@@ -9,11 +9,8 @@
 namespace deformconv {
 namespace cpu {
 
-// True when this torch build has ATen's float32 brgemm (at::native::cpublas::brgemm).
-bool fused_forward_available();
-
 // The forward of deform_conv2d for float32 arguments (all contiguous, offset / mask / bias
-// float32): Tensor[N, C_out, H_out, W_out], channels-last when `channels_last_out`.
+// float32; needs brgemm_available()): Tensor[N, C_out, H_out, W_out], channels-last when `channels_last_out`.
 // Each thread takes whole tiles of output pixels; a tile's columns (about
 // kFusedTileBytes) stay in the core's cache between the sampling and the GEMM, the
 // GEMM writes a tile of output rows, and no atomics are used: the result is the
