@@ -225,6 +225,14 @@ for name, s in shapes.items():
 a = args(64, 128, 100, 168, 128, torch.float16)
 row("r50-c3 N=64 fp16", ours_fb_ms=time_ms(ours, a, True, reps=3), ours_peak_mb=peak_mb(ours, a),
     dense_peak_mb=peak_mb(dense, a))
+# Workspace budget against speed and peak memory (the default is 256 MiB), r50-c3 fp16.
+import os
+a = args(8, 128, 100, 168, 128, torch.float16)
+for mb in (32, 64, 128, 256):
+    os.environ["DEFORMCONV_WORKSPACE_MB"] = str(mb)
+    row(f"r50-c3 fp16 workspace {mb} MiB", ours_fwd_ms=time_ms(ours, a, False),
+        ours_fb_ms=time_ms(ours, a, True), ours_peak_mb=peak_mb(ours, a))
+os.environ.pop("DEFORMCONV_WORKSPACE_MB")
 json.dump(rows, open(f"{out_dir}/extras.json", "w"), indent=1)
 with open(f"{log_dir}/extras.md", "w") as f:
     f.write("| case | measurements (ms / MiB) |\n|---|---|\n")

@@ -33,3 +33,11 @@ def test_device_check_script_parses():
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_device_check_embedded_python_parses():
+    """The extra-timings step is Python inside the shell script (a heredoc): it must compile."""
+    script = (REPO / "benchmarks" / "device_check.sh").read_text()
+    start = script.index("<<'PY'\n") + len("<<'PY'\n")
+    source = script[start : script.index("\nPY\n", start)]
+    compile(source, "device_check.sh:extras", "exec")
