@@ -164,23 +164,29 @@ def test_gradcheck_without_mask_and_bias(device):
     )
 
 
+def assert_matches_torchvision(args, value_tol, grad_tol):
+    """deformconv and torchvision.ops.deform_conv2d agree on a make_args dict: the output and
+    the gradient of every tensor argument, within the given tolerances."""
+    names = [k for k in ("input", "offset", "weight", "mask", "bias") if args[k] is not None]
+    for k in names:
+        args[k].requires_grad_()
+    ours = call(args)
+    theirs = call(args, torchvision.ops.deform_conv2d)
+    torch.testing.assert_close(ours, theirs, rtol=value_tol, atol=value_tol)
+    grad = torch.randn_like(ours)
+    g_ours = torch.autograd.grad(ours, [args[k] for k in names], grad)
+    g_theirs = torch.autograd.grad(theirs, [args[k] for k in names], grad)
+    for k, a, b in zip(names, g_ours, g_theirs):
+        torch.testing.assert_close(a, b, rtol=grad_tol, atol=grad_tol, msg=f"grad of {k}")
+
+
 @pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision not importable")
 @pytest.mark.parametrize(
     "name", ["basic", "groups_and_offset_groups", "asymmetric", "no_mask_no_bias"]
 )
 def test_matches_torchvision_values_and_grads(name, device):
     args = make_args(device=device, dtype=torch.float32, **CONFIGS[name])
-    names = [k for k in ("input", "offset", "weight", "mask", "bias") if args[k] is not None]
-    for k in names:
-        args[k].requires_grad_()
-    ours = call(args)
-    theirs = call(args, torchvision.ops.deform_conv2d)
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(ours)
-    g_ours = torch.autograd.grad(ours, [args[k] for k in names], grad)
-    g_theirs = torch.autograd.grad(theirs, [args[k] for k in names], grad)
-    for k, a, b in zip(names, g_ours, g_theirs):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"grad of {k}")
+    assert_matches_torchvision(args, value_tol=1e-5, grad_tol=1e-4)
 
 
 @pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision not importable")
@@ -188,17 +194,7 @@ def test_matches_torchvision_values_and_grads(name, device):
 def test_matches_torchvision_float64_random_sweep(seed, device):
     """float64 values and every gradient equal torchvision's over 40 seeded random configs."""
     args = make_args(device=device, **random_config(seed))
-    names = [k for k in ("input", "offset", "weight", "mask", "bias") if args[k] is not None]
-    for k in names:
-        args[k].requires_grad_()
-    ours = call(args)
-    theirs = call(args, torchvision.ops.deform_conv2d)
-    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
-    grad = torch.randn_like(ours)
-    g_ours = torch.autograd.grad(ours, [args[k] for k in names], grad)
-    g_theirs = torch.autograd.grad(theirs, [args[k] for k in names], grad)
-    for k, a, b in zip(names, g_ours, g_theirs):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"grad of {k}")
+    assert_matches_torchvision(args, value_tol=1e-10, grad_tol=1e-9)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
