@@ -18,7 +18,8 @@ weight ~ N(0, 1/fan_in), seeded per shape.
 
 On CPU the header also names the CPU's vector ISA (AVX2 / AVX-512 / AVX-512+bf16 / AMX), the
 MKL and oneDNN versions in torch, and the path deformconv takes per dtype (GEMM backend, column
-dtype, loop ISA); ``DEFORMCONV_CPU_GEMM=mm|onednn`` and ``DEFORMCONV_CPU_16BIT=native|fp32`` in the
+dtype, fused or chunked forward, loop ISA); ``DEFORMCONV_CPU_GEMM=mm|onednn``,
+``DEFORMCONV_CPU_16BIT=native|fp32`` and ``DEFORMCONV_CPU_FORWARD=fused|chunked`` in the
 environment force a path.
 
 Usage::
