@@ -35,9 +35,7 @@ inline c10::optional<at::Tensor> to_dtype(const c10::optional<at::Tensor>& t,
 
 // A result in the caller's dtype and in the memory format `like` prefers.
 inline at::Tensor to_caller(const at::Tensor& t, const at::Tensor& like) {
-  const auto format =
-      prefers_channels_last(like) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  return t.to(like.scalar_type()).contiguous(format);
+  return t.to(like.scalar_type()).contiguous(result_memory_format(like));
 }
 
 // The input as opmath (N, H+2, W+2, C) with a zero border, in one copy.

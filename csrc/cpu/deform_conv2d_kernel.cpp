@@ -122,9 +122,8 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
       check_deform_conv2d_args(input, weight, offset, mask, bias, stride, padding, dilation);
   const Layout L(geo);
   if (L.pixels == 0 || geo.out_channels == 0) {
-    return at::zeros({geo.batch, geo.out_channels, geo.out_h, geo.out_w}, input.options())
-        .contiguous(prefers_channels_last(input) ? at::MemoryFormat::ChannelsLast
-                                                 : at::MemoryFormat::Contiguous);
+    return at::zeros({geo.batch, geo.out_channels, geo.out_h, geo.out_w},
+                     input.options().memory_format(result_memory_format(input)));
   }
   const int64_t group_weight_bytes = weight.numel() / geo.groups * int64_t(sizeof(float));
   if (fused_forward_chosen(input.scalar_type(), group_weight_bytes)) {

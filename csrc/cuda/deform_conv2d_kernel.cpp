@@ -56,10 +56,6 @@ constexpr int64_t kDeterministicBytesPerEntry = 8 * 4 + 8 + 24;
 
 bool is_reduced_float(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 
-at::MemoryFormat format_of(const at::Tensor& t) {
-  return prefers_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
 // Zeros in a memory format (at::zeros ignores TensorOptions' memory format; at::empty
 // honours it).
 at::Tensor zeros_in(at::IntArrayRef sizes, const at::TensorOptions& opts, at::MemoryFormat fmt) {
@@ -132,7 +128,7 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor&
       check_deform_conv2d_args(input, weight, offset, mask, bias, stride, padding, dilation);
   check_input_on_cuda(input);
   const backend::DeviceGuard device_guard(input.device());
-  const at::MemoryFormat format = format_of(input);
+  const at::MemoryFormat format = result_memory_format(input);
   const int64_t pixels = geo.batch * geo.out_pixels();
   if (pixels == 0 || geo.out_channels == 0) {
     return zeros_in({geo.batch, geo.out_channels, geo.out_h, geo.out_w}, input.options(), format);
@@ -296,10 +292,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   const at::Tensor offset_k = to_opmath(offset);
   const c10::optional<at::Tensor> mask_k = to_opmath(mask);
   at::Tensor grad_offset =
-      at::empty(offset.sizes(), opts.dtype(opmath).memory_format(format_of(offset)));
+      at::empty(offset.sizes(), opts.dtype(opmath).memory_format(result_memory_format(offset)));
   c10::optional<at::Tensor> grad_mask;
   if (mask.has_value()) {
-    grad_mask = at::empty(mask->sizes(), opts.dtype(opmath).memory_format(format_of(*mask)));
+    grad_mask =
+        at::empty(mask->sizes(), opts.dtype(opmath).memory_format(result_memory_format(*mask)));
   }
   const auto no_grad = [&] { return at::empty({0}, opts); };
   const auto in_caller_dtypes = [&](at::Tensor grad_input, at::Tensor grad_weight,
@@ -312,7 +309,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
     grad_offset.zero_();
     if (grad_mask.has_value()) grad_mask->zero_();
     return in_caller_dtypes(
-        zeros_in(input.sizes(), opts, format_of(input)),
+        zeros_in(input.sizes(), opts, result_memory_format(input)),
         at::zeros(weight.sizes(), weight.options()),
         bias.has_value() ? at::zeros(bias->sizes(), bias->options()) : no_grad());
   }
@@ -357,8 +354,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   // Step 4: results in the caller's dtype and layouts (those of csrc/cpu).
   // One pass converts dtype and layout (none when both already match).
   at::Tensor grad_input = grad_input_acc;
-  if (dtype != opmath || format_of(input) != at::MemoryFormat::ChannelsLast) {
-    grad_input = at::empty(input.sizes(), opts.memory_format(format_of(input)));
+  if (dtype != opmath || result_memory_format(input) != at::MemoryFormat::ChannelsLast) {
+    grad_input = at::empty(input.sizes(), opts.memory_format(result_memory_format(input)));
     grad_input.copy_(grad_input_acc);
   }
   at::Tensor grad_weight =
