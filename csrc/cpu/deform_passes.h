@@ -9,6 +9,7 @@
 
 #include "channel_loops.h"
 #include "sample_table.h"
+#include "scatter_tasks.h"
 
 namespace deformconv {
 namespace cpu {
@@ -48,31 +49,21 @@ void fill_columns(const Layout& L, const std::vector<ChannelRun>& runs, const ac
   });
 }
 
-// Task t of scatter_input_grad: channel slice t / images, image
-// first_image + t % images. One clone per ISA, loops inlined.
+// One task of scatter_input_grad (ScatterTasks). One clone per ISA, loops inlined.
 template <typename acc_t, typename col_t>
 DEFORMCONV_CPU_CLONES void scatter_task(const Layout& L, const std::vector<ChannelRun>& runs,
                                         const col_t* grad_columns, const Sample<acc_t>* table,
-                                        int64_t p_begin, int64_t chunk, int64_t first_image,
-                                        int64_t images, int64_t slices, int64_t t,
-                                        acc_t* grad_bordered) {
+                                        const ScatterTasks::Task& task, acc_t* grad_bordered) {
   const ConvGeometry& g = L.geo;
   const int64_t taps = g.taps();
   const int64_t per_group = g.in_channels_per_group();
-  const int64_t hw_out = g.out_pixels();
   const CornerSteps steps{g.in_channels, L.padded_w * g.in_channels};
-  const int64_t slice = t / images;
-  const int64_t n = first_image + t % images;
-  const int64_t c_lo = g.in_channels * slice / slices;
-  const int64_t c_hi = g.in_channels * (slice + 1) / slices;
-  const int64_t q_begin = std::max<int64_t>(0, n * hw_out - p_begin);
-  const int64_t q_end = std::min<int64_t>(chunk, (n + 1) * hw_out - p_begin);
-  for (int64_t q = q_begin; q < q_end; ++q) {
+  for (int64_t q = task.q_begin; q < task.q_end; ++q) {
     const Sample<acc_t>* samples = table + q * L.samples;
     const col_t* row = grad_columns + q * L.columns;
     for (const ChannelRun& run : runs) {
-      const int64_t lo = std::max(run.begin, c_lo);
-      const int64_t hi = std::min(run.end, c_hi);
+      const int64_t lo = std::max(run.begin, task.c_lo);
+      const int64_t hi = std::min(run.end, task.c_hi);
       if (lo >= hi) continue;
       for (int64_t k = 0; k < taps; ++k) {
         const Sample<acc_t>& s = samples[run.offset_group * taps + k];
@@ -84,29 +75,16 @@ DEFORMCONV_CPU_CLONES void scatter_task(const Layout& L, const std::vector<Chann
   }
 }
 
-// grad_bordered += adjoint of fill_columns applied to grad_columns. Tasks own
-// (channel slice, image) pairs, which never write the same element: no races,
-// and each element sums in pixel-then-tap order whatever the thread count.
-// With few images per chunk, tasks are slice-major with one slice per thread,
-// so each thread gets the same share even when the chunk's images hold very
-// different pixel counts (a chunk often ends inside an image).
+// grad_bordered += adjoint of fill_columns applied to grad_columns, in the
+// race-free (image, channel slice) tasks of ScatterTasks.
 template <typename acc_t, typename col_t>
 void scatter_input_grad(const Layout& L, const std::vector<ChannelRun>& runs,
                         const col_t* grad_columns, const Sample<acc_t>* table, int64_t p_begin,
                         int64_t chunk, acc_t* grad_bordered) {
-  const ConvGeometry& g = L.geo;
-  const int64_t hw_out = g.out_pixels();
-  const int64_t first_image = p_begin / hw_out;
-  const int64_t images = (p_begin + chunk - 1) / hw_out - first_image + 1;
-  // Whole images per task when there are enough to go round; else one channel
-  // slice per thread over all of the chunk's images.
-  const int64_t threads = at::get_num_threads();
-  const int64_t slices = images >= 2 * threads ? 1 : std::min<int64_t>(g.in_channels, threads);
-  const int64_t grain = slices == 1 ? 1 : images;
-  at::parallel_for(0, images * slices, grain, [&](int64_t t_begin, int64_t t_end) {
+  const ScatterTasks tasks(L, p_begin, chunk);
+  at::parallel_for(0, tasks.count(), tasks.grain(), [&](int64_t t_begin, int64_t t_end) {
     for (int64_t t = t_begin; t < t_end; ++t) {
-      scatter_task(L, runs, grad_columns, table, p_begin, chunk, first_image, images, slices, t,
-                   grad_bordered);
+      scatter_task(L, runs, grad_columns, table, tasks.task(t), grad_bordered);
     }
   });
 }

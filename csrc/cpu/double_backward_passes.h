@@ -8,6 +8,7 @@
 
 #include "cpu/channel_loops.h"
 #include "cpu/sample_table.h"
+#include "cpu/scatter_tasks.h"
 #include "cpu/second_order_loops.h"
 
 namespace deformconv {
@@ -89,8 +90,8 @@ void fill_directional_columns(const Layout& L, const std::vector<ChannelRun>& ru
 
 // grad_bordered += adjoint of the directional sampling applied to A (weights of
 // SampleDirections) + adjoint of the plain sampling applied to A2 (weights
-// mask * w). Either may be null (A only matters with dirs.any()). Tasks own
-// (image, channel slice) pairs, as in scatter_input_grad: no races, fixed order.
+// mask * w). Either may be null (A only matters with dirs.any()). Tasks are
+// ScatterTasks' (image, channel slice) blocks: no races, fixed order.
 template <typename acc_t>
 void scatter_second_order(const Layout& L, const std::vector<ChannelRun>& runs, const acc_t* grad_a,
                           const acc_t* grad_a2, const SampleDirections<acc_t>& dirs,
@@ -99,23 +100,16 @@ void scatter_second_order(const Layout& L, const std::vector<ChannelRun>& runs, 
   const ConvGeometry& g = L.geo;
   const int64_t taps = g.taps();
   const int64_t per_group = g.in_channels_per_group();
-  const int64_t hw_out = g.out_pixels();
   const CornerSteps steps{g.in_channels, L.padded_w * g.in_channels};
   const acc_t* a = dirs.any() ? grad_a : nullptr;
-  const int64_t first_image = p_begin / hw_out;
-  const int64_t images = (p_begin + chunk - 1) / hw_out - first_image + 1;
-  const int64_t slices = std::min<int64_t>(
-      g.in_channels, std::max<int64_t>(1, (2 * at::get_num_threads() + images - 1) / images));
-  at::parallel_for(0, images * slices, 1, [&](int64_t t_begin, int64_t t_end) {
+  const ScatterTasks tasks(L, p_begin, chunk);
+  at::parallel_for(0, tasks.count(), tasks.grain(), [&](int64_t t_begin, int64_t t_end) {
     std::vector<acc_t> dir(4 * L.samples);
     for (int64_t t = t_begin; t < t_end; ++t) {
-      const int64_t n = first_image + t / slices;
-      const int64_t slice = t % slices;
-      const int64_t c_lo = g.in_channels * slice / slices;
-      const int64_t c_hi = g.in_channels * (slice + 1) / slices;
-      const int64_t q_begin = std::max<int64_t>(0, n * hw_out - p_begin);
-      const int64_t q_end = std::min<int64_t>(chunk, (n + 1) * hw_out - p_begin);
-      for (int64_t q = q_begin; q < q_end; ++q) {
+      const ScatterTasks::Task task = tasks.task(t);
+      const int64_t c_lo = task.c_lo;
+      const int64_t c_hi = task.c_hi;
+      for (int64_t q = task.q_begin; q < task.q_end; ++q) {
         const Sample<acc_t>* samples = table + q * L.samples;
         if (a) dirs.weights(L, samples, p_begin + q, dir.data());
         for (const ChannelRun& run : runs) {
