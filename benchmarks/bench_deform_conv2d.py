@@ -643,15 +643,19 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_and_write(args, run_fn) -> int:
+    """A benchmark script's main: --threads, then run_fn(args), then the report to --json."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    report = run(args)
+    report = run_fn(args)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {args.json}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_and_write(parse_args(argv), run)
 
 
 if __name__ == "__main__":

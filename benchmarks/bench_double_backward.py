@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,7 +34,14 @@ import torch
 from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_deform_conv2d import OtherCpuUse, Shape, busy_warning, cpu_name, make_inputs  # noqa: E402
+from bench_deform_conv2d import (  # noqa: E402
+    OtherCpuUse,
+    Shape,
+    busy_warning,
+    cpu_name,
+    make_inputs,
+    run_and_write,
+)
 
 import deformconv  # noqa: E402
 
@@ -157,14 +163,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    report = run(args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
+    return run_and_write(parse_args(argv), run)
 
 
 if __name__ == "__main__":
