@@ -2,6 +2,8 @@
 import contextlib
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,6 +109,20 @@ def child_process_env():
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+def run_python(args, cwd=None, timeout=300):
+    """``python *args`` in a child process with child_process_env(), output captured as text;
+    not checked: the caller asserts on ``returncode`` and shows ``stderr``."""
+    return subprocess.run(
+        [sys.executable, *args],
+        env=child_process_env(),
+        cwd=None if cwd is None else str(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def op_args(args):

@@ -1,11 +1,9 @@
 # AOTInductor: a model with the op, compiled to a .pt2 package, loads in a fresh process and matches eager on CPU.
-import subprocess
-import sys
 
 import torch
 from torch import nn
 
-from helpers import child_process_env
+from helpers import run_python
 from deformconv import DeformConv2dPack
 
 LOAD_AND_RUN = """
@@ -34,21 +32,9 @@ def test_aoti_package_runs_in_a_fresh_process_like_eager(tmp_path):
 
     inputs = [torch.randn(n, 3, 8, 7, generator=torch.Generator().manual_seed(n)) for n in (1, 5)]
     torch.save(inputs, tmp_path / "inputs.pt")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            LOAD_AND_RUN,
-            package,
-            str(tmp_path / "inputs.pt"),
-            str(tmp_path / "outputs.pt"),
-        ],
-        env=child_process_env(),
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    proc = run_python(
+        ["-c", LOAD_AND_RUN, package, str(tmp_path / "inputs.pt"), str(tmp_path / "outputs.pt")],
+        tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     outputs = torch.load(tmp_path / "outputs.pt")

@@ -4,22 +4,14 @@ check's own scripts on the CPU (sanitizer cases) and check the shell script's sy
 
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from helpers import REPO, child_process_env
+from helpers import REPO, run_python
 
 
 def test_sanitizer_cases_run_on_cpu():
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "sanitizer_cases.py"), "--cpu"],
-        cwd="/",
-        env=child_process_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_python([str(REPO / "benchmarks" / "sanitizer_cases.py"), "--cpu"], cwd="/")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert len(lines) == 8 and all(": ok (" in line for line in lines), result.stdout

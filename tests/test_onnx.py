@@ -1,12 +1,10 @@
 # ONNX export: models with the op become standard DeformConv nodes that onnxruntime runs like eager, at any batch size.
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
-from helpers import child_process_env, make_args
+from helpers import make_args, run_python
 from deformconv import DeformConv2d, DeformConv2dPack, convert_to_deformable, deform_conv2d
 
 REL_TOL = 1e-4  # ORT vs eager: max |difference| relative to max |eager output|
@@ -238,14 +236,7 @@ def test_opset_below_19_is_a_clear_error(ort):
 
 
 def _child(code):
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env=child_process_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = run_python(["-c", code])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 

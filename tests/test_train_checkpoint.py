@@ -2,15 +2,13 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from deformconv.train import checkpoint as C
 from deformconv.train.cli import main
-from helpers import child_process_env
+from helpers import run_python
 
 TINY = [
     "cifar",
@@ -99,15 +97,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
         "from deformconv.train.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", child, *TINY, "--epochs", "3", "--output-dir", killed],
-        check=False,
-        env=child_process_env(),
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_python(["-c", child, *TINY, "--epochs", "3", "--output-dir", killed], tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert C.load_checkpoint(os.path.join(killed, "plain", "checkpoint.pt"))["epoch"] == 1
     assert not [f for f in os.listdir(os.path.join(killed, "plain")) if f.startswith(".tmp")]

@@ -2,7 +2,6 @@
 import csv
 import json
 import os
-import subprocess
 import sys
 import warnings
 
@@ -11,7 +10,7 @@ import pytest
 from deformconv.train import reporting
 from deformconv.train.cli import main
 from deformconv.train.synthetic import SHAPE_CLASSES
-from helpers import child_process_env
+from helpers import run_python
 
 TINY = [
     "--train-size",
@@ -106,24 +105,9 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 
 def test_charrnn_cli_via_python_m(tmp_path):
     out = str(tmp_path / "rnn")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deformconv.train",
-            "charrnn",
-            "--steps",
-            "150",
-            "--output-dir",
-            out,
-            "--no-plot",
-        ],
-        check=False,
-        env=child_process_env(),
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_python(
+        ["-m", "deformconv.train", "charrnn", "--steps", "150", "--output-dir", out, "--no-plot"],
+        tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert "generated from 'D': Deep_Learning" in proc.stdout
@@ -141,15 +125,7 @@ def test_package_imports_without_matplotlib(tmp_path):
         "assert t.CustomCNN is models.CustomCNN\n"
         "print('ok')\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        env=child_process_env(),
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_python(["-c", code], tmp_path, timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
 
