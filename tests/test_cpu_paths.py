@@ -1,9 +1,11 @@
-# Every CPU path (GEMM backend, 16-bit columns, forward scheme), forced by environment switches, against float64.
+# Every CPU path (GEMM backend, 16-bit columns, forward and backward scheme), forced by switches, against float64.
 """The CPU kernels choose, per call, a GEMM backend (``DEFORMCONV_CPU_GEMM=mm|onednn``), for
 bfloat16 / float16 whether the columns stay in 16 bits (``DEFORMCONV_CPU_16BIT=native|fp32``),
-and for float32 compute whether the forward runs fused per-thread tiles
-(``DEFORMCONV_CPU_FORWARD=fused|chunked``). Each test forces every combination that matters, so
-all paths run on any CPU, whatever it would choose."""
+for float32 compute whether the forward runs fused per-thread tiles
+(``DEFORMCONV_CPU_FORWARD=fused|chunked``), and whether the backward does
+(``DEFORMCONV_CPU_BACKWARD=fused|chunked``, float32 compute for every dtype but float64). Each
+test forces every combination that matters, so all paths run on any CPU, whatever it would
+choose."""
 
 import pytest
 import torch
@@ -11,14 +13,16 @@ import torch
 
 from helpers import make_args, op_args, oracle
 
-# (GEMM backend, 16-bit columns, forward scheme); "fused" applies to float32 compute only.
+# (GEMM backend, 16-bit columns, forward scheme, backward scheme); a fused forward applies
+# to float32 compute only, a fused backward to every dtype but float64.
 PATHS = [
-    ("mm", "fp32", "chunked"),
-    ("onednn", "fp32", "chunked"),
-    ("onednn", "native", "chunked"),
-    ("mm", "native", "chunked"),
-    ("onednn", "fp32", "fused"),
-    ("onednn", "native", "fused"),
+    ("mm", "fp32", "chunked", "chunked"),
+    ("onednn", "fp32", "chunked", "chunked"),
+    ("onednn", "native", "chunked", "chunked"),
+    ("mm", "native", "chunked", "chunked"),
+    ("onednn", "fp32", "fused", "fused"),
+    ("onednn", "native", "fused", "fused"),
+    ("mm", "fp32", "chunked", "fused"),
 ]
 PATH_IDS = ["-".join(p) for p in PATHS]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
@@ -44,12 +48,13 @@ GRADS = ("input", "weight", "offset", "mask", "bias")
 
 @pytest.fixture
 def use_path(monkeypatch):
-    """Force a CPU path for the rest of the test: use_path("onednn", "native", "fused")."""
+    """Force a CPU path for the rest of the test: use_path("onednn", "native", "fused", "fused")."""
 
-    def use(gemm, columns_16bit, forward="chunked"):
+    def use(gemm, columns_16bit, forward="chunked", backward="chunked"):
         monkeypatch.setenv("DEFORMCONV_CPU_GEMM", gemm)
         monkeypatch.setenv("DEFORMCONV_CPU_16BIT", columns_16bit)
         monkeypatch.setenv("DEFORMCONV_CPU_FORWARD", forward)
+        monkeypatch.setenv("DEFORMCONV_CPU_BACKWARD", backward)
 
     return use
 
@@ -156,11 +161,16 @@ def test_path_query_names_the_forced_path(use_path):
     assert query(torch.bfloat16).startswith("gemm=mm columns=float32 (16-bit input")
     assert "forward=chunked" in query(torch.float32)
     use_path("mm", "fp32", "fused")
-    assert "forward=fused loops=" in query(torch.float32)
-    assert "forward=fused loops=" in query(torch.bfloat16)  # computed in float32
+    assert "forward=fused backward=" in query(torch.float32)
+    assert "forward=fused backward=" in query(torch.bfloat16)  # computed in float32
     assert "forward=chunked" in query(torch.float64)  # the fused forward is float32 only
     use_path("onednn", "native", "fused")
     assert "forward=chunked" in query(torch.bfloat16)  # 16-bit columns: chunked
+    assert "backward=chunked" in query(torch.float32)
+    use_path("onednn", "native", "chunked", "fused")
+    assert "backward=fused loops=" in query(torch.float32)
+    assert "backward=fused loops=" in query(torch.bfloat16)  # computed in float32
+    assert "backward=chunked" in query(torch.float64)  # the fused backward is not float64
 
 
 def test_automatic_choice_follows_the_cpu(monkeypatch):
@@ -169,6 +179,7 @@ def test_automatic_choice_follows_the_cpu(monkeypatch):
     monkeypatch.delenv("DEFORMCONV_CPU_GEMM", raising=False)
     monkeypatch.delenv("DEFORMCONV_CPU_16BIT", raising=False)
     monkeypatch.delenv("DEFORMCONV_CPU_FORWARD", raising=False)
+    monkeypatch.delenv("DEFORMCONV_CPU_BACKWARD", raising=False)
     caps = torch._C._cpu._get_cpu_capability()
     avx512 = all(caps.get(f) for f in ("avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"))
     onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and avx512
@@ -180,6 +191,10 @@ def test_automatic_choice_follows_the_cpu(monkeypatch):
     assert ("columns=float16" in query(torch.float16)) == bool(native_fp16)
     # Fused float32 forward with oneDNN (AVX-512) CPUs, for layers with small weights.
     assert ("forward=fused(group weights" in query(torch.float32)) == onednn
+    # Fused backward with oneDNN (AVX-512) CPUs, for every dtype but float64.
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert ("backward=fused" in query(dtype)) == onednn
+    assert "backward=chunked" in query(torch.float64)
     v4 = avx512 and caps.get("avx512_cd")
     if caps.get("architecture") == "x86_64":
         expected = "avx512" if v4 else ("avx2" if caps.get("avx2") and caps.get("fma3") else "")
@@ -193,12 +208,13 @@ def test_automatic_choice_follows_the_cpu(monkeypatch):
         ("DEFORMCONV_CPU_GEMM", "mkl", torch.bfloat16),
         ("DEFORMCONV_CPU_16BIT", "bf16", torch.bfloat16),
         ("DEFORMCONV_CPU_FORWARD", "tiled", torch.float32),
+        ("DEFORMCONV_CPU_BACKWARD", "tiled", torch.float32),
     ],
 )
 def test_bad_path_switch_is_reported(name, value, dtype, monkeypatch):
     monkeypatch.setenv(name, value)
     with pytest.raises(RuntimeError, match=f"{name} is not valid: got '{value}'"):
-        torch.ops.deformconv.deform_conv2d(*op_args(cast(make_args(), dtype)))
+        forward_backward(cast(make_args(), dtype))
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
@@ -220,3 +236,30 @@ def test_fused_forward_is_bitwise_independent_of_thread_count(channels_last, use
     assert one.is_contiguous(
         memory_format=torch.channels_last if channels_last else torch.contiguous_format
     )
+
+
+@pytest.mark.parametrize(
+    "n,threads",
+    [(3, 1), (3, 2), (3, 3), (1, 3), (5, 2)],
+    ids=["3img-1thread", "3img-2threads", "3img-3threads", "1img-3threads", "5img-2threads"],
+)
+def test_fused_backward_shared_images_and_repeats(n, threads, use_path):
+    """The fused backward splits the pixels into one range of tiles per thread; an image two
+    ranges share is scattered into private copies that are summed afterwards. With ranges that
+    start and end inside images (and one image split three ways), the gradients repeat bitwise
+    and match the chunked backward."""
+    # 32 channels, 3x3: 227-pixel tiles, so 1-5 images of 21x23 pixels hold 3-11 tiles.
+    args = cast(make_args(n=n, c_in=32, c_out=8, h=21, w=23, offset_groups=2), torch.float32)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        use_path("onednn", "fp32", "fused", "fused")
+        fused = forward_backward(args)
+        again = forward_backward(args)
+        use_path("onednn", "fp32", "fused", "chunked")
+        chunked = forward_backward(args)
+    finally:
+        torch.set_num_threads(old)
+    for name, a, b in zip(("output",) + GRADS, fused, again):
+        assert torch.equal(a, b), f"{name} differs between two identical runs"
+    assert_close_scaled(fused, chunked, 1e-5, f"fused vs chunked backward, {threads} threads")

@@ -16,9 +16,9 @@ bool brgemm_available() {
 }
 
 void brgemm_f32(int64_t M, int64_t N, int64_t K, const float* a, int64_t ld_a, const float* b,
-                int64_t ld_b, float* c, int64_t ld_c) {
+                int64_t ld_b, float* c, int64_t ld_c, bool accumulate) {
 #ifdef CPUBLAS_BRGEMM_F32F32F32
-  at::native::cpublas::brgemm(M, N, K, ld_a, ld_b, ld_c, /*add_C=*/false, a, b, c,
+  at::native::cpublas::brgemm(M, N, K, ld_a, ld_b, ld_c, /*add_C=*/accumulate, a, b, c,
                               /*is_vnni=*/false);
 #else
   TORCH_CHECK(false, "deformconv: this torch build has no float32 brgemm");

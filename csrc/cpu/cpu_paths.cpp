@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/geometry.h"
 #include "cpu/brgemm.h"
 
 namespace deformconv {
@@ -86,11 +87,19 @@ bool native_16bit(at::ScalarType dtype) {
 }
 
 bool fused_forward_chosen(at::ScalarType dtype, int64_t group_weight_bytes) {
-  if (dtype == at::kDouble || native_16bit(dtype) || !brgemm_available()) return false;
   const std::string choice = env_choice("DEFORMCONV_CPU_FORWARD", {"fused", "chunked"});
+  if (dtype == at::kDouble || native_16bit(dtype) || !brgemm_available()) return false;
   if (choice != "auto") return choice == "fused";
   return gemm_backend(at::kFloat) == GemmBackend::kOneDnn &&
          group_weight_bytes <= kFusedMaxWeightBytes;
+}
+
+bool fused_backward_chosen(at::ScalarType dtype, int64_t workspace_bytes) {
+  const std::string choice = env_choice("DEFORMCONV_CPU_BACKWARD", {"fused", "chunked"});
+  if (dtype == at::kDouble || !brgemm_available()) return false;
+  if (workspace_bytes > workspace_budget_bytes()) return false;
+  if (choice != "auto") return choice == "fused";
+  return gemm_backend(at::kFloat) == GemmBackend::kOneDnn;
 }
 
 const char* loop_isa() {
@@ -118,6 +127,7 @@ std::string describe_path(at::ScalarType dtype) {
                 ? " forward=fused"
                 : " forward=fused(group weights <= 512 KiB, else chunked)";
   }
+  path += fused_backward_chosen(dtype, 0) ? " backward=fused" : " backward=chunked";
   path += std::string(" loops=") + loop_isa();
   return path;
 }

@@ -43,6 +43,17 @@ bool native_16bit(at::ScalarType dtype);
 constexpr int64_t kFusedMaxWeightBytes = int64_t(512) << 10;
 bool fused_forward_chosen(at::ScalarType dtype, int64_t group_weight_bytes);
 
+// True when a call with this input dtype runs its backward as fused per-thread tiles
+// (fused_backward.h), computed in float32 for float32, bfloat16 and float16 inputs
+// (so also where the forward kept 16-bit columns: measured faster than the native
+// 16-bit backward, and each gradient is rounded once); false keeps the chunked
+// backward. Never for float64, nor when workspace_bytes (fused_backward_workspace_bytes)
+// exceeds the workspace budget. DEFORMCONV_CPU_BACKWARD=fused|chunked forces one (read
+// on every call); unset or "auto" picks fused where the torch build has the brgemm
+// and the GEMM backend is oneDNN (CPUs with AVX-512), at any weight size (measured on
+// a 2-core AVX-512 EPYC: as fast or faster from 64 to 512 channels).
+bool fused_backward_chosen(at::ScalarType dtype, int64_t workspace_bytes);
+
 // True when the CPU has AVX-512 F/BW/VL/DQ (oneDNN's bfloat16 kernels need them).
 bool cpu_has_avx512();
 
@@ -50,7 +61,7 @@ bool cpu_has_avx512();
 const char* loop_isa();
 
 // One line naming the path a call with this input dtype takes, e.g.
-// "gemm=onednn columns=bfloat16 forward=chunked loops=avx512".
+// "gemm=onednn columns=bfloat16 forward=chunked backward=fused loops=avx512".
 std::string describe_path(at::ScalarType dtype);
 
 }  // namespace cpu

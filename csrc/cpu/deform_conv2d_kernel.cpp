@@ -12,6 +12,7 @@
 #include "cpu/cpu_paths.h"
 #include "cpu/cpu_workspace.h"
 #include "cpu/deform_passes.h"
+#include "cpu/fused_backward.h"
 #include "cpu/fused_forward.h"
 
 namespace deformconv {
@@ -160,7 +161,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   check_grad_output(grad_output, input, geo);
   const Layout L(geo);
   const auto opmath = opmath_dtype(input.scalar_type());
-  const bool native = native_16bit(input.scalar_type());
+  const bool empty = L.pixels == 0 || geo.out_channels == 0;
+  // Fused tiles compute in float32 whatever the 16-bit path of the forward.
+  const bool fused =
+      !empty && fused_backward_chosen(input.scalar_type(),
+                                      fused_backward_workspace_bytes(L, at::get_num_threads()));
+  const bool native = !fused && native_16bit(input.scalar_type());
   const GemmBackend backend = gemm_backend(opmath);
   // grad_output as (P, C_out): rows are pixels, like the forward's columns.
   const at::Tensor grad_pc = grad_output.to(native ? input.scalar_type() : opmath)
@@ -168,12 +174,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
                                  .contiguous()
                                  .view({L.pixels, geo.out_channels});
   at::Tensor grad_input, grad_weight, grad_offset, grad_mask;
-  if (L.pixels == 0 || geo.out_channels == 0) {
+  if (empty) {
     const auto opts = input.options().dtype(opmath);
     grad_input = at::zeros(input.sizes(), opts);
     grad_weight = at::zeros(weight.sizes(), opts);
     grad_offset = at::zeros(offset.sizes(), opts);
     if (mask) grad_mask = at::zeros(mask->sizes(), opts);
+  } else if (fused) {
+    std::tie(grad_input, grad_weight, grad_offset, grad_mask) =
+        fused_backward(L, grad_pc, input, to_opmath(weight), to_opmath(offset), to_opmath(mask));
   } else if (native) {
     AT_DISPATCH_REDUCED_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
       std::tie(grad_input, grad_weight, grad_offset, grad_mask) = backward_impl<float, scalar_t>(

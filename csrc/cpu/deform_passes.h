@@ -49,15 +49,18 @@ void fill_columns(const Layout& L, const std::vector<ChannelRun>& runs, const ac
   });
 }
 
-// One task of scatter_input_grad (ScatterTasks). One clone per ISA, loops inlined.
+// One task of scatter_input_grad (ScatterTasks): adds into `grad_image`, the
+// bordered gradient of the task's image n (L.image_len elements). One clone per
+// ISA, loops inlined.
 template <typename acc_t, typename col_t>
 DEFORMCONV_CPU_CLONES void scatter_task(const Layout& L, const std::vector<ChannelRun>& runs,
                                         const col_t* grad_columns, const Sample<acc_t>* table,
-                                        const ScatterTasks::Task& task, acc_t* grad_bordered) {
+                                        const ScatterTasks::Task& task, acc_t* grad_image) {
   const ConvGeometry& g = L.geo;
   const int64_t taps = g.taps();
   const int64_t per_group = g.in_channels_per_group();
   const CornerSteps steps{g.in_channels, L.padded_w * g.in_channels};
+  const int64_t image_start = task.n * L.image_len;  // subtracted from each Sample::base
   for (int64_t q = task.q_begin; q < task.q_end; ++q) {
     const Sample<acc_t>* samples = table + q * L.samples;
     const col_t* row = grad_columns + q * L.columns;
@@ -68,7 +71,7 @@ DEFORMCONV_CPU_CLONES void scatter_task(const Layout& L, const std::vector<Chann
       for (int64_t k = 0; k < taps; ++k) {
         const Sample<acc_t>& s = samples[run.offset_group * taps + k];
         if (!s.valid) continue;
-        scatter_run(grad_bordered + s.base + lo, steps, s.w,
+        scatter_run(grad_image + (s.base - image_start) + lo, steps, s.w,
                     row + run.column_base + k * per_group + (lo - run.begin), hi - lo);
       }
     }
@@ -84,7 +87,8 @@ void scatter_input_grad(const Layout& L, const std::vector<ChannelRun>& runs,
   const ScatterTasks tasks(L, p_begin, chunk);
   at::parallel_for(0, tasks.count(), tasks.grain(), [&](int64_t t_begin, int64_t t_end) {
     for (int64_t t = t_begin; t < t_end; ++t) {
-      scatter_task(L, runs, grad_columns, table, tasks.task(t), grad_bordered);
+      const ScatterTasks::Task task = tasks.task(t);
+      scatter_task(L, runs, grad_columns, table, task, grad_bordered + task.n * L.image_len);
     }
   });
 }

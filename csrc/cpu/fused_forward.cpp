@@ -93,7 +93,7 @@ at::Tensor fused_forward(const Layout& L, const at::Tensor& input, const at::Ten
       float* c = channels_last_out ? out_p + p0 * C_out : acc.data();
       for (int64_t grp = 0; grp < g.groups; ++grp) {
         brgemm_f32(rows, cout_g, K, columns.data() + grp * K, L.columns, w_p + grp * K * cout_g,
-                   cout_g, c + grp * cout_g, C_out);
+                   cout_g, c + grp * cout_g, C_out, /*accumulate=*/false);
       }
       if (!channels_last_out) {
         write_nchw_rows(L, acc.data(), bias_p, p0, rows, out_p);
