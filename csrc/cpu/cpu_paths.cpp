@@ -125,7 +125,8 @@ std::string describe_path(at::ScalarType dtype) {
     // Forced, or auto with the weight-size rule of fused_forward_chosen.
     path += fused_forward_chosen(dtype, kFusedMaxWeightBytes + 1)
                 ? " forward=fused"
-                : " forward=fused(group weights <= 512 KiB, else chunked)";
+                : " forward=fused(group weights <= " + std::to_string(kFusedMaxWeightBytes >> 10) +
+                      " KiB, else chunked)";
   }
   path += fused_backward_chosen(dtype, 0) ? " backward=fused" : " backward=chunked";
   path += std::string(" loops=") + loop_isa();
