@@ -165,7 +165,13 @@ def test_path_query_names_the_forced_path(use_path):
     assert "forward=fused backward=" in query(torch.bfloat16)  # computed in float32
     assert "forward=chunked" in query(torch.float64)  # the fused forward is float32 only
     use_path("onednn", "native", "fused")
-    assert "forward=chunked" in query(torch.bfloat16)  # 16-bit columns: chunked
+    # 16-bit columns: fused with ATen's 16-bit brgemm where the CPU has the units it needs.
+    caps = torch._C._cpu._get_cpu_capability()
+    bf16_units = caps.get("avx512_bf16") or caps.get("amx_bf16")
+    expected = "forward=fused" if bf16_units else "forward=chunked"
+    assert expected in query(torch.bfloat16)
+    expected = "forward=fused" if caps.get("amx_fp16") else "forward=chunked"
+    assert expected in query(torch.float16)
     assert "backward=chunked" in query(torch.float32)
     use_path("onednn", "native", "chunked", "fused")
     assert "backward=fused loops=" in query(torch.float32)
@@ -238,28 +244,32 @@ def test_fused_forward_is_bitwise_independent_of_thread_count(channels_last, use
     )
 
 
+@pytest.mark.parametrize("columns", ["fp32", "native"])
 @pytest.mark.parametrize(
     "n,threads",
     [(3, 1), (3, 2), (3, 3), (1, 3), (5, 2)],
     ids=["3img-1thread", "3img-2threads", "3img-3threads", "1img-3threads", "5img-2threads"],
 )
-def test_fused_backward_shared_images_and_repeats(n, threads, use_path):
+def test_fused_backward_shared_images_and_repeats(n, threads, columns, use_path):
     """The fused backward splits the pixels into one range of tiles per thread; an image two
     ranges share is scattered into private copies that are summed afterwards. With ranges that
     start and end inside images (and one image split three ways), the gradients repeat bitwise
-    and match the chunked backward."""
+    and match the chunked backward, in float32 and in bfloat16 (16-bit brgemm where the CPU
+    has the units)."""
+    dtype = torch.float32 if columns == "fp32" else torch.bfloat16
     # 32 channels, 3x3: 227-pixel tiles, so 1-5 images of 21x23 pixels hold 3-11 tiles.
-    args = cast(make_args(n=n, c_in=32, c_out=8, h=21, w=23, offset_groups=2), torch.float32)
+    args = cast(make_args(n=n, c_in=32, c_out=8, h=21, w=23, offset_groups=2), dtype)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        use_path("onednn", "fp32", "fused", "fused")
+        use_path("onednn", columns, "fused", "fused")
         fused = forward_backward(args)
         again = forward_backward(args)
-        use_path("onednn", "fp32", "fused", "chunked")
+        use_path("onednn", columns, "chunked", "chunked")
         chunked = forward_backward(args)
     finally:
         torch.set_num_threads(old)
     for name, a, b in zip(("output",) + GRADS, fused, again):
         assert torch.equal(a, b), f"{name} differs between two identical runs"
-    assert_close_scaled(fused, chunked, 1e-5, f"fused vs chunked backward, {threads} threads")
+    tol = 1e-5 if dtype == torch.float32 else TOLERANCE[dtype]
+    assert_close_scaled(fused, chunked, tol, f"fused vs chunked, {columns}, {threads} threads")

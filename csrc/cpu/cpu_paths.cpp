@@ -86,9 +86,23 @@ bool native_16bit(at::ScalarType dtype) {
                                 : cpu_has_any({"avx512_fp16", "amx_fp16"});
 }
 
+namespace {
+// True when the fused tiles can run a call with input dtype: not float64, and this torch
+// has the brgemm for the columns' dtype (the input's on the native 16-bit path, else
+// float32), which ATen runs for 16-bit operands only on CPUs with the dot-product units
+// (its float16 brgemm raises without AMX-FP16).
+bool fusable(at::ScalarType dtype) {
+  if (dtype == at::kDouble) return false;
+  if (!native_16bit(dtype)) return brgemm_available(at::kFloat);
+  const bool units =
+      dtype == at::kBFloat16 ? cpu_has_any({"avx512_bf16", "amx_bf16"}) : cpu_has_any({"amx_fp16"});
+  return units && brgemm_available(dtype);
+}
+}  // namespace
+
 bool fused_forward_chosen(at::ScalarType dtype, int64_t group_weight_bytes) {
   const std::string choice = env_choice("DEFORMCONV_CPU_FORWARD", {"fused", "chunked"});
-  if (dtype == at::kDouble || native_16bit(dtype) || !brgemm_available()) return false;
+  if (!fusable(dtype)) return false;
   if (choice != "auto") return choice == "fused";
   return gemm_backend(at::kFloat) == GemmBackend::kOneDnn &&
          group_weight_bytes <= kFusedMaxWeightBytes;
@@ -96,7 +110,7 @@ bool fused_forward_chosen(at::ScalarType dtype, int64_t group_weight_bytes) {
 
 bool fused_backward_chosen(at::ScalarType dtype, int64_t workspace_bytes) {
   const std::string choice = env_choice("DEFORMCONV_CPU_BACKWARD", {"fused", "chunked"});
-  if (dtype == at::kDouble || !brgemm_available()) return false;
+  if (!fusable(dtype)) return false;
   if (workspace_bytes > workspace_budget_bytes()) return false;
   if (choice != "auto") return choice == "fused";
   return gemm_backend(at::kFloat) == GemmBackend::kOneDnn;

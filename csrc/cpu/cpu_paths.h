@@ -30,30 +30,31 @@ GemmBackend gemm_backend(at::ScalarType compute_dtype);
 bool native_16bit(at::ScalarType dtype);
 
 // True when a call with this input dtype runs its forward as fused per-thread tiles
-// (fused_forward.h: sampling and ATen's float32 brgemm per tile, no column chunk
-// through memory); false keeps the chunked forward (columns, then one GEMM per
-// chunk). Only calls computed in float32 with float32 columns can be fused (not
-// float64, not native 16-bit). DEFORMCONV_CPU_FORWARD=fused|chunked forces one
-// (read on every call). Unset or "auto" picks fused where the torch build has the
-// brgemm, the GEMM backend is oneDNN (CPUs with AVX-512), and one group's weight
-// matrix (group_weight_bytes, in float32) fits kFusedMaxWeightBytes: every tile
-// reads all of it, from L3 once it outgrows the core's L2 cache. Measured on 2-core
-// AVX-512 EPYCs (1 MiB L2 per core, 32 MiB L3), strict A/B alternation: fused is
-// faster at 64-128 channels (147-295 KiB of weight) and, on a Zen 5 (CPU family 26),
-// at 256 (2.3 MiB: 23.5 against 30.0 ms), where a Zen 4 had measured it 10% slower;
-// chunked is faster at 384 (5.3 MiB) and 512 (9.4 MiB: 44 against 51.5 ms).
+// (fused_forward.h: sampling and ATen's brgemm per tile, no column chunk through
+// memory); false keeps the chunked forward (columns, then one GEMM per chunk). The
+// tiles run in the columns' dtype: float32, or the input's 16-bit dtype on the native
+// 16-bit path, where ATen runs that brgemm only with the CPU's units (bfloat16:
+// AVX512-BF16 or AMX-BF16; float16: AMX-FP16); never float64.
+// DEFORMCONV_CPU_FORWARD=fused|chunked forces one where the tiles can run (read on
+// every call). Unset or "auto" picks fused where the GEMM backend is oneDNN (CPUs
+// with AVX-512) and one group's weight matrix (group_weight_bytes, in float32) fits
+// kFusedMaxWeightBytes: every tile reads all of it, from L3 once it outgrows the
+// core's L2 cache. Measured on 2-core AVX-512 EPYCs (1 MiB L2 per core, 32 MiB L3),
+// float32, strict A/B alternation: fused is faster at 64-128 channels (147-295 KiB of
+// weight) and, on a Zen 5 (CPU family 26), at 256 (2.3 MiB: 23.5 against 30.0 ms),
+// where a Zen 4 had measured it 10% slower; chunked is faster at 384 (5.3 MiB) and 512
+// (9.4 MiB: 44 against 51.5 ms).
 constexpr int64_t kFusedMaxWeightBytes = int64_t(3) << 20;
 bool fused_forward_chosen(at::ScalarType dtype, int64_t group_weight_bytes);
 
 // True when a call with this input dtype runs its backward as fused per-thread tiles
-// (fused_backward.h), computed in float32 for float32, bfloat16 and float16 inputs
-// (so also where the forward kept 16-bit columns: measured faster than the native
-// 16-bit backward, and each gradient is rounded once); false keeps the chunked
-// backward. Never for float64, nor when workspace_bytes (fused_backward_workspace_bytes)
-// exceeds the workspace budget. DEFORMCONV_CPU_BACKWARD=fused|chunked forces one (read
-// on every call); unset or "auto" picks fused where the torch build has the brgemm
-// and the GEMM backend is oneDNN (CPUs with AVX-512), at any weight size (measured on
-// a 2-core AVX-512 EPYC: as fast or faster from 64 to 512 channels).
+// (fused_backward.h); false keeps the chunked backward. The tiles run in the same
+// dtypes as the fused forward (see fused_forward_chosen), never float64, and not when
+// workspace_bytes (fused_backward_workspace_bytes) exceeds the workspace budget.
+// DEFORMCONV_CPU_BACKWARD=fused|chunked forces one where the tiles can run (read on
+// every call); unset or "auto" picks fused where the GEMM backend is oneDNN (CPUs with
+// AVX-512), at any weight size (measured on a 2-core AVX-512 EPYC: as fast or faster
+// from 64 to 512 channels).
 bool fused_backward_chosen(at::ScalarType dtype, int64_t workspace_bytes);
 
 // True when the CPU has AVX-512 F/BW/VL/DQ (oneDNN's bfloat16 kernels need them).

@@ -128,9 +128,11 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
   }
   const int64_t group_weight_bytes = weight.numel() / geo.groups * int64_t(sizeof(float));
   if (fused_forward_chosen(input.scalar_type(), group_weight_bytes)) {
-    // Float32 compute: sampling and GEMM per cache-sized tile of pixels.
-    return to_caller(fused_forward(L, input, to_opmath(weight), to_opmath(offset), to_opmath(mask),
-                                   to_opmath(bias), prefers_channels_last(input)),
+    // Sampling and GEMM per cache-sized tile of pixels; the weight's dtype picks the GEMM's.
+    const at::Tensor w =
+        native_16bit(input.scalar_type()) ? to_dtype(weight, input) : to_opmath(weight);
+    return to_caller(fused_forward(L, input, w, to_opmath(offset), to_opmath(mask), to_opmath(bias),
+                                   prefers_channels_last(input)),
                      input);
   }
   const GemmBackend backend = gemm_backend(opmath_dtype(input.scalar_type()));
@@ -162,11 +164,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   const Layout L(geo);
   const auto opmath = opmath_dtype(input.scalar_type());
   const bool empty = L.pixels == 0 || geo.out_channels == 0;
-  // Fused tiles compute in float32 whatever the 16-bit path of the forward.
   const bool fused =
       !empty && fused_backward_chosen(input.scalar_type(),
                                       fused_backward_workspace_bytes(L, at::get_num_threads()));
-  const bool native = !fused && native_16bit(input.scalar_type());
+  const bool native = native_16bit(input.scalar_type());
   const GemmBackend backend = gemm_backend(opmath);
   // grad_output as (P, C_out): rows are pixels, like the forward's columns.
   const at::Tensor grad_pc = grad_output.to(native ? input.scalar_type() : opmath)
@@ -181,8 +182,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
     grad_offset = at::zeros(offset.sizes(), opts);
     if (mask) grad_mask = at::zeros(mask->sizes(), opts);
   } else if (fused) {
+    // grad_pc and the weight in the GEMMs' dtype: the input's on the native 16-bit path.
     std::tie(grad_input, grad_weight, grad_offset, grad_mask) =
-        fused_backward(L, grad_pc, input, to_opmath(weight), to_opmath(offset), to_opmath(mask));
+        fused_backward(L, grad_pc, input, native ? to_dtype(weight, input) : to_opmath(weight),
+                       to_opmath(offset), to_opmath(mask));
   } else if (native) {
     AT_DISPATCH_REDUCED_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
       std::tie(grad_input, grad_weight, grad_offset, grad_mask) = backward_impl<float, scalar_t>(

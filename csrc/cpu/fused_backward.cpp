@@ -1,4 +1,4 @@
-// The float32 CPU backward in per-thread pixel tiles: resample a tile's columns, run both of its GEMMs with ATen's brgemm, and consume its column gradient while it is still in cache.
+// The CPU backward in per-thread pixel tiles: resample a tile's columns, run both of its GEMMs with ATen's brgemm, and consume its column gradient while it is still in cache.
 #include "cpu/fused_backward.h"
 
 #include <ATen/ATen.h>
@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/geometry.h"
@@ -88,15 +89,23 @@ int64_t fused_backward_workspace_bytes(const Layout& L, int64_t slots) {
   const ConvGeometry& g = L.geo;
   const int64_t T = tile_pixels(L);
   constexpr int64_t f = sizeof(float);
-  // Columns, sample table, transposed grad_out, grad_weight partial sum.
-  const int64_t per_slot = T * L.columns * f + T * L.samples * int64_t(sizeof(Sample<float>)) +
+  // Columns and their gradient (float32 bounds both, also when the columns are 16-bit and
+  // packed), sample table, transposed grad_out, grad_weight partial sum.
+  const int64_t per_slot = 2 * T * L.columns * f + T * L.samples * int64_t(sizeof(Sample<float>)) +
                            T * g.out_channels * f + g.out_channels * L.columns / g.groups * f;
   return slots * per_slot + 2 * (slots - 1) * L.image_len * f;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward(
+namespace {
+
+// col_t: float (float32 brgemm; the columns' buffer then takes their gradient) or a
+// 16-bit type (16-bit brgemm with float32 sums: grad_out and the weight are exact in
+// it, the columns are rounded to it; the column gradient comes out in float32).
+template <typename col_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_impl(
     const Layout& L, const at::Tensor& grad_pc, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& offset, const c10::optional<at::Tensor>& mask) {
+  constexpr bool is_float = std::is_same_v<col_t, float>;
   const ConvGeometry& g = L.geo;
   const at::Tensor bordered = bordered_nhwc(input);
   const auto opts = bordered.options();
@@ -111,6 +120,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward(
           .permute({0, 1, 3, 4, 2})
           .reshape({g.groups, cout_g, K})
           .contiguous();
+  // The brgemm's b operand of grad_columns per group: w_t itself, or in VNNI pairs of rows.
+  const int64_t w_stride = is_float ? cout_g * K : vnni_size(cout_g, K);
+  at::Tensor w_gemm = w_t;
+  if constexpr (!is_float) {
+    w_gemm = at::empty({g.groups * w_stride}, w_t.options());
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      vnni_pack(cout_g, K, w_t.data_ptr<col_t>() + grp * cout_g * K, K,
+                w_gemm.data_ptr<col_t>() + grp * w_stride);
+    }
+  }
 
   const int64_t T = tile_pixels(L);
   const Slots slots(L, T, at::get_num_threads());
@@ -136,8 +155,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward(
   at::Tensor grad_mask = mask ? at::empty(mask->sizes(), opts) : at::Tensor();
 
   const float* bordered_p = bordered.data_ptr<float>();
-  const float* grad_p = grad_pc.data_ptr<float>();
-  const float* w_t_p = w_t.data_ptr<float>();
+  const col_t* grad_p = grad_pc.data_ptr<col_t>();
+  const col_t* w_p = w_gemm.data_ptr<col_t>();
   const float* offset_p = offset.data_ptr<float>();
   const float* mask_p = mask ? mask->data_ptr<float>() : nullptr;
   float* grad_bordered_p = grad_bordered.data_ptr<float>();
@@ -146,9 +165,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward(
   float* grad_mask_p = mask ? grad_mask.data_ptr<float>() : nullptr;
 
   at::parallel_for(0, slots.count, 1, [&](int64_t s_begin, int64_t s_end) {
-    std::vector<float> columns(T * L.columns);  // the columns, then their gradient
+    std::vector<col_t> columns(T * L.columns);
+    std::vector<float> grad_columns_16bit(is_float ? 0 : T * L.columns);
+    std::vector<col_t> columns_vnni(is_float ? 0 : vnni_size(T, K));  // one group's, 16-bit
+    float* grad_columns = is_float ? reinterpret_cast<float*>(columns.data())  // float: in place
+                                   : grad_columns_16bit.data();
     std::vector<Sample<float>> table(T * L.samples);
-    std::vector<float> grad_t(C_out * T);  // the tile's grad_out, transposed
+    std::vector<col_t> grad_t(C_out * T);  // the tile's grad_out, transposed
     std::vector<float> dots(4 * L.samples);
     for (int64_t s = s_begin; s < s_end; ++s) {
       const int64_t p_begin = slots.begin(s);
@@ -169,18 +192,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward(
         }
         for (int64_t grp = 0; grp < g.groups; ++grp) {
           // grad_w[grp] (C_out/groups x K) += grad_out[:, grp]ᵀ @ columns[:, grp]
-          brgemm_f32(cout_g, K, rows, grad_t.data() + grp * cout_g * T, T, columns.data() + grp * K,
-                     L.columns, grad_w + grp * cout_g * K, K,
-                     /*accumulate=*/true);
+          const col_t* b = columns.data() + grp * K;
+          int64_t ld_b = L.columns;
+          if constexpr (!is_float) {
+            vnni_pack(rows, K, b, L.columns, columns_vnni.data());
+            b = columns_vnni.data();
+            ld_b = K;
+          }
+          brgemm(cout_g, K, rows, grad_t.data() + grp * cout_g * T, T, b, ld_b,
+                 grad_w + grp * cout_g * K, K, /*accumulate=*/true);
         }
         for (int64_t grp = 0; grp < g.groups; ++grp) {
-          // grad_columns[:, grp] = grad_out[:, grp] @ Wᵀ[grp], over the columns.
-          brgemm_f32(rows, K, cout_g, grad_p + p0 * C_out + grp * cout_g, C_out,
-                     w_t_p + grp * cout_g * K, K, columns.data() + grp * K, L.columns,
-                     /*accumulate=*/false);
+          // grad_columns[:, grp] = grad_out[:, grp] @ Wᵀ[grp] (float: over the columns).
+          brgemm(rows, K, cout_g, grad_p + p0 * C_out + grp * cout_g, C_out, w_p + grp * w_stride,
+                 K, grad_columns + grp * K, L.columns, /*accumulate=*/false);
         }
-        sample_grad_rows(L, runs, bordered_p, columns.data(), table.data(), p0, 0, rows,
-                         dots.data(), grad_offset_p, grad_mask_p);
+        sample_grad_rows(L, runs, bordered_p, grad_columns, table.data(), p0, 0, rows, dots.data(),
+                         grad_offset_p, grad_mask_p);
         for (int64_t q = 0; q < rows;) {
           const int64_t n = (p0 + q) / hw_out;
           const int64_t len = std::min(rows - q, (n + 1) * hw_out - (p0 + q));
@@ -188,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward(
           for (int k = 0; k < 2; ++k) {
             if (shared[s].image[k] == n) target = copy_p + shared[s].row[k] * L.image_len;
           }
-          scatter_task(L, runs, columns.data(), table.data(),
+          scatter_task(L, runs, static_cast<const float*>(grad_columns), table.data(),
                        ScatterTasks::Task{n, 0, g.in_channels, q, q + len}, target);
           q += len;
         }
@@ -227,6 +255,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward(
           .permute({0, 1, 4, 2, 3})
           .reshape({C_out, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
   return {grad_input, grad_weight, grad_offset, grad_mask};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward(
+    const Layout& L, const at::Tensor& grad_pc, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& offset, const c10::optional<at::Tensor>& mask) {
+  switch (weight.scalar_type()) {
+    case at::kBFloat16:
+      return fused_backward_impl<c10::BFloat16>(L, grad_pc, input, weight, offset, mask);
+    case at::kHalf:
+      return fused_backward_impl<c10::Half>(L, grad_pc, input, weight, offset, mask);
+    default:
+      return fused_backward_impl<float>(L, grad_pc, input, weight, offset, mask);
+  }
 }
 
 }  // namespace cpu

@@ -1,4 +1,4 @@
-// The float32 CPU backward in per-thread pixel tiles: resample a tile's columns, run both of its GEMMs with ATen's brgemm, and consume its column gradient while it is still in cache.
+// The CPU backward in per-thread pixel tiles: resample a tile's columns, run both of its GEMMs with ATen's brgemm, and consume its column gradient while it is still in cache.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -17,12 +17,15 @@ namespace cpu {
 // private copies of the images two slots share.
 int64_t fused_backward_workspace_bytes(const Layout& L, int64_t slots);
 
-// The backward of deform_conv2d for float32 arguments (all contiguous; needs
-// brgemm_available()). grad_pc: Tensor[P, C_out], grad_output's rows per output pixel.
-// Returns (grad_input, grad_weight, grad_offset, grad_mask) in float32: grad_input
-// Tensor[N, C_in, H, W] with channels-last strides, grad_weight Tensor[C_out,
-// C_in/groups, kh, kw], grad_offset and grad_mask (undefined without a mask) in the
-// shapes of offset and mask.
+// The backward of deform_conv2d (all arguments contiguous; offset and mask float32).
+// grad_pc: Tensor[P, C_out], grad_output's rows per output pixel, in the weight's dtype:
+// float32 runs float32 GEMMs; bfloat16 / float16 runs ATen's 16-bit brgemm with float32
+// sums (grad_out and the weight are exact in it, the resampled columns are rounded to it
+// for grad_weight, and the column gradient comes out in float32). Needs
+// brgemm_available() for that dtype. Returns (grad_input, grad_weight, grad_offset,
+// grad_mask) in float32: grad_input Tensor[N, C_in, H, W] with channels-last strides,
+// grad_weight Tensor[C_out, C_in/groups, kh, kw], grad_offset and grad_mask (undefined
+// without a mask) in the shapes of offset and mask.
 //
 // The pixels are split into one contiguous range of whole tiles per thread (a
 // slot). Per tile: the sample table and the columns (about kFusedBackwardTileBytes),
