@@ -195,11 +195,15 @@ def test_automatic_choice_follows_the_cpu(monkeypatch):
     native_fp16 = onednn and (caps.get("avx512_fp16") or caps.get("amx_fp16"))
     assert ("columns=bfloat16" in query(torch.bfloat16)) == bool(native_bf16)
     assert ("columns=float16" in query(torch.float16)) == bool(native_fp16)
-    # Fused float32 forward with oneDNN (AVX-512) CPUs, for layers with small weights.
-    assert ("forward=fused(group weights" in query(torch.float32)) == onednn
-    # Fused backward with oneDNN (AVX-512) CPUs, for every dtype but float64.
+    # Fused forward with oneDNN (AVX-512) CPUs: float32 compute, or native bfloat16 / float16
+    # where the CPU has the units ATen's 16-bit brgemm needs.
+    assert ("forward=fused" in query(torch.float32)) == onednn
+    assert ("forward=fused" in query(torch.bfloat16)) == onednn  # native needs the units anyway
+    fp16_fused = onednn and (not native_fp16 or bool(caps.get("amx_fp16")))
+    assert ("forward=fused" in query(torch.float16)) == fp16_fused
+    # Fused backward where the forward is fused; never float64.
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        assert ("backward=fused" in query(dtype)) == onednn
+        assert ("backward=fused" in query(dtype)) == ("forward=fused" in query(dtype))
     assert "backward=chunked" in query(torch.float64)
     v4 = avx512 and caps.get("avx512_cd")
     if caps.get("architecture") == "x86_64":

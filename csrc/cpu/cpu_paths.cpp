@@ -100,12 +100,11 @@ bool fusable(at::ScalarType dtype) {
 }
 }  // namespace
 
-bool fused_forward_chosen(at::ScalarType dtype, int64_t group_weight_bytes) {
+bool fused_forward_chosen(at::ScalarType dtype) {
   const std::string choice = env_choice("DEFORMCONV_CPU_FORWARD", {"fused", "chunked"});
   if (!fusable(dtype)) return false;
   if (choice != "auto") return choice == "fused";
-  return gemm_backend(at::kFloat) == GemmBackend::kOneDnn &&
-         group_weight_bytes <= kFusedMaxWeightBytes;
+  return gemm_backend(at::kFloat) == GemmBackend::kOneDnn;
 }
 
 bool fused_backward_chosen(at::ScalarType dtype, int64_t workspace_bytes) {
@@ -133,15 +132,7 @@ std::string describe_path(at::ScalarType dtype) {
       std::string("gemm=") + (gemm_backend(compute) == GemmBackend::kOneDnn ? "onednn" : "mm");
   path += std::string(" columns=") + dtype_name(native ? dtype : compute);
   if (is16 && !native) path += " (16-bit input computed in float32)";
-  if (!fused_forward_chosen(dtype, 0)) {
-    path += " forward=chunked";
-  } else {
-    // Forced, or auto with the weight-size rule of fused_forward_chosen.
-    path += fused_forward_chosen(dtype, kFusedMaxWeightBytes + 1)
-                ? " forward=fused"
-                : " forward=fused(group weights <= " + std::to_string(kFusedMaxWeightBytes >> 10) +
-                      " KiB, else chunked)";
-  }
+  path += fused_forward_chosen(dtype) ? " forward=fused" : " forward=chunked";
   path += fused_backward_chosen(dtype, 0) ? " backward=fused" : " backward=chunked";
   path += std::string(" loops=") + loop_isa();
   return path;

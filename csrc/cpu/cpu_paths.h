@@ -37,15 +37,11 @@ bool native_16bit(at::ScalarType dtype);
 // AVX512-BF16 or AMX-BF16; float16: AMX-FP16); never float64.
 // DEFORMCONV_CPU_FORWARD=fused|chunked forces one where the tiles can run (read on
 // every call). Unset or "auto" picks fused where the GEMM backend is oneDNN (CPUs
-// with AVX-512) and one group's weight matrix (group_weight_bytes, in float32) fits
-// kFusedMaxWeightBytes: every tile reads all of it, from L3 once it outgrows the
-// core's L2 cache. Measured on 2-core AVX-512 EPYCs (1 MiB L2 per core, 32 MiB L3),
-// float32, strict A/B alternation: fused is faster at 64-128 channels (147-295 KiB of
-// weight) and, on a Zen 5 (CPU family 26), at 256 (2.3 MiB: 23.5 against 30.0 ms),
-// where a Zen 4 had measured it 10% slower; chunked is faster at 384 (5.3 MiB) and 512
-// (9.4 MiB: 44 against 51.5 ms).
-constexpr int64_t kFusedMaxWeightBytes = int64_t(3) << 20;
-bool fused_forward_chosen(at::ScalarType dtype, int64_t group_weight_bytes);
+// with AVX-512), at any weight size: measured on a 2-core AVX-512 EPYC (Zen 5, 1 MiB
+// L2 per core), float32, strict A/B alternation, fused against chunked took 19.4
+// against 29.2 ms at 256 -> 256 channels (detection-like), 22.4 against 36.5 at 384
+// and 24.3 against 53.9 at 512 (2,512,25,34).
+bool fused_forward_chosen(at::ScalarType dtype);
 
 // True when a call with this input dtype runs its backward as fused per-thread tiles
 // (fused_backward.h); false keeps the chunked backward. The tiles run in the same

@@ -126,8 +126,7 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
     return at::zeros({geo.batch, geo.out_channels, geo.out_h, geo.out_w},
                      input.options().memory_format(result_memory_format(input)));
   }
-  const int64_t group_weight_bytes = weight.numel() / geo.groups * int64_t(sizeof(float));
-  if (fused_forward_chosen(input.scalar_type(), group_weight_bytes)) {
+  if (fused_forward_chosen(input.scalar_type())) {
     // Sampling and GEMM per cache-sized tile of pixels; the weight's dtype picks the GEMM's.
     const at::Tensor w =
         native_16bit(input.scalar_type()) ? to_dtype(weight, input) : to_opmath(weight);
