@@ -188,14 +188,29 @@ def make_inputs(shape: Shape, dtype: torch.dtype, device: str, seed: int = 0):
     return [t.to(device=device, dtype=dtype) for t in (x, offset, mask, weight, bias, grad_out)]
 
 
-def cpu_name() -> str:
+def _cpuinfo_field(name: str) -> str | None:
+    """The first value of a /proc/cpuinfo field, or None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == name:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_generation() -> str | None:
+    """CPU family / model and per-core L2 as /proc/cpuinfo reports them (e.g. "family 26
+    model 2, 1024 KB L2"): a model name such as "AMD EPYC" does not tell generations apart."""
+    family, model = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
+    if family is None:
+        return None
+    cache = _cpuinfo_field("cache size")
+    return f"family {family} model {model}" + (f", {cache} L2" if cache else "")
 
 
 def vector_isa() -> str:
@@ -269,6 +284,7 @@ def header(args, dtypes, impls, notes) -> dict:
     if hasattr(os, "getloadavg"):
         info["loadavg_at_start"] = [round(v, 2) for v in os.getloadavg()]
     if args.device == "cpu":
+        info["cpu_generation"] = cpu_generation()
         info["vector_isa"] = vector_isa()
         info.update(cpu_libraries())
         if "deformconv" in impls:
@@ -332,6 +348,7 @@ def print_header(info: dict) -> None:
         "torchvision",
         "device",
         "device_name",
+        "cpu_generation",
         "vector_isa",
         "mkl",
         "onednn",
