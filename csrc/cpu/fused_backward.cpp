@@ -18,13 +18,6 @@ namespace deformconv {
 namespace cpu {
 namespace {
 
-// Column bytes of one tile: the tile's columns (reused for their gradient), its
-// transposed grad_out and the group's weight and grad_weight share a core's L2 cache
-// (measured on a 2-core AVX-512 EPYC: 256 KiB beat 128 KiB at resnet-stage and
-// 512-1024 KiB at detection-like).
-constexpr int64_t kFusedBackwardTileBytes = int64_t(256) << 10;
-constexpr int64_t kMinTilePixels = 16;
-constexpr int64_t kMaxTilePixels = 512;
 // Above this much float32 weight per group, every tile re-reads the weight and
 // rewrites the slot's grad_weight from L3 or memory, so tiles are made long enough to
 // amortise that instead (measured: 512 -> 512 channels, 9.4 MiB of weight, took 100 ms
@@ -33,16 +26,13 @@ constexpr int64_t kMaxTilePixels = 512;
 constexpr int64_t kLargeWeightBytes = int64_t(4) << 20;
 constexpr int64_t kLargeWeightTilePixels = 256;
 
-// Output pixels per tile, at least 1.
+// Output pixels per tile, at least 1: cache-sized (cache_tile_pixels) below kLargeWeightBytes.
 int64_t tile_pixels(const Layout& L) {
   const ConvGeometry& g = L.geo;
-  const int64_t column_bytes = L.columns * int64_t(sizeof(float));
   const int64_t group_weight_bytes =
       L.columns / g.groups * g.out_channels_per_group() * int64_t(sizeof(float));
   const int64_t pixels =
-      group_weight_bytes > kLargeWeightBytes
-          ? kLargeWeightTilePixels
-          : std::clamp(kFusedBackwardTileBytes / column_bytes, kMinTilePixels, kMaxTilePixels);
+      group_weight_bytes > kLargeWeightBytes ? kLargeWeightTilePixels : cache_tile_pixels(L);
   return std::max<int64_t>(1, std::min(pixels, L.pixels));
 }
 

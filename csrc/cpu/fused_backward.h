@@ -28,7 +28,7 @@ int64_t fused_backward_workspace_bytes(const Layout& L, int64_t slots);
 // without a mask) in the shapes of offset and mask.
 //
 // The pixels are split into one contiguous range of whole tiles per thread (a
-// slot). Per tile: the sample table and the columns (about kFusedBackwardTileBytes),
+// slot). Per tile: the sample table and the columns (about kFusedTileBytes),
 // grad_weight_slot += grad_outᵀ · columns, then grad_columns = grad_out · Wᵀ into
 // the same buffer, which the offset/mask reduction and the input-gradient scatter
 // read while it is in the core's cache. A slot scatters straight into images no

@@ -18,23 +18,15 @@ namespace deformconv {
 namespace cpu {
 namespace {
 
-// Column bytes of one tile (counted as float32): a tile's columns, its GEMM output
-// and the weight (576 x 64 floats at resnet-stage) share a core's L2 cache.
-constexpr int64_t kFusedTileBytes = int64_t(256) << 10;
-constexpr int64_t kMinTilePixels = 16;
-constexpr int64_t kMaxTilePixels = 512;
-
-// Output pixels per tile: about kFusedTileBytes of columns, within the workspace
-// budget with one tile per thread, at least 1.
+// Output pixels per tile: cache-sized (cache_tile_pixels), within the workspace budget
+// with one tile per thread, at least 1.
 int64_t tile_pixels(const Layout& L) {
-  const int64_t column_bytes = L.columns * int64_t(sizeof(float));
-  const int64_t bytes_per_pixel = column_bytes + L.samples * int64_t(sizeof(Sample<float>)) +
+  const int64_t bytes_per_pixel = L.columns * int64_t(sizeof(float)) +
+                                  L.samples * int64_t(sizeof(Sample<float>)) +
                                   L.geo.out_channels * int64_t(sizeof(float));
-  const int64_t cache_pixels =
-      std::clamp(kFusedTileBytes / column_bytes, kMinTilePixels, kMaxTilePixels);
   const int64_t budget_pixels =
       workspace_budget_bytes() / (bytes_per_pixel * std::max(1, at::get_num_threads()));
-  return std::max<int64_t>(1, std::min({cache_pixels, budget_pixels, L.pixels}));
+  return std::max<int64_t>(1, std::min({cache_tile_pixels(L), budget_pixels, L.pixels}));
 }
 
 // out[n, c, s] = acc[q, c] + bias[c] for the tile's rows q (pixels p0 + q, p = n * H_out*W_out + s):
