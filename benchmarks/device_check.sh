@@ -225,10 +225,29 @@ for name, s in shapes.items():
 a = args(64, 128, 100, 168, 128, torch.float16)
 row("r50-c3 N=64 fp16", ours_fb_ms=time_ms(ours, a, True, reps=3), ours_peak_mb=peak_mb(ours, a),
     dense_peak_mb=peak_mb(dense, a))
+# Deterministic mode when the offsets collapse every sample onto one pixel (the worst case of
+# the sort-and-gather: one destination takes all contributions), r50-c3 fp16 and fp32.
+def collapse(a):
+    x, off, w, b, m = [t.detach() for t in a]
+    n, _, h, wd = off.shape
+    ys = torch.arange(h, device=dev).view(1, 1, h, 1) - 1 + torch.arange(3, device=dev).repeat_interleave(3).view(1, 9, 1, 1)
+    xs = torch.arange(wd, device=dev).view(1, 1, 1, wd) - 1 + torch.arange(3, device=dev).repeat(3).view(1, 9, 1, 1)
+    dy = ((h // 2 + 0.25) - ys).expand(1, 9, h, wd)
+    dx = ((wd // 2 + 0.25) - xs).expand(1, 9, h, wd)
+    off = torch.stack([dy, dx], 2).reshape(1, 18, h, wd)  # (dy, dx) of tap k at channels 2k, 2k+1
+    off = off.expand(n, -1, -1, -1).contiguous().to(x.dtype)
+    return [t.requires_grad_() for t in (x, off, w, b, m)]
+for dt in (torch.float16, torch.float32):
+    a = collapse(args(8, 128, 100, 168, 128, dt))
+    fast = time_ms(ours, a, True, reps=3)
+    torch.use_deterministic_algorithms(True)
+    det = time_ms(ours, a, True, reps=3)
+    torch.use_deterministic_algorithms(False)
+    row(f"r50-c3 {str(dt)[6:]} collapsed offsets", fast_fb_ms=fast, deterministic_fb_ms=det)
 # Workspace budget against speed and peak memory (the default is 256 MiB), r50-c3 fp16.
 import os
 a = args(8, 128, 100, 168, 128, torch.float16)
-for mb in (32, 64, 128, 256):
+for mb in (8, 16, 32, 64, 128, 256):
     os.environ["DEFORMCONV_WORKSPACE_MB"] = str(mb)
     row(f"r50-c3 fp16 workspace {mb} MiB", ours_fwd_ms=time_ms(ours, a, False),
         ours_fb_ms=time_ms(ours, a, True), ours_peak_mb=peak_mb(ours, a))
