@@ -12,6 +12,7 @@
 // A backend supplies the sampling passes as a class template Passes<acc_t> over the
 // bordered channels-last layout of cpu_workspace.h (opmath pointers, null when absent):
 //   Passes(const Layout&, bordered input, bordered vI, offset, mask, vO, vM, max_chunk)
+//   static gemm_backend()             backend of the driver's GEMMs (column_gemm.h)
 //   begin_chunk(p0, chunk)            pixels [p0, p0 + chunk) of the following calls
 //   fill_directional(D)               D rows of the chunk
 //   fill_columns(cols)                the forward's columns of the chunk
@@ -27,6 +28,7 @@
 
 #include "common/double_backward_checks.h"
 #include "common/geometry.h"
+#include "cpu/column_gemm.h"
 #include "cpu/cpu_workspace.h"
 
 namespace deformconv {
@@ -84,8 +86,12 @@ std::array<at::Tensor, 5> double_backward_impl(const Layout& L, const at::Tensor
   const int64_t buffers = need_d + need_cols + need_a + need_a2;
   if (buffers == 0) return out;
 
+  // The GEMMs run on the backend's choice (column_gemm.h). A and A2 come back from their
+  // GEMM as new (chunk, columns) tensors; `buffers` still counts them, so the chunk
+  // bounds the memory they take.
+  const GemmBackend backend = Passes<acc_t>::gemm_backend();
   const int64_t max_chunk = pixels_per_chunk<acc_t, acc_t>(L, buffers);
-  at::Tensor column_storage = at::empty({buffers * max_chunk * L.columns}, opts);
+  at::Tensor column_storage = at::empty({(need_d + need_cols) * max_chunk * L.columns}, opts);
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<acc_t>() : nullptr; };
   Passes<acc_t> passes(L, ptr(bordered), ptr(v.input_bordered), ptr(offset),
                        mask ? ptr(*mask) : nullptr, ptr(v.offset), ptr(v.mask), max_chunk);
@@ -97,35 +103,26 @@ std::array<at::Tensor, 5> double_backward_impl(const Layout& L, const at::Tensor
       if (!needed) return at::Tensor();
       return column_storage.narrow(0, len * next++, len).view({chunk, L.columns});
     };
-    const at::Tensor d = take(need_d), cols = take(need_cols), a = take(need_a), a2 = take(need_a2);
+    const at::Tensor d = take(need_d), cols = take(need_cols);
     passes.begin_chunk(p0, chunk);
     if (need_d) passes.fill_directional(d.data_ptr<acc_t>());
     if (need_cols) passes.fill_columns(cols.data_ptr<acc_t>());
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      const at::Tensor gy = grad_pc.narrow(0, p0, chunk).narrow(1, grp * cout_g, cout_g);
-      auto cols_of = [&](const at::Tensor& t) { return t.narrow(1, grp * cols_g, cols_g); };
-      if (out[kGradOutput].defined()) {
-        // d/d grad_out = D . W + cols . vW
-        at::Tensor block = out[kGradOutput].narrow(0, p0, chunk).narrow(1, grp * cout_g, cout_g);
-        if (need_d) at::mm_out(block, cols_of(d), w_cols[grp]);
-        if (need_cols) {
-          if (need_d) {
-            block.addmm_(cols_of(cols), v.weight_cols[grp]);
-          } else {
-            at::mm_out(block, cols_of(cols), v.weight_cols[grp]);
-          }
-        }
+    const at::Tensor gy = grad_pc.narrow(0, p0, chunk);  // (chunk, C_out), contiguous rows
+    if (out[kGradOutput].defined()) {
+      // d/d grad_out = D . W + cols . vW (per weight group)
+      at::Tensor sum;
+      if (need_d) sum = columns_times_weight(backend, d, w_cols, c10::nullopt);
+      if (need_cols) {
+        const at::Tensor t = columns_times_weight(backend, cols, v.weight_cols, c10::nullopt);
+        sum = sum.defined() ? sum.add_(t) : t;
       }
-      if (out[kWeight].defined()) out[kWeight][grp].addmm_(cols_of(d).t(), gy);
-      if (need_a) {
-        at::Tensor a_g = cols_of(a);
-        at::mm_out(a_g, gy, w_cols[grp].t());
-      }
-      if (need_a2) {
-        at::Tensor a2_g = cols_of(a2);
-        at::mm_out(a2_g, gy, v.weight_cols[grp].t());
-      }
+      out[kGradOutput].narrow(0, p0, chunk).copy_(sum);
     }
+    if (out[kWeight].defined()) accumulate_grad_weight(backend, d, gy, out[kWeight]);
+    const at::Tensor a =
+        need_a ? grad_out_times_weight_t(backend, gy, w_cols).contiguous() : at::Tensor();
+    const at::Tensor a2 =
+        need_a2 ? grad_out_times_weight_t(backend, gy, v.weight_cols).contiguous() : at::Tensor();
     if (do_scatter) passes.scatter(ptr(a), ptr(a2), out[kInput].data_ptr<acc_t>());
     if (do_dots) passes.sample_grads(ptr(a), ptr(a2), ptr(out[kOffset]), ptr(out[kMask]));
   }

@@ -4,7 +4,6 @@
 #include <ATen/Context.h>
 #include <ATen/cpu/Utils.h>
 #include <c10/util/Exception.h>
-#include <torch/library.h>
 
 #include <cstdlib>
 #include <string>
@@ -137,13 +136,6 @@ std::string describe_path(at::ScalarType dtype) {
   path += std::string(" loops=") + loop_isa();
   return path;
 }
-
-namespace {
-std::string cpu_path_op(c10::ScalarType dtype) { return describe_path(dtype); }
-}  // namespace
-
-// Private query for benchmarks and tests: torch.ops.deformconv._cpu_path(torch.bfloat16).
-TORCH_LIBRARY_FRAGMENT(deformconv, m) { m.def("_cpu_path(ScalarType dtype) -> str", &cpu_path_op); }
 
 }  // namespace cpu
 }  // namespace deformconv

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/double_backward_driver.h"
+#include "cpu/cpu_paths.h"
 #include "cpu/deform_passes.h"
 #include "cpu/double_backward_passes.h"
 
@@ -30,6 +31,10 @@ class CpuSecondOrderPasses {
         mask_(mask),
         dirs_{v_offset, v_mask} {}
 
+  // The driver's GEMMs: oneDNN or at::mm, as the first-order CPU kernels choose.
+  static GemmBackend gemm_backend() {
+    return cpu::gemm_backend(c10::CppTypeToScalarType<acc_t>::value);
+  }
   void begin_chunk(int64_t p0, int64_t chunk) {
     p0_ = p0;
     chunk_ = chunk;

@@ -14,7 +14,7 @@ namespace cuda {
 namespace {
 
 // The Passes of double_backward_driver.h on CUDA: each pass is one kernel over the chunk
-// (GEMMs run through ATen, i.e. cuBLAS, in the driver).
+// (the driver's GEMMs run through at::mm, i.e. cuBLAS).
 template <typename acc_t>
 class CudaSecondOrderPasses {
  public:
@@ -23,6 +23,8 @@ class CudaSecondOrderPasses {
                         const acc_t* v_mask, int64_t /*max_chunk*/)
       : geo_(L.geo), in_{bordered, v_bordered, offset, mask, v_offset, v_mask} {}
 
+  // The driver's GEMMs: at::mm per weight group (cuBLAS).
+  static cpu::GemmBackend gemm_backend() { return cpu::GemmBackend::kMm; }
   void begin_chunk(int64_t p0, int64_t chunk) { args_ = second_order::make_args(geo_, p0, chunk); }
   void fill_directional(acc_t* d) { second_order::launch_fill<acc_t>(args_, in_, d, nullptr); }
   void fill_columns(acc_t* cols) { second_order::launch_fill<acc_t>(args_, in_, nullptr, cols); }
