@@ -277,3 +277,15 @@ def test_fused_backward_shared_images_and_repeats(n, threads, columns, use_path)
         assert torch.equal(a, b), f"{name} differs between two identical runs"
     tol = 1e-5 if dtype == torch.float32 else TOLERANCE[dtype]
     assert_close_scaled(fused, chunked, tol, f"fused vs chunked, {columns}, {threads} threads")
+
+
+def test_forced_16bit_tiles_fall_back_without_onednn(use_path):
+    """ATen's 16-bit brgemm raises where oneDNN is disabled: forced 16-bit fused tiles then run
+    chunked instead of failing."""
+    args = cast(make_args(), torch.bfloat16)
+    use_path("mm", "native", "fused", "fused")
+    with torch.backends.mkldnn.flags(enabled=False):
+        path = torch.ops.deformconv._cpu_path(torch.bfloat16)
+        assert "forward=chunked backward=chunked" in path
+        results = forward_backward(args)
+    assert all(torch.isfinite(t).all() for t in results)

@@ -88,14 +88,17 @@ bool native_16bit(at::ScalarType dtype) {
 namespace {
 // True when the fused tiles can run a call with input dtype: not float64, and this torch
 // has the brgemm for the columns' dtype (the input's on the native 16-bit path, else
-// float32), which ATen runs for 16-bit operands only on CPUs with the dot-product units
-// (its float16 brgemm raises without AMX-FP16).
+// float32). ATen's float32 brgemm falls back to its plain GEMM where oneDNN's kernel
+// does not run; its 16-bit one (VNNI operands) has no fallback and raises unless oneDNN
+// is enabled and the CPU has the ISA, so the 16-bit tiles also need oneDNN and the
+// units (bfloat16: AVX512-BF16 or AMX-BF16; float16: AMX-FP16, as ATen's error message
+// for float16 asks).
 bool fusable(at::ScalarType dtype) {
   if (dtype == at::kDouble) return false;
   if (!native_16bit(dtype)) return brgemm_available(at::kFloat);
   const bool units =
       dtype == at::kBFloat16 ? cpu_has_any({"avx512_bf16", "amx_bf16"}) : cpu_has_any({"amx_fp16"});
-  return units && brgemm_available(dtype);
+  return units && onednn_available() && brgemm_available(dtype);
 }
 }  // namespace
 
