@@ -195,6 +195,7 @@ rows = []
 def row(label, **cols):
     rows.append(dict(case=label, **cols))
     print(label, cols, flush=True)
+    json.dump(rows, open(f"{out_dir}/extras.json", "w"), indent=1)  # kept if the step times out
 
 shapes = {"cifar": (64, 64, 32, 32, 64), "r50-c3": (8, 128, 100, 168, 128)}
 for name, s in shapes.items():
@@ -252,7 +253,6 @@ for mb in (8, 16, 32, 64, 128, 256):
     row(f"r50-c3 fp16 workspace {mb} MiB", ours_fwd_ms=time_ms(ours, a, False),
         ours_fb_ms=time_ms(ours, a, True), ours_peak_mb=peak_mb(ours, a))
 os.environ.pop("DEFORMCONV_WORKSPACE_MB")
-json.dump(rows, open(f"{out_dir}/extras.json", "w"), indent=1)
 with open(f"{log_dir}/extras.md", "w") as f:
     f.write("| case | measurements (ms / MiB) |\n|---|---|\n")
     for r in rows:
