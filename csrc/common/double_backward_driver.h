@@ -55,8 +55,6 @@ std::array<at::Tensor, 5> double_backward_impl(const Layout& L, const at::Tensor
                                                const c10::optional<at::Tensor>& mask,
                                                const Cotangents& v, std::array<bool, 5> want) {
   const ConvGeometry& g = L.geo;
-  const int64_t cols_g = g.taps() * g.in_channels_per_group();
-  const int64_t cout_g = g.out_channels_per_group();
   const bool has_vi = v.input_bordered.defined();
   const bool has_vw = v.weight_cols.defined();
   const bool has_dir = v.offset.defined() || v.mask.defined();
