@@ -100,6 +100,30 @@ def make_args(
     )
 
 
+def collapse_offsets(args, y, x):
+    """make_args' dict with offsets that move every tap of every output pixel onto the
+    input point (y, x): one destination takes all the samples of an image (the worst case
+    of the deterministic CUDA col2im)."""
+    off = args["offset"]
+    n, channels, ho, wo = off.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+        args["weight"].shape[2:],
+        args["stride"],
+        args["padding"],
+        args["dilation"],
+    )
+    i = torch.arange(kh).repeat_interleave(kw).view(1, kh * kw, 1, 1)
+    j = torch.arange(kw).repeat(kh).view(1, kh * kw, 1, 1)
+    base_y = torch.arange(ho).view(1, 1, ho, 1) * sh - ph + i * dh
+    base_x = torch.arange(wo).view(1, 1, 1, wo) * sw - pw + j * dw
+    dy = (y - base_y).expand(1, kh * kw, ho, wo)
+    dx = (x - base_x).expand(1, kh * kw, ho, wo)
+    per_group = torch.stack([dy, dx], 2).reshape(1, 2 * kh * kw, ho, wo)  # (dy, dx) per tap
+    out = dict(args)
+    out["offset"] = per_group.repeat(n, channels // (2 * kh * kw), 1, 1).to(off)
+    return out
+
+
 def child_process_env():
     """Environment for child processes: they import the same deformconv as this process
     (the source tree here, site-packages in CI); they run in a temporary cwd so that a

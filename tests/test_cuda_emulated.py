@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cuda_helpers import SWEEP, deterministic, grad_like, make_args, moved, run_bwd, run_op
-from helpers import op_args
+from helpers import collapse_offsets, op_args
 from test_mixed_precision import bench, check_error_targets, check_rounds_once, mixed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +95,21 @@ def test_emulated_deterministic_path(emu, cfg, monkeypatch):
     with deterministic():
         assert all(torch.equal(x, y) for x, y in zip(first, emu_bwd(emu, a, grad_like(run_op(a)))))
     monkeypatch.setenv("DEFORMCONV_FORCE_INT64_INDEX", "1")
+    check_emulated(emu, a, 1e-10, det=True)
+
+
+@pytest.mark.parametrize("point", [(5.25, 7.5), (-0.5, 3.25)], ids=["inside", "half-outside"])
+def test_emulated_deterministic_collapsed_offsets(emu, point, monkeypatch):
+    """Every sample of an image lands on one point: 144 pixels x 9 taps per corner and offset
+    group, runs of equal keys far longer than a segment of the sorted list, summed in pieces
+    and joined; the result matches the CPU op and repeats bitwise."""
+    a = collapse_offsets(make_args(n=2, c_in=8, h=12, w=12, offset_groups=2, device="cpu"), *point)
+    first = check_emulated(emu, a, 1e-10, det=True)
+    with deterministic():
+        again = emu_bwd(emu, a, grad_like(run_op(a)))
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    # 1 MiB: chunks cut the runs as well.
+    monkeypatch.setenv("DEFORMCONV_WORKSPACE_MB", "1")
     check_emulated(emu, a, 1e-10, det=True)
 
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "cuda/launch.h"
 #include "cuda/sampling.cuh"
 
 namespace deformconv {
@@ -191,10 +192,30 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Deterministic col2im, step 2: one team per sorted entry that starts a run of equal keys
-// (a destination pixel and offset group); for each channel c of the group it sums
-// coef * grad_columns over the run in sorted (= entry) order and adds the sum to
-// grad_input once. No two teams write the same element: no atomics, a fixed order.
+// Deterministic col2im, steps 2 and 3. The sorted entries are cut into segments of
+// kSegmentEntries; a run of equal keys (one destination pixel and offset group) lies in one
+// segment or spans several. Step 2, one team per segment: for each run in it and each
+// channel c of the run's offset group, sum coef * grad_columns over the run's entries in
+// sorted (= entry) order. A run wholly inside the segment adds its sum to grad_input; the
+// segment's first run, when it began in an earlier segment, leaves its partial sum in
+// head[segment]; its last run, when it begins here and goes on, in tail[segment]. So no
+// team works through more than kSegmentEntries (launch.h) entries, however many samples
+// land on one pixel (collapsed offsets).
+
+// The destination row of grad_input (channels-last, opmath) of key ((n*og + o)*H + y)*W + x,
+// and the key's offset group o.
+template <typename acc_t, typename index_t>
+__device__ __forceinline__ acc_t* key_destination(const SamplingArgs<index_t>& a, int64_t key,
+                                                  acc_t* grad_input, index_t* o) {
+  const int64_t x = key % a.width;
+  int64_t t = key / a.width;
+  const int64_t y = t % a.height;
+  t /= a.height;
+  *o = static_cast<index_t>(t % a.offset_groups);
+  const int64_t n = t / a.offset_groups;
+  return grad_input + ((n * a.height + y) * a.width + x) * a.channels;
+}
+
 template <typename acc_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
     deformable_col2im_gather_kernel(const SamplingArgs<index_t> a,
@@ -202,32 +223,88 @@ __global__ void __launch_bounds__(kThreads)
                                     const int64_t* __restrict__ order,
                                     const acc_t* __restrict__ coef, const int64_t* __restrict__ src,
                                     const acc_t* __restrict__ grad_columns,
-                                    acc_t* __restrict__ grad_input, const int64_t entries) {
+                                    acc_t* __restrict__ grad_input, acc_t* __restrict__ head,
+                                    acc_t* __restrict__ tail, const int64_t entries) {
   const index_t team = static_cast<index_t>(blockDim.x);
   const index_t lane = static_cast<index_t>(threadIdx.x);
   const int64_t rows = blockDim.y;
-  for (int64_t block = blockIdx.x; block * rows < entries; block += gridDim.x) {
-    const int64_t i = block * rows + threadIdx.y;
-    if (i >= entries) continue;
-    const int64_t key = sorted_keys[i];
-    if (key == kInvalidKey || (i > 0 && sorted_keys[i - 1] == key)) continue;
-    // key = ((n*og + o)*H + y)*W + x
-    const int64_t x = key % a.width;
-    int64_t t = key / a.width;
-    const int64_t y = t % a.height;
-    t /= a.height;
-    const index_t o = static_cast<index_t>(t % a.offset_groups);
-    const int64_t n = t / a.offset_groups;
-    acc_t* dst = grad_input + ((n * a.height + y) * a.width + x) * a.channels;
-    for (index_t cl = lane; cl < a.channels_per_offset_group; cl += team) {
-      const index_t c = o * a.channels_per_offset_group + cl;
-      const int64_t chan = column_of(a, c, index_t(0));
-      acc_t sum = acc_t(0);
-      for (int64_t j = i; j < entries && sorted_keys[j] == key; ++j) {
-        const int64_t e = order[j];
-        sum += coef[e] * grad_columns[src[e] + chan];
+  const int64_t segments = (entries + kSegmentEntries - 1) / kSegmentEntries;
+  for (int64_t block = blockIdx.x; block * rows < segments; block += gridDim.x) {
+    const int64_t seg = block * rows + threadIdx.y;
+    if (seg >= segments) continue;
+    const int64_t i0 = seg * kSegmentEntries;
+    const int64_t i1 = i0 + kSegmentEntries < entries ? i0 + kSegmentEntries : entries;
+    for (int64_t i = i0; i < i1;) {
+      const int64_t key = sorted_keys[i];
+      if (key == kInvalidKey) break;  // invalid entries sort last
+      int64_t j = i + 1;
+      while (j < i1 && sorted_keys[j] == key) ++j;
+      const bool began_before = i == i0 && i0 > 0 && sorted_keys[i0 - 1] == key;
+      const bool goes_on = j == i1 && i1 < entries && sorted_keys[i1] == key;
+      index_t o;
+      acc_t* dst = key_destination(a, key, grad_input, &o);
+      for (index_t cl = lane; cl < a.channels_per_offset_group; cl += team) {
+        const index_t c = o * a.channels_per_offset_group + cl;
+        const int64_t chan = column_of(a, c, index_t(0));
+        acc_t sum = acc_t(0);
+        for (int64_t r = i; r < j; ++r) {
+          const int64_t e = order[r];
+          sum += coef[e] * grad_columns[src[e] + chan];
+        }
+        if (began_before) {
+          head[seg * a.channels_per_offset_group + cl] = sum;
+        } else if (goes_on) {
+          tail[seg * a.channels_per_offset_group + cl] = sum;
+        } else {
+          dst[c] += sum;
+        }
       }
-      dst[c] += sum;
+      i = j;
+    }
+  }
+}
+
+// Deterministic col2im, step 3: one team per segment whose last run begins in it and goes
+// on into later segments: the run's sum is tail[segment] + head[next] + ... + head[the
+// segment of its last entry], in that order, added to grad_input once. The run's end is
+// found by binary search, so the partial sums are read without a dependent chain.
+template <typename acc_t, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    deformable_col2im_join_kernel(const SamplingArgs<index_t> a,
+                                  const int64_t* __restrict__ sorted_keys,
+                                  const acc_t* __restrict__ head, const acc_t* __restrict__ tail,
+                                  acc_t* __restrict__ grad_input, const int64_t entries) {
+  const index_t team = static_cast<index_t>(blockDim.x);
+  const index_t lane = static_cast<index_t>(threadIdx.x);
+  const int64_t rows = blockDim.y;
+  const int64_t segments = (entries + kSegmentEntries - 1) / kSegmentEntries;
+  for (int64_t block = blockIdx.x; block * rows < segments; block += gridDim.x) {
+    const int64_t seg = block * rows + threadIdx.y;
+    if (seg + 1 >= segments) continue;  // the last segment's runs go on nowhere
+    const int64_t i0 = seg * kSegmentEntries;
+    const int64_t i1 = i0 + kSegmentEntries;
+    const int64_t key = sorted_keys[i1 - 1];
+    if (key == kInvalidKey || sorted_keys[i1] != key) continue;  // the last run ends here
+    // A run that began before this segment is joined by the segment where it began.
+    if (sorted_keys[i0] == key && i0 > 0 && sorted_keys[i0 - 1] == key) continue;
+    // One past the run's last entry: the first index in [i1, entries) with a larger key.
+    int64_t lo = i1, hi = entries;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (sorted_keys[mid] == key) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    const int64_t last_seg = (lo - 1) / kSegmentEntries;
+    index_t o;
+    acc_t* dst = key_destination(a, key, grad_input, &o);
+    for (index_t cl = lane; cl < a.channels_per_offset_group; cl += team) {
+      acc_t sum = tail[seg * a.channels_per_offset_group + cl];
+      for (int64_t s = seg + 1; s <= last_seg; ++s)
+        sum += head[s * a.channels_per_offset_group + cl];
+      dst[o * a.channels_per_offset_group + cl] += sum;
     }
   }
 }

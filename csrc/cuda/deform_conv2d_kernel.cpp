@@ -51,7 +51,8 @@ namespace {
 
 // Workspace bytes per entry of the deterministic col2im: key, sorted key, sort order,
 // source (int64 each), coefficient (<= 8 bytes) and the sort's own scratch (~3 x 8 bytes:
-// index input and the radix sort's alternate buffers).
+// index input and the radix sort's alternate buffers); its per-segment partial sums are
+// counted apart (col2im_partials_size).
 constexpr int64_t kDeterministicBytesPerEntry = 8 * 4 + 8 + 24;
 
 bool is_reduced_float(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
@@ -177,7 +178,7 @@ namespace {
 struct BackwardWorkspace {
   int64_t max_chunk;
   at::Tensor columns, grad_columns;
-  at::Tensor keys, coef, src;  // deterministic mode only
+  at::Tensor keys, coef, src, partials;  // deterministic mode only
 };
 
 // Step 2 of the backward: chunk sizing and buffers. Two column buffers per pixel, plus the
@@ -191,7 +192,10 @@ BackwardWorkspace backward_workspace(const ConvGeometry& geo, const at::TensorOp
       columns * (c10::elementSize(opts.dtype().toScalarType()) + c10::elementSize(opmath));
   int64_t max_pixels = pixels;
   if (deterministic) {
-    bytes_per_pixel += entries_per_pixel * kDeterministicBytesPerEntry;
+    // Partial sums: 2 * C_in/offset_groups opmath values per kSegmentEntries entries.
+    const int64_t partial_bytes = 2 * geo.channels_per_offset_group() * c10::elementSize(opmath) *
+                                  entries_per_pixel / kSegmentEntries;
+    bytes_per_pixel += entries_per_pixel * kDeterministicBytesPerEntry + partial_bytes + 1;
     max_pixels =
         std::max<int64_t>(1, (std::numeric_limits<int32_t>::max() - 1) / entries_per_pixel);
   }
@@ -206,6 +210,7 @@ BackwardWorkspace backward_workspace(const ConvGeometry& geo, const at::TensorOp
     ws.keys = at::empty({max_entries}, opts.dtype(at::kLong));
     ws.coef = at::empty({max_entries}, opts.dtype(opmath));
     ws.src = at::empty({max_entries}, opts.dtype(at::kLong));
+    ws.partials = at::empty({col2im_partials_size(geo, max_entries)}, opts.dtype(opmath));
   }
   return ws;
 }
@@ -241,7 +246,7 @@ void gather_input_grad(const at::Tensor& offset_k, const c10::optional<at::Tenso
   launch_col2im_entries(offset_k, mask_k, geo, chunk, index32, keys, coef, src);
   const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   launch_col2im_gather(geo, chunk, index32, std::get<0>(sorted), std::get<1>(sorted), coef, src,
-                       grad_cols, grad_input_acc);
+                       grad_cols, ws.partials, grad_input_acc);
 }
 
 // Step 3d: grad_wmat += grad_chunk^T . columns per conv group, accumulated in opmath across

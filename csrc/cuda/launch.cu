@@ -239,15 +239,19 @@ void launch_col2im_entries(const at::Tensor& offset, const c10::optional<at::Ten
 void launch_col2im_gather(const ConvGeometry& geo, Chunk chunk, bool index32,
                           const at::Tensor& sorted_keys, const at::Tensor& order,
                           const at::Tensor& coef, const at::Tensor& src,
-                          const at::Tensor& grad_columns, const at::Tensor& grad_input_acc) {
+                          const at::Tensor& grad_columns, const at::Tensor& partials,
+                          const at::Tensor& grad_input_acc) {
   const int64_t entries = sorted_keys.numel();
   if (chunk.pc == 0 || entries == 0) return;
+  TORCH_INTERNAL_ASSERT(partials.numel() >= col2im_partials_size(geo, entries));
+  const int64_t segments = (entries + kSegmentEntries - 1) / kSegmentEntries;
   const int team = team_size(geo.channels_per_offset_group());
   const int rows = kThreads / team;
   const dim3 block(team, rows);
-  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((entries + rows - 1) / rows, kMaxGridX)));
+  const dim3 grid(
+      static_cast<unsigned>(std::min<int64_t>((segments + rows - 1) / rows, kMaxGridX)));
   const cudaStream_t stream = backend::current_stream();
-  // grad_columns, coef and grad_input_acc are opmath (float32 or float64).
+  // grad_columns, coef, partials and grad_input_acc are opmath (float32 or float64).
   AT_DISPATCH_FLOATING_TYPES(grad_columns.scalar_type(), "deformconv_col2im_gather_cuda", [&] {
     using acc_t = scalar_t;
     const int64_t* sk = sorted_keys.const_data_ptr<int64_t>();
@@ -255,13 +259,21 @@ void launch_col2im_gather(const ConvGeometry& geo, Chunk chunk, bool index32,
     const acc_t* cf = coef.const_data_ptr<acc_t>();
     const int64_t* s = src.const_data_ptr<int64_t>();
     const acc_t* gcols = grad_columns.const_data_ptr<acc_t>();
+    acc_t* head = partials.mutable_data_ptr<acc_t>();
+    acc_t* tail = head + segments * geo.channels_per_offset_group();
     acc_t* gin = grad_input_acc.mutable_data_ptr<acc_t>();
+    auto launch = [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      const SamplingArgs<index_t> a = make_args<index_t>(geo, chunk);
+      launch_kernel(deformable_col2im_gather_kernel<acc_t, index_t>, grid, block, stream, a, sk,
+                    ord, cf, s, gcols, gin, head, tail, entries);
+      launch_kernel(deformable_col2im_join_kernel<acc_t, index_t>, grid, block, stream, a, sk,
+                    static_cast<const acc_t*>(head), static_cast<const acc_t*>(tail), gin, entries);
+    };
     if (index32) {
-      launch_kernel(deformable_col2im_gather_kernel<acc_t, int32_t>, grid, block, stream,
-                    make_args<int32_t>(geo, chunk), sk, ord, cf, s, gcols, gin, entries);
+      launch(int32_t{});
     } else {
-      launch_kernel(deformable_col2im_gather_kernel<acc_t, int64_t>, grid, block, stream,
-                    make_args<int64_t>(geo, chunk), sk, ord, cf, s, gcols, gin, entries);
+      launch(int64_t{});
     }
   });
 }

@@ -46,11 +46,21 @@ void launch_col2im_entries(const at::Tensor& offset, const c10::optional<at::Ten
                            const at::Tensor& keys, const at::Tensor& coef, const at::Tensor& src);
 
 // ... and, after a stable sort of the keys (sorted_keys, order), adds every destination's
-// sum into grad_input_acc without atomics.
+// sum into grad_input_acc without atomics, in a fixed order. The sorted entries are
+// summed in segments of kSegmentEntries (col2im.cuh), so no thread's work grows with the
+// number of samples that land on one pixel; `partials` (opmath, at least
+// col2im_partials_size elements: two rows of C_in/offset_groups per segment) holds the
+// partial sums of destinations whose entries span more than one segment.
+constexpr int64_t kSegmentEntries = 256;
+inline int64_t col2im_partials_size(const ConvGeometry& geo, int64_t entries) {
+  const int64_t segments = (entries + kSegmentEntries - 1) / kSegmentEntries;
+  return 2 * segments * geo.channels_per_offset_group();
+}
 void launch_col2im_gather(const ConvGeometry& geo, Chunk chunk, bool index32,
                           const at::Tensor& sorted_keys, const at::Tensor& order,
                           const at::Tensor& coef, const at::Tensor& src,
-                          const at::Tensor& grad_columns, const at::Tensor& grad_input_acc);
+                          const at::Tensor& grad_columns, const at::Tensor& partials,
+                          const at::Tensor& grad_input_acc);
 
 }  // namespace cuda
 }  // namespace deformconv
