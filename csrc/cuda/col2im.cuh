@@ -216,6 +216,17 @@ __device__ __forceinline__ acc_t* key_destination(const SamplingArgs<index_t>& a
   return grad_input + ((n * a.height + y) * a.width + x) * a.channels;
 }
 
+// Calls f(segment) for each of the `segments` a team owns: one team per row of a block,
+// blocks grid-strided.
+template <typename F>
+__device__ __forceinline__ void for_each_team_segment(int64_t segments, F&& f) {
+  const int64_t rows = blockDim.y;
+  for (int64_t block = blockIdx.x; block * rows < segments; block += gridDim.x) {
+    const int64_t seg = block * rows + threadIdx.y;
+    if (seg < segments) f(seg);
+  }
+}
+
 template <typename acc_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
     deformable_col2im_gather_kernel(const SamplingArgs<index_t> a,
@@ -227,11 +238,8 @@ __global__ void __launch_bounds__(kThreads)
                                     acc_t* __restrict__ tail, const int64_t entries) {
   const index_t team = static_cast<index_t>(blockDim.x);
   const index_t lane = static_cast<index_t>(threadIdx.x);
-  const int64_t rows = blockDim.y;
   const int64_t segments = (entries + kSegmentEntries - 1) / kSegmentEntries;
-  for (int64_t block = blockIdx.x; block * rows < segments; block += gridDim.x) {
-    const int64_t seg = block * rows + threadIdx.y;
-    if (seg >= segments) continue;
+  for_each_team_segment(segments, [&](int64_t seg) {
     const int64_t i0 = seg * kSegmentEntries;
     const int64_t i1 = i0 + kSegmentEntries < entries ? i0 + kSegmentEntries : entries;
     for (int64_t i = i0; i < i1;) {
@@ -261,7 +269,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       i = j;
     }
-  }
+  });
 }
 
 // Deterministic col2im, step 3: one team per segment whose last run begins in it and goes
@@ -276,17 +284,15 @@ __global__ void __launch_bounds__(kThreads)
                                   acc_t* __restrict__ grad_input, const int64_t entries) {
   const index_t team = static_cast<index_t>(blockDim.x);
   const index_t lane = static_cast<index_t>(threadIdx.x);
-  const int64_t rows = blockDim.y;
   const int64_t segments = (entries + kSegmentEntries - 1) / kSegmentEntries;
-  for (int64_t block = blockIdx.x; block * rows < segments; block += gridDim.x) {
-    const int64_t seg = block * rows + threadIdx.y;
-    if (seg + 1 >= segments) continue;  // the last segment's runs go on nowhere
+  // The last segment's runs go on nowhere.
+  for_each_team_segment(segments - 1, [&](int64_t seg) {
     const int64_t i0 = seg * kSegmentEntries;
     const int64_t i1 = i0 + kSegmentEntries;
     const int64_t key = sorted_keys[i1 - 1];
-    if (key == kInvalidKey || sorted_keys[i1] != key) continue;  // the last run ends here
+    if (key == kInvalidKey || sorted_keys[i1] != key) return;  // the last run ends here
     // A run that began before this segment is joined by the segment where it began.
-    if (sorted_keys[i0] == key && i0 > 0 && sorted_keys[i0 - 1] == key) continue;
+    if (sorted_keys[i0] == key && i0 > 0 && sorted_keys[i0 - 1] == key) return;
     // One past the run's last entry: the first index in [i1, entries) with a larger key.
     int64_t lo = i1, hi = entries;
     while (lo < hi) {
@@ -306,7 +312,7 @@ __global__ void __launch_bounds__(kThreads)
         sum += head[s * a.channels_per_offset_group + cl];
       dst[o * a.channels_per_offset_group + cl] += sum;
     }
-  }
+  });
 }
 
 }  // namespace cuda
