@@ -101,9 +101,10 @@ def make_args(
 
 
 def collapse_offsets(args, y, x):
-    """make_args' dict with offsets that move every tap of every output pixel onto the
-    input point (y, x): one destination takes all the samples of an image (the worst case
-    of the deterministic CUDA col2im)."""
+    """make_args' dict with its offset Tensor[N, 2*og*kh*kw, H_out, W_out] replaced by one that
+    moves every tap of every output pixel, in every offset group, onto the input point (y, x):
+    one destination takes all the samples of an image (the worst case of the deterministic
+    CUDA col2im)."""
     off = args["offset"]
     n, channels, ho, wo = off.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
