@@ -187,16 +187,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> double_ba
                          .view({geo.batch, geo.out_h, geo.out_w, geo.out_channels})
                          .permute({0, 3, 1, 2});
   }
-  if (r[kInput].defined()) {
-    r[kInput] = r[kInput].narrow(1, 1, geo.height).narrow(2, 1, geo.width).permute({0, 3, 1, 2});
-  }
-  if (r[kWeight].defined()) {
-    r[kWeight] = r[kWeight]
-                     .view({geo.groups, geo.kernel_h, geo.kernel_w, geo.in_channels_per_group(),
-                            geo.out_channels_per_group()})
-                     .permute({0, 4, 3, 1, 2})
-                     .reshape(weight.sizes());
-  }
+  if (r[kInput].defined()) r[kInput] = unbordered_nchw(r[kInput]);
+  if (r[kWeight].defined()) r[kWeight] = weight_from_columns(r[kWeight], geo);
   return {finish(r[kGradOutput], want[kGradOutput], grad_output, grad_output.sizes(), true),
           finish(r[kInput], want[kInput], input, input.sizes(), true),
           finish(r[kWeight], want[kWeight], weight, weight.sizes(), false),

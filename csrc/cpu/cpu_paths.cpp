@@ -100,21 +100,24 @@ bool fusable(at::ScalarType dtype) {
       dtype == at::kBFloat16 ? cpu_has_any({"avx512_bf16", "amx_bf16"}) : cpu_has_any({"amx_fp16"});
   return units && onednn_available() && brgemm_available(dtype);
 }
-}  // namespace
 
-bool fused_forward_chosen(at::ScalarType dtype) {
-  const std::string choice = env_choice("DEFORMCONV_CPU_FORWARD", {"fused", "chunked"});
-  if (!fusable(dtype)) return false;
+// The rule of fused_forward_chosen and fused_backward_chosen: the switch `name` (read
+// first, so a bad value raises on every CPU), then whether the tiles can run and fit.
+bool fused_chosen(const char* name, at::ScalarType dtype, bool fits_workspace) {
+  const std::string choice = env_choice(name, {"fused", "chunked"});
+  if (!fusable(dtype) || !fits_workspace) return false;
   if (choice != "auto") return choice == "fused";
   return gemm_backend(at::kFloat) == GemmBackend::kOneDnn;
 }
+}  // namespace
+
+bool fused_forward_chosen(at::ScalarType dtype) {
+  return fused_chosen("DEFORMCONV_CPU_FORWARD", dtype, /*fits_workspace=*/true);
+}
 
 bool fused_backward_chosen(at::ScalarType dtype, int64_t workspace_bytes) {
-  const std::string choice = env_choice("DEFORMCONV_CPU_BACKWARD", {"fused", "chunked"});
-  if (!fusable(dtype)) return false;
-  if (workspace_bytes > workspace_budget_bytes()) return false;
-  if (choice != "auto") return choice == "fused";
-  return gemm_backend(at::kFloat) == GemmBackend::kOneDnn;
+  return fused_chosen("DEFORMCONV_CPU_BACKWARD", dtype,
+                      workspace_bytes <= workspace_budget_bytes());
 }
 
 const char* loop_isa() {

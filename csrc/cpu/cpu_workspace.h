@@ -60,6 +60,24 @@ inline at::Tensor weight_for_columns(const at::Tensor& weight, const ConvGeometr
       .contiguous();
 }
 
+// The inverses, for the gradients. Tensor[C_out, C_in/groups, kh, kw] from the column
+// layout of weight_for_columns (any strides; a copy).
+inline at::Tensor weight_from_columns(const at::Tensor& w_cols, const ConvGeometry& g) {
+  return w_cols
+      .reshape(
+          {g.groups, g.kernel_h, g.kernel_w, g.in_channels_per_group(), g.out_channels_per_group()})
+      .permute({0, 4, 3, 1, 2})
+      .reshape({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
+}
+
+// The interior of a bordered (N, H+2, W+2, C) tensor (bordered_nhwc's layout) as an
+// (N, C, H, W) view with channels-last strides.
+inline at::Tensor unbordered_nchw(const at::Tensor& bordered) {
+  return bordered.narrow(1, 1, bordered.size(1) - 2)
+      .narrow(2, 1, bordered.size(2) - 2)
+      .permute({0, 3, 1, 2});
+}
+
 // Column bytes per chunk the passes aim for: small enough that the columns a
 // sampling pass writes are still in cache when the GEMM reads them (measured on
 // a 2-core EPYC: forward 1.2-1.5x and backward 1.3-1.5x faster than one chunk

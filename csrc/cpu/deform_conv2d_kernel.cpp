@@ -103,15 +103,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
                  p0, chunk, grad_offset.data_ptr<acc_t>(),
                  mask ? grad_mask.data_ptr<acc_t>() : nullptr);
   }
-  const at::Tensor grad_input =
-      grad_bordered.narrow(1, 1, g.height).narrow(2, 1, g.width).permute({0, 3, 1, 2});
-  const at::Tensor grad_weight =
-      grad_w_cols
-          .view({g.groups, g.kernel_h, g.kernel_w, g.in_channels_per_group(),
-                 g.out_channels_per_group()})
-          .permute({0, 4, 3, 1, 2})
-          .reshape({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
-  return {grad_input, grad_weight, grad_offset, grad_mask};
+  return {unbordered_nchw(grad_bordered), weight_from_columns(grad_w_cols, g), grad_offset,
+          grad_mask};
 }
 
 at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,

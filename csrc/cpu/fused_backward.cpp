@@ -105,11 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_impl(
   const int64_t K = g.taps() * g.in_channels_per_group();
   const int64_t hw_out = g.out_pixels();
   // Weight as Tensor[groups, C_out/groups, K], K in column order (tap, channel): Wᵀ per group.
-  const at::Tensor w_t =
-      weight.view({g.groups, cout_g, g.in_channels_per_group(), g.kernel_h, g.kernel_w})
-          .permute({0, 1, 3, 4, 2})
-          .reshape({g.groups, cout_g, K})
-          .contiguous();
+  const at::Tensor w_t = weight_for_columns(weight, g).transpose(1, 2).contiguous();
   // The brgemm's b operand of grad_columns per group: w_t itself, or in VNNI pairs of rows.
   const int64_t w_stride = is_float ? cout_g * K : vnni_size(cout_g, K);
   at::Tensor w_gemm = w_t;
@@ -238,13 +234,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_impl(
   sum_in_order(grad_w_slots.data_ptr<float>(), slots.count, grad_w_slots.size(1),
                grad_w_slots.size(1), grad_w.data_ptr<float>());
 
-  const at::Tensor grad_input =
-      grad_bordered.narrow(1, 1, g.height).narrow(2, 1, g.width).permute({0, 3, 1, 2});
+  // grad_w holds Tensor[groups, C_out/groups, K]: the column layout, transposed.
   const at::Tensor grad_weight =
-      grad_w.view({g.groups, cout_g, g.kernel_h, g.kernel_w, g.in_channels_per_group()})
-          .permute({0, 1, 4, 2, 3})
-          .reshape({C_out, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
-  return {grad_input, grad_weight, grad_offset, grad_mask};
+      weight_from_columns(grad_w.view({g.groups, cout_g, K}).transpose(1, 2), g);
+  return {unbordered_nchw(grad_bordered), grad_weight, grad_offset, grad_mask};
 }
 
 }  // namespace
