@@ -1,0 +1,52 @@
+# Block sizes, warps and pixel splits of the fused Triton kernels, chosen from the call's shapes and dtype.
+"""One rule per kernel kind, from shapes only (so torch.compile's tracing sees constants).
+
+``OVERRIDES`` lets a tuning script try other blocks: ``OVERRIDES["forward"] = dict(BLOCK_M=128, ...)``
+replaces the chosen keys for every later call of that kind ("forward", "backward_data",
+"backward_weight"). The defaults have not been tuned on a GPU yet.
+"""
+
+from __future__ import annotations
+
+import torch
+
+KINDS = ("forward", "backward_data", "backward_weight")
+OVERRIDES: dict[str, dict[str, int]] = {}
+
+# Pixel splits of grad_weight: enough programs to fill a large GPU, and at most this many bytes
+# of float32 partial sums ([splits, groups, kh*kw*C_in/groups, C_out/groups]).
+TARGET_PROGRAMS = 1024
+PARTIALS_BYTES = 64 << 20
+
+
+def _pow2_clamp(value: int, low: int, high: int) -> int:
+    p = 1
+    while p < value:
+        p *= 2
+    return max(low, min(high, p))
+
+
+def block_config(kind: str, dtype: torch.dtype, c_in_group: int, c_out_group: int) -> dict:
+    """BLOCK_M/N/K (every tl.dot dimension >= 16), num_warps and num_stages for a kernel kind."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}: got {kind!r}")
+    wide = dtype != torch.float32  # 16-bit tiles take twice the channels per register
+    cfg = dict(
+        BLOCK_M=64,
+        BLOCK_N=_pow2_clamp(c_out_group, 16, 128 if wide else 64),
+        BLOCK_K=_pow2_clamp(c_in_group, 16, 64 if wide else 32),
+        num_warps=4,
+        num_stages=2,
+    )
+    if kind == "backward_data":
+        cfg["BLOCK_N"] = _pow2_clamp(c_out_group, 16, 64)
+        cfg["BLOCK_K"] = _pow2_clamp(c_in_group, 16, 32)
+    cfg.update(OVERRIDES.get(kind, {}))
+    return cfg
+
+
+def weight_splits(base_programs: int, pixel_tiles: int, partial_bytes_per_split: int) -> int:
+    """How many pixel chunks grad_weight is split into (>= 1, <= pixel_tiles)."""
+    wanted = -(-TARGET_PROGRAMS // max(base_programs, 1))
+    by_memory = max(PARTIALS_BYTES // max(partial_bytes_per_split, 1), 1)
+    return max(1, min(wanted, by_memory, max(pixel_tiles, 1)))

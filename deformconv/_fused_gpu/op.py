@@ -1,0 +1,249 @@
+# The fused Triton kernels as torch ops (triton_op + wrap_triton), their launches, and their autograd.
+"""``torch.ops.deformconv._fused_deform_conv2d`` and ``..._fused_deform_conv2d_backward``.
+
+Both are ``torch.library.triton_op``: torch.compile and torch.export see the Triton kernels
+through ``wrap_triton``, and the Python body doubles as the fake (meta) implementation (under
+fake tensors the kernel launches are no-ops and only the allocations remain). Importing this
+module imports triton; the package imports it only when the fused path is used.
+
+The backward runs the fused kernels except under ``torch.use_deterministic_algorithms(True)``
+(grad_input is summed with float atomics here) and when a graph of the backward is being built
+(double backward): then it calls the column path's backward op, which is deterministic and
+differentiable. The forward is deterministic in every mode.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import triton
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+from .._geometry import output_size
+from . import kernels
+from .config import block_config, weight_splits
+
+_DUMMY_STRIDES = (0, 0, 0, 0)
+
+
+def _fp32_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input_precision: float32 keeps near-float32 accuracy (3xTF32) unless TF32 is
+    allowed for matmuls; 16-bit inputs ignore it."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "tf32x3"
+    return "tf32"
+
+
+def _memory_format(t: Tensor) -> torch.memory_format:
+    if (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _gemm_weight(weight: Tensor, groups: int) -> Tensor:
+    """Tensor[C_out, C_g, kh, kw] -> Tensor[groups, kh*kw*C_g, C_og], K ordered (tap, channel)."""
+    c_out, c_g, kh, kw = weight.shape
+    w = weight.reshape(groups, c_out // groups, c_g, kh * kw).permute(0, 3, 2, 1)
+    return w.reshape(groups, kh * kw * c_g, c_out // groups).contiguous()
+
+
+class _Geometry:
+    """Sizes of one call, derived once from the argument shapes."""
+
+    def __init__(self, input, weight, offset, stride, padding, dilation):
+        self.n, self.c, self.h, self.w = input.shape
+        self.c_out, self.c_g, self.kh, self.kw = weight.shape
+        self.groups = self.c // self.c_g
+        self.c_og = self.c_out // self.groups
+        self.offset_groups = offset.shape[1] // (2 * self.kh * self.kw)
+        self.c_pog = self.c // self.offset_groups
+        self.ho = output_size(self.h, self.kh, stride[0], padding[0], dilation[0])
+        self.wo = output_size(self.w, self.kw, stride[1], padding[1], dilation[1])
+        self.m = self.n * self.ho * self.wo
+        self.conv = (*stride, *padding, *dilation)
+
+    def sizes(self):
+        return (self.m, self.c, self.h, self.w, self.ho, self.wo, self.c_g, self.c_og, self.c_pog)
+
+
+def _common(geo: _Geometry, offset: Tensor, mask: Optional[Tensor]):
+    mask_strides = _DUMMY_STRIDES if mask is None else mask.stride()
+    return (*geo.sizes(), *geo.conv, *offset.stride(), *mask_strides)
+
+
+def _launch_options(cfg: dict) -> dict:
+    return {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")}
+
+
+@triton_op("deformconv::_fused_deform_conv2d", mutates_args=())
+def fused_forward(
+    input: Tensor,
+    weight: Tensor,
+    offset: Tensor,
+    mask: Optional[Tensor],
+    bias: Optional[Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+) -> Tensor:
+    """Tensor[N, C_out, H_out, W_out] (input's dtype and memory format); the arguments as for
+    ``torch.ops.deformconv.deform_conv2d``, already checked."""
+    geo = _Geometry(input, weight, offset, stride, padding, dilation)
+    out = torch.empty(
+        (geo.n, geo.c_out, geo.ho, geo.wo),
+        dtype=input.dtype,
+        device=input.device,
+        memory_format=_memory_format(input),
+    )
+    if geo.m == 0 or geo.c_out == 0:
+        return out.zero_()
+    x = input.permute(0, 2, 3, 1).contiguous()
+    w = _gemm_weight(weight, geo.groups)
+    cfg = block_config("forward", input.dtype, geo.c_g, geo.c_og)
+    grid = (
+        triton.cdiv(geo.m, cfg["BLOCK_M"]),
+        triton.cdiv(geo.c_og, cfg["BLOCK_N"]),
+        geo.groups,
+    )
+    wrap_triton(kernels.fused_forward_kernel)[grid](
+        x,
+        offset,
+        offset if mask is None else mask,
+        w,
+        w if bias is None else bias,
+        out,
+        *_common(geo, offset, mask),
+        *out.stride(),
+        KH=geo.kh,
+        KW=geo.kw,
+        HAS_MASK=mask is not None,
+        HAS_BIAS=bias is not None,
+        PRECISION=_fp32_precision(input.dtype),
+        **_launch_options(cfg),
+    )
+    return out
+
+
+@triton_op("deformconv::_fused_deform_conv2d_backward", mutates_args=())
+def fused_backward(
+    grad_output: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    offset: Tensor,
+    mask: Optional[Tensor],
+    bias: Optional[Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    data_grads: bool,
+    weight_grads: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(grad_input, grad_weight, grad_offset, grad_mask, grad_bias), each in its argument's
+    dtype; grad_output is Tensor[N, C_out, H_out, W_out] in any strides. grad_mask (grad_bias)
+    is empty without a mask (bias); the input-side grads are zeros unless ``data_grads``,
+    grad_weight and grad_bias zeros unless ``weight_grads``."""
+    geo = _Geometry(input, weight, offset, stride, padding, dilation)
+    dev = input.device
+    gx = torch.zeros((geo.n, geo.h, geo.w, geo.c), dtype=torch.float32, device=dev)
+    goff = torch.zeros(offset.shape, dtype=offset.dtype, device=dev)
+    gmask = torch.zeros(
+        (0,) if mask is None else mask.shape,
+        dtype=offset.dtype if mask is None else mask.dtype,
+        device=dev,
+    )
+    gw = torch.zeros(
+        (geo.groups, geo.kh * geo.kw * geo.c_g, geo.c_og), dtype=torch.float32, device=dev
+    )
+    gbias = torch.zeros((0,) if bias is None else bias.shape, dtype=weight.dtype, device=dev)
+    if bias is not None and weight_grads:
+        gbias = grad_output.sum((0, 2, 3), dtype=torch.float32).to(bias.dtype)
+    if geo.m > 0 and geo.c_out > 0:
+        x = input.permute(0, 2, 3, 1).contiguous()
+        common = _common(geo, offset, mask)
+        mask_arg = offset if mask is None else mask
+        precision = _fp32_precision(input.dtype)
+        if data_grads:
+            w = _gemm_weight(weight, geo.groups)
+            cfg = block_config("backward_data", input.dtype, geo.c_g, geo.c_og)
+            grid = (triton.cdiv(geo.m, cfg["BLOCK_M"]), geo.offset_groups)
+            wrap_triton(kernels.fused_backward_data_kernel)[grid](
+                x, offset, mask_arg, w, grad_output, gx, goff, goff if mask is None else gmask,
+                *common, *grad_output.stride(),
+                KH=geo.kh, KW=geo.kw, HAS_MASK=mask is not None, PRECISION=precision,
+                **_launch_options(cfg),
+            )  # fmt: skip
+        if weight_grads:
+            cfg = block_config("backward_weight", input.dtype, geo.c_g, geo.c_og)
+            k_blocks = geo.kh * geo.kw * triton.cdiv(geo.c_g, cfg["BLOCK_K"])
+            base = triton.cdiv(geo.c_og, cfg["BLOCK_N"]) * k_blocks * geo.groups
+            tiles = triton.cdiv(geo.m, cfg["BLOCK_M"])
+            splits = weight_splits(base, tiles, gw.numel() * 4)
+            part = torch.empty((splits, *gw.shape), dtype=torch.float32, device=dev)
+            grid = (triton.cdiv(geo.c_og, cfg["BLOCK_N"]), k_blocks, geo.groups * splits)
+            wrap_triton(kernels.fused_backward_weight_kernel)[grid](
+                x, offset, mask_arg, grad_output, part,
+                *common, *grad_output.stride(),
+                geo.groups, splits, triton.cdiv(tiles, splits),
+                KH=geo.kh, KW=geo.kw, HAS_MASK=mask is not None, PRECISION=precision,
+                **_launch_options(cfg),
+            )  # fmt: skip
+            gw = part.sum(0)  # the splits in a fixed order: deterministic
+    grad_input = gx.permute(0, 3, 1, 2).to(dtype=input.dtype, memory_format=_memory_format(input))
+    grad_weight = (
+        gw.reshape(geo.groups, geo.kh * geo.kw, geo.c_g, geo.c_og)
+        .permute(0, 3, 2, 1)
+        .reshape(weight.shape)
+        .to(weight.dtype)
+    )
+    return grad_input, grad_weight, goff, gmask, gbias
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, offset, mask, bias, stride, padding, dilation = inputs
+    ctx.save_for_backward(input, weight, offset, mask, bias)
+    ctx.conv_args = (stride, padding, dilation)
+
+
+def _backward(ctx, grad_output):
+    input, weight, offset, mask, bias = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    if not any(needs[:5]):
+        return (None,) * 8
+    if torch.are_deterministic_algorithms_enabled() or torch.is_grad_enabled():
+        # Deterministic mode or a double backward: the column path's backward op.
+        grads = torch.ops.deformconv._deform_conv2d_backward(
+            grad_output, input, weight, offset, mask, bias, *ctx.conv_args
+        )
+    else:
+        data = needs[0] or needs[2] or needs[3]
+        grads = fused_backward(
+            grad_output,
+            input,
+            weight,
+            offset,
+            mask,
+            bias,
+            *ctx.conv_args,
+            data,
+            needs[1] or needs[4],
+        )
+    gi, gw, goff, gmask, gbias = grads
+    return (
+        gi if needs[0] else None,
+        gw if needs[1] else None,
+        goff if needs[2] else None,
+        gmask if mask is not None and needs[3] else None,
+        gbias if bias is not None and needs[4] else None,
+        None,
+        None,
+        None,
+    )
+
+
+fused_forward.register_autograd(_backward, setup_context=_setup_context)

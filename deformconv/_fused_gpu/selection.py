@@ -1,0 +1,123 @@
+# Which GPU path a deform_conv2d call takes (fused Triton kernels or the column path), and the switch that forces it.
+"""Selection of the fused GPU path; imports neither triton nor the kernels.
+
+``DEFORMCONV_GPU_PATH`` (read on every call): ``auto`` (or unset) follows :data:`AUTO_USES_FUSED`;
+``fused`` forces the fused kernels wherever they can run; ``columns`` forces the column path.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+ENV_VAR = "DEFORMCONV_GPU_PATH"
+CHOICES = ("auto", "fused", "columns")
+# Whether `auto` picks the fused kernels on CUDA (sm_80+, deterministic mode off). False until a
+# GPU run has verified and timed them: flipping the default is this one line.
+AUTO_USES_FUSED = False
+_DATA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def requested_path() -> str:
+    """The value of DEFORMCONV_GPU_PATH: 'auto', 'fused' or 'columns' (case and spaces ignored).
+
+    Raises:
+        ValueError: any other value, naming the variable.
+    """
+    raw = os.environ.get(ENV_VAR, "auto")
+    value = raw.strip().lower() or "auto"
+    if value not in CHOICES:
+        raise ValueError(f"{ENV_VAR} must be one of {', '.join(CHOICES)}: got {raw!r}")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when triton can be imported (checked without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int):
+    return torch.cuda.get_device_capability(index)
+
+
+def _data_dtype(input: Tensor) -> torch.dtype:
+    """The dtype the op computes in: the autocast dtype under autocast (but float64 stays)."""
+    dev = input.device.type
+    if input.dtype != torch.float64 and dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return input.dtype
+
+
+def fused_supported(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor]) -> bool:
+    """Whether the fused kernels cover this call: float32 / float16 / bfloat16 data (after autocast),
+    weight in the data dtype, offset and mask in it or float32, all on one CUDA device of compute
+    capability 8.0 or newer (or CPU tensors under TRITON_INTERPRET=1), and triton importable."""
+    if not triton_available():
+        return False
+    dev = input.device
+    if any(t is not None and t.device != dev for t in (weight, offset, mask)):
+        return False
+    if dev.type == "cuda":
+        if _capability(dev.index if dev.index is not None else torch.cuda.current_device()) < (
+            8,
+            0,
+        ):
+            return False
+    elif not (dev.type == "cpu" and interpreting()):
+        return False
+    dtype = _data_dtype(input)
+    if dtype not in _DATA_DTYPES:
+        return False
+    autocast = dtype != input.dtype
+    if not autocast and weight.dtype != dtype:
+        return False
+    for t in (offset, mask):
+        if t is not None and not autocast and t.dtype not in (dtype, torch.float32):
+            return False
+    return True
+
+
+def fused_chosen(
+    input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor] = None
+) -> bool:
+    """True when deform_conv2d should run the fused kernels for these arguments.
+
+    ``columns`` forces False; ``fused`` gives True wherever :func:`fused_supported`; ``auto``
+    gives True only on CUDA, when :data:`AUTO_USES_FUSED`, outside deterministic mode. CPU
+    tensors never choose the fused path automatically.
+    """
+    path = requested_path()
+    if path == "columns" or not fused_supported(input, weight, offset, mask):
+        return False
+    if path == "fused":
+        return True
+    return (
+        AUTO_USES_FUSED
+        and input.device.type == "cuda"
+        and not torch.are_deterministic_algorithms_enabled()
+    )
+
+
+def gpu_path(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> str:
+    """The path a deform_conv2d call with these arguments takes now: 'columns', 'fused', or
+    'fused forward, columns backward' (deterministic mode: the fused grad_input would sum with
+    float atomics, so the backward runs the column path). A double backward always runs the
+    column path's backward.
+    """
+    if not fused_chosen(input, weight, offset, mask):
+        return "columns"
+    if torch.are_deterministic_algorithms_enabled():
+        return "fused forward, columns backward"
+    return "fused"
