@@ -371,3 +371,7 @@ def fused_backward_weight_kernel(
     row = (s.to(tl.int64) * groups + g) * (KH * KW) * Cg
     dst = part_ptr + (row + k)[None, :] * Cog + co[:, None]
     tl.store(dst, acc, mask=co_ok[:, None] & c_ok[None, :])
+
+
+# Whether Triton defined these kernels for its CPU interpreter (TRITON_INTERPRET=1 at import).
+INTERPRETED = not isinstance(fused_forward_kernel, triton.runtime.JITFunction)

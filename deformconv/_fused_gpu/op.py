@@ -19,10 +19,16 @@ from typing import List, Optional, Tuple
 import torch
 import triton
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
 from .._geometry import output_size
 from . import kernels
+from .kernels import (
+    fused_backward_data_kernel,
+    fused_backward_weight_kernel,
+    fused_forward_kernel,
+)
 from .config import block_config, weight_splits
 
 _DUMMY_STRIDES = (0, 0, 0, 0)
@@ -77,6 +83,12 @@ def _common(geo: _Geometry, offset: Tensor, mask: Optional[Tensor]):
     return (*geo.sizes(), *geo.conv, *offset.stride(), *mask_strides)
 
 
+def _launches(probe: Tensor) -> bool:
+    """False only for fake tensors under the interpreter: there wrap_triton returns the kernel
+    itself (the fake implementation is this op's body), which would run on fake data."""
+    return not (kernels.INTERPRETED and is_fake(probe))
+
+
 def _launch_options(cfg: dict) -> dict:
     return {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")}
 
@@ -111,22 +123,23 @@ def fused_forward(
         triton.cdiv(geo.c_og, cfg["BLOCK_N"]),
         geo.groups,
     )
-    wrap_triton(kernels.fused_forward_kernel)[grid](
-        x,
-        offset,
-        offset if mask is None else mask,
-        w,
-        w if bias is None else bias,
-        out,
-        *_common(geo, offset, mask),
-        *out.stride(),
-        KH=geo.kh,
-        KW=geo.kw,
-        HAS_MASK=mask is not None,
-        HAS_BIAS=bias is not None,
-        PRECISION=_fp32_precision(input.dtype),
-        **_launch_options(cfg),
-    )
+    if _launches(out):
+        wrap_triton(fused_forward_kernel)[grid](
+            x,
+            offset,
+            offset if mask is None else mask,
+            w,
+            w if bias is None else bias,
+            out,
+            *_common(geo, offset, mask),
+            *out.stride(),
+            KH=geo.kh,
+            KW=geo.kw,
+            HAS_MASK=mask is not None,
+            HAS_BIAS=bias is not None,
+            PRECISION=_fp32_precision(input.dtype),
+            **_launch_options(cfg),
+        )
     return out
 
 
@@ -172,12 +185,13 @@ def fused_backward(
             w = _gemm_weight(weight, geo.groups)
             cfg = block_config("backward_data", input.dtype, geo.c_g, geo.c_og)
             grid = (triton.cdiv(geo.m, cfg["BLOCK_M"]), geo.offset_groups)
-            wrap_triton(kernels.fused_backward_data_kernel)[grid](
-                x, offset, mask_arg, w, grad_output, gx, goff, goff if mask is None else gmask,
-                *common, *grad_output.stride(),
-                KH=geo.kh, KW=geo.kw, HAS_MASK=mask is not None, PRECISION=precision,
-                **_launch_options(cfg),
-            )  # fmt: skip
+            if _launches(gx):
+                wrap_triton(fused_backward_data_kernel)[grid](
+                    x, offset, mask_arg, w, grad_output, gx, goff, goff if mask is None else gmask,
+                    *common, *grad_output.stride(),
+                    KH=geo.kh, KW=geo.kw, HAS_MASK=mask is not None, PRECISION=precision,
+                    **_launch_options(cfg),
+                )  # fmt: skip
         if weight_grads:
             cfg = block_config("backward_weight", input.dtype, geo.c_g, geo.c_og)
             k_blocks = geo.kh * geo.kw * triton.cdiv(geo.c_g, cfg["BLOCK_K"])
@@ -186,13 +200,14 @@ def fused_backward(
             splits = weight_splits(base, tiles, gw.numel() * 4)
             part = torch.empty((splits, *gw.shape), dtype=torch.float32, device=dev)
             grid = (triton.cdiv(geo.c_og, cfg["BLOCK_N"]), k_blocks, geo.groups * splits)
-            wrap_triton(kernels.fused_backward_weight_kernel)[grid](
-                x, offset, mask_arg, grad_output, part,
-                *common, *grad_output.stride(),
-                geo.groups, splits, triton.cdiv(tiles, splits),
-                KH=geo.kh, KW=geo.kw, HAS_MASK=mask is not None, PRECISION=precision,
-                **_launch_options(cfg),
-            )  # fmt: skip
+            if _launches(part):
+                wrap_triton(fused_backward_weight_kernel)[grid](
+                    x, offset, mask_arg, grad_output, part,
+                    *common, *grad_output.stride(),
+                    geo.groups, splits, triton.cdiv(tiles, splits),
+                    KH=geo.kh, KW=geo.kw, HAS_MASK=mask is not None, PRECISION=precision,
+                    **_launch_options(cfg),
+                )  # fmt: skip
             gw = part.sum(0)  # the splits in a fixed order: deterministic
     grad_input = gx.permute(0, 3, 1, 2).to(dtype=input.dtype, memory_format=_memory_format(input))
     grad_weight = (

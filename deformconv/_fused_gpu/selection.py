@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import sys
 from typing import Optional
 
 import torch
@@ -39,11 +40,18 @@ def requested_path() -> str:
 @functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
     """True when triton can be imported (checked without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a blocked or broken module entry
+        return False
 
 
 def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    """True when the kernels run (or, not yet loaded, will run) in Triton's CPU interpreter:
+    Triton reads TRITON_INTERPRET once, when the kernels are defined."""
+    kernels = sys.modules.get("deformconv._fused_gpu.kernels")
+    if kernels is not None:
+        return kernels.INTERPRETED
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 

@@ -1,0 +1,291 @@
+# The fused Triton kernels on CPU tensors under TRITON_INTERPRET=1; run in a child process by test_fused_gpu.py.
+"""Triton reads TRITON_INTERPRET when it and the kernels are first imported, so these tests need a
+process that set it before importing triton (``test_fused_gpu.py`` starts one; the file is not
+named ``test_*.py`` so that pytest does not collect it into a process without it). bfloat16 is
+wrong under the interpreter, so it is tested on a GPU only (benchmarks/fused_gpu_check.py).
+
+    TRITON_INTERPRET=1 python -m pytest -q tests/fused_gpu_interpreted.py
+"""
+
+import pytest
+import torch
+from helpers import make_args, op_args, oracle
+
+pytest.importorskip("triton")
+
+from deformconv import _fused_gpu  # noqa: E402
+from deformconv._fused_gpu import config as fused_config  # noqa: E402
+
+KEYS = ("input", "weight", "offset", "mask", "bias")
+OP = torch.ops.deformconv.deform_conv2d
+
+
+from deformconv._fused_gpu import kernels  # noqa: E402
+from deformconv._fused_gpu import op as fused_op  # noqa: E402
+
+if not kernels.INTERPRETED:
+    raise RuntimeError("run with TRITON_INTERPRET=1 set before triton is imported")
+
+
+@pytest.fixture(autouse=True)
+def force_fused(monkeypatch):
+    monkeypatch.setenv("DEFORMCONV_GPU_PATH", "fused")
+
+
+def fused_call(t, a):
+    return _fused_gpu.deform_conv2d_fused(
+        t["input"], t["offset"], t["weight"], t["bias"], a["stride"], a["padding"], a["dilation"],
+        t["mask"],
+    )  # fmt: skip
+
+
+def column_call(t, a):
+    return OP(*op_args({**a, **t}))
+
+
+def leaves(a, dtype, positions=None):
+    """Fresh leaves of make_args' tensors in `dtype` (offset and mask in `positions`, default the same)."""
+    out = {}
+    for k in KEYS:
+        if a[k] is None:
+            out[k] = None
+            continue
+        dt = (positions or dtype) if k in ("offset", "mask") else dtype
+        out[k] = a[k].detach().clone().to(dt).requires_grad_()
+    return out
+
+
+def forward_backward(call, t, a):
+    """Output and the grads of every tensor argument for a fixed grad_output (float64 on return)."""
+    y = call(t, a)
+    go = torch.linspace(-1, 1, y.numel()).reshape(y.shape).to(y.dtype) if y.numel() else None
+    tensors = [v for v in t.values() if v is not None]
+    grads = (
+        torch.autograd.grad(y, tensors, go) if y.numel() else [torch.zeros_like(v) for v in tensors]
+    )
+    names = [k for k, v in t.items() if v is not None]
+    return y.detach().double(), {k: g.double() for k, g in zip(names, grads)}
+
+
+def rel_err(x, ref):
+    return ((x - ref).abs().max() / ref.abs().max().clamp(min=1.0)).item() if ref.numel() else 0.0
+
+
+FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+CONFIGS = {
+    "odd_3x3": dict(n=2, c_in=3, h=7, w=6, c_out=5),
+    "groups_offset_groups_straddle": dict(c_in=6, c_out=4, groups=2, offset_groups=3, h=5, w=6),
+    "offset_group_spans_groups": dict(c_in=6, c_out=3, groups=3, offset_groups=2, h=5, w=5),
+    "1x1": dict(c_in=5, c_out=7, kernel=(1, 1), padding=(0, 0), h=5, w=4),
+    "5x5_stride2_dil2_no_mask": dict(
+        n=1,
+        c_in=3,
+        c_out=4,
+        h=9,
+        w=8,
+        kernel=(5, 5),
+        stride=(2, 2),
+        padding=(3, 2),
+        dilation=(2, 2),
+        with_mask=False,
+        with_bias=False,
+    ),  # fmt: skip
+    "batch1_big_offsets": dict(n=1, c_in=4, c_out=4, h=6, w=7, offset_scale=8.0),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_matches_oracle_and_column_path(name, dtype):
+    """Output against the NumPy oracle; output and all grads against the float64 column path
+    (on the same rounded inputs), within 2x the column path's own error in `dtype`."""
+    a = make_args(**CONFIGS[name], seed=hash(name) % 1000)
+    check_against_columns(a, dtype)
+
+
+def check_against_columns(a, dtype, positions=None):
+    rounded = leaves(a, dtype, positions)
+    exact = {
+        k: None if v is None else v.detach().double().requires_grad_() for k, v in rounded.items()
+    }
+    ref_y, ref_g = forward_backward(column_call, exact, a)
+    torch.testing.assert_close(ref_y, oracle({**a, **exact}), rtol=1e-10, atol=1e-10)
+    y, g = forward_backward(fused_call, leaves(a, dtype, positions), a)
+    col_y, col_g = forward_backward(column_call, leaves(a, dtype, positions), a)
+    assert y.shape == ref_y.shape
+    floor = FLOOR[dtype]
+    assert rel_err(y, ref_y) <= 2 * rel_err(col_y, ref_y) + floor, "output"
+    for k in ref_g:
+        err, col = rel_err(g[k], ref_g[k]), rel_err(col_g[k], ref_g[k])
+        assert err <= 2 * col + floor, f"grad of {k}: {err:.3g} vs column path {col:.3g}"
+
+
+def test_small_blocks_tails_and_straddling_channel_block():
+    """16-wide blocks: 2 K blocks with a tail, 2 N blocks with a tail, an M tail, and a channel
+    block spanning two offset groups (10 channels each)."""
+    fused_config.OVERRIDES.update(
+        {k: dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16) for k in fused_config.KINDS}
+    )
+    try:
+        a = make_args(n=1, c_in=20, c_out=18, h=5, w=4, offset_groups=2, seed=3)
+        check_against_columns(a, torch.float32)
+    finally:
+        fused_config.OVERRIDES.clear()
+
+
+def test_float32_positions_with_float16_data():
+    a = make_args(c_in=4, c_out=3, h=5, w=5, offset_scale=3.0, seed=5)
+    check_against_columns(a, torch.float16, positions=torch.float32)
+
+
+def test_gradients_match_oracle_directional_derivative():
+    """<grads, v> against a central difference of the float64 NumPy oracle along a random v."""
+    a = make_args(n=1, c_in=3, c_out=4, h=5, w=5, groups=1, offset_groups=1, seed=11)
+    t = leaves(a, torch.float32)
+    y = fused_call(t, a)
+    go = torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+    grads = torch.autograd.grad(y, [t[k] for k in KEYS], go)
+    gen = torch.Generator().manual_seed(1)
+    v = {k: torch.randn(a[k].shape, generator=gen, dtype=torch.float64) for k in KEYS}
+    eps = 1e-6
+    plus = oracle({**a, **{k: a[k] + eps * v[k] for k in KEYS}})
+    minus = oracle({**a, **{k: a[k] - eps * v[k] for k in KEYS}})
+    numeric = ((plus - minus) / (2 * eps) * go.double()).sum().item()
+    analytic = sum((g.double() * v[k]).sum().item() for g, k in zip(grads, KEYS))
+    assert abs(analytic - numeric) <= 1e-4 * max(1.0, abs(numeric)), (analytic, numeric)
+
+
+def test_boundary_and_non_finite_offsets():
+    """Samples at exactly -1 and H (zero), just inside the border, and NaN / inf / huge offsets
+    (zero, no out-of-bounds read): values against the oracle, grads against the column path."""
+    a = make_args(n=2, c_in=3, c_out=2, h=5, w=6, seed=7)
+    specials = torch.tensor(
+        [0.0, 0.5, -0.5, 1e-3, -1e-3, 5.0, 4.0, float("nan"), float("inf"), -float("inf"), 1e30,
+         -1e30, 4.999, -0.999],
+        dtype=torch.float64,
+    )  # fmt: skip
+    off = a["offset"].clone()
+    flat = off[0].view(-1)
+    flat.copy_(specials.repeat(flat.numel() // specials.numel() + 1)[: flat.numel()])
+    a["offset"] = off
+    t = leaves(a, torch.float32)
+    y, g = forward_backward(fused_call, t, a)
+    torch.testing.assert_close(y, oracle(a), rtol=1e-5, atol=1e-5)
+    col_y, col_g = forward_backward(column_call, leaves(a, torch.float32), a)
+    for k in col_g:
+        assert torch.isfinite(g[k]).all(), k
+        torch.testing.assert_close(g[k], col_g[k], rtol=1e-4, atol=1e-4, msg=k)
+
+
+def test_batch_zero():
+    a = make_args(n=0, c_in=4, c_out=3)
+    y, g = forward_backward(fused_call, leaves(a, torch.float32), a)
+    assert y.shape == (0, 3, 7, 6)
+    assert g["weight"].abs().sum() == 0 and g["bias"].abs().sum() == 0
+    assert g["input"].shape == (0, 4, 7, 6)
+
+
+def test_channels_last_and_non_contiguous_arguments():
+    a = make_args(n=2, c_in=4, c_out=5, h=5, w=6, seed=9)
+    a["input"] = a["input"].to(memory_format=torch.channels_last)
+    wide = torch.cat([a["offset"], a["offset"]], dim=1)
+    a["offset"] = wide[:, ::2]  # a strided view
+    a["mask"] = a["mask"].transpose(2, 3).contiguous().transpose(2, 3)
+    t = {k: None if a[k] is None else a[k].float() for k in KEYS}
+    y = fused_call(t, a)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y.double(), oracle(a), rtol=1e-5, atol=1e-5)
+    check_against_columns(a, torch.float32)
+
+
+def test_autocast_follows_the_op_rule():
+    """Under CPU autocast (float16): data in float16, offset and mask kept in float32."""
+    a = make_args(c_in=4, c_out=3, h=5, w=5, seed=2)
+    t = {k: a[k].float() for k in KEYS}
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = fused_call(t, a)
+        ref = OP(*op_args({**a, **t}))
+    assert y.dtype == ref.dtype == torch.float16
+    torch.testing.assert_close(y, ref, rtol=2e-3, atol=2e-3)
+
+
+def test_deterministic_mode_runs_the_column_backward():
+    a = make_args(c_in=4, c_out=3, h=5, w=5, seed=4)
+    with _deterministic():
+        assert _fused_gpu.gpu_path(
+            a["input"].float(), a["weight"].float(), a["offset"].float()
+        ) == ("fused forward, columns backward")
+        y, g = forward_backward(fused_call, leaves(a, torch.float32), a)
+    col_y, col_g = forward_backward(column_call, leaves(a, torch.float32), a)
+    for k in col_g:
+        assert torch.equal(g[k], col_g[k]), k
+
+
+class _deterministic:
+    def __enter__(self):
+        self.saved = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+
+    def __exit__(self, *exc):
+        torch.use_deterministic_algorithms(self.saved)
+
+
+def test_weight_offset_mask_grads_are_bitwise_repeatable():
+    a = make_args(c_in=6, c_out=4, groups=2, offset_groups=3, h=5, w=5, seed=8)
+    _, g1 = forward_backward(fused_call, leaves(a, torch.float32), a)
+    _, g2 = forward_backward(fused_call, leaves(a, torch.float32), a)
+    for k in ("weight", "offset", "mask", "bias"):
+        assert torch.equal(g1[k], g2[k]), k
+
+
+def test_double_backward_uses_the_column_path():
+    a = make_args(n=1, c_in=2, c_out=2, h=4, w=4, seed=6)
+
+    def second(call):
+        t = leaves(a, torch.float64 if call is column_call else torch.float32)
+        y = call(t, a)
+        (gi,) = torch.autograd.grad(y.square().sum(), [t["input"]], create_graph=True)
+        return torch.autograd.grad(gi.sum(), [t["weight"]])[0].double()
+
+    torch.testing.assert_close(second(fused_call), second(column_call), rtol=1e-4, atol=1e-4)
+
+
+def test_fake_tensors_give_shapes_and_formats():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    a = make_args(n=2, c_in=4, c_out=6, h=7, w=6, dtype=torch.float16)
+    with FakeTensorMode() as mode:
+        t = {k: mode.from_tensor(a[k]) for k in KEYS}
+        t["input"] = t["input"].to(memory_format=torch.channels_last)
+        y = fused_op.fused_forward(t["input"], t["weight"], t["offset"], t["mask"], t["bias"],
+                                   [1, 1], [1, 1], [1, 1])  # fmt: skip
+        grads = fused_op.fused_backward(y, t["input"], t["weight"], t["offset"], t["mask"],
+                                        t["bias"], [1, 1], [1, 1], [1, 1], True, True)  # fmt: skip
+    assert y.shape == (2, 6, 7, 6) and y.dtype == torch.float16
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    for grad, k in zip(grads, KEYS):
+        assert grad.shape == a[k].shape and grad.dtype == a[k].dtype, k
+
+
+def _args(dtype=torch.float32):
+    a = make_args(dtype=dtype)
+    return a["input"], a["weight"], a["offset"], a["mask"]
+
+
+@pytest.mark.parametrize(
+    "value, chosen",
+    [("fused", True), (" Fused ", True), ("columns", False), ("auto", False), ("", False)],
+)
+def test_forced_path_is_respected_and_cpu_never_fuses_automatically(monkeypatch, value, chosen):
+    monkeypatch.setenv("DEFORMCONV_GPU_PATH", value)
+    assert _fused_gpu.fused_chosen(*_args()) is chosen
+    assert _fused_gpu.gpu_path(*_args()) == ("fused" if chosen else "columns")
+
+
+def test_auto_never_fuses_cpu_tensors_even_when_auto_means_fused(monkeypatch):
+    from deformconv._fused_gpu import selection
+
+    monkeypatch.setattr(selection, "AUTO_USES_FUSED", True)
+    monkeypatch.setenv("DEFORMCONV_GPU_PATH", "auto")
+    assert not _fused_gpu.fused_chosen(*_args())

@@ -1,0 +1,105 @@
+# The fused GPU path: selection switch, optional triton, and its kernels under Triton's interpreter (child process).
+"""CI has no GPU. The kernel tests (tests/fused_gpu_interpreted.py) run in a child process with
+TRITON_INTERPRET=1 set before triton is imported (Triton reads it then), so the variable never
+reaches other tests of this process. bfloat16 is tested on a GPU only (the interpreter gets it
+wrong): benchmarks/fused_gpu_check.py.
+"""
+
+import pytest
+import torch
+from helpers import REPO, make_args, run_python
+
+import deformconv
+from deformconv import _fused_gpu
+
+INTERPRETED_TESTS = REPO / "tests" / "fused_gpu_interpreted.py"
+
+
+def test_kernels_under_the_interpreter():
+    pytest.importorskip("triton")
+    code = (
+        "import os, sys\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "import pytest\n"
+        f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', {str(INTERPRETED_TESTS)!r}]))\n"
+    )
+    proc = run_python(["-c", code], cwd=REPO / "tests", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-3000:]
+
+
+def _args(dtype=torch.float32):
+    a = make_args(dtype=dtype)
+    return a["input"], a["weight"], a["offset"], a["mask"]
+
+
+def test_bad_switch_value_raises_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("DEFORMCONV_GPU_PATH", "fast")
+    with pytest.raises(ValueError, match="DEFORMCONV_GPU_PATH must be one of auto, fused, columns"):
+        _fused_gpu.fused_chosen(*_args())
+
+
+@pytest.fixture(autouse=True)
+def no_switch(monkeypatch):
+    monkeypatch.delenv("DEFORMCONV_GPU_PATH", raising=False)
+
+
+def test_cpu_tensors_never_fuse_outside_the_interpreter(monkeypatch):
+    for value in ("auto", "fused", "columns"):
+        monkeypatch.setenv("DEFORMCONV_GPU_PATH", value)
+        assert not _fused_gpu.fused_chosen(*_args())
+        assert _fused_gpu.gpu_path(*_args()) == "columns"
+
+
+def test_uncovered_calls_stay_on_the_column_path():
+    assert not _fused_gpu.fused_chosen(*_args(torch.float64))
+    x, w, off, m = _args(torch.float32)
+    assert not _fused_gpu.fused_chosen(x, w.double(), off, m)  # weight not in the data dtype
+    assert not _fused_gpu.fused_chosen(x.half(), w.half(), off.double(), m)
+    assert not _fused_gpu.fused_chosen(x, w, off.to("meta"), m)  # another device
+
+
+def test_package_imports_and_stays_on_columns_without_triton():
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import os; os.environ['DEFORMCONV_GPU_PATH'] = 'fused'\n"
+        "os.environ['TRITON_INTERPRET'] = '1'  # CPU tensors could fuse, but for triton\n"
+        "import torch, deformconv\n"
+        "from deformconv import _fused_gpu\n"
+        "x = torch.randn(1, 2, 4, 4); w = torch.randn(2, 2, 3, 3); off = torch.randn(1, 18, 4, 4)\n"
+        "assert not _fused_gpu.fused_chosen(x, w, off, None)\n"
+        "assert _fused_gpu.gpu_path(x, w, off) == 'columns'\n"
+        "try:\n"
+        "    import deformconv._fused_gpu.op\n"
+        "    raise SystemExit('the kernels imported without triton')\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "print(deformconv.deform_conv2d(x, off, w, padding=1).shape)\n"
+    )
+    proc = run_python(["-c", code])
+    assert proc.returncode == 0, proc.stderr
+    assert "torch.Size([1, 2, 4, 4])" in proc.stdout
+    assert deformconv.HAS_OPS
+
+
+def test_importing_the_package_does_not_import_triton():
+    code = "import sys, deformconv, deformconv._fused_gpu; print('triton' in sys.modules)"
+    proc = run_python(["-c", code])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_triton_ops_expose_their_kernels_to_the_compiler():
+    """Both ops are triton_op with literal wrap_triton launches, so torch.compile / export find
+    the kernels (compiled kernels: this process does not run under the interpreter)."""
+    pytest.importorskip("triton")
+    from torch._library.triton import get_triton_kernels_for_op
+
+    from deformconv._fused_gpu import kernels, op  # noqa: F401  (registers the ops)
+
+    if kernels.INTERPRETED:
+        pytest.skip("TRITON_INTERPRET=1 in this process: the interpreter's kernels are not listed")
+    fwd = get_triton_kernels_for_op("deformconv::_fused_deform_conv2d")
+    bwd = get_triton_kernels_for_op("deformconv::_fused_deform_conv2d_backward")
+    assert fwd == [kernels.fused_forward_kernel]
+    assert set(bwd) == {kernels.fused_backward_data_kernel, kernels.fused_backward_weight_kernel}
