@@ -1,13 +1,42 @@
 # nn.Module wrappers: DeformConv2d (offsets and mask given) and DeformConv2dPack (predicts its own).
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.fx import Proxy
 from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
 from .ops import deform_conv2d
+
+
+def _fx_leaf_call(module: nn.Module, args: Tuple[Optional[Tensor], ...]) -> Optional[Tensor]:
+    """Under ``torch.fx`` symbolic tracing, the call of ``module`` recorded as one
+    ``call_module`` node (a ``Proxy``); None otherwise (eager mode, ``torch.jit.trace``,
+    ``torch.compile``, ``torch.export``), and None for a module that is the traced root
+    itself or not inside it, which is then traced into (its op is one node, see ops.py).
+
+    torchvision's feature extraction makes its own layers leaves by listing the classes
+    of ``torchvision.ops`` in its tracer's ``leaf_modules``; an FX tracer's default
+    ``is_leaf_module`` knows only ``torch.nn``. A package outside both gets the same leaf
+    under any tracer (``torch.fx.symbolic_trace``, ``get_graph_node_names``,
+    ``create_feature_extractor``) by recording the call itself when its forward is
+    reached with a ``Proxy``.
+    """
+    for arg in args:
+        if isinstance(arg, Proxy):
+            tracer = arg.tracer
+            break
+    else:  # not FX tracing: the eager path pays this loop only
+        return None
+    try:
+        name = tracer.path_of_module(module)
+    except NameError:  # not a submodule of the traced root
+        return None
+    if not name:
+        return None
+    return tracer.create_proxy("call_module", name, args, {})
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -91,6 +120,10 @@ class DeformConv2d(nn.Module):
 
     def forward(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """input ``[N, C_in, H, W]``, offset ``[N, 2*og*kh*kw, Ho, Wo]``, mask ``[N, og*kh*kw, Ho, Wo]``."""
+        if not torch.jit.is_scripting():  # not compiled by TorchScript
+            traced = _fx_leaf_call(self, (input, offset, mask))
+            if traced is not None:
+                return traced
         return deform_conv2d(
             input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask
         )
@@ -189,38 +222,55 @@ class DeformConv2dPack(DeformConv2d):
 
     def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
         """input ``Tensor[N, C_in, H, W]`` -> ``Tensor[N, C_out, H_out, W_out]``."""
+        if not torch.jit.is_scripting():  # not compiled by TorchScript
+            traced = _fx_leaf_call(self, (input,))
+            if traced is not None:
+                return traced
         offset, mask = self._predict_offset_mask(input)
         return deform_conv2d(
             input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask
         )
 
-    def _predict_offset_mask(self, input: Tensor):
+    def _predict_offset_mask(self, input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """offset ``Tensor[N, 2*og*kh*kw, Ho, Wo]`` and mask ``Tensor[N, og*kh*kw, Ho, Wo]`` (or None).
 
         Under ``torch.autocast`` the branch runs in float32 (autocast off, float32 input),
         so the offsets keep sub-pixel precision (bf16 rounds an offset in [8, 16) px to
         1/16 px) and the op samples at float32 positions; it is a small conv next to the
-        deformable one. Outside autocast it runs in the parameters' dtype.
+        deformable one. Outside autocast it runs in the parameters' dtype. TorchScript
+        compiles only the latter: a scripted layer under autocast runs the branch as
+        autocast casts it, as does a layer traced by ``torch.fx`` as the root module.
         """
-        if _autocast_enabled(input.device.type) and input.dtype != torch.float64:
-            device_type = input.device.type
-            conv = self.conv_offset
-            with torch.autocast(device_type=device_type, enabled=False):
-                predicted = F.conv2d(
-                    input.float(),
-                    conv.weight.float(),
-                    conv.bias.float(),
-                    conv.stride,
-                    conv.padding,
-                    conv.dilation,
-                )
-        else:
+        predicted: Optional[Tensor] = None
+        if not torch.jit.is_scripting():  # not compiled by TorchScript
+            if (
+                not isinstance(input, Proxy)
+                and _autocast_enabled(input.device.type)
+                and input.dtype != torch.float64
+            ):
+                predicted = self._predict_in_float32(input)
+        if predicted is None:
             predicted = self.conv_offset(input)
         offset = predicted[:, : self._offset_channels]
-        mask = predicted[:, self._offset_channels :].sigmoid() if self.modulated else None
-        if mask is not None and self.mask_scale != 1.0:
-            mask = mask * self.mask_scale
+        mask: Optional[Tensor] = None
+        if self.modulated:
+            mask = predicted[:, self._offset_channels :].sigmoid()
+            if self.mask_scale != 1.0:
+                mask = mask * self.mask_scale
         return offset, mask
+
+    def _predict_in_float32(self, input: Tensor) -> Tensor:
+        """The offset branch's conv on float32 input and parameters with autocast off."""
+        conv = self.conv_offset
+        with torch.autocast(device_type=input.device.type, enabled=False):
+            return F.conv2d(
+                input.float(),
+                conv.weight.float(),
+                conv.bias.float(),
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+            )
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
