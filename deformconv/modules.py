@@ -64,6 +64,12 @@ class DeformConv2d(nn.Module):
         ``Tensor[N, C_out, H_out, W_out]``; ``og`` (offset groups) is read from the
         offset's shape.
 
+    ``torch.jit.script`` and ``torch.jit.trace`` compile it (and DeformConv2dPack, and models
+    holding either). Under ``torch.fx`` (``symbolic_trace``, torchvision's
+    ``get_graph_node_names`` and ``create_feature_extractor``) a layer inside the traced
+    module is a leaf, one ``call_module`` node, as torchvision's layers are in its feature
+    extraction; a layer traced as the root module is traced into, its op one node.
+
     Example::
 
         >>> layer = DeformConv2d(8, 16, kernel_size=3, padding=1)
@@ -157,7 +163,7 @@ class DeformConv2dPack(DeformConv2d):
     ``ModulatedDeformConv2dPack`` (``modulated=True``) and ``DeformConv2dPack``
     (``modulated=False, bias=False``), so their state_dicts load as they are.
     Under ``torch.autocast`` the offset/mask branch runs in float32, so the offsets keep
-    sub-pixel precision.
+    sub-pixel precision (in eager mode; scripted, the branch follows autocast's casts).
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias:

@@ -111,9 +111,10 @@ def deform_conv2d(
                 dilation,
                 mask,
             )
-        # Eager-only dispatch to other implementations (by device or dtype) goes here: after
-        # the torch.fx dispatch above, which keeps FX from tracing into a data-dependent
-        # test, and outside TorchScript, which runs the registered op below.
+        # The one place for dispatch to other implementations (for example CUDA inputs to a
+        # fused kernel): after the torch.fx dispatch above, so FX never evaluates a test on
+        # a Proxy, and inside this block, which TorchScript does not compile (a script
+        # runs the registered op below).
         _extension.require()
         return torch.ops.deformconv.deform_conv2d(
             input,
