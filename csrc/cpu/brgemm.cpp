@@ -1,6 +1,7 @@
 // ATen's brgemm (oneDNN's small-GEMM kernel) for one thread's tile, float32 and 16-bit with float32 sums, behind a check that this torch build has it.
 #include "cpu/brgemm.h"
 
+#include <ATen/cpu/Utils.h>
 #include <ATen/native/CPUBlas.h>
 #include <c10/util/Exception.h>
 
@@ -37,10 +38,20 @@ namespace {
 // whose b fits were unchanged.
 constexpr int64_t kPanelBytes = int64_t(512) << 10;
 
+// Where the CPU has AMX, oneDNN runs the 16-bit brgemm on AMX tiles, and Linux lets a
+// process touch tile data only after asking for it (arch_prctl ARCH_REQ_XCOMP_PERM); until
+// then the first tile instruction raises SIGILL. ATen's init_amx asks, once per process
+// here, rather than relying on oneDNN having asked; it does nothing on other CPUs.
+void request_amx_once() {
+  static const bool granted = at::cpu::init_amx();
+  (void)granted;
+}
+
 // c (+)= a @ b as a sum over K chunks, each one ATen brgemm call; `vnni`: b in pairs of rows.
 template <typename T>
 void brgemm_chunked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ld_a, const T* b,
                     int64_t ld_b, float* c, int64_t ld_c, bool accumulate, bool vnni) {
+  if (vnni) request_amx_once();
   const int64_t rows = std::max<int64_t>(16, kPanelBytes / (N * int64_t(sizeof(T)))) / 2 * 2;
   for (int64_t k0 = 0; k0 < K; k0 += rows) {
     // Row k0 of b starts at k0 * ld_b, also in the VNNI layout (pair k0 / 2; k0 is even).
