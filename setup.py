@@ -1,5 +1,6 @@
 # Builds the deformconv._C extension: CPU kernels always, CUDA kernels when a CUDA toolkit and a CUDA torch are present.
 import glob
+import importlib.util
 import os
 import sys
 
@@ -77,8 +78,33 @@ def build_extension():
     return CppExtension(sources=sources, **kwargs)
 
 
+def _load_linkage_check():
+    """deformconv/_linkage.py, loaded by path: the package itself cannot be imported before
+    its extension exists."""
+    spec = importlib.util.spec_from_file_location(
+        "deformconv_linkage", os.path.join(ROOT, "deformconv", "_linkage.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class BuildWithLinkageCheck(BuildExtension.with_options(use_ninja=True)):
+    """torch's BuildExtension (ninja), then a check that the linked extension needs the C++
+    runtime torch's libc10 needs: a static libstdc++ would turn every C++ error into a crash."""
+
+    def build_extension(self, ext):
+        super().build_extension(ext)
+        built = self.get_ext_fullpath(ext.name)
+        if not os.path.exists(built):  # an in-place build copies it there only afterwards
+            built = os.path.join(self.build_lib, self.get_ext_filename(ext.name))
+        libc10 = os.path.join(os.path.dirname(torch.__file__), "lib", "libc10.so")
+        if os.path.exists(built) and os.path.exists(libc10):
+            _load_linkage_check().check_cxx_runtime(built, libc10)
+
+
 setup(
     packages=find_packages(include=["deformconv", "deformconv.*"]),
     ext_modules=[build_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildWithLinkageCheck},
 )
