@@ -77,7 +77,9 @@ def test_build_check_rejects_a_static_libstdcxx(tmp_path, monkeypatch):
     static = build_shared_object(tmp_path, "-static-libstdc++")
     assert not _linkage.cxx_runtimes(static)
     monkeypatch.setenv("CXX", "/opt/wrapped/g++")
-    with pytest.raises(RuntimeError, match=r"/opt/wrapped/g\+\+\) linked a static libstdc\+\+") as error:
+    with pytest.raises(
+        RuntimeError, match=r"/opt/wrapped/g\+\+\) linked a static libstdc\+\+"
+    ) as error:
         _linkage.check_cxx_runtime(static, str(LIBC10))
     assert "CXX=/usr/bin/g++ CC=/usr/bin/gcc" in str(error.value)
 
