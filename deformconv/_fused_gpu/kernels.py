@@ -81,7 +81,7 @@ def _cell(
     dx = tl.load(off_ptr + base + (ch + 1) * so_c, mask=pix_ok, other=0.0).to(tl.float32)
     py = (ho * sh - ph + i * dh).to(tl.float32) + dy
     px = (wo * sw - pw + j * dw).to(tl.float32) + dx
-    valid = pix_ok & (py > -1.0) & (py < H.to(tl.float32)) & (px > -1.0) & (px < W.to(tl.float32))
+    valid = pix_ok & (py > -1.0) & (py < H) & (px > -1.0) & (px < W)  # NaN fails each
     py = tl.where(valid, py, 0.0)
     px = tl.where(valid, px, 0.0)
     fy = tl.floor(py)

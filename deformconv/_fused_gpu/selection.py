@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import sys
@@ -37,13 +36,20 @@ def requested_path() -> str:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_AVAILABLE: list = []  # filled once
+_CAPABILITY: dict = {}
+
+
+@torch.compiler.assume_constant_result  # torch.compile evaluates it once, as a constant
 def triton_available() -> bool:
     """True when triton can be imported (checked without importing it)."""
-    try:
-        return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):  # a blocked or broken module entry
-        return False
+    if not _TRITON_AVAILABLE:
+        try:
+            found = importlib.util.find_spec("triton") is not None
+        except (ImportError, ValueError):  # a blocked or broken module entry
+            found = False
+        _TRITON_AVAILABLE.append(found)
+    return _TRITON_AVAILABLE[0]
 
 
 def interpreting() -> bool:
@@ -55,9 +61,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-@functools.lru_cache(maxsize=None)
-def _capability(index: int):
-    return torch.cuda.get_device_capability(index)
+@torch.compiler.assume_constant_result
+def _capability(index: int) -> tuple:
+    if index not in _CAPABILITY:
+        _CAPABILITY[index] = tuple(torch.cuda.get_device_capability(index))
+    return _CAPABILITY[index]
 
 
 def _data_dtype(input: Tensor) -> torch.dtype:

@@ -1,0 +1,490 @@
+# GPU check of the fused Triton path: correctness in all dtypes, torchvision parity, autotune, timings and memory.
+"""Run on a CUDA GPU of compute capability 8.0+ (written for an H100 / H200), in under 4 minutes.
+
+Sections (each row is appended to the JSON file given by ``--out`` as soon as it is measured, so
+a run cut short keeps what it got):
+
+1. ``correct``: the fused kernels (``deformconv._fused_gpu``) against the column path
+   (``torch.ops.deformconv.deform_conv2d``) and against the column path in float64, output and
+   every gradient, fp32 / fp16 / bf16, over small configurations (groups, offset groups, 1x1,
+   5x5 with stride and dilation 2, no mask, batch 0, NaN offsets); ``ratio`` is the fused error
+   over the column path's error (both against float64).
+2. ``torchvision``: parity with ``torchvision.ops.deform_conv2d`` in fp32 (output and grads).
+3. ``determinism`` and ``compile``: fwd + grads repeated bitwise (weight, offset, mask: no
+   atomics; grad_input under deterministic mode goes through the column backward), and
+   ``torch.compile(fullgraph=True)`` of the fused op against eager.
+4. ``autotune``: a handful of block configurations per kernel at r50-c3 fp16 (forward, the
+   input-side backward, the weight backward), the best against the default.
+5. ``timing``: CUDA events, median of ``--reps`` after warm-up, forward and forward+backward of
+   fused / columns / torchvision / dense ``F.conv2d`` at the five benchmark shapes (3x3, pad 1,
+   mask and bias, offsets uniform in +-2 px, TF32 off), peak extra memory of one
+   forward+backward, error of the fused output against float64 (+-2 px; 8-16 px at r50-c3).
+
+Usage::
+
+    python benchmarks/fused_gpu_check.py --out /tmp/fused_gpu.json
+    python benchmarks/fused_gpu_check.py --sections correct,timing --dtypes float16 --shapes r50-c3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_deform_conv2d import GPU_SHAPES  # noqa: E402
+
+SECTIONS = ("correct", "torchvision", "determinism", "compile", "autotune", "timing")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+KEYS = ("input", "weight", "offset", "mask", "bias")
+DEV = "cuda"  # "cpu" with --dry-run: the same code under Triton's interpreter, tiny sizes
+DET_SHAPE = (4, 64, 40, 48, 64)  # N, C_in, H, W, C_out of the determinism section
+# Small configurations: (name, N, C_in, H, W, C_out, k, stride, pad, dil, groups, og, mask)
+SMALL = [
+    ("base", 2, 16, 9, 11, 24, 3, 1, 1, 1, 1, 1, True),
+    ("groups-og-straddle", 2, 24, 7, 9, 16, 3, 1, 1, 1, 2, 3, True),
+    ("og-spans-groups", 1, 36, 8, 8, 18, 3, 1, 1, 1, 3, 2, True),
+    ("1x1-no-mask", 2, 20, 6, 7, 40, 1, 1, 0, 1, 1, 1, False),
+    ("5x5-s2-d2", 1, 12, 13, 12, 8, 5, 2, 3, 2, 1, 1, True),
+    ("wide", 1, 160, 10, 10, 144, 3, 1, 1, 1, 1, 1, True),
+    ("batch0", 0, 8, 5, 5, 8, 3, 1, 1, 1, 1, 1, True),
+]
+# Block configurations tried by the autotune section (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages).
+CANDIDATES = [
+    (64, 64, 32, 4, 2),
+    (64, 128, 32, 4, 3),
+    (128, 64, 32, 4, 3),
+    (128, 128, 32, 8, 3),
+    (64, 64, 64, 4, 3),
+    (128, 128, 64, 8, 2),
+]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", required=True, help="JSON file, rewritten after every row")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {SECTIONS}")
+    p.add_argument(
+        "--dtypes",
+        default="float32,float16,bfloat16",
+        help="comma list of float32,float16,bfloat16",
+    )
+    p.add_argument("--shapes", default=",".join(s.name for s in GPU_SHAPES), help="timing shapes")
+    p.add_argument("--reps", type=int, default=20, help="timed repetitions (median)")
+    p.add_argument("--budget-s", type=float, default=220.0, help="skip what would start after this")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="no GPU: run every section on CPU tensors under TRITON_INTERPRET=1 with tiny sizes "
+        "(checks this script, not the GPU; bfloat16 is wrong under the interpreter)",
+    )
+    args = p.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    args.dtypes = [s.strip() for s in args.dtypes.split(",") if s.strip()]
+    for name, known, given in (
+        ("--sections", SECTIONS, args.sections),
+        ("--dtypes", DTYPES, args.dtypes),
+    ):
+        bad = [v for v in given if v not in known]
+        if bad:
+            p.error(f"{name}: unknown {bad}; known: {list(known)}")
+    shapes = {s.name: s for s in GPU_SHAPES}
+    wanted = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    bad = [w for w in wanted if w not in shapes]
+    if bad:
+        p.error(f"--shapes: unknown {bad}; known: {list(shapes)}")
+    args.shapes = [shapes[w] for w in wanted]
+    return args
+
+
+class Report:
+    """Rows of dicts, written to ``path`` after each one; a time budget for the whole run."""
+
+    def __init__(self, path: str, budget_s: float):
+        self.path, self.budget_s, self.t0, self.rows = Path(path), budget_s, time.time(), []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def over_budget(self) -> bool:
+        return time.time() - self.t0 > self.budget_s
+
+    def add(self, section: str, **row):
+        row = {"section": section, **row}
+        self.rows.append(row)
+        print(json.dumps(row, default=str), flush=True)
+        self.path.write_text(json.dumps(self.rows, indent=1, default=str))
+
+
+def make(n, c, h, w, co, k, stride, pad, dil, groups, og, with_mask, dtype, offset_px=2.0, seed=0):
+    """Op arguments on CUDA: data in `dtype`, offsets uniform in +-offset_px (or in
+    [offset_px, 2*offset_px) with random sign when offset_px > 2)."""
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    ho = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    wo = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+    def rnd(*shape):
+        return torch.randn(*shape, device=DEV, generator=g)
+
+    u = torch.rand(n, 2 * og * k * k, ho, wo, device=DEV, generator=g)
+    if offset_px > 2:
+        sign = torch.randint(0, 2, u.shape, device=DEV, generator=g) * 2 - 1
+        off = sign * offset_px * (1 + u)
+    else:
+        off = (u * 2 - 1) * offset_px
+    t = dict(
+        input=rnd(n, c, h, w),
+        weight=rnd(co, c // groups, k, k) / (k * k * c / groups) ** 0.5,
+        offset=off,
+        mask=torch.rand(n, og * k * k, ho, wo, device=DEV, generator=g) if with_mask else None,
+        bias=rnd(co) * 0.1,
+    )
+    t = {key: None if v is None else v.to(dtype) for key, v in t.items()}
+    return t, dict(stride=[stride] * 2, padding=[pad] * 2, dilation=[dil] * 2)
+
+
+def fused(t, conv):
+    from deformconv._fused_gpu import deform_conv2d_fused
+
+    return deform_conv2d_fused(
+        t["input"],
+        t["offset"],
+        t["weight"],
+        t["bias"],
+        conv["stride"],
+        conv["padding"],
+        conv["dilation"],
+        t["mask"],
+    )
+
+
+def columns(t, conv):
+    return torch.ops.deformconv.deform_conv2d(
+        t["input"],
+        t["weight"],
+        t["offset"],
+        t["mask"],
+        t["bias"],
+        conv["stride"],
+        conv["padding"],
+        conv["dilation"],
+    )
+
+
+def torchvision_call(t, conv):
+    import torchvision.ops as tvops
+
+    return tvops.deform_conv2d(
+        t["input"],
+        t["offset"],
+        t["weight"],
+        t["bias"],
+        conv["stride"],
+        conv["padding"],
+        conv["dilation"],
+        t["mask"],
+    )
+
+
+def dense(t, conv):
+    return F.conv2d(
+        t["input"], t["weight"], t["bias"], conv["stride"], conv["padding"], conv["dilation"]
+    )
+
+
+def leaves(t, dtype=None):
+    return {
+        k: None if v is None else v.detach().clone().to(dtype or v.dtype).requires_grad_()
+        for k, v in t.items()
+    }
+
+
+def fwd_bwd(fn, t, conv, seed=1):
+    """Output and grads (float64) of fn for a fixed random grad_output."""
+    y = fn(t, conv)
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    go = torch.randn(y.shape, device=DEV, generator=g).to(y.dtype)
+    names = [k for k, v in t.items() if v is not None]
+    grads = (
+        torch.autograd.grad(y, [t[k] for k in names], go, allow_unused=True) if y.numel() else []
+    )
+    out = {"output": y.detach().double()}
+    for k, gr in zip(names, grads):
+        out[k] = torch.zeros_like(t[k], dtype=torch.float64) if gr is None else gr.double()
+    return out
+
+
+def rel(a, b):
+    if b.numel() == 0:
+        return 0.0
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
+
+
+def section_correct(rep, dtypes):
+    for cfg in SMALL:
+        name, *shape, with_mask = cfg
+        for dname in dtypes:
+            dtype = DTYPES[dname]
+            t, conv = make(*shape, with_mask, dtype)
+            if name == "base":  # a NaN, an inf and a huge offset in every tap of one pixel
+                t["offset"][0, 0::3, 1, 1] = float("nan")
+                t["offset"][0, 1::3, 2, 2] = float("inf")
+                t["offset"][0, 2::3, 3, 3] = 1e30
+            ref = fwd_bwd(columns, leaves(t, torch.float64), conv)
+            got = fwd_bwd(fused, leaves(t), conv)
+            col = fwd_bwd(columns, leaves(t), conv)
+            errs = {k: rel(got[k], ref[k]) for k in ref}
+            col_errs = {k: rel(col[k], ref[k]) for k in ref}
+            finite = all(bool(torch.isfinite(v).all()) for v in got.values())
+            worst = max((errs[k] / max(col_errs[k], 1e-7) for k in ref), default=0.0)
+            rep.add("correct", config=name, dtype=dname, fused_err=errs, column_err=col_errs,
+                    worst_ratio=worst, finite=finite,
+                    ok=finite and (worst <= 1.5 or max(errs.values(), default=0.0) < 1e-5))  # fmt: skip
+
+
+def section_torchvision(rep):
+    try:
+        import torchvision.ops  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        rep.add("torchvision", skipped=repr(exc))
+        return
+    for seed, cfg in enumerate(SMALL[:5]):
+        name, *shape, with_mask = cfg
+        t, conv = make(*shape, with_mask, torch.float32, seed=seed)
+        if not with_mask:
+            t["mask"] = None
+        a = fwd_bwd(fused, leaves(t), conv)
+        b = fwd_bwd(torchvision_call, leaves(t), conv)
+        errs = {k: rel(a[k], b[k]) for k in a}
+        rep.add(
+            "torchvision", config=name, dtype="float32", rel_diff=errs, ok=max(errs.values()) < 1e-4
+        )
+
+
+def section_determinism(rep):
+    t, conv = make(*DET_SHAPE, 3, 1, 1, 1, 1, 1, True, torch.float16)
+    a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
+    same = {k: bool(torch.equal(a[k], b[k])) for k in a}
+    rep.add("determinism", mode="default", bitwise_equal=same)
+    torch.use_deterministic_algorithms(True)
+    try:
+        a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    same = {k: bool(torch.equal(a[k], b[k])) for k in a}
+    rep.add("determinism", mode="deterministic", bitwise_equal=same, ok=all(same.values()))
+
+
+def section_compile(rep):
+    t, conv = make(2, 32, 20, 24, 32, 3, 1, 1, 1, 1, 1, True, torch.float16)
+    try:
+        compiled = torch.compile(lambda tt: fused(tt, conv), fullgraph=True)
+        a = fwd_bwd(lambda tt, c: compiled(tt), leaves(t), conv)
+        b = fwd_bwd(fused, leaves(t), conv)
+        errs = {k: rel(a[k], b[k]) for k in a}
+        rep.add("compile", fullgraph=True, rel_diff=errs, ok=max(errs.values()) < 1e-2)
+    except Exception as exc:  # noqa: BLE001
+        rep.add("compile", fullgraph=True, error=repr(exc)[:2000], ok=False)
+
+
+def time_ms(fn, reps, warmup=3):
+    if DEV == "cpu":  # dry run: wall clock
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    return statistics.median(times)
+
+
+def section_autotune(rep, reps):
+    from deformconv._fused_gpu import config, op
+
+    shape = next(s for s in GPU_SHAPES if s.name == "r50-c3")
+    t, conv = make(
+        shape.n, shape.c_in, shape.h, shape.w, shape.c_out, 3, 1, 1, 1, 1, 1, True, torch.float16
+    )
+    go = torch.randn(shape.n, shape.c_out, shape.h, shape.w, device=DEV, dtype=torch.float16)
+    args = [t[k] for k in KEYS] + [conv["stride"], conv["padding"], conv["dilation"]]
+    runs = {
+        "forward": lambda: op.fused_forward(*args),
+        "backward_data": lambda: op.fused_backward(go, *args, True, False),
+        "backward_weight": lambda: op.fused_backward(go, *args, False, True),
+    }
+    for kind, run in runs.items():
+        results = []
+        for cand in [None, *CANDIDATES]:
+            if rep.over_budget():
+                break
+            config.OVERRIDES.clear()
+            if cand is not None:
+                config.OVERRIDES[kind] = dict(
+                    zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"), cand)
+                )
+            try:
+                results.append((time_ms(run, reps=max(5, reps // 2)), cand or "default"))
+            except Exception as exc:  # noqa: BLE001 (a config the compiler rejects: out of resources)
+                results.append((float("inf"), f"{cand}: {type(exc).__name__}"))
+        config.OVERRIDES.clear()
+        default = next((ms for ms, c in results if c == "default"), None)
+        best = min(results, key=lambda r: r[0]) if results else None
+        rep.add("autotune", kind=kind, shape="r50-c3", dtype="float16", default_ms=default, best=best,
+                all=[(ms, str(c)) for ms, c in results])  # fmt: skip
+
+
+def peak_mb(fn, t, conv):
+    if DEV == "cpu":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    y = fn(t, conv)
+    names = [k for k, v in t.items() if v is not None and v.requires_grad]
+    torch.autograd.grad(y, [t[k] for k in names], torch.ones_like(y), allow_unused=True)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def time_impl(name, fn, t, conv, reps):
+    """Forward (no_grad) and forward+backward medians in ms, and peak extra MiB, of one impl."""
+    row = {}
+    with torch.no_grad():
+        row[f"{name}_fwd_ms"] = time_ms(lambda: fn(t, conv), reps)
+    go = torch.randn_like(fn(t, conv))
+    need = [v for v in t.values() if v is not None and v.requires_grad]
+    row[f"{name}_fwdbwd_ms"] = time_ms(lambda: torch.autograd.grad(fn(t, conv), need, go), reps)
+    row[f"{name}_peak_mb"] = peak_mb(fn, t, conv)
+    return row
+
+
+def section_timing(rep, shapes, dtypes, reps):
+    impls = {"fused": fused, "columns": columns, "torchvision": torchvision_call, "dense": dense}
+    try:
+        import torchvision.ops  # noqa: F401
+    except Exception:  # noqa: BLE001
+        impls.pop("torchvision")
+    for shape in shapes:
+        for dname in dtypes:
+            if rep.over_budget():
+                rep.add("timing", shape=shape.name, dtype=dname, skipped="time budget")
+                continue
+            dtype = DTYPES[dname]
+            base, conv = make(
+                shape.n, shape.c_in, shape.h, shape.w, shape.c_out, 3, 1, 1, 1, 1, 1, True, dtype
+            )
+            row = {}
+            for name, fn in impls.items():
+                if name == "torchvision" and dtype == torch.bfloat16:
+                    continue
+                t = leaves(base)
+                if name == "dense":
+                    for k in ("offset", "mask"):
+                        t[k] = t[k].detach()
+                try:
+                    row.update(time_impl(name, fn, t, conv, reps))
+                except Exception as exc:  # noqa: BLE001
+                    row[f"{name}_error"] = repr(exc)[:500]
+            for px in (2.0, 8.0) if shape.name == "r50-c3" else (2.0,):
+                t, _ = make(shape.n, shape.c_in, shape.h, shape.w, shape.c_out, 3, 1, 1, 1, 1, 1, True, dtype,
+                            offset_px=px)  # fmt: skip
+                with torch.no_grad():
+                    ref = columns({k: v.double() for k, v in t.items()}, conv)
+                    row[f"fused_err_{px:g}px"] = rel(fused(t, conv).double(), ref)
+                    row[f"columns_err_{px:g}px"] = rel(columns(t, conv).double(), ref)
+                del ref
+            for name in ("columns", "torchvision", "dense"):
+                for what in ("fwd", "fwdbwd"):
+                    if f"{name}_{what}_ms" in row and "fused_" + what + "_ms" in row:
+                        row[f"{what}_fused_over_{name}"] = (
+                            row[f"fused_{what}_ms"] / row[f"{name}_{what}_ms"]
+                        )
+            rep.add("timing", shape=shape.label(), dtype=dname, **row)
+            if DEV == "cuda":
+                torch.cuda.empty_cache()
+
+
+def dry_run_sizes(args):
+    """CPU dry run: Triton must interpret (set before triton is imported), tiny shapes."""
+    global DEV, SMALL, GPU_SHAPES, DET_SHAPE
+    DET_SHAPE = (1, 4, 5, 6, 4)
+    if "compile" in args.sections:  # the interpreter's kernels are not traceable
+        args.sections.remove("compile")
+    os.environ["TRITON_INTERPRET"] = "1"
+    DEV = "cpu"
+    SMALL = [c for c in SMALL if c[0] not in ("wide", "og-spans-groups")]
+    tiny = dataclasses.replace(GPU_SHAPES[0], name="r50-c3", n=1, c_in=8, h=6, w=7, c_out=8)
+    GPU_SHAPES = [tiny]
+    args.shapes = [tiny]
+    args.reps = 1
+    CANDIDATES[:] = CANDIDATES[:1]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.dry_run:
+        dry_run_sizes(args)
+    elif not torch.cuda.is_available():
+        raise SystemExit("fused_gpu_check.py needs a CUDA GPU (or --dry-run)")
+    import deformconv
+    from deformconv._fused_gpu import fused_supported
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    rep = Report(args.out, args.budget_s)
+    t, _ = make(1, 4, 5, 5, 4, 3, 1, 1, 1, 1, 1, True, torch.float16)
+    import triton
+
+    gpu = torch.cuda.get_device_name() if DEV == "cuda" else "none (dry run)"
+    cap = torch.cuda.get_device_capability() if DEV == "cuda" else None
+    rep.add("env", gpu=gpu, capability=cap,
+            torch=torch.__version__, triton=triton.__version__, deformconv=deformconv.__version__,
+            cuda_kernels=deformconv.has_cuda_kernels(),
+            fused_supported=fused_supported(t["input"], t["weight"], t["offset"], t["mask"]))  # fmt: skip
+    steps = {
+        "correct": lambda: section_correct(rep, args.dtypes),
+        "torchvision": lambda: section_torchvision(rep),
+        "determinism": lambda: section_determinism(rep),
+        "compile": lambda: section_compile(rep),
+        "autotune": lambda: section_autotune(rep, args.reps),
+        "timing": lambda: section_timing(rep, args.shapes, args.dtypes, args.reps),
+    }
+    for name in SECTIONS:
+        if name not in args.sections:
+            continue
+        if rep.over_budget():
+            rep.add(name, skipped="time budget")
+            continue
+        t0 = time.time()
+        try:
+            steps[name]()
+        except Exception as exc:  # noqa: BLE001 (keep the later sections)
+            rep.add(name, error=repr(exc)[:2000], ok=False)
+        print(f"== {name}: {time.time() - t0:.1f} s", flush=True)
+    bad = [r for r in rep.rows if r.get("ok") is False]
+    print(
+        f"== {len(rep.rows)} rows, {len(bad)} not ok, {time.time() - rep.t0:.0f} s; JSON in {args.out}"
+    )
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
