@@ -51,6 +51,9 @@ def test_cifar_cli_compares_models_and_writes_outputs(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "test top-1" in printed and "best  classes" in printed and "worst classes" in printed
+    # What the comparison means, and where the fair one is.
+    assert "2 epoch(s) from one seed (0)" in printed and "BatchNorm: none with it" in printed
+    assert "python -m deformconv.train study" in printed
     for name in ("plain", "deformable"):
         run = os.path.join(out, name)
         assert sorted(os.listdir(run)) == [
@@ -58,7 +61,7 @@ def test_cifar_cli_compares_models_and_writes_outputs(tmp_path, capsys):
             "curves.png",
             "metrics.csv",
             "metrics.json",
-        ]
+        ] + (["sampling.png"] if name == "deformable" else [])
         with open(os.path.join(run, "metrics.json")) as f:
             m = json.load(f)
         assert m["config"]["model"] == name and m["config"]["dataset"] == "shapes"
@@ -71,8 +74,22 @@ def test_cifar_cli_compares_models_and_writes_outputs(tmp_path, capsys):
         with open(os.path.join(run, "metrics.csv")) as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == 2 and float(rows[1]["epoch"]) == 2.0 and "val_acc" in rows[0]
-        with open(os.path.join(run, "curves.png"), "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        for png in ("curves.png", "sampling.png") if name == "deformable" else ("curves.png",):
+            with open(os.path.join(run, png), "rb") as f:
+                assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        offset_keys = [k for k in m["history"] if k.startswith("conv")]
+        if name == "deformable":  # offset statistics per epoch, in the JSON and the CSV
+            assert offset_keys == [
+                f"{layer}.{stat}"
+                for layer in ("conv2", "conv3")
+                for stat in ("offset_mean", "offset_p95", "mask_mean", "outside")
+            ]
+            assert all(len(m["history"][k]) == 2 for k in offset_keys)
+            assert set(offset_keys) <= set(rows[0])
+            assert 0 < m["history"]["conv3.offset_mean"][-1] < 5.0  # the offsets learn a little
+            assert set(m["report"]["offsets"]) == {"conv2", "conv3"}
+        else:
+            assert offset_keys == [] and "offsets" not in m["report"]
     with open(os.path.join(out, "comparison.json")) as f:
         comp = json.load(f)
     assert set(comp["models"]) == {"plain", "deformable"} and comp["world_size"] == 1
@@ -154,3 +171,53 @@ def test_progress_bar_output():
     lines = stream.getvalue().strip().splitlines()
     assert 1 <= len(lines) <= 11 and lines[-1].startswith("train  20/20 [")
     assert list(reporting.progress_bar(range(3), enable=False)) == [0, 1, 2]
+
+
+def test_deformable_run_without_matplotlib_from_another_directory(tmp_path):
+    """No matplotlib: warnings, no PNG, but the offset statistics are still recorded."""
+    out = tmp_path / "run"
+    argv = ["cifar", "--dataset", "warped", "--model", "deformable", "--num-classes", "3"]
+    argv += [*TINY[:-1], "1", "--output-dir", str(out)]
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from deformconv.train.cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
+    )
+    proc = run_python(["-c", code], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "matplotlib is not installed" in proc.stderr
+    run = out / "deformable"
+    assert sorted(os.listdir(run)) == ["checkpoint.pt", "metrics.csv", "metrics.json"]
+    with open(run / "metrics.json") as f:
+        m = json.load(f)
+    assert m["config"]["dataset"] == "warped" and len(m["history"]["conv2.offset_p95"]) == 1
+    assert m["report"]["offsets"]["conv3"]["outside_grid"] == pytest.approx(1 - (22 / 24) ** 2)
+
+
+def test_curves_tick_whole_epochs_and_show_offsets(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    figures = []
+    monkeypatch.setattr(reporting, "save_figure", lambda fig, path: figures.append(fig) or path)
+    hist = {
+        "epoch": [1.0, 2.0, 3.0],
+        "train_loss": [2.0, 1.5, 1.0],
+        "val_loss": [2.1, 1.6, 1.2],
+        "train_acc": [10.0, 30.0, 50.0],
+        "val_acc": [9.0, 28.0, 45.0],
+        "conv2.offset_mean": [0.1, 0.2, 0.3],
+        "conv2.offset_p95": [0.3, 0.5, 0.9],
+        "conv2.mask_mean": [0.5, 0.5, 0.49],
+        "conv2.outside": [0.08, 0.09, 0.1],
+    }
+    reporting.plot_history({"deformable": hist}, str(tmp_path / "c.png"))
+    reporting.plot_history({"plain": {k: v for k, v in hist.items() if "." not in k}}, "p.png")
+    with_offsets, without = figures
+    assert len(with_offsets.axes) == 4 and len(without.axes) == 2
+    for ax in with_offsets.axes + without.axes:
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    off_ax = with_offsets.axes[2]
+    assert [tuple(line.get_ydata()) for line in off_ax.get_lines()] == [
+        (0.1, 0.2, 0.3),
+        (0.3, 0.5, 0.9),
+    ]

@@ -12,7 +12,13 @@ pytest.importorskip("torchvision")
 from torchvision import transforms
 
 from deformconv.train import data as D
-from deformconv.train.synthetic import SHAPE_CLASSES, SyntheticShapes, generate_shapes
+from deformconv.train.synthetic import (
+    SHAPE_CLASSES,
+    VARIANTS,
+    WARPED_CLASSES,
+    SyntheticShapes,
+    generate_shapes,
+)
 
 
 def write_fake_cifar100(root, n_train=50, n_test=20, seed=0):
@@ -221,6 +227,23 @@ def test_shapes_dataset_items_and_class_names():
     assert float(ds.data.min()) >= -2.0 and float(ds.data.max()) <= 2.0
     with pytest.raises(ValueError, match="num_classes"):
         generate_shapes(10, num_classes=11)
+
+
+def test_warped_variant_is_its_own_deterministic_dataset():
+    x1, y1 = generate_shapes(40, seed=3, variant="warped")
+    x2, y2 = generate_shapes(40, seed=3, variant="warped")
+    plain, _ = generate_shapes(40, seed=3)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(x1, plain)
+    assert torch.bincount(y1).tolist() == [4] * 10
+    # No class is a rotation of another: "cross" (a plus turned by 45 degrees) is replaced.
+    assert "cross" not in WARPED_CLASSES and "crescent" in WARPED_CLASSES
+    assert VARIANTS["warped"].rotation_deg == 180 and VARIANTS["shapes"].rotation_deg == 15
+    ds = SyntheticShapes(12, seed=0, num_classes=10, variant="warped")
+    assert ds.classes == list(WARPED_CLASSES)
+    with pytest.raises(ValueError, match="variant must be one of shapes, warped"):
+        generate_shapes(4, variant="twisted")
+    tr, _, te = D.shapes_loaders(8, 16, 8, 8, seed=0, variant="warped")
+    assert tr.dataset.classes == list(WARPED_CLASSES) == te.dataset.classes
 
 
 def test_shapes_loaders_splits_do_not_overlap():

@@ -7,15 +7,19 @@ torchvision nor matplotlib until they are used):
 * :mod:`~deformconv.train.metrics`: top-k / per-class accuracy over samples.
 * :mod:`~deformconv.train.data`: CIFAR-100 loaders (validation without augmentation)
   and loaders for the embedded dataset.
-* :mod:`~deformconv.train.synthetic`: the embedded offline "shapes" dataset.
+* :mod:`~deformconv.train.synthetic`: the embedded offline "shapes" dataset and its
+  "warped" variant.
 * :mod:`~deformconv.train.models`: ``CustomCNN``, ``CNNWithBatchNorm`` and deformable variants.
 * :mod:`~deformconv.train.engine`: ``train_epoch``, ``validate``, ``evaluate_model``,
   ``train_model``.
+* :mod:`~deformconv.train.offsets`: per-epoch offset statistics and sampling pictures
+  (:mod:`deformconv.viz` in the training loop).
+* :mod:`~deformconv.train.study`: the multi-seed plain-vs-deformable study.
 * :mod:`~deformconv.train.charrnn`: the quiz's hand-written character RNN.
 * :mod:`~deformconv.train.checkpoint`, :mod:`~deformconv.train.distributed`,
   :mod:`~deformconv.train.reporting`, :mod:`~deformconv.train.cli`.
 
-Command line: ``python -m deformconv.train {cifar,charrnn} --help``.
+Command line: ``python -m deformconv.train {cifar,study,charrnn} --help``.
 """
 
 import importlib
@@ -30,7 +34,9 @@ _SUBMODULES = (
     "engine",
     "metrics",
     "models",
+    "offsets",
     "reporting",
+    "study",
     "synthetic",
 )
 

@@ -1,11 +1,16 @@
-# Command line: `python -m deformconv.train {cifar,charrnn} ...` / `deformconv-train` (torchrun-ready).
+# Command line: `python -m deformconv.train {cifar,study,charrnn} ...` / `deformconv-train` (torchrun-ready).
 """Command-line interface.
 
 ``cifar``: train and compare CNNs (plain / batchnorm / deformable / deformable-bn) on the
-embedded ``shapes`` dataset (default, offline) or CIFAR-100, with progress bars,
-per-epoch metrics (JSON + CSV), loss/accuracy plots (PNG), an atomic checkpoint per
-epoch, ``--resume``, and a final top-1/top-5 + best/worst-class report. Runs unchanged
-under ``torchrun --nproc_per_node=N`` (DDP; only rank 0 prints and writes).
+embedded ``shapes`` dataset (default, offline), its ``warped`` variant or CIFAR-100, with
+progress bars, per-epoch metrics (JSON + CSV, with the deformable layers' offset
+statistics), loss/accuracy/offset plots (PNG), the deformable models' sampling points
+(PNG), an atomic checkpoint per epoch, ``--resume``, and a final top-1/top-5 +
+best/worst-class report. Runs unchanged under ``torchrun --nproc_per_node=N`` (DDP; only
+rank 0 prints and writes).
+
+``study``: plain vs deformable CNNs, with and without BatchNorm, 3 seeds each, on the
+``warped`` shapes with hyperparameters fixed in advance (see :mod:`deformconv.train.study`).
 
 ``charrnn``: train the quiz's hand-written character RNN on a text (default
 "Deep_Learning") and generate from a seed character.
@@ -14,8 +19,9 @@ Output layout of ``cifar`` (``--output-dir OUT``)::
 
     OUT/<model>/checkpoint.pt   # after every epoch (atomic); --resume continues from it
     OUT/<model>/metrics.json    # config, per-epoch history, final test report
-    OUT/<model>/metrics.csv     # per-epoch history
-    OUT/<model>/curves.png      # loss + accuracy curves (needs matplotlib)
+    OUT/<model>/metrics.csv     # per-epoch history (with <layer>.offset_mean, ... columns)
+    OUT/<model>/curves.png      # loss + accuracy (+ offset) curves (needs matplotlib)
+    OUT/<model>/sampling.png    # deformable models: sampling points on test images
     OUT/comparison.json         # one summary row per model
     OUT/comparison.png          # all models' curves on one figure
 """
@@ -38,13 +44,17 @@ from .checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from .data import DataNotFoundError, cifar100_loaders, shapes_loaders
-from .distributed import DistContext, barrier, cleanup_distributed, init_distributed
+from .data import CIFAR100_MEAN, CIFAR100_STD, DataNotFoundError, cifar100_loaders, shapes_loaders
+from .distributed import DistContext, barrier, cleanup_distributed, init_distributed, unwrap_model
 from .reporting import format_comparison, format_report, plot_history, write_history_csv, write_json
 
 __all__ = ["build_parser", "main"]
 
-DATASETS = ("shapes", "cifar100")
+DATASETS = ("shapes", "warped", "cifar100")
+#: Images whose offsets are measured after every epoch (the first of the validation set).
+PROBE_IMAGES = 200
+#: Test images drawn in sampling.png (one per class where possible).
+SAMPLING_IMAGES = 4
 MODEL_CHOICES = ("plain", "batchnorm", "deformable", "deformable-bn")
 #: Config keys that must agree between a checkpoint and the run resuming it.
 RESUME_KEYS = (
@@ -83,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m deformconv.train",
         description="Train CNNs with deformable layers and the quiz's character RNN.",
+        epilog="plain vs deformable, 3 seeds, with and without BatchNorm: "
+        "python -m deformconv.train study",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{cifar,charrnn}")
+    sub = parser.add_subparsers(dest="command", metavar="{cifar,study,charrnn}")
     sub.required = True
 
     c = sub.add_parser(
@@ -96,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset",
         choices=DATASETS,
         default="shapes",
-        help="'shapes': embedded procedurally generated dataset (offline); "
+        help="'shapes': embedded procedurally generated dataset (offline); 'warped': its "
+        "variant with strongly varying rotation, scale, aspect and warp; "
         "'cifar100': torchvision's CIFAR-100 under --data-root",
     )
     c.add_argument(
@@ -160,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     c.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
-    g = c.add_argument_group("shapes dataset")
+    g = c.add_argument_group("shapes and warped datasets")
     g.add_argument("--train-size", type=_positive_int, default=3000, help="training images")
     g.add_argument("--val-size", type=_positive_int, default=600, help="validation images")
     g.add_argument("--test-size", type=_positive_int, default=1000, help="test images")
@@ -186,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip torchvision's md5 check of the CIFAR-100 files (files must "
         "still exist; for re-pickled subsets)",
     )
+
+    from .study import add_study_parser
+
+    add_study_parser(sub, _HelpFormatter)
 
     r = sub.add_parser(
         "charrnn",
@@ -265,7 +282,17 @@ def _loaders(args: argparse.Namespace):
         args.seed,
         args.num_classes,
         args.num_workers,
+        variant=args.dataset,
     )
+
+
+def _normalisation(dataset: str):
+    """Per-channel ``(mean, std)`` the dataset's images carry (undone for pictures)."""
+    if dataset == "cifar100":
+        return CIFAR100_MEAN, CIFAR100_STD
+    from .synthetic import SHAPES_MEAN, SHAPES_STD
+
+    return SHAPES_MEAN, SHAPES_STD
 
 
 def _train_one(
@@ -275,9 +302,12 @@ def _train_one(
     ctx: DistContext,
     class_names: list[str] | None,
     out: str,
+    curves_each_epoch: bool = True,
 ) -> dict[str, Any]:
+    """Train one model; ``curves_each_epoch=False`` draws curves.png once, at the end."""
     from .engine import evaluate_model, make_optimizer, make_scheduler, train_model
     from .models import build_model, count_parameters
+    from .offsets import has_deformable, offset_row, probe_images, write_sampling_png
 
     train_loader, val_loader, test_loader = loaders
     run_dir = os.path.join(out, model_name)
@@ -288,6 +318,8 @@ def _train_one(
     torch.manual_seed(args.seed)  # identical initial weights on every rank and every rerun
     model = build_model(model_name, args.num_classes, args.width, args.deform_layers)
     n_params = count_parameters(model)
+    deformable = has_deformable(model)
+    probe = probe_images(val_loader.dataset, PROBE_IMAGES)[0] if deformable else None
     model.to(ctx.device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay, args.offset_lr_mult)
     scheduler = make_scheduler(optimizer, args.step_size, args.gamma)
@@ -310,7 +342,9 @@ def _train_one(
         f"device {ctx.device}, world size {ctx.world_size}"
     )
 
-    def save_metrics(hist: dict[str, list], report: dict[str, Any] | None = None) -> None:
+    def save_metrics(
+        hist: dict[str, list], report: dict[str, Any] | None = None, plot: bool = True
+    ) -> None:
         if not ctx.is_main:
             return
         write_json(
@@ -324,7 +358,7 @@ def _train_one(
             },
         )
         write_history_csv(os.path.join(run_dir, "metrics.csv"), hist)
-        if not args.no_plot and hist.get("epoch"):
+        if plot and not args.no_plot and hist.get("epoch"):
             plot_history(
                 {model_name: hist},
                 os.path.join(run_dir, "curves.png"),
@@ -333,8 +367,11 @@ def _train_one(
 
     def on_epoch_end(epoch, hist, mdl, opt, sched) -> None:
         if ctx.is_main:
+            if deformable:  # eval-mode forward on fixed images: no RNG, no BatchNorm update
+                for key, value in offset_row(unwrap_model(mdl), probe).items():
+                    hist.setdefault(key, []).append(value)
             save_checkpoint(ckpt_path, make_checkpoint(epoch + 1, mdl, opt, sched, hist, cfg))
-            save_metrics(hist)
+            save_metrics(hist, plot=curves_each_epoch)
 
     t0 = time.perf_counter()
     history = train_model(
@@ -366,6 +403,18 @@ def _train_one(
     report["final_val_acc"] = history["val_acc"][-1] if history["val_acc"] else None
     report["train_seconds"] = train_seconds
     report["epochs"] = len(history["epoch"])
+    if deformable and ctx.is_main:
+        from deformconv.viz import offset_statistics
+
+        bare = unwrap_model(model)
+        report["offsets"] = offset_statistics(bare, probe)
+        if not args.no_plot:
+            images, labels = probe_images(test_loader.dataset, SAMPLING_IMAGES, one_per_class=True)
+            mean, std = _normalisation(args.dataset)
+            names = [class_names[i] if class_names else str(i) for i in labels]
+            write_sampling_png(
+                bare, images, os.path.join(run_dir, "sampling.png"), mean, std, names
+            )
     save_metrics(history, report)
     log(format_report(model_name, report))
     return {"history": history, "report": report}
@@ -376,7 +425,9 @@ def run_cifar(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.dataset == "cifar100":
         args.num_classes = 100
     elif not 2 <= args.num_classes <= 10:
-        raise ValueError(f"--num-classes must be in 2..10 for shapes, got {args.num_classes}")
+        raise ValueError(
+            f"--num-classes must be in 2..10 for {args.dataset}, got {args.num_classes}"
+        )
     if args.width is None:
         args.width = 1.0 if args.dataset == "cifar100" else 0.5
     if args.batch_size is None:
@@ -420,11 +471,40 @@ def run_cifar(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                     title=f"{' vs '.join(models)} on {args.dataset}",
                 )
             print(format_comparison({n: r["report"] for n, r in results.items()}))
+            print(comparison_note(args, models, out))
             print(f"outputs in {os.path.abspath(out)}")
         barrier()
         return results
     finally:
         cleanup_distributed()
+
+
+def comparison_note(args: argparse.Namespace, models: Sequence[str], out: str) -> str:
+    """What a ``cifar`` run's comparison means (epochs, seeds, BatchNorm) and where the
+    fair, multi-seed study is."""
+    from .study import study_command_hint
+
+    with_bn = [m for m in models if m.endswith("bn") or m == "batchnorm"]
+    without_bn = [m for m in models if m not in with_bn]
+    size = f"{args.train_size} " if args.dataset != "cifar100" else ""
+    lines = [
+        f"What this comparison is: each model above trained {args.epochs} epoch(s) from one "
+        f"seed ({args.seed}) on {size}{args.dataset} images; between two single runs a gap "
+        "of a few points can be seed noise.",
+        f"BatchNorm: {', '.join(with_bn) or 'none'} with it; {', '.join(without_bn) or 'none'} "
+        "without it (the two kinds train differently: compare like with like).",
+    ]
+    deformable = [m for m in models if m.startswith("deformable")]
+    if deformable:
+        where = ", ".join(os.path.join(out, m, "sampling.png") for m in deformable)
+        lines.append(
+            "The deformable models start as their plain twins (zero offsets) and learn their "
+            f"offsets at {args.offset_lr_mult} x the learning rate: short runs favour the plain "
+            "models. What the offsets learned: the offset columns of metrics.csv, the lower row "
+            f"of curves.png, and {where}."
+        )
+    lines.append(study_command_hint())
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- charrnn
@@ -491,6 +571,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "cifar":
             run_cifar(args)
+        elif args.command == "study":
+            from .study import run_study_command
+
+            run_study_command(args)
         else:
             run_charrnn(args)
     except (DataNotFoundError, CheckpointMismatchError, ValueError, KeyError) as exc:

@@ -1,4 +1,4 @@
-# Data pipelines: CIFAR-100 (quiz P5/P13, validation without augmentation) and the embedded shapes set.
+# Data pipelines: CIFAR-100 (quiz P5/P13, validation without augmentation) and the embedded shapes sets.
 """Train / validation / test loaders.
 
 CIFAR-100 (:func:`cifar100_loaders`) follows the quiz's pipeline with its bug fixed:
@@ -257,16 +257,18 @@ def shapes_loaders(
     seed: int = 0,
     num_classes: int = 10,
     num_workers: int = 0,
+    variant: str = "shapes",
 ) -> Loaders:
     """Embedded-dataset ``(train_loader, val_loader, test_loader)``; no download.
 
     The three splits are generated from distinct seeds derived from ``seed``, so they
     never share an image. Batches are ``(Tensor[B, 3, 32, 32] float32, Tensor[B] int64)``.
+    ``variant`` is ``"shapes"`` or ``"warped"`` (see :data:`~deformconv.train.synthetic.VARIANTS`).
     """
     s_train, s_val, s_test = split_seeds(seed, 3)
-    train_ds = SyntheticShapes(num_train, s_train, num_classes)
-    val_ds = SyntheticShapes(num_val, s_val, num_classes)
-    test_ds = SyntheticShapes(num_test, s_test, num_classes)
+    train_ds = SyntheticShapes(num_train, s_train, num_classes, variant=variant)
+    val_ds = SyntheticShapes(num_val, s_val, num_classes, variant=variant)
+    test_ds = SyntheticShapes(num_test, s_test, num_classes, variant=variant)
     return (
         make_loader(train_ds, batch_size, True, seed, num_workers),
         make_loader(val_ds, batch_size, False, seed, num_workers),

@@ -24,7 +24,9 @@ __all__ = [
     "atomic_write_text",
     "format_comparison",
     "format_report",
+    "offset_layers",
     "plot_history",
+    "save_figure",
     "progress_bar",
     "write_history_csv",
     "write_json",
@@ -157,10 +159,102 @@ def write_history_csv(path: str, history: Mapping[str, Sequence[float]]) -> None
     atomic_write_text(path, buf.getvalue())
 
 
+def _import_pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, or None with a warning when not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        warnings.warn(
+            "matplotlib is not installed: skipping the plot (pip install matplotlib to get it)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return plt
+
+
+def _whole_epochs(ax) -> None:
+    """Ticks of an epoch axis on whole numbers only (never 1.0, 1.2, 1.4, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def save_figure(fig, path: str) -> str:
+    """Write ``fig`` as a PNG atomically (see :func:`atomic_write`) and close it."""
+    import matplotlib.pyplot as plt
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+#: Suffixes of the per-layer offset statistics in a history (``"<layer>.<suffix>"``).
+OFFSET_SUFFIXES: tuple[str, ...] = (".offset_mean", ".offset_p95", ".mask_mean", ".outside")
+
+
+def offset_layers(history: Mapping[str, Sequence[float]]) -> list[str]:
+    """Layer names with offset statistics in a history, in key order."""
+    return [k[: -len(".offset_mean")] for k in history if k.endswith(".offset_mean")]
+
+
+def _plot_offsets(ax_off, ax_mask, histories) -> None:
+    """|offset| mean (solid) and p95 (dashed) per layer; mask mean (solid) and share of
+    samples outside the input (dotted)."""
+    for name, h in histories.items():
+        for layer in offset_layers(h):
+            label = f"{name} {layer}" if len(histories) > 1 or name else layer
+            epochs = h["epoch"][: len(h[f"{layer}.offset_mean"])]
+            (line,) = ax_off.plot(
+                epochs, h[f"{layer}.offset_mean"], marker="o", label=f"{label} mean"
+            )
+            ax_off.plot(
+                epochs,
+                h[f"{layer}.offset_p95"],
+                linestyle="--",
+                color=line.get_color(),
+                label=f"{label} p95",
+            )
+            ax_mask.plot(
+                epochs,
+                h[f"{layer}.mask_mean"],
+                marker="o",
+                color=line.get_color(),
+                label=f"{label} mask",
+            )
+            ax_mask.plot(
+                epochs,
+                h[f"{layer}.outside"],
+                linestyle=":",
+                color=line.get_color(),
+                label=f"{label} outside",
+            )
+    ax_off.set_ylabel("|offset| (px of the layer's input)")
+    ax_mask.set_ylabel("mask mean / share outside")
+    ax_mask.set_ylim(0, 1)
+
+
 def plot_history(
     histories: Mapping[str, Mapping[str, Sequence[float]]], path: str, title: str = ""
 ) -> str | None:
     """PNG of loss (left) and accuracy (right) curves for one or more runs.
+
+    When a history holds offset statistics (keys ``<layer>.offset_mean``, ``.offset_p95``,
+    ``.mask_mean``, ``.outside``, see :func:`deformconv.viz.offset_statistics`), a second
+    row shows them: offset length mean and 95th percentile, and mask mean with the share of
+    samples outside the layer's input. Epoch axes tick whole epochs only.
 
     Args:
         histories: ``{run_name: history}``; a history needs ``epoch``, ``train_loss``,
@@ -171,19 +265,19 @@ def plot_history(
     Returns:
         ``path``, or ``None`` (with a warning) when matplotlib is not installed.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-    except ImportError:
-        warnings.warn(
-            "matplotlib is not installed: skipping the plot (pip install matplotlib to get it)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    plt = _import_pyplot()
+    if plt is None:
         return None
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    with_offsets = any(offset_layers(h) for h in histories.values())
+    if with_offsets:
+        fig, grid = plt.subplots(2, 2, figsize=(11, 7.5))
+        (ax_loss, ax_acc), (ax_off, ax_mask) = grid
+        _plot_offsets(ax_off, ax_mask, histories)
+        axes = ((ax_loss, "loss"), (ax_acc, "accuracy (%)"), (ax_off, None), (ax_mask, None))
+    else:
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+        axes = ((ax_loss, "loss"), (ax_acc, "accuracy (%)"))
+    xlabel = "epoch"
     for name, h in histories.items():
         prefix = f"{name} " if len(histories) > 1 or name else ""
         if "step" in h:
@@ -191,7 +285,6 @@ def plot_history(
             ax_acc.plot(h["step"], h["accuracy"], label=f"{prefix}accuracy")
             xlabel = "step"
             continue
-        xlabel = "epoch"
         (line,) = ax_loss.plot(h["epoch"], h["train_loss"], marker="o", label=f"{prefix}train")
         ax_loss.plot(
             h["epoch"],
@@ -212,26 +305,17 @@ def plot_history(
             color=line.get_color(),
             label=f"{prefix}val",
         )
-    for ax, ylabel in ((ax_loss, "loss"), (ax_acc, "accuracy (%)")):
-        ax.set_xlabel(xlabel if histories else "epoch")
-        ax.set_ylabel(ylabel)
+    for ax, ylabel in axes:
+        ax.set_xlabel(xlabel)
+        if ylabel:
+            ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+        _whole_epochs(ax)  # steps are whole numbers too
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_figure(fig, path)
 
 
 def format_report(name: str, report: Mapping[str, Any]) -> str:

@@ -1,5 +1,5 @@
-# Embedded offline dataset: procedurally drawn shapes under random affine + elastic deformation.
-"""An offline, CIFAR-shaped stand-in dataset ("shapes") generated in-process.
+# Embedded offline datasets: procedurally drawn shapes under random affine + elastic deformation.
+"""Offline, CIFAR-shaped stand-in datasets ("shapes", "warped") generated in-process.
 
 Every sample is a ``3x32x32`` float image of one of up to 10 shape classes (disk, plus,
 L, two dots, ring, T, triangle, square, cross, frame), drawn from a signed distance
@@ -9,6 +9,11 @@ function after a random affine transform (rotation within +-15 degrees, so "plus
 over a low-frequency background gradient plus pixel noise. The geometric deformation is
 what deformable convolutions are meant to absorb, so the dataset gives them something
 to learn; colour carries no class information.
+
+The ``warped`` variant (:data:`VARIANTS`) makes the geometry vary strongly while the
+classes still differ only in shape: any rotation, overall scale 0.55-1.1, aspect ratio
+0.6-1.67, shear up to 0.3 and an elastic warp twice as strong. "cross" (a rotated "plus")
+is replaced by "crescent", so no two classes are rotations of each other.
 
 Generation is vectorised torch code driven by a ``torch.Generator``: the same
 ``(num_samples, seed, num_classes)`` always yields bit-identical tensors on a given
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +36,10 @@ __all__ = [
     "SHAPES_MEAN",
     "SHAPES_STD",
     "SHAPE_CLASSES",
+    "VARIANTS",
+    "ShapeVariant",
     "SyntheticShapes",
+    "WARPED_CLASSES",
     "generate_shapes",
 ]
 
@@ -48,6 +57,9 @@ SHAPE_CLASSES: tuple[str, ...] = (
     "frame",
 )
 # Ordered so that small ``num_classes`` subsets hold the most dissimilar shapes.
+
+#: Class names of the ``warped`` variant: no class is a rotation of another.
+WARPED_CLASSES: tuple[str, ...] = SHAPE_CLASSES[:8] + ("crescent", "frame")
 
 #: Per-channel normalisation applied to generated images (raw pixels are in [0, 1]).
 SHAPES_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -104,8 +116,46 @@ _SDF_BY_NAME: dict[str, Callable[[Tensor], Tensor]] = {
         _sd_box(p - p.new_tensor([0.0, 0.05]), 0.12, 0.45),
     ),
     "two_dots": lambda p: torch.minimum(_sd_disk(p, 0.22, -0.3, 0.0), _sd_disk(p, 0.22, 0.3, 0.0)),
+    "crescent": lambda p: torch.maximum(_sd_disk(p, 0.45), -_sd_disk(p, 0.36, 0.22, -0.1)),
 }
-_SDFS: tuple[Callable[[Tensor], Tensor], ...] = tuple(_SDF_BY_NAME[n] for n in SHAPE_CLASSES)
+
+
+@dataclass(frozen=True)
+class ShapeVariant:
+    """How one dataset variant draws its shapes (ranges of the random geometry).
+
+    Attributes:
+        classes: class names, in label order (keys of the shape table).
+        rotation_deg: rotation uniform in ``[-rotation_deg, rotation_deg]``.
+        scale: ``(lo, hi)``; without ``aspect``, each axis is scaled uniformly in it
+            independently; with ``aspect``, one overall scale ``s`` is drawn in it.
+        aspect: ``(lo, hi)`` or None; aspect ratio ``a`` log-uniform in it, axes scaled by
+            ``s * sqrt(a)`` and ``s / sqrt(a)``.
+        shear: shear factor uniform in ``[-shear, shear]``.
+        shift: translation uniform in ``[-shift, shift]`` (1.0 = half the image).
+        elastic: default amplitude of the elastic warp (1.0 = half the image).
+    """
+
+    classes: tuple[str, ...]
+    rotation_deg: float
+    scale: tuple[float, float]
+    aspect: tuple[float, float] | None
+    shear: float
+    shift: float
+    elastic: float
+
+
+#: The built-in variants by name.
+VARIANTS: dict[str, ShapeVariant] = {
+    "shapes": ShapeVariant(SHAPE_CLASSES, 15.0, (0.75, 1.25), None, 0.15, 0.2, 0.06),
+    "warped": ShapeVariant(WARPED_CLASSES, 180.0, (0.55, 1.1), (0.6, 1.67), 0.3, 0.15, 0.12),
+}
+
+
+def _variant(name: str) -> ShapeVariant:
+    if name not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}: got {name!r}")
+    return VARIANTS[name]
 
 
 def _uniform(g: torch.Generator, n: int, lo: float, hi: float, *shape: int) -> Tensor:
@@ -122,27 +172,33 @@ def generate_shapes(
     num_samples: int,
     seed: int = 0,
     num_classes: int = 10,
-    elastic: float = 0.06,
+    elastic: float | None = None,
     noise: float = 0.05,
     chunk: int = 2048,
+    variant: str = "shapes",
 ) -> tuple[Tensor, Tensor]:
     """Generate ``num_samples`` deformed-shape images.
 
     Args:
         num_samples: number of images N.
         seed: seed of the private ``torch.Generator`` (global RNG state is untouched).
-        num_classes: 2..10; the first ``num_classes`` entries of :data:`SHAPE_CLASSES`.
-        elastic: amplitude of the elastic warp in normalised units (1.0 = half the image).
+        num_classes: 2..10; the first ``num_classes`` classes of the variant.
+        elastic: amplitude of the elastic warp in normalised units (1.0 = half the image);
+            None: the variant's (0.06 for ``shapes``, 0.12 for ``warped``).
         noise: standard deviation of the additive pixel noise (pixels are in [0, 1]).
         chunk: images generated per vectorised batch (bounds peak memory).
+        variant: a key of :data:`VARIANTS` (``"shapes"`` or ``"warped"``).
 
     Returns:
         ``(images, labels)``: ``images`` is ``Tensor[N, 3, 32, 32]`` float32 with raw
         pixel values in [0, 1] (not normalised); ``labels`` is ``Tensor[N]`` int64 in
         ``[0, num_classes)``, balanced (label ``i`` is ``perm[i] % num_classes``).
     """
-    if not 2 <= num_classes <= len(SHAPE_CLASSES):
-        raise ValueError(f"num_classes must be in [2, {len(SHAPE_CLASSES)}], got {num_classes}")
+    spec = _variant(variant)
+    if not 2 <= num_classes <= len(spec.classes):
+        raise ValueError(f"num_classes must be in [2, {len(spec.classes)}], got {num_classes}")
+    elastic = spec.elastic if elastic is None else float(elastic)
+    sdfs = tuple(_SDF_BY_NAME[name] for name in spec.classes)
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
     g = torch.Generator().manual_seed(int(seed))
@@ -158,10 +214,17 @@ def generate_shapes(
         lab = labels[start : start + chunk]
         n = lab.numel()
         # Random affine (inverse map: image coordinates -> shape coordinates).
-        theta = _uniform(g, n, -math.radians(15), math.radians(15))
-        scale = _uniform(g, n, 0.75, 1.25, 2)
-        shear = _uniform(g, n, -0.15, 0.15)
-        shift = _uniform(g, n, -0.2, 0.2, 2)
+        rot_max = math.radians(spec.rotation_deg)
+        theta = _uniform(g, n, -rot_max, rot_max)
+        if spec.aspect is None:
+            scale = _uniform(g, n, *spec.scale, 2)
+        else:
+            size = _uniform(g, n, *spec.scale)
+            log_aspect = _uniform(g, n, *(math.log(a) for a in spec.aspect))
+            root = torch.exp(0.5 * log_aspect)
+            scale = torch.stack([size * root, size / root], dim=-1)
+        shear = _uniform(g, n, -spec.shear, spec.shear)
+        shift = _uniform(g, n, -spec.shift, spec.shift, 2)
         cos, sin = torch.cos(theta), torch.sin(theta)
         rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
         shear_m = torch.zeros(n, 2, 2)
@@ -178,7 +241,7 @@ def generate_shapes(
         for c in range(num_classes):
             sel = lab == c
             if sel.any():
-                sdf[sel] = _SDFS[c](pts[sel])
+                sdf[sel] = sdfs[c](pts[sel])
         alpha = torch.sigmoid(-sdf / 0.035).unsqueeze(1)  # [n, 1, 32, 32]
 
         # Colours: background and foreground differ by at least 0.35 in mean intensity.
@@ -208,6 +271,7 @@ class SyntheticShapes(Dataset):
         seed: generation seed; use different seeds for train / val / test splits.
         num_classes: number of shape classes (2..10).
         transform: optional callable applied to each normalised image tensor.
+        variant: ``"shapes"`` or ``"warped"`` (see :data:`VARIANTS`).
     """
 
     def __init__(
@@ -216,13 +280,16 @@ class SyntheticShapes(Dataset):
         seed: int = 0,
         num_classes: int = 10,
         transform: Callable[[Tensor], Tensor] | None = None,
+        variant: str = "shapes",
     ) -> None:
-        images, labels = generate_shapes(num_samples, seed=seed, num_classes=num_classes)
+        images, labels = generate_shapes(
+            num_samples, seed=seed, num_classes=num_classes, variant=variant
+        )
         mean = torch.tensor(SHAPES_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(SHAPES_STD).view(1, 3, 1, 1)
         self.data: Tensor = (images - mean) / std
         self.targets: list[int] = labels.tolist()
-        self.classes: list[str] = list(SHAPE_CLASSES[:num_classes])
+        self.classes: list[str] = list(VARIANTS[variant].classes[:num_classes])
         self.transform = transform
 
     def __len__(self) -> int:
