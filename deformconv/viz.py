@@ -514,10 +514,12 @@ def plot_sampling_locations(
     fixed grid of the same layers.
 
     One row per image: left the fixed grid (zero offsets), right the learned points. Each
-    output position has its own colour; a point's area is proportional to its weight (the
-    product of the masks on its path, relative to the largest in the row), and a white star
-    marks the position's centre. Point ``(y, x)`` is drawn at column ``x``, row ``y`` of the
-    image (pixel centres at integers).
+    output position has its own colour (the legend names it; by default red is the centre of
+    the top layer's grid and blue its strongest response elsewhere); a point's area is
+    proportional to its weight (the product of the masks on its path, relative to the
+    largest in the row), and a white star marks the position's centre. Point ``(y, x)`` is
+    drawn at column ``x``, row ``y`` of the image (pixel centres at integers); points that
+    read only zero padding (weight 0, NaN) are not drawn.
 
     Args:
         model, images, positions, layer: as :func:`sampling_locations`
@@ -560,6 +562,7 @@ def plot_sampling_locations(
             for p in range(pts.shape[1]):
                 xy = pts[row, p].cpu()
                 weight = torch.ones(xy.shape[0]) if col == 0 else loc.weights[row, p].cpu() / wmax
+                r, c = (int(v) for v in loc.positions[row, p].round())
                 ax.scatter(
                     xy[:, 1].numpy(),
                     xy[:, 0].numpy(),
@@ -567,7 +570,10 @@ def plot_sampling_locations(
                     c=_COLOURS[p % len(_COLOURS)],
                     alpha=0.75,
                     linewidths=0,
+                    label=f"{loc.layer} output ({r}, {c})",
                 )
+            if col == 1:
+                ax.legend(fontsize=6, loc="upper right", framealpha=0.6, markerscale=0.6)
             centre = loc.grid_points[row].nanmean(dim=1).cpu()  # [P, 2]
             ax.plot(centre[:, 1].numpy(), centre[:, 0].numpy(), "*", color="white", ms=9, mec="k")
             ax.set_xlim(float(lo[1]), float(hi[1]))
