@@ -64,9 +64,6 @@ __all__ = [
     "sampling_locations",
 ]
 
-#: Keys of each layer's entry in :func:`offset_statistics`.
-STAT_KEYS: tuple[str, ...] = ("offset_mean", "offset_p95", "mask_mean", "outside", "outside_grid")
-
 
 @dataclass
 class Stage:

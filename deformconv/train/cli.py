@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "cifar",
-        help="train/compare CNNs on the shapes dataset or CIFAR-100",
+        help="train/compare CNNs on the shapes or warped dataset or CIFAR-100",
         formatter_class=_HelpFormatter,
     )
     c.add_argument(
