@@ -289,3 +289,10 @@ def test_auto_never_fuses_cpu_tensors_even_when_auto_means_fused(monkeypatch):
     monkeypatch.setattr(selection, "AUTO_USES_FUSED", True)
     monkeypatch.setenv("DEFORMCONV_GPU_PATH", "auto")
     assert not _fused_gpu.fused_chosen(*_args())
+
+
+def test_int64_index_kernels(monkeypatch):
+    """DEFORMCONV_FORCE_INT64_INDEX=1: the int64-index builds (used past 2**31 elements)."""
+    monkeypatch.setenv("DEFORMCONV_FORCE_INT64_INDEX", "1")
+    a = make_args(c_in=6, c_out=4, groups=2, offset_groups=3, h=5, w=6, seed=12)
+    check_against_columns(a, torch.float32)

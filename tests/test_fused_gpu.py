@@ -103,3 +103,71 @@ def test_triton_ops_expose_their_kernels_to_the_compiler():
     bwd = get_triton_kernels_for_op("deformconv::_fused_deform_conv2d_backward")
     assert fwd == [kernels.fused_forward_kernel]
     assert set(bwd) == {kernels.fused_backward_data_kernel, kernels.fused_backward_weight_kernel}
+
+
+def _compile_for_sm(kernel, kind, dtype, capability, idx64=False):
+    """Compile a fused kernel ahead of time for a CUDA target (no GPU needed: ptxas ships with
+    triton), with the default blocks for 128 channels, as the launch in op.py would build it."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from deformconv._fused_gpu import config, op
+
+    cfg = config.block_config(kind, dtype, 128, 128)
+    data = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}[dtype]
+    fp32_ptrs = {"off_ptr", "msk_ptr", "gx_ptr", "part_ptr", "goff_ptr", "gmsk_ptr"}
+    consts = dict(KH=3, KW=3, HAS_MASK=True, IDX64=idx64, PRECISION=op._fp32_precision(dtype))
+    consts.update({k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")})
+    if "HAS_BIAS" in kernel.arg_names:
+        consts["HAS_BIAS"] = True
+    if "ONE_OG" in kernel.arg_names:
+        consts["ONE_OG"] = False  # the general build, with the offset-group loop
+    signature = {
+        name: "constexpr"
+        if name in consts
+        else ("*fp32" if name in fp32_ptrs else data)
+        if name.endswith("_ptr")
+        else ("i64" if idx64 else "i32")
+        for name in kernel.arg_names
+    }
+    constexprs = {(kernel.arg_names.index(k),): v for k, v in consts.items()}
+    source = ASTSource(kernel, signature, constexprs=constexprs)
+    options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+
+
+@pytest.mark.parametrize(
+    "kind, dtype, capability",
+    [
+        ("forward", torch.float16, 90),
+        ("forward", torch.bfloat16, 80),
+        ("forward", torch.float32, 90),
+        ("backward_data", torch.bfloat16, 90),
+        ("backward_data", torch.float32, 80),
+        ("backward_weight", torch.float16, 80),
+        ("backward_weight", torch.float32, 90),
+    ],
+)
+def test_kernels_compile_for_the_gpu(kind, dtype, capability):
+    """The interpreter accepts code the GPU compiler rejects (block dims < 16, types, constexpr
+    misuse): compile the real kernels for sm_80 / sm_90 ahead of time, without a GPU."""
+    pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError:
+        pytest.skip("this triton has no ahead-of-time compile API")
+    from deformconv._fused_gpu import kernels
+
+    if kernels.INTERPRETED:
+        pytest.skip("TRITON_INTERPRET=1 in this process")
+    kernel = {
+        "forward": kernels.fused_forward_kernel,
+        "backward_data": kernels.fused_backward_data_kernel,
+        "backward_weight": kernels.fused_backward_weight_kernel,
+    }[kind]
+    compiled = _compile_for_sm(kernel, kind, dtype, capability)
+    assert compiled.asm["cubin"]
+    if kind == "forward" and dtype == torch.float16:
+        assert _compile_for_sm(kernel, kind, dtype, capability, idx64=True).asm["cubin"]

@@ -14,8 +14,8 @@ over taps and over blocks of BLOCK_K channels of the weight group; a channel blo
 an offset-group boundary, so its A tile is the sum over the (usually one) offset groups it
 touches, each masked to its channels. Sampling is exactly ``csrc/common/bilinear.h``: a point is 0
 unless -1 < y < H and -1 < x < W (comparisons NaN fails; no coordinate becomes an integer
-before that test), each corner outside the image reads 0. All index math that can pass 2**31 is
-int64.
+before that test), each corner outside the image reads 0. Index math is int64 when a tensor of
+the call can pass 2**31 elements (IDX64), else int32 (fewer registers).
 """
 
 import triton
@@ -23,10 +23,13 @@ import triton.language as tl
 
 
 @triton.jit
-def _pixels(pid_m, M, Ho, Wo, BLOCK_M: tl.constexpr):
-    """Rows pid_m*BLOCK_M + [0, BLOCK_M) of M as (n, ho, wo) int64, and the row mask."""
-    # int64 rows (pid_m is a tensor or, in a loop under the interpreter, a Python int)
-    m = (tl.zeros((BLOCK_M,), dtype=tl.int64) + pid_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+def _pixels(pid_m, M, Ho, Wo, BLOCK_M: tl.constexpr, IDX64: tl.constexpr):
+    """Rows pid_m*BLOCK_M + [0, BLOCK_M) of M as (n, ho, wo), and the row mask; int64 when
+    IDX64 (every index derived from these then is int64), else int32."""
+    if IDX64:  # (pid_m is a tensor or, in a loop under the interpreter, a Python int)
+        m = (tl.zeros((BLOCK_M,), dtype=tl.int64) + pid_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    else:
+        m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     valid = m < M
     m = tl.where(valid, m, 0)
     hw = Ho * Wo
@@ -66,10 +69,11 @@ def _cell(
     sm_h,
     sm_w,
     HAS_MASK: tl.constexpr,
+    IDX64: tl.constexpr,
 ):
     """The bilinear cell of tap ``tap`` in offset group ``o`` for each pixel (vectors [BLOCK_M]).
 
-    Returns (y0, x0, ly, lx, mask value, valid): the top-left corner (int64, only meaningful
+    Returns (y0, x0, ly, lx, mask value, valid): the top-left corner (int64 if IDX64, only meaningful
     where valid), the fraction inside the cell, the modulation and whether the sample is defined
     (in range and finite). Where not valid the position is replaced by 0 before the floor.
     """
@@ -91,7 +95,13 @@ def _cell(
         mval = tl.load(msk_ptr + mbase, mask=valid, other=0.0).to(tl.float32)
     else:
         mval = tl.where(valid, 1.0, 0.0)
-    return fy.to(tl.int64), fx.to(tl.int64), py - fy, px - fx, mval, valid
+    if IDX64:  # (one return statement: its types must not depend on the branch)
+        y0 = fy.to(tl.int64)
+        x0 = fx.to(tl.int64)
+    else:
+        y0 = fy.to(tl.int32)
+        x0 = fx.to(tl.int32)
+    return y0, x0, py - fy, px - fx, mval, valid
 
 
 @triton.jit
@@ -104,11 +114,38 @@ def _corner(x_ptr, n, yc, xc, valid, ci, c_ok, H, W, C):
 
 
 @triton.jit
-def _scatter(gx_ptr, n, yc, xc, valid, ci, c_ok, H, W, C, value):
-    """gx[n, yc, xc, ci] += value (float32 atomics) where the corner is inside the image."""
-    inside = valid & (yc >= 0) & (yc < H) & (xc >= 0) & (xc < W)
-    ptrs = gx_ptr + (((n * H + yc) * W + xc) * C)[:, None] + ci[None, :]
-    tl.atomic_add(ptrs, value, mask=inside[:, None] & c_ok[None, :], sem="relaxed")
+def _corner_step(x_ptr, gx_ptr, n_h, yc, xc, ci, c_ok, H, W, C, gc, scale):
+    """One corner (yc, xc) of image n (n_h = n*H) in the backward: gx[n, yc, xc, ci] += gc * scale
+    (float32 atomics) and the row sums of gc * x[n, yc, xc, ci] [BLOCK_M], where the corner is
+    inside the image (nothing elsewhere)."""
+    inside = (yc >= 0) & (yc < H) & (xc >= 0) & (xc < W)
+    offs = (((n_h + yc) * W + xc) * C)[:, None] + ci[None, :]
+    ok = inside[:, None] & c_ok[None, :]
+    v = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.atomic_add(gx_ptr + offs, gc * scale[:, None], mask=ok, sem="relaxed")
+    return tl.sum(gc * v, axis=1)
+
+
+@triton.jit
+def _group_tile(
+    x_ptr, off_ptr, msk_ptr, n, ho, wo, pix_ok, o, tap, ci, seg, C, H, W,
+    KH: tl.constexpr, KW: tl.constexpr, sh, sw, ph, pw, dh, dw,
+    so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w,
+    HAS_MASK: tl.constexpr, IDX64: tl.constexpr,
+):  # fmt: skip
+    """mask * bilinear sample [BLOCK_M, BLOCK_K] of tap ``tap`` in offset group ``o`` at the
+    channels ``ci`` where ``seg`` (0 elsewhere)."""
+    y0, x0, ly, lx, mval, valid = _cell(
+        off_ptr, msk_ptr, n, ho, wo, pix_ok, o, tap, KH, KW, H, W, sh, sw, ph, pw, dh, dw,
+        so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK, IDX64,
+    )  # fmt: skip
+    hy = 1.0 - ly
+    hx = 1.0 - lx
+    a = (mval * hy * hx)[:, None] * _corner(x_ptr, n, y0, x0, valid, ci, seg, H, W, C)
+    a += (mval * hy * lx)[:, None] * _corner(x_ptr, n, y0, x0 + 1, valid, ci, seg, H, W, C)
+    a += (mval * ly * hx)[:, None] * _corner(x_ptr, n, y0 + 1, x0, valid, ci, seg, H, W, C)
+    a += (mval * ly * lx)[:, None] * _corner(x_ptr, n, y0 + 1, x0 + 1, valid, ci, seg, H, W, C)
+    return a
 
 
 @triton.jit
@@ -146,24 +183,29 @@ def _sample_tile(
     sm_h,
     sm_w,
     HAS_MASK: tl.constexpr,
+    IDX64: tl.constexpr,
+    ONE_OG: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """The A tile [BLOCK_M, BLOCK_K] (float32) of tap ``tap`` at input channels ``ci``:
-    mask * bilinear sample, summed over the offset groups of channels c_first..c_last."""
-    a = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-    for o in range(c_first // Cpog, c_last // Cpog + 1):
-        y0, x0, ly, lx, mval, valid = _cell(
-            off_ptr, msk_ptr, n, ho, wo, pix_ok, o, tap, KH, KW, H, W, sh, sw, ph, pw, dh, dw,
-            so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK,
+    mask * bilinear sample, summed over the offset groups of channels c_first..c_last
+    (ONE_OG: the caller knows they share one offset group, so no loop)."""
+    if ONE_OG:
+        a = _group_tile(
+            x_ptr, off_ptr, msk_ptr, n, ho, wo, pix_ok, c_first // Cpog, tap, ci, c_ok, C, H, W,
+            KH, KW, sh, sw, ph, pw, dh, dw, so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w,
+            HAS_MASK, IDX64,
         )  # fmt: skip
-        seg = c_ok & (ci >= o * Cpog) & (ci < (o + 1) * Cpog)
-        hy = 1.0 - ly
-        hx = 1.0 - lx
-        a += (mval * hy * hx)[:, None] * _corner(x_ptr, n, y0, x0, valid, ci, seg, H, W, C)
-        a += (mval * hy * lx)[:, None] * _corner(x_ptr, n, y0, x0 + 1, valid, ci, seg, H, W, C)
-        a += (mval * ly * hx)[:, None] * _corner(x_ptr, n, y0 + 1, x0, valid, ci, seg, H, W, C)
-        a += (mval * ly * lx)[:, None] * _corner(x_ptr, n, y0 + 1, x0 + 1, valid, ci, seg, H, W, C)
+    else:
+        a = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        for o in range(c_first // Cpog, c_last // Cpog + 1):
+            seg = c_ok & (ci >= o * Cpog) & (ci < (o + 1) * Cpog)
+            a += _group_tile(
+                x_ptr, off_ptr, msk_ptr, n, ho, wo, pix_ok, o, tap, ci, seg, C, H, W,
+                KH, KW, sh, sw, ph, pw, dh, dw, so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w,
+                HAS_MASK, IDX64,
+            )  # fmt: skip
     return a
 
 
@@ -179,6 +221,8 @@ def fused_forward_kernel(
     KW: tl.constexpr,
     HAS_MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    IDX64: tl.constexpr,
+    ONE_OG: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -190,8 +234,10 @@ def fused_forward_kernel(
     Grid: (cdiv(M, BLOCK_M), cdiv(Cog, BLOCK_N), groups)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    g = tl.program_id(2).to(tl.int64)
-    n, ho, wo, pix_ok = _pixels(pid_m, M, Ho, Wo, BLOCK_M)
+    g = tl.program_id(2)
+    if IDX64:
+        g = g.to(tl.int64)
+    n, ho, wo, pix_ok = _pixels(pid_m, M, Ho, Wo, BLOCK_M, IDX64)
     co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     co_ok = co < Cog
     w_group = w_ptr + g * (KH * KW) * Cg * Cog
@@ -206,7 +252,7 @@ def fused_forward_kernel(
             a = _sample_tile(
                 x_ptr, off_ptr, msk_ptr, n, ho, wo, pix_ok, tap, ci, c_ok, c_first, c_last,
                 Cpog, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw,
-                so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK, BLOCK_M, BLOCK_K,
+                so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK, IDX64, ONE_OG, BLOCK_M, BLOCK_K,
             )  # fmt: skip
             k = tap * Cg + cl
             b = tl.load(
@@ -233,6 +279,7 @@ def fused_backward_data_kernel(
     KH: tl.constexpr,
     KW: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    IDX64: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -247,22 +294,30 @@ def fused_backward_data_kernel(
     gc * mask * corner weight goes to each of the 4 corners of grad_input.
     goff / gmsk are contiguous like offset / mask. Grid: (cdiv(M, BLOCK_M), offset_groups)."""
     pid_m = tl.program_id(0)
-    o = tl.program_id(1).to(tl.int64)
-    n, ho, wo, pix_ok = _pixels(pid_m, M, Ho, Wo, BLOCK_M)
+    o = tl.program_id(1)
+    if IDX64:
+        o = o.to(tl.int64)
+    n, ho, wo, pix_ok = _pixels(pid_m, M, Ho, Wo, BLOCK_M, IDX64)
     c_lo = o * Cpog
     c_hi = c_lo + Cpog
-    ho_wo = Ho * Wo
-    pix = ho * Wo + wo
+    # Few per-pixel vectors stay live through the loops (registers): grad_out's row offsets
+    # (row 0 for pixels past M: read, never used), the image's first row n*H, and per tap the
+    # cell, where an undefined sample (or a pixel past M) gets the corner row -2: all its
+    # corners are outside, so it reads and scatters nothing.
+    go_row = tl.where(pix_ok, n * sg_n + ho * sg_h + wo * sg_w, 0)
+    n_h = n * H
     for tap in range(0, KH * KW):
         y0, x0, ly, lx, mval, valid = _cell(
             off_ptr, msk_ptr, n, ho, wo, pix_ok, o, tap, KH, KW, H, W, sh, sw, ph, pw, dh, dw,
-            so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK,
+            so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK, IDX64,
         )  # fmt: skip
-        hy = 1.0 - ly
-        hx = 1.0 - lx
-        g_dy = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        g_dx = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        g_m = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        y0 = tl.where(valid, y0, -2)
+        # Per corner, t = sum over the offset group's channels of grad_columns * corner value;
+        # the cell's weights are per pixel, so grad_mask and grad_offset follow from the four t.
+        t00 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        t01 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        t10 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        t11 = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for g in range(c_lo // Cg, (c_hi - 1) // Cg + 1):
             seg_lo = tl.maximum(c_lo, g * Cg)
             seg_hi = tl.minimum(c_hi, (g + 1) * Cg)
@@ -275,45 +330,45 @@ def fused_backward_data_kernel(
                 for co0 in range(0, Cog, BLOCK_N):
                     co = co0 + tl.arange(0, BLOCK_N)
                     co_ok = co < Cog
-                    gop = go_ptr + (n * sg_n + ho * sg_h + wo * sg_w)[:, None]
-                    gop += (g * Cog + co)[None, :] * sg_c
-                    gy = tl.load(gop, mask=pix_ok[:, None] & co_ok[None, :], other=0.0)
+                    gop = go_ptr + go_row[:, None] + (g * Cog + co)[None, :] * sg_c
+                    gy = tl.load(gop, mask=co_ok[None, :], other=0.0)
                     wt = tl.load(
                         w_group + k[None, :] * Cog + co[:, None],
                         mask=c_ok[None, :] & co_ok[:, None],
                         other=0.0,
                     )
                     gc = tl.dot(gy, wt, gc, input_precision=PRECISION)
-                v00 = _corner(x_ptr, n, y0, x0, valid, ci, c_ok, H, W, C)
-                v01 = _corner(x_ptr, n, y0, x0 + 1, valid, ci, c_ok, H, W, C)
-                v10 = _corner(x_ptr, n, y0 + 1, x0, valid, ci, c_ok, H, W, C)
-                v11 = _corner(x_ptr, n, y0 + 1, x0 + 1, valid, ci, c_ok, H, W, C)
-                sample = (hy * hx)[:, None] * v00 + (hy * lx)[:, None] * v01
-                sample += (ly * hx)[:, None] * v10 + (ly * lx)[:, None] * v11
-                g_m += tl.sum(gc * sample, axis=1)
-                d_dy = hx[:, None] * (v10 - v00) + lx[:, None] * (v11 - v01)
-                d_dx = hy[:, None] * (v01 - v00) + ly[:, None] * (v11 - v10)
-                g_dy += tl.sum(gc * d_dy, axis=1)
-                g_dx += tl.sum(gc * d_dx, axis=1)
-                # Scatter gc * mask * corner weight to the 4 corners (0 where a corner is outside).
-                gcm = gc * mval[:, None]
-                _scatter(gx_ptr, n, y0, x0, valid, ci, c_ok, H, W, C, gcm * (hy * hx)[:, None])
-                _scatter(gx_ptr, n, y0, x0 + 1, valid, ci, c_ok, H, W, C, gcm * (hy * lx)[:, None])
-                _scatter(gx_ptr, n, y0 + 1, x0, valid, ci, c_ok, H, W, C, gcm * (ly * hx)[:, None])
-                _scatter(
-                    gx_ptr, n, y0 + 1, x0 + 1, valid, ci, c_ok, H, W, C, gcm * (ly * lx)[:, None]
+                # grad_input: gc * mask * corner weight to each corner (none where outside).
+                hy = 1.0 - ly
+                hx = 1.0 - lx
+                t00 += _corner_step(
+                    x_ptr, gx_ptr, n_h, y0, x0, ci, c_ok, H, W, C, gc, mval * hy * hx
                 )
-        # grad_offset / grad_mask are contiguous: [N, 2*OG*kh*kw, Ho, Wo] and [N, OG*kh*kw, Ho, Wo].
+                t01 += _corner_step(
+                    x_ptr, gx_ptr, n_h, y0, x0 + 1, ci, c_ok, H, W, C, gc, mval * hy * lx
+                )
+                t10 += _corner_step(
+                    x_ptr, gx_ptr, n_h, y0 + 1, x0, ci, c_ok, H, W, C, gc, mval * ly * hx
+                )
+                t11 += _corner_step(
+                    x_ptr, gx_ptr, n_h, y0 + 1, x0 + 1, ci, c_ok, H, W, C, gc, mval * ly * lx
+                )
+        hy = 1.0 - ly
+        hx = 1.0 - lx
+        defined = y0 > -2
+        g_m = tl.where(defined, hy * hx * t00 + hy * lx * t01 + ly * hx * t10 + ly * lx * t11, 0.0)
+        g_dy = tl.where(defined, mval * (hx * (t10 - t00) + lx * (t11 - t01)), 0.0)
+        g_dx = tl.where(defined, mval * (hy * (t01 - t00) + ly * (t11 - t10)), 0.0)
+        # grad_offset / grad_mask are contiguous: [N, 2*OG*kh*kw, Ho, Wo] and [N, OG*kh*kw, Ho, Wo];
+        # pixel m = n*Ho*Wo + pix lands at ((n*channels + channel)*Ho*Wo + pix).
         ch = o * (KH * KW) + tap
         n_ch = (C // Cpog) * (KH * KW)
-        g_dy = tl.where(valid, g_dy * mval, 0.0)
-        g_dx = tl.where(valid, g_dx * mval, 0.0)
-        dst = goff_ptr + (n * (2 * n_ch) + 2 * ch) * ho_wo + pix
+        ho_wo = Ho * Wo
+        dst = goff_ptr + (n * (2 * n_ch) + 2 * ch) * ho_wo + (ho * Wo + wo)
         tl.store(dst, g_dy.to(goff_ptr.dtype.element_ty), mask=pix_ok)
         tl.store(dst + ho_wo, g_dx.to(goff_ptr.dtype.element_ty), mask=pix_ok)
         if HAS_MASK:
-            g_m = tl.where(valid, g_m, 0.0)
-            dst = gmsk_ptr + (n * n_ch + ch) * ho_wo + pix
+            dst = gmsk_ptr + (n * n_ch + ch) * ho_wo + (ho * Wo + wo)
             tl.store(dst, g_m.to(gmsk_ptr.dtype.element_ty), mask=pix_ok)
 
 
@@ -329,6 +384,8 @@ def fused_backward_weight_kernel(
     KH: tl.constexpr,
     KW: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    IDX64: tl.constexpr,
+    ONE_OG: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -342,7 +399,9 @@ def fused_backward_weight_kernel(
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_gs = tl.program_id(2)
-    g = (pid_gs // splits).to(tl.int64)
+    g = pid_gs // splits
+    if IDX64:
+        g = g.to(tl.int64)
     s = pid_gs % splits
     k_blocks = tl.cdiv(Cg, BLOCK_K)
     tap = pid_k // k_blocks
@@ -358,17 +417,17 @@ def fused_backward_weight_kernel(
     t_lo = s * tiles_per_split
     t_hi = tl.minimum(t_lo + tiles_per_split, tl.cdiv(M, BLOCK_M))
     for t in range(t_lo, t_hi):
-        n, ho, wo, pix_ok = _pixels(t, M, Ho, Wo, BLOCK_M)
+        n, ho, wo, pix_ok = _pixels(t, M, Ho, Wo, BLOCK_M, IDX64)
         a = _sample_tile(
             x_ptr, off_ptr, msk_ptr, n, ho, wo, pix_ok, tap, ci, c_ok, c_first, c_last,
             Cpog, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw,
-            so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK, BLOCK_M, BLOCK_K,
+            so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK, IDX64, ONE_OG, BLOCK_M, BLOCK_K,
         )  # fmt: skip
         gop = go_ptr + (n * sg_n + ho * sg_h + wo * sg_w)[:, None] + (g * Cog + co)[None, :] * sg_c
         gy = tl.load(gop, mask=pix_ok[:, None] & co_ok[None, :], other=0.0)
         acc = tl.dot(tl.trans(gy), a.to(gy.dtype), acc, input_precision=PRECISION)
     k = tap * Cg + cl
-    row = (s.to(tl.int64) * groups + g) * (KH * KW) * Cg
+    row = (s * groups + g) * (KH * KW) * Cg  # partials: far below 2**31 elements
     dst = part_ptr + (row + k)[None, :] * Cog + co[:, None]
     tl.store(dst, acc, mask=co_ok[:, None] & c_ok[None, :])
 

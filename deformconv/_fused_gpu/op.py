@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+import os
+
 import torch
 import triton
 from torch import Tensor
@@ -89,6 +91,26 @@ def _launches(probe: Tensor) -> bool:
     return not (kernels.INTERPRETED and is_fake(probe))
 
 
+def _needs_int64(*tensors: Optional[Tensor]) -> bool:
+    """Whether an element offset of any of these tensors can pass 2**31 - 1 (its extent through
+    its strides), or DEFORMCONV_FORCE_INT64_INDEX=1 forces int64 indices (to test them small)."""
+    if os.environ.get("DEFORMCONV_FORCE_INT64_INDEX", "") == "1":
+        return True
+    for t in tensors:
+        if t is not None and t.numel() > 0:
+            extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+            if max(extent, t.numel()) >= 2**31 - 1:
+                return True
+    return False
+
+
+def _one_offset_group_per_block(geo: "_Geometry", cfg: dict) -> bool:
+    """Whether every BLOCK_K channel block of a weight group lies in one offset group (then the
+    kernels sample it without a loop over offset groups)."""
+    bk = cfg["BLOCK_K"]
+    return geo.offset_groups == 1 or (geo.c_g % bk == 0 and geo.c_pog % bk == 0)
+
+
 def _launch_options(cfg: dict) -> dict:
     return {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")}
 
@@ -137,6 +159,8 @@ def fused_forward(
             KW=geo.kw,
             HAS_MASK=mask is not None,
             HAS_BIAS=bias is not None,
+            IDX64=_needs_int64(x, offset, mask, out),
+            ONE_OG=_one_offset_group_per_block(geo, cfg),
             PRECISION=_fp32_precision(input.dtype),
             **_launch_options(cfg),
         )
@@ -181,6 +205,7 @@ def fused_backward(
         common = _common(geo, offset, mask)
         mask_arg = offset if mask is None else mask
         precision = _fp32_precision(input.dtype)
+        idx64 = _needs_int64(x, offset, mask, grad_output, gx, goff, gmask)
         if data_grads:
             w = _gemm_weight(weight, geo.groups)
             cfg = block_config("backward_data", input.dtype, geo.c_g, geo.c_og)
@@ -189,7 +214,7 @@ def fused_backward(
                 wrap_triton(fused_backward_data_kernel)[grid](
                     x, offset, mask_arg, w, grad_output, gx, goff, goff if mask is None else gmask,
                     *common, *grad_output.stride(),
-                    KH=geo.kh, KW=geo.kw, HAS_MASK=mask is not None, PRECISION=precision,
+                    KH=geo.kh, KW=geo.kw, HAS_MASK=mask is not None, IDX64=idx64, PRECISION=precision,
                     **_launch_options(cfg),
                 )  # fmt: skip
         if weight_grads:
@@ -205,7 +230,8 @@ def fused_backward(
                     x, offset, mask_arg, grad_output, part,
                     *common, *grad_output.stride(),
                     geo.groups, splits, triton.cdiv(tiles, splits),
-                    KH=geo.kh, KW=geo.kw, HAS_MASK=mask is not None, PRECISION=precision,
+                    KH=geo.kh, KW=geo.kw, HAS_MASK=mask is not None, IDX64=idx64, PRECISION=precision,
+                    ONE_OG=_one_offset_group_per_block(geo, cfg),
                     **_launch_options(cfg),
                 )  # fmt: skip
             gw = part.sum(0)  # the splits in a fixed order: deterministic

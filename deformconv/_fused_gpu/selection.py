@@ -36,20 +36,21 @@ def requested_path() -> str:
     return value
 
 
-_TRITON_AVAILABLE: list = []  # filled once
+def _find_triton() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a blocked or broken module entry
+        return False
+
+
+# Looked up once, at import, without importing triton (a constant for torch.compile to read).
+_TRITON_AVAILABLE = _find_triton()
 _CAPABILITY: dict = {}
 
 
-@torch.compiler.assume_constant_result  # torch.compile evaluates it once, as a constant
 def triton_available() -> bool:
-    """True when triton can be imported (checked without importing it)."""
-    if not _TRITON_AVAILABLE:
-        try:
-            found = importlib.util.find_spec("triton") is not None
-        except (ImportError, ValueError):  # a blocked or broken module entry
-            found = False
-        _TRITON_AVAILABLE.append(found)
-    return _TRITON_AVAILABLE[0]
+    """True when triton can be imported (checked at import without importing it)."""
+    return _TRITON_AVAILABLE
 
 
 def interpreting() -> bool:
@@ -61,7 +62,6 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-@torch.compiler.assume_constant_result
 def _capability(index: int) -> tuple:
     if index not in _CAPABILITY:
         _CAPABILITY[index] = tuple(torch.cuda.get_device_capability(index))
