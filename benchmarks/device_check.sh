@@ -330,3 +330,13 @@ else
   SUMMARY+=("sanitizer|not installed|0")
 fi
 fi  # part gpu
+
+# 6. The fused Triton path (opt-in: DEFORMCONV_GPU_PATH=fused): its tests (kernels under Triton's
+#    interpreter on CPU, ahead-of-time compiles, selection) and the GPU check on the real kernels
+#    (correctness in fp32/fp16/bf16, torchvision parity, autotune, timings, memory) ->
+#    $OUT/fused_gpu.json. Both run even if the first fails; the step fails if either does.
+if part fused; then
+  TAIL=40 step fused 300 bash -c 'python3 -m pytest -q -rfE tests/test_fused_gpu.py; t=$?
+python3 benchmarks/fused_gpu_check.py --out "$1/fused_gpu.json" --budget-s 200; b=$?
+exit $((t != 0 || b != 0))' fused "$OUT"
+fi  # part fused
