@@ -21,9 +21,13 @@ def test_kernels_under_the_interpreter():
         "import os, sys\n"
         "os.environ['TRITON_INTERPRET'] = '1'\n"
         "import pytest\n"
-        f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', {str(INTERPRETED_TESTS)!r}]))\n"
+        f"sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', {str(INTERPRETED_TESTS)!r}]))\n"
     )
     proc = run_python(["-c", code], cwd=REPO / "tests", timeout=600)
+    if "cannot run loops with runtime bounds" in proc.stdout:  # (pytest: 5, nothing ran)
+        pytest.skip(
+            "this Triton's interpreter cannot run loops with runtime bounds with this NumPy"
+        )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-3000:]
 
