@@ -231,16 +231,27 @@ def format_study(result: dict[str, Any]) -> str:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """CPU model, family/model numbers and vector ISA (from /proc/cpuinfo where there is one),
+    logical CPUs, torch version and threads."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    cpu = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info and "model" in info:
+        cpu += f" (family {info['cpu family']}, model {info['model']})"
+    flags = set(info.get("flags", "").split())
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    if flags:
+        cpu += ", " + (" ".join(isa) if isa else "no AVX2")
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 def plot_study(result: dict[str, Any], path: str) -> str | None:
