@@ -303,15 +303,32 @@ def section_determinism(rep):
 
 
 def section_compile(rep):
+    """torch.compile(fullgraph=True) of the selection and the fused op, as ops.deform_conv2d
+    would call them, against eager (DEFORMCONV_GPU_PATH=fused for the call)."""
+    from deformconv._fused_gpu import fused_chosen
+
     t, conv = make(2, 32, 20, 24, 32, 3, 1, 1, 1, 1, 1, True, torch.float16)
+
+    def routed(tt):
+        if fused_chosen(tt["input"], tt["weight"], tt["offset"], tt["mask"]):
+            return fused(tt, conv)
+        return columns(tt, conv)
+
+    saved = os.environ.get("DEFORMCONV_GPU_PATH")
+    os.environ["DEFORMCONV_GPU_PATH"] = "fused"
     try:
-        compiled = torch.compile(lambda tt: fused(tt, conv), fullgraph=True)
+        compiled = torch.compile(routed, fullgraph=True)
         a = fwd_bwd(lambda tt, c: compiled(tt), leaves(t), conv)
         b = fwd_bwd(fused, leaves(t), conv)
         errs = {k: rel(a[k], b[k]) for k in a}
         rep.add("compile", fullgraph=True, rel_diff=errs, ok=max(errs.values()) < 1e-2)
     except Exception as exc:  # noqa: BLE001
         rep.add("compile", fullgraph=True, error=repr(exc)[:2000], ok=False)
+    finally:
+        if saved is None:
+            os.environ.pop("DEFORMCONV_GPU_PATH", None)
+        else:
+            os.environ["DEFORMCONV_GPU_PATH"] = saved
 
 
 def time_ms(fn, reps, warmup=3):
