@@ -326,3 +326,10 @@ def test_int64_index_kernels(monkeypatch):
     monkeypatch.setenv("DEFORMCONV_FORCE_INT64_INDEX", "1")
     a = make_args(c_in=6, c_out=4, groups=2, offset_groups=3, h=5, w=6, seed=12)
     check_against_columns(a, torch.float32)
+
+
+def test_non_tensor_arguments_are_left_to_the_column_op():
+    x, w, off, m = _args()
+    assert _fused_gpu.fused_chosen(x, w, off, m)
+    assert not _fused_gpu.fused_chosen(x, w, None, m)
+    assert not _fused_gpu.fused_chosen(x, "weight", off, m)

@@ -82,6 +82,9 @@ def fused_supported(input: Tensor, weight: Tensor, offset: Tensor, mask: Optiona
     capability 8.0 or newer (or CPU tensors under TRITON_INTERPRET=1), and triton importable."""
     if not triton_available():
         return False
+    tensors = (input, weight, offset) + (() if mask is None else (mask,))
+    if not all(isinstance(t, Tensor) for t in tensors):
+        return False  # the column op raises its own error for it
     dev = input.device
     if any(t is not None and t.device != dev for t in (weight, offset, mask)):
         return False
