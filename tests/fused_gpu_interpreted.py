@@ -217,16 +217,29 @@ def test_batch_zero():
 
 
 def test_channels_last_and_non_contiguous_arguments():
+    """channels_last input and output, strided offset / weight / bias, a transposed mask, and an
+    expanded (stride 0) grad_output: values against the oracle, grads against the column path."""
     a = make_args(n=2, c_in=4, c_out=5, h=5, w=6, seed=9)
-    a["input"] = a["input"].to(memory_format=torch.channels_last)
-    wide = torch.cat([a["offset"], a["offset"]], dim=1)
-    a["offset"] = wide[:, ::2]  # a strided view
-    a["mask"] = a["mask"].transpose(2, 3).contiguous().transpose(2, 3)
-    t = {k: None if a[k] is None else a[k].float() for k in KEYS}
+
+    def views(dtype):
+        t = {k: a[k].to(dtype) for k in KEYS}
+        t["input"] = t["input"].to(memory_format=torch.channels_last)
+        t["offset"] = torch.cat([t["offset"], t["offset"]], dim=1)[:, : t["offset"].shape[1]]
+        t["mask"] = t["mask"].transpose(2, 3).contiguous().transpose(2, 3)
+        t["weight"] = t["weight"].transpose(2, 3).contiguous().transpose(2, 3)
+        t["bias"] = torch.stack([t["bias"], t["bias"]], dim=1)[:, 0]
+        assert not any(t[k].is_contiguous() for k in KEYS)
+        return {k: v.requires_grad_() for k, v in t.items()}
+
+    t = views(torch.float32)
     y = fused_call(t, a)
     assert y.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y.double(), oracle(a), rtol=1e-5, atol=1e-5)
-    check_against_columns(a, torch.float32)
+    torch.testing.assert_close(y.detach().double(), oracle(a), rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    ref = views(torch.float64)
+    column_call(ref, a).sum().backward()
+    for k in KEYS:
+        torch.testing.assert_close(t[k].grad.double(), ref[k].grad, rtol=1e-4, atol=1e-4, msg=k)
 
 
 def test_autocast_follows_the_op_rule():

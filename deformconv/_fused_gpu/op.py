@@ -151,7 +151,7 @@ def fused_forward(
             offset,
             offset if mask is None else mask,
             w,
-            w if bias is None else bias,
+            w if bias is None else bias.contiguous(),
             out,
             *_common(geo, offset, mask),
             *out.stride(),
