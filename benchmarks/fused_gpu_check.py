@@ -13,16 +13,16 @@ sweep comes last.
    dilation 2); ``worst_ratio`` is the largest fused error over the column path's error (both
    against float64), ``ok`` asks for <= 1.5 (or errors below 1e-5).
 2. ``torchvision``: parity with ``torchvision.ops.deform_conv2d`` in fp32 (output and grads).
-3. ``determinism`` and ``compile``: fwd + grads repeated bitwise (weight, offset, mask: no
-   atomics; grad_input under deterministic mode goes through the column backward), and
-   ``torch.compile(fullgraph=True)`` of the fused op against eager.
+3. ``determinism``: fwd + grads repeated bitwise (weight, offset, mask: no atomics; grad_input
+   under deterministic mode goes through the column backward).
 4. ``timing``: CUDA events, median of ``--reps`` after warm-up, forward and forward+backward of
    fused / columns / torchvision / dense ``F.conv2d`` at the five benchmark shapes (3x3, pad 1,
    mask and bias, offsets uniform in +-2 px, TF32 off), peak extra memory of one
    forward+backward, error of the fused output against float64 (+-2 px; 8-16 px at r50-c3).
-5. ``autotune``: a handful of block configurations per kernel at r50-c3 fp16 (forward, the
+5. ``compile``: ``torch.compile(fullgraph=True)`` of the selection and the fused op against eager.
+6. ``autotune``: a handful of block configurations per kernel at r50-c3 fp16 (forward, the
    input-side backward, the weight backward), the best against the default.
-6. ``correct_more``: as ``correct`` on the other configurations (an offset group spanning
+7. ``correct_more``: as ``correct`` on the other configurations (an offset group spanning
    weight groups, 1x1 without mask, 160 -> 144 channels, batch 0).
 
 Usage::
@@ -54,8 +54,8 @@ SECTIONS = (
     "correct",
     "torchvision",
     "determinism",
-    "compile",
     "timing",
+    "compile",
     "autotune",
     "correct_more",
 )
