@@ -221,3 +221,22 @@ def test_curves_tick_whole_epochs_and_show_offsets(tmp_path, monkeypatch):
         (0.1, 0.2, 0.3),
         (0.3, 0.5, 0.9),
     ]
+
+
+def test_offset_statistics_leave_training_unchanged(tmp_path, monkeypatch):
+    """Measured in eval mode on fixed images: the same losses with and without them."""
+    from deformconv.train import offsets
+
+    argv = ["cifar", "--model", "deformable-bn", "--num-classes", "3", *TINY, "--no-plot"]
+    assert main([*argv, "--output-dir", str(tmp_path / "with")]) == 0
+    monkeypatch.setattr(offsets, "offset_row", lambda model, images: {})
+    assert main([*argv, "--output-dir", str(tmp_path / "without")]) == 0
+    runs = {}
+    for name in ("with", "without"):
+        with open(tmp_path / name / "deformable-bn" / "metrics.json") as f:
+            runs[name] = json.load(f)
+    assert "conv2.offset_mean" in runs["with"]["history"]
+    assert "conv2.offset_mean" not in runs["without"]["history"]
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert runs["with"]["history"][key] == runs["without"]["history"][key], key
+    assert runs["with"]["report"]["top1"] == runs["without"]["report"]["top1"]
