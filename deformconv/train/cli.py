@@ -499,10 +499,9 @@ def comparison_note(args: argparse.Namespace, models: Sequence[str], out: str) -
         where = ", ".join(os.path.join(out, m, "sampling.png") for m in deformable)
         lines.append(
             "The deformable models start as their plain twins (zero offsets, learned at "
-            f"{args.offset_lr_mult} x the learning rate); without BatchNorm they have started "
-            "more slowly than the plain models in every run measured so far. What the offsets "
-            "learned: the offset columns of metrics.csv, the lower row of curves.png, and "
-            f"{where}."
+            f"{args.offset_lr_mult} x the learning rate), so a short run mostly measures how "
+            "fast they leave that start. What the offsets learned: the offset columns of "
+            f"metrics.csv, the lower row of curves.png, and {where}."
         )
     lines.append(study_command_hint())
     return "\n".join(lines)
