@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from . import _extension
+from ._fused_gpu import deform_conv2d_fused, fused_chosen
 from ._geometry import pair
 
 # The int-pair forms TorchScript can type. Eager mode accepts any sequence of two ints
@@ -115,6 +116,8 @@ def deform_conv2d(
         # fused kernel): after the torch.fx dispatch above, so FX never evaluates a test on
         # a Proxy, and inside this block, which TorchScript does not compile (a script
         # runs the registered op below).
+        if fused_chosen(input, weight, offset, mask):
+            return deform_conv2d_fused(input, offset, weight, bias, stride, padding, dilation, mask)
         _extension.require()
         return torch.ops.deformconv.deform_conv2d(
             input,

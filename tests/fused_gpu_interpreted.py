@@ -346,3 +346,26 @@ def test_non_tensor_arguments_are_left_to_the_column_op():
     assert _fused_gpu.fused_chosen(x, w, off, m)
     assert not _fused_gpu.fused_chosen(x, w, None, m)
     assert not _fused_gpu.fused_chosen(x, "weight", off, m)
+
+
+def test_public_function_and_layers_take_the_fused_path(monkeypatch):
+    """deformconv.deform_conv2d (and so the layers) route to the fused op where fused_chosen
+    says so, and to the column op where the switch says columns."""
+    import deformconv
+    from deformconv import DeformConv2dPack, ops
+
+    calls = []
+    real = ops.deform_conv2d_fused
+    monkeypatch.setattr(ops, "deform_conv2d_fused", lambda *args: calls.append(1) or real(*args))
+    a = make_args(c_in=4, c_out=4, h=5, w=6, seed=3, dtype=torch.float32)
+    t = {k: a[k] for k in ("input", "offset", "weight", "bias", "mask")}
+    out = deformconv.deform_conv2d(
+        t["input"], t["offset"], t["weight"], t["bias"], padding=1, mask=t["mask"]
+    )
+    assert len(calls) == 1
+    torch.testing.assert_close(out, column_call(t, a), rtol=1e-4, atol=1e-4)
+    DeformConv2dPack(4, 4, 3, padding=1)(t["input"])
+    assert len(calls) == 2
+    monkeypatch.setenv("DEFORMCONV_GPU_PATH", "columns")
+    deformconv.deform_conv2d(t["input"], t["offset"], t["weight"], padding=1)
+    assert len(calls) == 2

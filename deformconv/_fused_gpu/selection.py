@@ -118,7 +118,11 @@ def fused_chosen(
     tensors never choose the fused path automatically.
     """
     path = requested_path()
-    if path == "columns" or not fused_supported(input, weight, offset, mask):
+    if path == "columns" or not isinstance(input, Tensor):
+        return False
+    if not input.is_cuda and (path != "fused" or not interpreting()):
+        return False  # the common CPU call, decided before fused_supported's fuller checks
+    if not fused_supported(input, weight, offset, mask):
         return False
     if path == "fused":
         return True
