@@ -8,10 +8,11 @@
 # `timeout`, capped by what is left of an 8-minute deadline; a failing step does not stop
 # the later ones (except a failed build), and the summary at the end lists each step's
 # exit status. Environment: TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
-# CUDA_HOME (/usr/local/cuda), DEADLINE_S (480), PARTS (default "cpu gpu fused": cpu = the
-# CPU tests and timings on this host's CPU, which on H100/H200 servers has AMX; gpu = the
-# column path's CUDA tests, timings and sanitizer; fused = the fused GPU kernels), e.g.
-# PARTS="cpu" bash benchmarks/device_check.sh.
+# CUDA_HOME (/usr/local/cuda), DEADLINE_S (480), PARTS (default "fused cpu gpu", run in
+# that order: fused = the fused GPU kernels; cpu = the CPU tests and timings on this host's
+# CPU, which on H100/H200 servers has AMX; gpu = the column path's CUDA tests, timings and
+# sanitizer), e.g. PARTS="cpu" bash benchmarks/device_check.sh. All three do not fit the
+# deadline together: the later ones are then skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +36,7 @@ export PYTHONUNBUFFERED=1
 if [[ -x /usr/bin/g++ && -x /usr/bin/gcc ]]; then
   export CXX=/usr/bin/g++ CC=/usr/bin/gcc
 fi
-PARTS="${PARTS:-cpu gpu fused}"
+PARTS="${PARTS:-fused cpu gpu}"
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 # The host-emulation tests (tests/test_cuda_emulated.py) are for GPU-less CI; the real kernels run here.
 export DEFORMCONV_SKIP_EMULATION=1
@@ -115,7 +116,17 @@ off = torch.randn(1, 18, 5, 5, device='cuda')
 print(deformconv.deform_conv2d(x, off, w, padding=1).shape)
 "
 
-# 2. The CPU on this host (AMX on H100/H200 servers; no CI machine has AMX). The path tests
+# 2. The fused Triton path (opt-in: DEFORMCONV_GPU_PATH=fused): its tests (kernels under Triton's
+#    interpreter on CPU, ahead-of-time compiles, selection) and the GPU check on the real kernels
+#    (correctness in fp32/fp16/bf16, torchvision parity, autotune, timings, memory) ->
+#    $OUT/fused_gpu.json. Both run even if the first fails; the step fails if either does.
+if part fused; then
+  TAIL=40 step fused 300 bash -c 'python3 -m pytest -q -rfE tests/test_fused_gpu.py; t=$?
+python3 benchmarks/fused_gpu_check.py --out "$1/fused_gpu.json" --budget-s 200; b=$?
+exit $((t != 0 || b != 0))' fused "$OUT"
+fi  # part fused
+
+# 3. The CPU on this host (AMX on H100/H200 servers; no CI machine has AMX). The path tests
 #    force every CPU path; the 16-bit sequence runs each path in a child process, so a crash
 #    names its path and case; then the op's CPU tests with the 16-bit fused tiles forced (the
 #    automatic choice keeps them off AMX CPUs until these pass); then the CPU op against dense
@@ -131,21 +142,21 @@ PY
   cat "$LOG/cpu.txt"
   CPU_XDIST=()
   python3 -c "import xdist" 2>/dev/null && CPU_XDIST=(-n 8)
-  TAIL=30 step cpu_tests 150 python3 -m pytest -q -rfE --maxfail=30 "${CPU_XDIST[@]}" \
+  TAIL=30 step cpu_tests 120 python3 -m pytest -q -rfE --maxfail=30 "${CPU_XDIST[@]}" \
     tests/test_cpu_16bit_sequence.py tests/test_cpu_paths.py tests/test_errors.py tests/test_package.py
-  TAIL=20 step cpu_fused16 120 env DEFORMCONV_CPU_FORWARD=fused DEFORMCONV_CPU_BACKWARD=fused \
+  TAIL=20 step cpu_fused16 100 env DEFORMCONV_CPU_FORWARD=fused DEFORMCONV_CPU_BACKWARD=fused \
     DEFORMCONV_CPU_16BIT=native python3 -m pytest -q -rfE --maxfail=30 "${CPU_XDIST[@]}" -k "not cuda" \
     tests/test_ops.py tests/test_mixed_precision.py tests/test_autocast.py tests/test_double_backward.py
   CPU_BENCH=(benchmarks/bench_deform_conv2d.py --device cpu --dtype float32,bfloat16
-    --shapes resnet-stage,detection-like,strided --no-pure --no-torchvision --min-run-time 0.3
+    --shapes resnet-stage,detection-like --no-pure --no-torchvision --min-run-time 0.3
     --rounds 2)
-  TAIL=20 step cpu_bench 100 python3 "${CPU_BENCH[@]}" --json "$OUT/cpu_bench.json"
-  TAIL=20 step cpu_bench16 60 env DEFORMCONV_CPU_FORWARD=fused DEFORMCONV_CPU_BACKWARD=fused \
+  TAIL=20 step cpu_bench 60 python3 "${CPU_BENCH[@]}" --json "$OUT/cpu_bench.json"
+  TAIL=20 step cpu_bench16 40 env DEFORMCONV_CPU_FORWARD=fused DEFORMCONV_CPU_BACKWARD=fused \
     python3 "${CPU_BENCH[@]}" --dtype bfloat16 --json "$OUT/cpu_bench_fused16.json"
 fi
 
 if part gpu; then
-# 3. Tests: CUDA vs CPU / oracle / torchvision, gradcheck, 16-bit bounds, determinism,
+# 4. Tests: CUDA vs CPU / oracle / torchvision, gradcheck, 16-bit bounds, determinism,
 #    large indices, bad devices, autocast, mixed dtypes; then the lead's op tests on both devices.
 TEST_FILES=()
 for f in tests/test_cuda.py tests/test_autocast.py tests/test_mixed_precision.py tests/test_ops.py \
@@ -170,7 +181,7 @@ fi
 TAIL=5 step tests64 60 env DEFORMCONV_FORCE_INT64_INDEX=1 python3 -m pytest -q -rfE \
   tests/test_cuda.py -k "matches_cpu or deterministic"
 
-# 4. Timings the benchmark script does not take: deterministic vs fast backward, TF32 off/on
+# 5. Timings the benchmark script does not take: deterministic vs fast backward, TF32 off/on
 #    for fp32, fp16 vs bf16, peak memory vs torchvision, r50-c3 at batch 64 (CUDA events).
 step extras 90 python3 - "$OUT" "$LOG" <<'PY'
 import json, sys, torch
@@ -315,11 +326,11 @@ for dt in (torch.float16, torch.float32):
     print(f"profile r50-c3 {dt}, 5 x forward+backward\n{table}", flush=True)
 PY
 
-# 5. The GPU benchmark (GPU_SHAPES of bench_deform_conv2d.py) against torchvision and dense cuDNN conv.
+# 6. The GPU benchmark (GPU_SHAPES of bench_deform_conv2d.py) against torchvision and dense cuDNN conv.
 TAIL=45 step bench 170 python3 benchmarks/bench_deform_conv2d.py --device cuda \
   --dtype float32,float16,bfloat16 --no-pure --min-run-time 0.2 --json "$OUT/gpu_bench.json"
 
-# 6. compute-sanitizer on tiny cases (memcheck; racecheck on the backward), if the toolkit has it.
+# 7. compute-sanitizer on tiny cases (memcheck; racecheck on the backward), if the toolkit has it.
 #    No caching allocator, so that memcheck sees each tensor as its own allocation.
 if command -v compute-sanitizer >/dev/null; then
   TAIL=8 step memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
@@ -330,13 +341,3 @@ else
   SUMMARY+=("sanitizer|not installed|0")
 fi
 fi  # part gpu
-
-# 6. The fused Triton path (opt-in: DEFORMCONV_GPU_PATH=fused): its tests (kernels under Triton's
-#    interpreter on CPU, ahead-of-time compiles, selection) and the GPU check on the real kernels
-#    (correctness in fp32/fp16/bf16, torchvision parity, autotune, timings, memory) ->
-#    $OUT/fused_gpu.json. Both run even if the first fails; the step fails if either does.
-if part fused; then
-  TAIL=40 step fused 300 bash -c 'python3 -m pytest -q -rfE tests/test_fused_gpu.py; t=$?
-python3 benchmarks/fused_gpu_check.py --out "$1/fused_gpu.json" --budget-s 200; b=$?
-exit $((t != 0 || b != 0))' fused "$OUT"
-fi  # part fused
