@@ -157,7 +157,7 @@ fi
 
 if part gpu; then
 # 4. Tests: CUDA vs CPU / oracle / torchvision, gradcheck, 16-bit bounds, determinism,
-#    large indices, bad devices, autocast, mixed dtypes; then the lead's op tests on both devices.
+#    large indices, bad devices, autocast, mixed dtypes; then the op tests on both devices.
 TEST_FILES=()
 for f in tests/test_cuda.py tests/test_autocast.py tests/test_mixed_precision.py tests/test_ops.py \
   tests/test_double_backward.py; do
