@@ -40,8 +40,6 @@ With offset groups, the points of offset group 0 are composed; the statistics co
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +50,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
+from ._png import write_png
 from .modules import DeformConv2d, DeformConv2dPack
 
 __all__ = [
@@ -587,14 +586,5 @@ def plot_sampling_locations(
     )
     fig.tight_layout()
     if path is not None:
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, dpi=100, format="png")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_png(fig, path)
     return fig

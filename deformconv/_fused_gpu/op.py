@@ -24,6 +24,7 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
+from .._autograd import _setup_context  # the column op's: saves the same arguments
 from .._geometry import output_size
 from . import kernels
 from .kernels import (
@@ -243,12 +244,6 @@ def fused_backward(
         .to(weight.dtype)
     )
     return grad_input, grad_weight, goff, gmask, gbias
-
-
-def _setup_context(ctx, inputs, output):
-    input, weight, offset, mask, bias, stride, padding, dilation = inputs
-    ctx.save_for_backward(input, weight, offset, mask, bias)
-    ctx.conv_args = (stride, padding, dilation)
 
 
 def _backward(ctx, grad_output):

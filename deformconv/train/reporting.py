@@ -19,6 +19,8 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, TextIO
 
+from .._png import write_png
+
 __all__ = [
     "ProgressBar",
     "atomic_write_text",
@@ -187,18 +189,10 @@ def save_figure(fig, path: str) -> str:
     """Write ``fig`` as a PNG atomically (see :func:`atomic_write`) and close it."""
     import matplotlib.pyplot as plt
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, path)
+        return write_png(fig, path)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 #: Suffixes of the per-layer offset statistics in a history (``"<layer>.<suffix>"``).
