@@ -195,10 +195,6 @@ def save_figure(fig, path: str) -> str:
         plt.close(fig)
 
 
-#: Suffixes of the per-layer offset statistics in a history (``"<layer>.<suffix>"``).
-OFFSET_SUFFIXES: tuple[str, ...] = (".offset_mean", ".offset_p95", ".mask_mean", ".outside")
-
-
 def offset_layers(history: Mapping[str, Sequence[float]]) -> list[str]:
     """Layer names with offset statistics in a history, in key order."""
     return [k[: -len(".offset_mean")] for k in history if k.endswith(".offset_mean")]
