@@ -3,7 +3,7 @@
 switches of the caller; tests/test_cpu_16bit_sequence.py runs it once per CPU path.
 
 All calls share one process and one thread pool, so per-thread state that a call leaves
-behind (the AMX tile configuration and ATen's brgemm kernel cache are per thread) meets the
+behind (ATen's brgemm kernel cache and the AMX tile configuration are per thread) meets the
 next call with another shape. Each case prints one line as it finishes, so a crash (an
 illegal instruction kills the process) shows which case was running. Exit status 0: every
 output and gradient finite and within the dtype's rounding of the float64 result; 1: a

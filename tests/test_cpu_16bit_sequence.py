@@ -1,10 +1,11 @@
-# Per-thread state between 16-bit CPU calls: each CPU path runs a sequence of shapes in one child process.
-"""On an AMX CPU the fused 16-bit tiles once died with SIGILL on a call with non-finite offsets,
-and returned NaN gradients, then died, on a sequence of shapes in one process. Each test here
-runs tests/cpu_16bit_sequence.py in a child process under one forced CPU path (or the
-automatic choice), so a crash fails the test, naming the path and the case that was running,
-instead of killing pytest. Where the CPU lacks the units a forced path needs, the switch falls
-back (the child prints the path it took)."""
+# 16-bit CPU calls with odd and even GEMM sizes in one process, per CPU path: each path in a child process.
+"""On an AMX Xeon the fused 16-bit tiles died with SIGILL on a call with non-finite offsets (a 1x1
+kernel on one channel: a GEMM with K = 1), and returned NaN gradients, then died, on a sequence of
+shapes in one process: oneDNN's AMX brgemm with an odd K (csrc/cpu/brgemm.cpp now gives it even
+K only). Each test here runs tests/cpu_16bit_sequence.py in a child process under one forced
+CPU path (or the automatic choice), so a crash fails the test, naming the path and the case that
+was running, instead of killing pytest. Where the CPU lacks the units a forced path needs, the
+switch falls back (the child prints the path it took)."""
 
 import signal
 from pathlib import Path

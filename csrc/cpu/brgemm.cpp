@@ -47,16 +47,40 @@ void request_amx_once() {
   (void)granted;
 }
 
+// c[M, N] (+)= a[:, k] b[k, :] for the single row k of b (in VNNI pairs: element (k, n) at
+// b[((k / 2) * ld_b + n) * 2 + k % 2]), in float32; the products of 16-bit values are exact.
+template <typename T>
+void rank_one_update(int64_t M, int64_t N, int64_t k, const T* a, int64_t ld_a, const T* b,
+                     int64_t ld_b, float* c, int64_t ld_c, bool accumulate) {
+  const T* b_row = b + (k / 2) * ld_b * 2 + k % 2;
+  for (int64_t m = 0; m < M; ++m) {
+    const float a_mk = static_cast<float>(a[m * ld_a + k]);
+    float* c_row = c + m * ld_c;
+    for (int64_t n = 0; n < N; ++n) {
+      const float product = a_mk * static_cast<float>(b_row[2 * n]);
+      c_row[n] = accumulate ? c_row[n] + product : product;
+    }
+  }
+}
+
 // c (+)= a @ b as a sum over K chunks, each one ATen brgemm call; `vnni`: b in pairs of rows.
+// The 16-bit (VNNI) brgemm gets an even K only; an odd K's last row is added here. On an AMX
+// Xeon, oneDNN's AMX kernels for an odd K died with an illegal instruction (tilezero with no
+// tile configuration loaded; K = 1) or returned NaN (K = 3); with even K every 16-bit test
+// passed there. (AVX512-BF16 CPUs without AMX were right with either.)
 template <typename T>
 void brgemm_chunked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ld_a, const T* b,
                     int64_t ld_b, float* c, int64_t ld_c, bool accumulate, bool vnni) {
   if (vnni) request_amx_once();
+  const int64_t K_gemm = vnni ? K / 2 * 2 : K;
   const int64_t rows = std::max<int64_t>(16, kPanelBytes / (N * int64_t(sizeof(T)))) / 2 * 2;
-  for (int64_t k0 = 0; k0 < K; k0 += rows) {
+  for (int64_t k0 = 0; k0 < K_gemm; k0 += rows) {
     // Row k0 of b starts at k0 * ld_b, also in the VNNI layout (pair k0 / 2; k0 is even).
-    at::native::cpublas::brgemm(M, N, std::min(rows, K - k0), ld_a, ld_b, ld_c,
+    at::native::cpublas::brgemm(M, N, std::min(rows, K_gemm - k0), ld_a, ld_b, ld_c,
                                 accumulate || k0 > 0, a + k0, b + k0 * ld_b, c, vnni);
+  }
+  if (K_gemm < K) {
+    rank_one_update(M, N, K - 1, a, ld_a, b, ld_b, c, ld_c, accumulate || K_gemm > 0);
   }
 }
 
