@@ -195,14 +195,11 @@ def test_automatic_choice_follows_the_cpu(monkeypatch):
     native_fp16 = onednn and (caps.get("avx512_fp16") or caps.get("amx_fp16"))
     assert ("columns=bfloat16" in query(torch.bfloat16)) == bool(native_bf16)
     assert ("columns=float16" in query(torch.float16)) == bool(native_fp16)
-    # Fused forward with oneDNN (AVX-512) CPUs: float32 compute, or native bfloat16 / float16
-    # where the CPU has the units ATen's 16-bit brgemm needs, except on AMX CPUs, where the
-    # 16-bit tiles have not passed the tests yet (they run chunked there).
-    amx = any(caps.get(f) for f in ("amx_tile", "amx_bf16", "amx_int8", "amx_fp16"))
+    # Fused forward with oneDNN (AVX-512) CPUs: float32 compute, or native bfloat16 where the
+    # CPU has the units ATen's 16-bit brgemm needs (they come with native bfloat16).
     assert ("forward=fused" in query(torch.float32)) == onednn
-    bf16_fused = onednn and (not native_bf16 or not amx)  # native needs the units anyway
-    assert ("forward=fused" in query(torch.bfloat16)) == bf16_fused
-    # float16 tiles need AMX-FP16, so automatically they never run natively.
+    assert ("forward=fused" in query(torch.bfloat16)) == onednn
+    # Native float16 tiles (AMX-FP16) have run on no CPU yet: automatically never fused.
     assert ("forward=fused" in query(torch.float16)) == (onednn and not native_fp16)
     # Fused backward where the forward is fused; never float64.
     for dtype in (torch.float32, torch.bfloat16, torch.float16):

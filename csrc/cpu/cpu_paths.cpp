@@ -65,8 +65,6 @@ bool onednn_available() { return at::hasMKLDNN() && at::globalContext().userEnab
 
 bool cpu_has_avx512() { return cpu_has_all({"avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"}); }
 
-bool cpu_has_amx() { return cpu_has_any({"amx_tile", "amx_bf16", "amx_int8", "amx_fp16"}); }
-
 GemmBackend gemm_backend(at::ScalarType compute_dtype) {
   if (compute_dtype == at::kDouble) return GemmBackend::kMm;
   const std::string choice = env_choice("DEFORMCONV_CPU_GEMM", {"mm", "onednn"});
@@ -105,13 +103,13 @@ bool fusable(at::ScalarType dtype) {
 
 // The rule of fused_forward_chosen and fused_backward_chosen: the switch `name` (read
 // first, so a bad value raises on every CPU), then whether the tiles can run and fit.
-// Automatically: on oneDNN (AVX-512) CPUs, except the 16-bit tiles on AMX CPUs, which
-// have not passed the tests there (see cpu_has_amx).
+// Automatically: on oneDNN (AVX-512) CPUs, except native float16 tiles, which need AMX-FP16
+// and have run on no CPU yet (see fused_forward_chosen).
 bool fused_chosen(const char* name, at::ScalarType dtype, bool fits_workspace) {
   const std::string choice = env_choice(name, {"fused", "chunked"});
   if (!fusable(dtype) || !fits_workspace) return false;
   if (choice != "auto") return choice == "fused";
-  if (native_16bit(dtype) && cpu_has_amx()) return false;
+  if (dtype == at::kHalf && native_16bit(dtype)) return false;
   return gemm_backend(at::kFloat) == GemmBackend::kOneDnn;
 }
 }  // namespace

@@ -40,10 +40,10 @@ bool native_16bit(at::ScalarType dtype);
 // with AVX-512), at any weight size: measured on a 2-core AVX-512 EPYC (Zen 5, 1 MiB
 // L2 per core), float32, strict A/B alternation, fused against chunked took 19.4
 // against 29.2 ms at 256 -> 256 channels (detection-like), 22.4 against 36.5 at 384
-// and 24.3 against 53.9 at 512 (2,512,25,34). Except on AMX CPUs (cpu_has_amx), where
-// "auto" keeps the 16-bit columns chunked: the 16-bit tiles have not passed the tests
-// on such a CPU (on a Sapphire Rapids Xeon they crashed with SIGILL in ATen's AMX brgemm
-// and returned NaN gradients), while the chunked 16-bit path did pass there.
+// and 24.3 against 53.9 at 512 (2,512,25,34). That includes bfloat16 tiles, on AVX512-BF16
+// and on AMX-BF16 (there, resnet-stage forward+backward took 5.5 ms fused against 47.6
+// chunked), but not native float16 tiles: they need AMX-FP16 and have run on no CPU yet, so
+// "auto" keeps native float16 columns chunked.
 bool fused_forward_chosen(at::ScalarType dtype);
 
 // True when a call with this input dtype runs its backward as fused per-thread tiles
@@ -53,15 +53,11 @@ bool fused_forward_chosen(at::ScalarType dtype);
 // DEFORMCONV_CPU_BACKWARD=fused|chunked forces one where the tiles can run (read on
 // every call); unset or "auto" picks fused where the GEMM backend is oneDNN (CPUs with
 // AVX-512), at any weight size (measured on a 2-core AVX-512 EPYC: as fast or faster
-// from 64 to 512 channels), with the same AMX exception as the forward.
+// from 64 to 512 channels), with the same float16 exception as the forward.
 bool fused_backward_chosen(at::ScalarType dtype, int64_t workspace_bytes);
 
 // True when the CPU has AVX-512 F/BW/VL/DQ (oneDNN's bfloat16 kernels need them).
 bool cpu_has_avx512();
-
-// True when the CPU has AMX tile units (Intel Xeon from Sapphire Rapids on), where oneDNN
-// runs ATen's 16-bit brgemm on AMX tiles.
-bool cpu_has_amx();
 
 // Vector ISA of the sampling loops the loader chose: "avx512", "avx2" or "baseline".
 const char* loop_isa();
