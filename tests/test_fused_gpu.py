@@ -109,6 +109,22 @@ def test_triton_ops_expose_their_kernels_to_the_compiler():
     assert set(bwd) == {kernels.fused_backward_data_kernel, kernels.fused_backward_weight_kernel}
 
 
+def test_compiler_sees_each_kernel_write_only_its_outputs():
+    """torch.compile's analysis of the kernels' IR (tests/fused_gpu_writes.py, a child process)
+    must find them writing their outputs alone: an input it believes written (offset, mask)
+    makes compiling a graph that differentiates through the op fail."""
+    pytest.importorskip("triton")
+    proc = run_python([str(REPO / "tests" / "fused_gpu_writes.py")], timeout=300)
+    if proc.returncode == 2:
+        pytest.skip("this torch has no analysis of which tensors a Triton kernel writes")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:3] == [
+        "fused_backward_data_kernel: gmsk_ptr goff_ptr gx_ptr",
+        "fused_backward_weight_kernel: part_ptr",
+        "fused_forward_kernel: out_ptr",
+    ], proc.stdout
+
+
 def _compile_for_sm(kernel, kind, dtype, capability, idx64=False):
     """Compile a fused kernel ahead of time for a CUDA target (no GPU needed: ptxas ships with
     triton), with the default blocks for 128 channels, as the launch in op.py would build it."""

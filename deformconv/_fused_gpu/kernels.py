@@ -41,48 +41,38 @@ def _pixels(pid_m, M, Ho, Wo, BLOCK_M: tl.constexpr, IDX64: tl.constexpr):
 
 
 @triton.jit
-def _cell(
-    off_ptr,
-    msk_ptr,
-    n,
-    ho,
-    wo,
-    pix_ok,
-    o,
-    tap,
-    KH: tl.constexpr,
-    KW: tl.constexpr,
-    H,
-    W,
-    sh,
-    sw,
-    ph,
-    pw,
-    dh,
-    dw,
-    so_n,
-    so_c,
-    so_h,
-    so_w,
-    sm_n,
-    sm_c,
-    sm_h,
-    sm_w,
-    HAS_MASK: tl.constexpr,
-    IDX64: tl.constexpr,
-):
-    """The bilinear cell of tap ``tap`` in offset group ``o`` for each pixel (vectors [BLOCK_M]).
+def _tap_pointers(
+    off_ptr, msk_ptr, n, ho, wo, o, tap, KH: tl.constexpr, KW: tl.constexpr,
+    so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w,
+):  # fmt: skip
+    """Pointers [BLOCK_M] to the (dy, dx) offset and the mask value of tap ``tap`` in offset
+    group ``o`` for each pixel (the mask's only meaningful with a mask).
 
-    Returns (y0, x0, ly, lx, mask value, valid): the top-left corner (int64 if IDX64, only meaningful
-    where valid), the fraction inside the cell, the modulation and whether the sample is defined
-    (in range and finite). Where not valid the position is replaced by 0 before the floor.
+    The callers load through them themselves, rather than a helper loading and returning
+    values: torch.compile's check of which tensors a kernel writes follows a helper's results
+    back to every argument of the call, so a scatter address computed from an offset loaded in
+    a helper would mark offset and mask as written (then compiling the backward fails)."""
+    ch = 2 * (o * (KH * KW) + tap)
+    base = n * so_n + ho * so_h + wo * so_w
+    dy_ptrs = off_ptr + base + ch * so_c
+    m_ptrs = msk_ptr + n * sm_n + ho * sm_h + wo * sm_w + (o * (KH * KW) + tap) * sm_c
+    return dy_ptrs, dy_ptrs + so_c, m_ptrs
+
+
+@triton.jit
+def _cell(
+    dy, dx, ho, wo, pix_ok, tap, KW: tl.constexpr, H, W, sh, sw, ph, pw, dh, dw,
+    IDX64: tl.constexpr,
+):  # fmt: skip
+    """The bilinear cell of tap ``tap`` for each pixel (vectors [BLOCK_M]) at offsets (dy, dx)
+    (float32, loaded through _tap_pointers).
+
+    Returns (y0, x0, ly, lx, valid): the top-left corner (int64 if IDX64, only meaningful where
+    valid), the fraction inside the cell and whether the sample is defined (in range and
+    finite). Where not valid the position is replaced by 0 before the floor.
     """
     i = tap // KW
     j = tap - i * KW
-    ch = 2 * (o * (KH * KW) + tap)
-    base = n * so_n + ho * so_h + wo * so_w
-    dy = tl.load(off_ptr + base + ch * so_c, mask=pix_ok, other=0.0).to(tl.float32)
-    dx = tl.load(off_ptr + base + (ch + 1) * so_c, mask=pix_ok, other=0.0).to(tl.float32)
     py = (ho * sh - ph + i * dh).to(tl.float32) + dy
     px = (wo * sw - pw + j * dw).to(tl.float32) + dx
     valid = pix_ok & (py > -1.0) & (py < H) & (px > -1.0) & (px < W)  # NaN fails each
@@ -90,18 +80,24 @@ def _cell(
     px = tl.where(valid, px, 0.0)
     fy = tl.floor(py)
     fx = tl.floor(px)
-    if HAS_MASK:
-        mbase = n * sm_n + ho * sm_h + wo * sm_w + (o * (KH * KW) + tap) * sm_c
-        mval = tl.load(msk_ptr + mbase, mask=valid, other=0.0).to(tl.float32)
-    else:
-        mval = tl.where(valid, 1.0, 0.0)
     if IDX64:  # (one return statement: its types must not depend on the branch)
         y0 = fy.to(tl.int64)
         x0 = fx.to(tl.int64)
     else:
         y0 = fy.to(tl.int32)
         x0 = fx.to(tl.int32)
-    return y0, x0, py - fy, px - fx, mval, valid
+    return y0, x0, py - fy, px - fx, valid
+
+
+@triton.jit
+def _modulation(m_ptrs, valid, HAS_MASK: tl.constexpr):
+    """The mask value [BLOCK_M] (float32) through _tap_pointers' pointers, or 1 without a
+    mask; 0 where the sample is not valid."""
+    if HAS_MASK:
+        mval = tl.load(m_ptrs, mask=valid, other=0.0).to(tl.float32)
+    else:
+        mval = tl.where(valid, 1.0, 0.0)
+    return mval
 
 
 @triton.jit
@@ -135,10 +131,16 @@ def _group_tile(
 ):  # fmt: skip
     """mask * bilinear sample [BLOCK_M, BLOCK_K] of tap ``tap`` in offset group ``o`` at the
     channels ``ci`` where ``seg`` (0 elsewhere)."""
-    y0, x0, ly, lx, mval, valid = _cell(
-        off_ptr, msk_ptr, n, ho, wo, pix_ok, o, tap, KH, KW, H, W, sh, sw, ph, pw, dh, dw,
-        so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK, IDX64,
+    dy_ptrs, dx_ptrs, m_ptrs = _tap_pointers(
+        off_ptr, msk_ptr, n, ho, wo, o, tap, KH, KW,
+        so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w,
     )  # fmt: skip
+    dy = tl.load(dy_ptrs, mask=pix_ok, other=0.0).to(tl.float32)
+    dx = tl.load(dx_ptrs, mask=pix_ok, other=0.0).to(tl.float32)
+    y0, x0, ly, lx, valid = _cell(
+        dy, dx, ho, wo, pix_ok, tap, KW, H, W, sh, sw, ph, pw, dh, dw, IDX64
+    )
+    mval = _modulation(m_ptrs, valid, HAS_MASK)
     hy = 1.0 - ly
     hx = 1.0 - lx
     a = (mval * hy * hx)[:, None] * _corner(x_ptr, n, y0, x0, valid, ci, seg, H, W, C)
@@ -307,10 +309,17 @@ def fused_backward_data_kernel(
     go_row = tl.where(pix_ok, n * sg_n + ho * sg_h + wo * sg_w, 0)
     n_h = n * H
     for tap in range(0, KH * KW):
-        y0, x0, ly, lx, mval, valid = _cell(
-            off_ptr, msk_ptr, n, ho, wo, pix_ok, o, tap, KH, KW, H, W, sh, sw, ph, pw, dh, dw,
-            so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK, IDX64,
+        # The offsets are loaded here, in the kernel's body (see _tap_pointers).
+        dy_ptrs, dx_ptrs, m_ptrs = _tap_pointers(
+            off_ptr, msk_ptr, n, ho, wo, o, tap, KH, KW,
+            so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w,
         )  # fmt: skip
+        dy = tl.load(dy_ptrs, mask=pix_ok, other=0.0).to(tl.float32)
+        dx = tl.load(dx_ptrs, mask=pix_ok, other=0.0).to(tl.float32)
+        y0, x0, ly, lx, valid = _cell(
+            dy, dx, ho, wo, pix_ok, tap, KW, H, W, sh, sw, ph, pw, dh, dw, IDX64
+        )
+        mval = _modulation(m_ptrs, valid, HAS_MASK)
         y0 = tl.where(valid, y0, -2)
         # Per corner, t = sum over the offset group's channels of grad_columns * corner value;
         # the cell's weights are per pixel, so grad_mask and grad_offset follow from the four t.
