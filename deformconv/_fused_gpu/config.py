@@ -3,10 +3,14 @@
 
 ``OVERRIDES`` lets a tuning script try other blocks: ``OVERRIDES["forward"] = dict(BLOCK_M=128, ...)``
 replaces the chosen keys for every later call of that kind ("forward", "backward_data",
-"backward_weight"). The defaults have not been timed on a GPU yet. They were chosen by compiling
-for sm_90 ahead of time (no GPU needed) and keeping tiles for which ptxas reported no register
-spills at 128 channels: forward and weight kernels 64 x (64 or 128) x 32, input-side kernel
-64 x 64 x 16 (its float32 build still spills 132 bytes), all with 8 warps.
+"backward_weight"). The float32 blocks were chosen by compiling for sm_90 ahead of time and
+keeping tiles for which ptxas reported no register spills at 128 channels: forward and weight
+kernels 64 x (64 or 128) x 32, input-side kernel 64 x 64 x 16 (its float32 build still spills 132
+bytes), all with 8 warps; they have not been tuned on a GPU. The 16-bit backward blocks come from
+one autotune on an H200 (benchmarks/fused_gpu_check.py, r50-c3 8,128,100,168->128, float16,
+median ms): input-side 4.05 with the blocks above, 2.01 with 64 x 64 x 64, 4 warps, 3 stages;
+weight 2.04, then 1.16 with 128 x 128 x 64, 8 warps, 2 stages. The forward's blocks were the
+fastest of the six tried there (0.58 ms).
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ def block_config(kind: str, dtype: torch.dtype, c_in_group: int, c_out_group: in
     )
     if kind == "backward_data":  # four corner tiles and the scatter live per K block
         cfg.update(BLOCK_N=_pow2_clamp(c_out_group, 16, 64), BLOCK_K=16)
+        if wide:
+            cfg.update(BLOCK_K=_pow2_clamp(c_in_group, 16, 64), num_warps=4, num_stages=3)
+    if kind == "backward_weight" and wide:
+        cfg.update(BLOCK_M=128, BLOCK_K=_pow2_clamp(c_in_group, 16, 64))
     cfg.update(OVERRIDES.get(kind, {}))
     return cfg
 
