@@ -54,6 +54,8 @@ from torch.utils import benchmark
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_reference import deform_conv2d_torch
 
+from deformconv._machine import cpu_generation, cpu_name, vector_isa
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -186,51 +188,6 @@ def make_inputs(shape: Shape, dtype: torch.dtype, device: str, seed: int = 0):
     bias = torch.randn(s.c_out, generator=g)
     grad_out = torch.randn(s.n, s.c_out, ho, wo, generator=g)
     return [t.to(device=device, dtype=dtype) for t in (x, offset, mask, weight, bias, grad_out)]
-
-
-def _cpuinfo_field(name: str) -> str | None:
-    """The first value of a /proc/cpuinfo field, or None where there is none."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":", 1)[0].strip() == name:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def cpu_name() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
-def cpu_generation() -> str | None:
-    """CPU family / model and per-core L2 as /proc/cpuinfo reports them (e.g. "family 26
-    model 2, 1024 KB L2"): a model name such as "AMD EPYC" does not tell generations apart."""
-    family, model = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
-    if family is None:
-        return None
-    cache = _cpuinfo_field("cache size")
-    return f"family {family} model {model}" + (f", {cache} L2" if cache else "")
-
-
-def vector_isa() -> str:
-    """The CPU's widest vector / matrix units as cpuinfo (through torch) reports them:
-    AMX, AVX-512 (+bf16, +fp16), AVX2 or the machine name."""
-    try:
-        caps = torch._C._cpu._get_cpu_capability()
-    except Exception:  # private API: missing in another torch
-        return torch.backends.cpu.get_cpu_capability()
-    if caps.get("amx_tile"):
-        units = [u for u in ("amx_bf16", "amx_fp16") if caps.get(u)]
-        return "AMX (" + ", ".join(units) + ")" if units else "AMX"
-    if caps.get("avx512_f"):
-        extra = [
-            name for u, name in (("avx512_bf16", "bf16"), ("avx512_fp16", "fp16")) if caps.get(u)
-        ]
-        return "AVX-512" + "".join("+" + e for e in extra)
-    if caps.get("avx2"):
-        return "AVX2"
-    return platform.machine()
 
 
 def cpu_libraries() -> dict:

@@ -38,12 +38,12 @@ from bench_deform_conv2d import (  # noqa: E402
     OtherCpuUse,
     Shape,
     busy_warning,
-    cpu_name,
     make_inputs,
     run_and_write,
 )
 
 import deformconv  # noqa: E402
+from deformconv._machine import cpu_name  # noqa: E402
 
 SHAPES = [
     Shape("resnet-stage", 4, 64, 56, 56, 64),

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import time
@@ -32,6 +31,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from .._machine import cpu_generation, cpu_name, vector_isa
 
 __all__ = ["DEFAULT", "SMALL", "StudySettings", "add_study_parser", "run_study", "summarise"]
 
@@ -232,23 +233,9 @@ def format_study(result: dict[str, Any]) -> str:
 
 
 def _machine() -> str:
-    """CPU model, family/model numbers and vector ISA (from /proc/cpuinfo where there is one),
-    logical CPUs, torch version and threads."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    cpu = info.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in info and "model" in info:
-        cpu += f" (family {info['cpu family']}, model {info['model']})"
-    flags = set(info.get("flags", "").split())
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-    if flags:
-        cpu += ", " + (" ".join(isa) if isa else "no AVX2")
+    """CPU model, generation and vector ISA, logical CPUs, torch version and threads."""
+    generation = cpu_generation()
+    cpu = cpu_name() + (f" ({generation})" if generation else "") + ", " + vector_isa()
     return (
         f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
