@@ -33,3 +33,21 @@ def test_device_check_embedded_python_parses():
     start = script.index("<<'PY'\n") + len("<<'PY'\n")
     source = script[start : script.index("\nPY\n", start)]
     compile(source, "device_check.sh:extras", "exec")
+
+
+def test_resnet50_step_benchmark_runs_on_cpu(tmp_path):
+    """The device check's ResNet-50 step (benchmarks/bench_resnet50_step.py), tiny, on the CPU."""
+    pytest.importorskip("torchvision")
+    out = tmp_path / "step.json"
+    args = ["--device", "cpu", "--batch", "2", "--size", "32", "--steps", "1", "--warmup", "0"]
+    script = str(REPO / "benchmarks" / "bench_resnet50_step.py")
+    result = run_python([script, *args, "--paths", "columns", "--json", str(out)], cwd="/")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    import json
+
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["gpu_path"]) for r in rows] == [
+        ("plain", None),
+        ("deformable", "columns"),
+    ]
+    assert all(r["step_ms"] > 0 for r in rows)
