@@ -37,10 +37,8 @@ def emu():
             str(csrc / "cuda" / "emulation" / "double_backward_host.cpp"),
             str(csrc / "cuda" / "double_backward.cpp"),
             str(csrc / "common" / "geometry.cpp"),
-            # The double backward's GEMM helpers (at::mm for non-CPU tensors) and their path choice.
-            str(csrc / "cpu" / "column_gemm.cpp"),
-            str(csrc / "cpu" / "cpu_paths.cpp"),
-            str(csrc / "cpu" / "brgemm.cpp"),
+            # The double backward's GEMMs: at::mm per weight group, shared with the CPU kernels.
+            str(csrc / "common" / "grouped_gemm.cpp"),
         ],
         extra_include_paths=[str(csrc)],
         extra_cflags=["-O1", "-DDEFORMCONV_HOST_EMULATION"],

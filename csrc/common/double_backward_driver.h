@@ -9,10 +9,16 @@
 //   d/d input    = scatter(A, directional weights) + scatter(A2, mask * w)
 //   d/d offset, d/d mask: corner dot products of A and A2 (second_order_sample_grads in
 //   common/bilinear.h).
-// A backend supplies the sampling passes as a class template Passes<acc_t> over the
-// bordered channels-last layout of cpu_workspace.h (opmath pointers, null when absent):
+// A backend supplies its GEMMs, its chunk size and the sampling passes as a class template
+// Passes<acc_t> over the bordered channels-last layout of common/tensor_layouts.h (opmath
+// pointers, null when absent; the GEMMs' tensors in the column layout of
+// common/grouped_gemm.h, acc_t, columns contiguous):
 //   Passes(const Layout&, bordered input, bordered vI, offset, mask, vO, vM, max_chunk)
-//   static gemm_backend()             backend of the driver's GEMMs (column_gemm.h)
+//   static columns_times_weight(columns, w_cols)                 Tensor[R, C_out]
+//   static grad_out_times_weight_t(grad_out, w_cols)             Tensor[R, columns]
+//   static accumulate_grad_weight(columns, grad_out, grad_w_cols)  grad_w_cols += per group
+//   static max_chunk(const Layout&, column_buffers)   pixels per chunk (>= 1, <= L.pixels) when
+//                                     `column_buffers` (chunk, L.columns) acc_t blocks live at once
 //   begin_chunk(p0, chunk)            pixels [p0, p0 + chunk) of the following calls
 //   fill_directional(D)               D rows of the chunk
 //   fill_columns(cols)                the forward's columns of the chunk
@@ -28,11 +34,10 @@
 
 #include "common/double_backward_checks.h"
 #include "common/geometry.h"
-#include "cpu/column_gemm.h"
-#include "cpu/cpu_workspace.h"
+#include "common/opmath.h"
+#include "common/tensor_layouts.h"
 
 namespace deformconv {
-namespace cpu {
 namespace second_order {
 
 // Which of the five results the caller wants, in schema order.
@@ -84,15 +89,15 @@ std::array<at::Tensor, 5> double_backward_impl(const Layout& L, const at::Tensor
   const int64_t buffers = need_d + need_cols + need_a + need_a2;
   if (buffers == 0) return out;
 
-  // The GEMMs run on the backend's choice (column_gemm.h). A and A2 come back from their
-  // GEMM as new (chunk, columns) tensors; `buffers` still counts them, so the chunk
-  // bounds the memory they take.
-  const GemmBackend backend = Passes<acc_t>::gemm_backend();
-  const int64_t max_chunk = pixels_per_chunk<acc_t, acc_t>(L, buffers);
+  // The GEMMs and the chunk size are the backend's. A and A2 come back from their GEMM as
+  // new (chunk, columns) tensors; `buffers` still counts them, so the chunk bounds the
+  // memory they take.
+  using P = Passes<acc_t>;
+  const int64_t max_chunk = P::max_chunk(L, buffers);
   at::Tensor column_storage = at::empty({(need_d + need_cols) * max_chunk * L.columns}, opts);
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<acc_t>() : nullptr; };
-  Passes<acc_t> passes(L, ptr(bordered), ptr(v.input_bordered), ptr(offset),
-                       mask ? ptr(*mask) : nullptr, ptr(v.offset), ptr(v.mask), max_chunk);
+  P passes(L, ptr(bordered), ptr(v.input_bordered), ptr(offset), mask ? ptr(*mask) : nullptr,
+           ptr(v.offset), ptr(v.mask), max_chunk);
   for (int64_t p0 = 0; p0 < L.pixels; p0 += max_chunk) {
     const int64_t chunk = std::min(max_chunk, L.pixels - p0);
     const int64_t len = chunk * L.columns;
@@ -109,18 +114,18 @@ std::array<at::Tensor, 5> double_backward_impl(const Layout& L, const at::Tensor
     if (out[kGradOutput].defined()) {
       // d/d grad_out = D . W + cols . vW (per weight group)
       at::Tensor sum;
-      if (need_d) sum = columns_times_weight(backend, d, w_cols, c10::nullopt);
+      if (need_d) sum = P::columns_times_weight(d, w_cols);
       if (need_cols) {
-        const at::Tensor t = columns_times_weight(backend, cols, v.weight_cols, c10::nullopt);
+        const at::Tensor t = P::columns_times_weight(cols, v.weight_cols);
         sum = sum.defined() ? sum.add_(t) : t;
       }
       out[kGradOutput].narrow(0, p0, chunk).copy_(sum);
     }
-    if (out[kWeight].defined()) accumulate_grad_weight(backend, d, gy, out[kWeight]);
+    if (out[kWeight].defined()) P::accumulate_grad_weight(d, gy, out[kWeight]);
     const at::Tensor a =
-        need_a ? grad_out_times_weight_t(backend, gy, w_cols).contiguous() : at::Tensor();
+        need_a ? P::grad_out_times_weight_t(gy, w_cols).contiguous() : at::Tensor();
     const at::Tensor a2 =
-        need_a2 ? grad_out_times_weight_t(backend, gy, v.weight_cols).contiguous() : at::Tensor();
+        need_a2 ? P::grad_out_times_weight_t(gy, v.weight_cols).contiguous() : at::Tensor();
     if (do_scatter) passes.scatter(ptr(a), ptr(a2), out[kInput].data_ptr<acc_t>());
     if (do_dots) passes.sample_grads(ptr(a), ptr(a2), ptr(out[kOffset]), ptr(out[kMask]));
   }
@@ -198,5 +203,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> double_ba
 }
 
 }  // namespace second_order
-}  // namespace cpu
 }  // namespace deformconv

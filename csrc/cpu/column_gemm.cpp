@@ -1,10 +1,12 @@
-// The CPU kernels' column GEMMs: oneDNN via ATen 1x1 convolutions on channels-last views of the rows, or at::mm per group.
+// The CPU kernels' column GEMMs: oneDNN via ATen 1x1 convolutions on channels-last views of the rows, or at::mm per group (common/grouped_gemm.h).
 #include "cpu/column_gemm.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <string>
+
+#include "common/grouped_gemm.h"
 
 namespace deformconv {
 namespace cpu {
@@ -75,66 +77,49 @@ at::Tensor onednn_x_wt(const c10::OperatorHandle& linear, const at::Tensor& x,
 
 at::Tensor columns_times_weight(GemmBackend backend, const at::Tensor& columns,
                                 const at::Tensor& w_cols, const c10::optional<at::Tensor>& bias) {
-  const int64_t groups = w_cols.size(0);
-  const int64_t K = w_cols.size(1);
-  const int64_t cout_g = w_cols.size(2);
   if (backend == GemmBackend::kOneDnn) {
+    const int64_t groups = w_cols.size(0);
+    const int64_t K = w_cols.size(1);
+    const int64_t cout_g = w_cols.size(2);
     const at::Tensor weight = w_cols.permute({0, 2, 1}).reshape({groups * cout_g, K, 1, 1});
     return conv1x1_rows(columns, weight, bias, groups);
   }
-  at::Tensor out = at::empty({columns.size(0), groups * cout_g}, columns.options());
-  for (int64_t grp = 0; grp < groups; ++grp) {
-    at::Tensor out_g = out.narrow(1, grp * cout_g, cout_g);
-    const at::Tensor cols_g = columns.narrow(1, grp * K, K);
-    if (bias) {
-      at::addmm_out(out_g, bias->narrow(0, grp * cout_g, cout_g), cols_g, w_cols[grp]);
-    } else {
-      at::mm_out(out_g, cols_g, w_cols[grp]);
-    }
-  }
-  return out;
+  return grouped_columns_times_weight(columns, w_cols, bias);
 }
 
 at::Tensor grad_out_times_weight_t(GemmBackend backend, const at::Tensor& grad_out,
                                    const at::Tensor& w_cols) {
-  const int64_t groups = w_cols.size(0);
-  const int64_t K = w_cols.size(1);
-  const int64_t cout_g = w_cols.size(2);
   if (backend == GemmBackend::kOneDnn) {
+    const int64_t groups = w_cols.size(0);
+    const int64_t K = w_cols.size(1);
+    const int64_t cout_g = w_cols.size(2);
     // Weight Tensor[groups*K, C_out/groups, 1, 1] is w_cols itself.
     return conv1x1_rows(grad_out, w_cols.reshape({groups * K, cout_g, 1, 1}), c10::nullopt, groups);
   }
-  at::Tensor grad_columns = at::empty({grad_out.size(0), groups * K}, grad_out.options());
-  for (int64_t grp = 0; grp < groups; ++grp) {
-    at::Tensor out_g = grad_columns.narrow(1, grp * K, K);
-    at::mm_out(out_g, grad_out.narrow(1, grp * cout_g, cout_g), w_cols[grp].t());
-  }
-  return grad_columns;
+  return grouped_grad_out_times_weight_t(grad_out, w_cols);
 }
 
 void accumulate_grad_weight(GemmBackend backend, const at::Tensor& columns,
                             const at::Tensor& grad_out, at::Tensor& grad_w_cols) {
-  const int64_t groups = grad_w_cols.size(0);
-  const int64_t K = grad_w_cols.size(1);
-  const int64_t cout_g = grad_w_cols.size(2);
   // oneDNN's linear: for float32 (at::mm runs MKL there) and for bfloat16 where the CPU
-  // has oneDNN's bf16 kernels (at::mm of a transposed bf16 operand measured 2x slower).
+  // has oneDNN's bf16 kernels (at::mm of a transposed bf16 operand measured 2x slower);
+  // at::mm per group otherwise.
   const auto& linear = onednn_linear();
   const auto dtype = columns.scalar_type();
   const bool use_linear = backend == GemmBackend::kOneDnn && linear.has_value() &&
                           (dtype == at::kFloat || (dtype == at::kBFloat16 && cpu_has_avx512()));
+  if (!use_linear) {
+    grouped_accumulate_grad_weight(columns, grad_out, grad_w_cols);
+    return;
+  }
+  const int64_t groups = grad_w_cols.size(0);
+  const int64_t K = grad_w_cols.size(1);
+  const int64_t cout_g = grad_w_cols.size(2);
   for (int64_t grp = 0; grp < groups; ++grp) {
     const at::Tensor cols_g = columns.narrow(1, grp * K, K);
     const at::Tensor grad_g = grad_out.narrow(1, grp * cout_g, cout_g);
-    at::Tensor acc = grad_w_cols[grp];
-    if (use_linear) {
-      // (grad_g^T @ cols_g)^T: oneDNN reads cols_g^T Tensor[K, R] through its strides.
-      acc.add_(onednn_x_wt(*linear, grad_g.t().contiguous(), cols_g.t()).t());
-    } else if (columns.scalar_type() == acc.scalar_type()) {
-      acc.addmm_(cols_g.t(), grad_g);
-    } else {
-      acc.add_(at::mm(cols_g.t(), grad_g));  // 16-bit product with float32 sums, rounded once
-    }
+    // (grad_g^T @ cols_g)^T: oneDNN reads cols_g^T Tensor[K, R] through its strides.
+    grad_w_cols[grp].add_(onednn_x_wt(*linear, grad_g.t().contiguous(), cols_g.t()).t());
   }
 }
 

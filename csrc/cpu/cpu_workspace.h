@@ -1,4 +1,4 @@
-// Opmath conversions, the bordered channels-last input copy, column-ordered weights and chunk sizing shared by the CPU kernels.
+// Opmath conversions and chunk sizing shared by the CPU kernels (the tensor layouts they share with CUDA: common/tensor_layouts.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,6 +7,7 @@
 
 #include "common/geometry.h"
 #include "common/opmath.h"
+#include "common/tensor_layouts.h"
 #include "cpu/column_gemm.h"
 #include "cpu/sample_table.h"
 
@@ -31,51 +32,6 @@ inline c10::optional<at::Tensor> to_dtype(const c10::optional<at::Tensor>& t,
                                           const at::Tensor& input) {
   if (!t.has_value()) return c10::nullopt;
   return to_dtype(*t, input);
-}
-
-// A result in the caller's dtype and in the memory format `like` prefers.
-inline at::Tensor to_caller(const at::Tensor& t, const at::Tensor& like) {
-  return t.to(like.scalar_type()).contiguous(result_memory_format(like));
-}
-
-// The input as opmath (N, H+2, W+2, C) with a zero border, in one copy.
-inline at::Tensor bordered_nhwc(const at::Tensor& input) {
-  const auto opts = input.options().dtype(opmath_dtype(input.scalar_type()));
-  const int64_t H = input.size(2);
-  const int64_t W = input.size(3);
-  at::Tensor out = at::empty({input.size(0), H + 2, W + 2, input.size(1)}, opts);
-  for (int64_t row : {int64_t(0), H + 1}) out.select(1, row).zero_();
-  for (int64_t col : {int64_t(0), W + 1}) out.select(2, col).zero_();
-  out.narrow(1, 1, H).narrow(2, 1, W).copy_(input.permute({0, 2, 3, 1}));
-  return out;
-}
-
-// Weight as (groups, kh*kw*C_in/groups, C_out/groups), rows in column order (tap, channel).
-inline at::Tensor weight_for_columns(const at::Tensor& weight, const ConvGeometry& g) {
-  return weight
-      .view(
-          {g.groups, g.out_channels_per_group(), g.in_channels_per_group(), g.kernel_h, g.kernel_w})
-      .permute({0, 3, 4, 2, 1})
-      .reshape({g.groups, g.taps() * g.in_channels_per_group(), g.out_channels_per_group()})
-      .contiguous();
-}
-
-// The inverses, for the gradients. Tensor[C_out, C_in/groups, kh, kw] from the column
-// layout of weight_for_columns (any strides; a copy).
-inline at::Tensor weight_from_columns(const at::Tensor& w_cols, const ConvGeometry& g) {
-  return w_cols
-      .reshape(
-          {g.groups, g.kernel_h, g.kernel_w, g.in_channels_per_group(), g.out_channels_per_group()})
-      .permute({0, 4, 3, 1, 2})
-      .reshape({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
-}
-
-// The interior of a bordered (N, H+2, W+2, C) tensor (bordered_nhwc's layout) as an
-// (N, C, H, W) view with channels-last strides.
-inline at::Tensor unbordered_nchw(const at::Tensor& bordered) {
-  return bordered.narrow(1, 1, bordered.size(1) - 2)
-      .narrow(2, 1, bordered.size(2) - 2)
-      .permute({0, 3, 1, 2});
 }
 
 // Column bytes per chunk the passes aim for: small enough that the columns a

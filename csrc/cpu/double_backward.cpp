@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "common/double_backward_driver.h"
+#include "cpu/column_gemm.h"
 #include "cpu/cpu_paths.h"
+#include "cpu/cpu_workspace.h"
 #include "cpu/deform_passes.h"
 #include "cpu/double_backward_passes.h"
 
@@ -34,6 +36,21 @@ class CpuSecondOrderPasses {
   // The driver's GEMMs: oneDNN or at::mm, as the first-order CPU kernels choose.
   static GemmBackend gemm_backend() {
     return cpu::gemm_backend(c10::CppTypeToScalarType<acc_t>::value);
+  }
+  static at::Tensor columns_times_weight(const at::Tensor& columns, const at::Tensor& w_cols) {
+    return cpu::columns_times_weight(gemm_backend(), columns, w_cols, c10::nullopt);
+  }
+  static at::Tensor grad_out_times_weight_t(const at::Tensor& grad_out, const at::Tensor& w_cols) {
+    return cpu::grad_out_times_weight_t(gemm_backend(), grad_out, w_cols);
+  }
+  static void accumulate_grad_weight(const at::Tensor& columns, const at::Tensor& grad_out,
+                                     at::Tensor& grad_w_cols) {
+    cpu::accumulate_grad_weight(gemm_backend(), columns, grad_out, grad_w_cols);
+  }
+  // The first-order kernels' chunk rule: cache-sized, within the workspace budget
+  // with the sample table, a multiple of kImageWidth for the oneDNN GEMMs.
+  static int64_t max_chunk(const Layout& L, int64_t column_buffers) {
+    return pixels_per_chunk<acc_t, acc_t>(L, column_buffers);
   }
   void begin_chunk(int64_t p0, int64_t chunk) {
     p0_ = p0;

@@ -9,30 +9,10 @@
 #include "channel_loops.h"
 #include "common/bilinear.h"
 #include "common/geometry.h"
+#include "common/tensor_layouts.h"
 
 namespace deformconv {
 namespace cpu {
-
-// Sizes of the channels-last bordered input and of the flattened pixels.
-// The input is copied to (N, H+2, W+2, C) with a one-pixel zero border, so the
-// 2x2 cell of any in-range sample lies inside it (no per-corner tests) and the
-// channels sharing a sample are contiguous.
-struct Layout {
-  ConvGeometry geo;
-  int64_t padded_w;   // W + 2
-  int64_t image_len;  // (H+2) * (W+2) * C
-  int64_t pixels;     // P = N * H_out * W_out
-  int64_t samples;    // S = offset_groups * kh * kw, samples per output pixel
-  int64_t columns;    // C * kh * kw, column entries per output pixel
-
-  explicit Layout(const ConvGeometry& g)
-      : geo(g),
-        padded_w(g.width + 2),
-        image_len((g.height + 2) * (g.width + 2) * g.in_channels),
-        pixels(g.batch * g.out_h * g.out_w),
-        samples(g.offset_groups * g.taps()),
-        columns(g.in_channels * g.taps()) {}
-};
 
 // One (pixel, offset group, tap) sample, shared by the channels of the group.
 template <typename acc_t>
