@@ -175,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> double_ba
     if (grad_grad_weight) v.weight_cols = weight_for_columns(in_opmath(*grad_grad_weight), geo);
     if (grad_grad_offset) v.offset = in_opmath(*grad_grad_offset);
     if (grad_grad_mask) v.mask = in_opmath(*grad_grad_mask);
-    AT_DISPATCH_FLOATING_TYPES(opmath, "deform_conv2d_double_backward_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES(opmath, "deform_conv2d_double_backward", [&] {
       r = double_backward_impl<Passes, scalar_t>(
           L, grad_pc, input, in_opmath(weight), in_opmath(offset),
           mask ? c10::optional<at::Tensor>(in_opmath(*mask)) : c10::nullopt, v, want);

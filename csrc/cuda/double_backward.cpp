@@ -42,7 +42,8 @@ class CudaSecondOrderPasses {
   // blocks (the kernels keep no per-chunk table), at least 1, at most all of them.
   static int64_t max_chunk(const Layout& L, int64_t column_buffers) {
     const int64_t bytes_per_pixel = column_buffers * L.columns * int64_t(sizeof(acc_t));
-    return std::clamp<int64_t>(workspace_budget_bytes() / bytes_per_pixel, 1, L.pixels);
+    return std::clamp<int64_t>(workspace_budget_bytes() / std::max<int64_t>(1, bytes_per_pixel), 1,
+                               L.pixels);
   }
   void begin_chunk(int64_t p0, int64_t chunk) { args_ = second_order::make_args(geo_, p0, chunk); }
   void fill_directional(acc_t* d) { second_order::launch_fill<acc_t>(args_, in_, d, nullptr); }

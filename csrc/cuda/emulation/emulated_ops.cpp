@@ -4,7 +4,7 @@
 // production sources, each compiled unchanged as its own translation unit with
 // -DDEFORMCONV_HOST_EMULATION: cuda/deform_conv2d_kernel.cpp, cuda/launch.cu (through
 // launch_host.cpp), cuda/double_backward.cpp, cuda/double_backward_kernels.cu (through
-// double_backward_host.cpp) and common/geometry.cpp, plus this file. Everything that differs from the
+// double_backward_host.cpp), common/geometry.cpp and common/grouped_gemm.cpp, plus this file. Everything that differs from the
 // CUDA build is in cuda/backend.h; cuda/register.cpp is not compiled, so nothing is
 // registered with the dispatcher. The entry points then run on CPU tensors: chunking,
 // layouts, index math, the GEMMs (ATen on the CPU), the deterministic sort + gather and the
