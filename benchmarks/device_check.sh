@@ -9,7 +9,7 @@
 # the later ones (except a failed build), and the summary at the end lists each step's
 # exit status. Environment: TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
 # CUDA_HOME (/usr/local/cuda), DEADLINE_S (480), FUSED_BUDGET_S (200: the fused check's own budget), PARTS (default "fused cpu gpu", run in
-# that order: fused = the fused GPU kernels and the ResNet-50 training step; cpu = the CPU tests and timings on this host's
+# that order: fused = the fused GPU kernels (tests, check, an Nsight Compute profile) and the ResNet-50 training step; cpu = the CPU tests and timings on this host's
 # CPU, which on H100/H200 servers has AMX; gpu = the column path's CUDA tests, timings and
 # sanitizer), e.g. PARTS="cpu" bash benchmarks/device_check.sh. All three do not fit the
 # deadline together: the later ones are then skipped.
@@ -125,6 +125,15 @@ if part fused; then
   TAIL=40 step fused 260 bash -c 'python3 -m pytest -q -rfE -k "not interpreter" tests/test_fused_gpu.py; t=$?
 python3 benchmarks/fused_gpu_check.py --out "$1/fused_gpu.json" --budget-s "${FUSED_BUDGET_S:-200}"; b=$?
 exit $((t != 0 || b != 0))' fused "$OUT"
+  # Where the fused kernels' time goes: Nsight Compute on one forward+backward at r50-c3 in
+  # fp16 (its three launches: forward, input side, weight side), a few sections each.
+  if command -v ncu >/dev/null; then
+    TAIL=80 step fused_ncu 150 ncu --kernel-name regex:fused_ --launch-count 3 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+      --section WarpStateStats --section LaunchStats \
+      python3 benchmarks/fused_gpu_check.py --out "$LOG/fused_once.json" --sections once \
+      --shapes r50-c3 --dtypes float16
+  fi
   # The ResNet-50 training step, plain against layer2-4 deformable on each GPU path.
   TAIL=12 step resnet50 120 python3 benchmarks/bench_resnet50_step.py --json "$OUT/resnet50_step.json"
 fi  # part fused

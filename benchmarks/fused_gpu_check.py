@@ -59,6 +59,9 @@ SECTIONS = (
     "autotune",
     "correct_more",
 )
+# Not in the default run: "once", one fused forward+backward per shape and dtype, untimed (the
+# launches a profiler such as Nsight Compute records: forward, input side, weight side).
+EXTRA_SECTIONS = ("once",)
 CORE = ("base", "groups-og-straddle", "5x5-s2-d2")  # every dtype; the others in correct_more
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 KEYS = ("input", "weight", "offset", "mask", "bias")
@@ -90,7 +93,11 @@ def parse_args(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--out", required=True, help="JSON file, rewritten after every row")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {SECTIONS}")
+    p.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma list of {SECTIONS + EXTRA_SECTIONS}",
+    )
     p.add_argument(
         "--dtypes",
         default="float32,float16,bfloat16",
@@ -109,7 +116,7 @@ def parse_args(argv=None):
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     args.dtypes = [s.strip() for s in args.dtypes.split(",") if s.strip()]
     for name, known, given in (
-        ("--sections", SECTIONS, args.sections),
+        ("--sections", SECTIONS + EXTRA_SECTIONS, args.sections),
         ("--dtypes", DTYPES, args.dtypes),
     ):
         bad = [v for v in given if v not in known]
@@ -411,6 +418,21 @@ def time_impl(name, fn, t, conv, reps):
     return row
 
 
+def section_once(rep, shapes, dtypes):
+    """One fused forward+backward per shape and dtype, nothing timed: three kernel launches
+    each (forward, input-side backward, weight backward) for a profiler to record."""
+    for shape in shapes:
+        for dname in dtypes:
+            t, conv = make(shape.n, shape.c_in, shape.h, shape.w, shape.c_out, 3, 1, 1, 1, 1, 1, True,
+                           DTYPES[dname])  # fmt: skip
+            t = leaves(t)
+            y = fused(t, conv)
+            torch.autograd.grad(y, [v for v in t.values() if v is not None], torch.ones_like(y))
+            if DEV == "cuda":
+                torch.cuda.synchronize()
+            rep.add("once", shape=shape.label(), dtype=dname, ok=True)
+
+
 def section_timing(rep, shapes, dtypes, reps):
     impls = {"fused": fused, "columns": columns, "torchvision": torchvision_call, "dense": dense}
     try:
@@ -504,8 +526,9 @@ def main(argv=None):
         "compile": lambda: section_compile(rep),
         "autotune": lambda: section_autotune(rep, args.reps),
         "timing": lambda: section_timing(rep, args.shapes, args.dtypes, args.reps),
+        "once": lambda: section_once(rep, args.shapes, args.dtypes),
     }
-    for name in SECTIONS:
+    for name in SECTIONS + EXTRA_SECTIONS:
         if name not in args.sections:
             continue
         if rep.over_budget():
