@@ -41,6 +41,7 @@ import os
 import platform
 import re
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -355,7 +356,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _peak_mem_mb(fn, device: str) -> float | None:
+def peak_mem_mb(fn, device: str) -> float | None:
+    """Peak extra GPU memory (MiB) of one call of fn; None off the GPU."""
     if device != "cuda":
         return None
     _sync(device)
@@ -364,6 +366,29 @@ def _peak_mem_mb(fn, device: str) -> float | None:
     fn()
     _sync(device)
     return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def median_ms(fn, device: str, reps: int, warmup: int = 3) -> float:
+    """Median milliseconds of `reps` calls of fn after `warmup` calls: CUDA events on the
+    GPU, the wall clock elsewhere (for whole steps; the op's timings use torch's Timer)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 def run(args) -> dict:
@@ -450,7 +475,7 @@ def run(args) -> dict:
                     res.fwd_ms = ms
                 else:
                     res.fwd_bwd_ms = ms
-                    res.peak_mem_mb = _peak_mem_mb(timers[(res, mode)][1], args.device)
+                    res.peak_mem_mb = peak_mem_mb(timers[(res, mode)][1], args.device)
                 print(
                     f"  {row:<42} {res.impl:<12} {mode:<17} {ms:10.3f} ms "
                     f"(median of {len(m.times)} blocks in {args.rounds} rounds"

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,12 +28,15 @@ import deformconv  # noqa: E402
 from deformconv import convert_to_deformable  # noqa: E402
 from deformconv._machine import cpu_name  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_deform_conv2d import median_ms, peak_mem_mb  # noqa: E402
+
 LAYERS = ["layer2", "layer3", "layer4"]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=224, help="image height and width")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
@@ -63,13 +64,8 @@ def make_model(deformable: bool, device: str) -> torch.nn.Module:
     return model.to(device=device, memory_format=torch.channels_last)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def time_steps(model, device: str, args) -> tuple[float, float | None]:
-    """Median ms of one training step and the peak extra MiB (None on CPU)."""
+    """Median ms of one training step and the peak extra MiB of one more (None on CPU)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     g = torch.Generator(device="cpu").manual_seed(2)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=g).to(
@@ -80,42 +76,21 @@ def time_steps(model, device: str, args) -> tuple[float, float | None]:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype):
+        with torch.autocast(device_type=device, dtype=autocast_dtype):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
 
-    for _ in range(args.warmup):
-        step()
-    sync(device)
-    peak = None
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(args.steps):
-        if device.startswith("cuda"):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
-    if device.startswith("cuda"):
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    return statistics.median(times), peak
+    ms = median_ms(step, device, args.steps, args.warmup)
+    return ms, peak_mem_mb(step, device)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU: use --device cpu for a smoke run")
     torch.backends.cudnn.benchmark = True
-    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
+    machine = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     print(f"# ResNet-50 train step on {machine}, torch {torch.__version__}, batch {args.batch}")
     runs = [("plain", None)] + [("deformable", p) for p in args.paths.split(",") if p]
     rows = []
@@ -129,7 +104,7 @@ def main(argv=None) -> int:
             rows.append(dict(model=name, gpu_path=path, step_ms=ms, peak_mib=peak))
             print(rows[-1], flush=True)
             del model
-            if args.device.startswith("cuda"):
+            if args.device == "cuda":
                 torch.cuda.empty_cache()
     finally:
         if saved is None:

@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_deform_conv2d import GPU_SHAPES  # noqa: E402
+from bench_deform_conv2d import GPU_SHAPES, median_ms  # noqa: E402
 
 # In run order: each Triton specialization compiles on first use (a second or more each), so the
 # broad sweep of small configurations comes last, after the timings.
@@ -339,23 +338,9 @@ def section_compile(rep):
 
 
 def time_ms(fn, reps, warmup=3):
-    if DEV == "cpu":  # dry run: wall clock
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
+    if DEV == "cpu":  # dry run: wall clock of one call after one warm-up
+        return median_ms(fn, DEV, reps=1, warmup=1)
+    return median_ms(fn, DEV, reps, warmup)
 
 
 def section_autotune(rep, reps):
