@@ -164,6 +164,20 @@ def test_small_blocks_tails_and_straddling_channel_block():
         fused_config.OVERRIDES.clear()
 
 
+def test_input_side_channel_splits():
+    """Few pixel tiles: the input-side kernel splits each offset group's channels (here 3
+    splits of 16 of 40 channels, and 2 of 16 + 4 of 20 per offset group) and adds the
+    float32 partial grad_offset / grad_mask up."""
+    fused_config.OVERRIDES.update({"backward_data": dict(BLOCK_M=16, BLOCK_K=16)})
+    try:
+        for og, expected in ((1, (3, 16)), (2, (2, 16))):
+            assert fused_config.channel_splits(1, 40 // og, 16) == expected
+            a = make_args(n=1, c_in=40, c_out=6, h=4, w=5, offset_groups=og, seed=7 + og)
+            check_against_columns(a, torch.float32)
+    finally:
+        fused_config.OVERRIDES.clear()
+
+
 def test_float32_positions_with_float16_data():
     a = make_args(c_in=4, c_out=3, h=5, w=5, offset_scale=3.0, seed=5)
     check_against_columns(a, torch.float16, positions=torch.float32)

@@ -32,6 +32,24 @@ def test_kernels_under_the_interpreter():
     assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-3000:]
 
 
+@pytest.mark.parametrize("base", [1, 7, 132, 525, 1024, 5000])
+@pytest.mark.parametrize("channels, block_k", [(1, 16), (16, 16), (40, 16), (256, 64), (512, 64)])
+def test_channel_splits_cover_every_channel_once(base, channels, block_k):
+    """Input-side splits: whole blocks, none empty, all channels covered; as many splits as
+    the target program count asks for (at most one per block), none once the pixel tiles
+    alone reach it."""
+    from deformconv._fused_gpu import config
+
+    splits, per = config.channel_splits(base, channels, block_k)
+    blocks = -(-channels // block_k)
+    wanted = min(blocks, -(-config.TARGET_PROGRAMS // base))
+    assert per % block_k == 0 and 1 <= splits <= wanted
+    assert (splits - 1) * per < channels <= splits * per
+    assert (per // block_k - 1) * wanted < blocks  # the fewest blocks per split for `wanted`
+    if base >= config.TARGET_PROGRAMS:
+        assert splits == 1
+
+
 def _args(dtype=torch.float32):
     a = make_args(dtype=dtype)
     return a["input"], a["weight"], a["offset"], a["mask"]

@@ -20,8 +20,9 @@ import torch
 KINDS = ("forward", "backward_data", "backward_weight")
 OVERRIDES: dict[str, dict[str, int]] = {}
 
-# Pixel splits of grad_weight: enough programs to fill a large GPU, and at most this many bytes
-# of float32 partial sums ([splits, groups, kh*kw*C_in/groups, C_out/groups]).
+# Pixel splits of grad_weight (and channel splits of the input side): enough programs to fill
+# a large GPU, and at most this many bytes of float32 partial sums of grad_weight
+# ([splits, groups, kh*kw*C_in/groups, C_out/groups]).
 TARGET_PROGRAMS = 1024
 PARTIALS_BYTES = 64 << 20
 
@@ -48,11 +49,21 @@ def block_config(kind: str, dtype: torch.dtype, c_in_group: int, c_out_group: in
     if kind == "backward_data":  # four corner tiles and the scatter live per K block
         cfg.update(BLOCK_N=_pow2_clamp(c_out_group, 16, 64), BLOCK_K=16)
         if wide:
-            cfg.update(BLOCK_K=_pow2_clamp(c_in_group, 16, 64), num_warps=4, num_stages=3)
+            cfg.update(BLOCK_K=_pow2_clamp(c_in_group, 16, 64), num_warps=8, num_stages=3)
     if kind == "backward_weight" and wide:
         cfg.update(BLOCK_M=128, BLOCK_K=_pow2_clamp(c_in_group, 16, 64))
     cfg.update(OVERRIDES.get(kind, {}))
     return cfg
+
+
+def channel_splits(base_programs: int, channels: int, block_k: int) -> tuple[int, int]:
+    """(splits, channels per split) of one offset group's ``channels`` for the input-side
+    kernel: whole BLOCK_K blocks per split, enough splits to give ``base_programs`` (pixel
+    tiles x offset groups) about TARGET_PROGRAMS programs, no empty split."""
+    blocks = max(-(-channels // block_k), 1)
+    wanted = min(-(-TARGET_PROGRAMS // max(base_programs, 1)), blocks)
+    per_split = -(-blocks // wanted)
+    return -(-blocks // per_split), per_split * block_k
 
 
 def weight_splits(base_programs: int, pixel_tiles: int, partial_bytes_per_split: int) -> int:

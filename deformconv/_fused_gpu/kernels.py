@@ -278,6 +278,7 @@ def fused_backward_data_kernel(
     so_n, so_c, so_h, so_w,
     sm_n, sm_c, sm_h, sm_w,
     sg_n, sg_c, sg_h, sg_w,
+    split_c, goff_split, gmsk_split,
     KH: tl.constexpr,
     KW: tl.constexpr,
     HAS_MASK: tl.constexpr,
@@ -287,26 +288,32 @@ def fused_backward_data_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """grad_input (float32 atomics into NHWC gx), grad_offset and grad_mask (each owned by one
-    program: written once, deterministic) for a tile of BLOCK_M pixels and offset group o.
+    """grad_input (float32 atomics into NHWC gx), grad_offset and grad_mask (written once by
+    their program, deterministic) for a tile of BLOCK_M pixels, offset group o and split s of
+    o's channels (``split_c`` channels each: the splits give small grids more programs).
 
     grad_columns[p, (tap, c)] = sum_co grad_out[p, co] * W[co, c, tap] is a tensor-core GEMM
-    over the weight groups that share o's channels, kept in float32. Then, per sample,
+    over the weight groups that share the split's channels, kept in float32. Then, per sample,
     grad_mask = sum_c gc * sample, grad_offset = sum_c gc * mask * d sample / d(y, x), and
     gc * mask * corner weight goes to each of the 4 corners of grad_input.
-    goff / gmsk are contiguous like offset / mask. Grid: (cdiv(M, BLOCK_M), offset_groups)."""
+    goff / gmsk are contiguous like offset / mask, one per split (split s at element
+    s * goff_split / s * gmsk_split; the caller adds the splits up in order).
+    Grid: (cdiv(M, BLOCK_M), offset_groups, splits)."""
     pid_m = tl.program_id(0)
     o = tl.program_id(1)
+    s = tl.program_id(2)
     if IDX64:
         o = o.to(tl.int64)
+        s = s.to(tl.int64)
     n, ho, wo, pix_ok = _pixels(pid_m, M, Ho, Wo, BLOCK_M, IDX64)
-    c_lo = o * Cpog
-    c_hi = c_lo + Cpog
+    c_lo = o * Cpog + s * split_c
+    c_hi = tl.minimum(c_lo + split_c, (o + 1) * Cpog)
     # Few per-pixel vectors stay live through the loops (registers): grad_out's row offsets
-    # (row 0 for pixels past M: read, never used), the image's first row n*H, and per tap the
-    # cell, where an undefined sample (or a pixel past M) gets the corner row -2: all its
-    # corners are outside, so it reads and scatters nothing.
-    go_row = tl.where(pix_ok, n * sg_n + ho * sg_h + wo * sg_w, 0)
+    # (pixels past M are pixel 0 (_pixels): read, never used; no tl.where here, which would
+    # hide the rows' alignment from the compiler and make the loads scalar), the image's
+    # first row n*H, and per tap the cell, where an undefined sample (or a pixel past M) gets
+    # the corner row -2: all its corners are outside, so it reads and scatters nothing.
+    go_row = n * sg_n + ho * sg_h + wo * sg_w
     n_h = n * H
     for tap in range(0, KH * KW):
         # The offsets are loaded here, in the kernel's body (see _tap_pointers).
@@ -373,11 +380,11 @@ def fused_backward_data_kernel(
         ch = o * (KH * KW) + tap
         n_ch = (C // Cpog) * (KH * KW)
         ho_wo = Ho * Wo
-        dst = goff_ptr + (n * (2 * n_ch) + 2 * ch) * ho_wo + (ho * Wo + wo)
+        dst = goff_ptr + s * goff_split + (n * (2 * n_ch) + 2 * ch) * ho_wo + (ho * Wo + wo)
         tl.store(dst, g_dy.to(goff_ptr.dtype.element_ty), mask=pix_ok)
         tl.store(dst + ho_wo, g_dx.to(goff_ptr.dtype.element_ty), mask=pix_ok)
         if HAS_MASK:
-            dst = gmsk_ptr + (n * n_ch + ch) * ho_wo + (ho * Wo + wo)
+            dst = gmsk_ptr + s * gmsk_split + (n * n_ch + ch) * ho_wo + (ho * Wo + wo)
             tl.store(dst, g_m.to(gmsk_ptr.dtype.element_ty), mask=pix_ok)
 
 

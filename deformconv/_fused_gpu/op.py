@@ -32,7 +32,7 @@ from .kernels import (
     fused_backward_weight_kernel,
     fused_forward_kernel,
 )
-from .config import block_config, weight_splits
+from .config import block_config, channel_splits, weight_splits
 
 _DUMMY_STRIDES = (0, 0, 0, 0)
 
@@ -168,6 +168,81 @@ def fused_forward(
     return out
 
 
+class _BackwardCall:
+    """What both backward launches share: sizes, the NHWC input and grad_output, and the
+    kernels' common scalar arguments."""
+
+    def __init__(self, geo: _Geometry, x: Tensor, go: Tensor, offset: Tensor, mask, idx64: bool):
+        self.geo, self.x, self.go, self.offset, self.mask = geo, x, go, offset, mask
+        self.common = _common(geo, offset, mask)
+        self.mask_arg = offset if mask is None else mask
+        self.precision = _fp32_precision(x.dtype)
+        self.idx64 = idx64
+
+    def consts(self) -> dict:
+        return dict(
+            KH=self.geo.kh,
+            KW=self.geo.kw,
+            HAS_MASK=self.mask is not None,
+            IDX64=self.idx64,
+            PRECISION=self.precision,
+        )
+
+
+def _weight_side(call: _BackwardCall) -> Tensor:
+    """grad_weight as float32 Tensor[groups, kh*kw*C_g, C_og]: per-split partial sums from
+    fused_backward_weight_kernel, added in split order (deterministic)."""
+    geo = call.geo
+    cfg = block_config("backward_weight", call.x.dtype, geo.c_g, geo.c_og)
+    k_blocks = geo.kh * geo.kw * triton.cdiv(geo.c_g, cfg["BLOCK_K"])
+    base = triton.cdiv(geo.c_og, cfg["BLOCK_N"]) * k_blocks * geo.groups
+    tiles = triton.cdiv(geo.m, cfg["BLOCK_M"])
+    shape = (geo.groups, geo.kh * geo.kw * geo.c_g, geo.c_og)
+    splits = weight_splits(base, tiles, shape[0] * shape[1] * shape[2] * 4)
+    part = torch.empty((splits, *shape), dtype=torch.float32, device=call.x.device)
+    grid = (triton.cdiv(geo.c_og, cfg["BLOCK_N"]), k_blocks, geo.groups * splits)
+    if _launches(part):
+        wrap_triton(fused_backward_weight_kernel)[grid](
+            call.x, call.offset, call.mask_arg, call.go, part,
+            *call.common, *call.go.stride(),
+            geo.groups, splits, triton.cdiv(tiles, splits),
+            ONE_OG=_one_offset_group_per_block(geo, cfg), **call.consts(), **_launch_options(cfg),
+        )  # fmt: skip
+    return part.sum(0)
+
+
+def _input_side(call: _BackwardCall, weight: Tensor, gx: Tensor, goff: Tensor, gmask: Tensor):
+    """Fill gx (float32 NHWC grad_input, zeros on entry; atomics) with
+    fused_backward_data_kernel; returns (grad_offset, grad_mask) like goff and gmask.
+
+    When the pixel tiles alone give few programs, each offset group's channels are split too;
+    each split then writes float32 partial grad_offset / grad_mask, added up in split order
+    (deterministic)."""
+    geo = call.geo
+    w = _gemm_weight(weight, geo.groups)
+    cfg = block_config("backward_data", call.x.dtype, geo.c_g, geo.c_og)
+    tiles = triton.cdiv(geo.m, cfg["BLOCK_M"])
+    splits, split_c = channel_splits(tiles * geo.offset_groups, geo.c_pog, cfg["BLOCK_K"])
+    off_out, msk_out = goff, gmask
+    consts = call.consts()
+    if splits > 1:
+        off_out = torch.empty((splits, *goff.shape), dtype=torch.float32, device=gx.device)
+        msk_out = torch.empty((splits, *gmask.shape), dtype=torch.float32, device=gx.device)
+        consts["IDX64"] = call.idx64 or _needs_int64(off_out, msk_out)
+    grid = (tiles, geo.offset_groups, splits)
+    if _launches(gx):
+        wrap_triton(fused_backward_data_kernel)[grid](
+            call.x, call.offset, call.mask_arg, w, call.go, gx, off_out,
+            off_out if call.mask is None else msk_out,
+            *call.common, *call.go.stride(),
+            split_c, goff.numel(), 0 if call.mask is None else gmask.numel(),
+            **consts, **_launch_options(cfg),
+        )  # fmt: skip
+    if splits > 1:
+        return off_out.sum(0).to(goff.dtype), msk_out.sum(0).to(gmask.dtype)
+    return goff, gmask
+
+
 @triton_op("deformconv::_fused_deform_conv2d_backward", mutates_args=())
 def fused_backward(
     grad_output: Tensor,
@@ -188,54 +263,35 @@ def fused_backward(
     grad_weight and grad_bias zeros unless ``weight_grads``."""
     geo = _Geometry(input, weight, offset, stride, padding, dilation)
     dev = input.device
-    gx = torch.zeros((geo.n, geo.h, geo.w, geo.c), dtype=torch.float32, device=dev)
     goff = torch.zeros(offset.shape, dtype=offset.dtype, device=dev)
     gmask = torch.zeros(
         (0,) if mask is None else mask.shape,
         dtype=offset.dtype if mask is None else mask.dtype,
         device=dev,
     )
-    gw = torch.zeros(
-        (geo.groups, geo.kh * geo.kw * geo.c_g, geo.c_og), dtype=torch.float32, device=dev
-    )
     gbias = torch.zeros((0,) if bias is None else bias.shape, dtype=weight.dtype, device=dev)
     if bias is not None and weight_grads:
         gbias = grad_output.sum((0, 2, 3), dtype=torch.float32).to(bias.dtype)
+    call = None
     if geo.m > 0 and geo.c_out > 0:
+        # NHWC copies (free for channels_last tensors): the kernels read each pixel's channels
+        # as one contiguous run (vector loads; an NCHW grad_output made them scalar).
         x = input.permute(0, 2, 3, 1).contiguous()
-        common = _common(geo, offset, mask)
-        mask_arg = offset if mask is None else mask
-        precision = _fp32_precision(input.dtype)
-        idx64 = _needs_int64(x, offset, mask, grad_output, gx, goff, gmask)
-        if data_grads:
-            w = _gemm_weight(weight, geo.groups)
-            cfg = block_config("backward_data", input.dtype, geo.c_g, geo.c_og)
-            grid = (triton.cdiv(geo.m, cfg["BLOCK_M"]), geo.offset_groups)
-            if _launches(gx):
-                wrap_triton(fused_backward_data_kernel)[grid](
-                    x, offset, mask_arg, w, grad_output, gx, goff, goff if mask is None else gmask,
-                    *common, *grad_output.stride(),
-                    KH=geo.kh, KW=geo.kw, HAS_MASK=mask is not None, IDX64=idx64, PRECISION=precision,
-                    **_launch_options(cfg),
-                )  # fmt: skip
-        if weight_grads:
-            cfg = block_config("backward_weight", input.dtype, geo.c_g, geo.c_og)
-            k_blocks = geo.kh * geo.kw * triton.cdiv(geo.c_g, cfg["BLOCK_K"])
-            base = triton.cdiv(geo.c_og, cfg["BLOCK_N"]) * k_blocks * geo.groups
-            tiles = triton.cdiv(geo.m, cfg["BLOCK_M"])
-            splits = weight_splits(base, tiles, gw.numel() * 4)
-            part = torch.empty((splits, *gw.shape), dtype=torch.float32, device=dev)
-            grid = (triton.cdiv(geo.c_og, cfg["BLOCK_N"]), k_blocks, geo.groups * splits)
-            if _launches(part):
-                wrap_triton(fused_backward_weight_kernel)[grid](
-                    x, offset, mask_arg, grad_output, part,
-                    *common, *grad_output.stride(),
-                    geo.groups, splits, triton.cdiv(tiles, splits),
-                    KH=geo.kh, KW=geo.kw, HAS_MASK=mask is not None, IDX64=idx64, PRECISION=precision,
-                    ONE_OG=_one_offset_group_per_block(geo, cfg),
-                    **_launch_options(cfg),
-                )  # fmt: skip
-            gw = part.sum(0)  # the splits in a fixed order: deterministic
+        go = grad_output.contiguous(memory_format=torch.channels_last)
+        idx64 = _needs_int64(x, offset, mask, go, goff, gmask)  # gx: as many elements as x
+        call = _BackwardCall(geo, x, go, offset, mask, idx64)
+    # The weight side first: its partial sums are freed before grad_input's float32 buffer
+    # exists, which keeps the peak memory down.
+    if call is not None and weight_grads:
+        gw = _weight_side(call)
+    else:
+        gw = torch.zeros(
+            (geo.groups, geo.kh * geo.kw * geo.c_g, geo.c_og), dtype=torch.float32, device=dev
+        )
+    # grad_input is summed in float32 (atomics), NHWC like x; rounded once below.
+    gx = torch.zeros((geo.n, geo.h, geo.w, geo.c), dtype=torch.float32, device=dev)
+    if call is not None and data_grads:
+        goff, gmask = _input_side(call, weight, gx, goff, gmask)
     grad_input = gx.permute(0, 3, 1, 2).to(dtype=input.dtype, memory_format=_memory_format(input))
     grad_weight = (
         gw.reshape(geo.groups, geo.kh * geo.kw, geo.c_g, geo.c_og)
