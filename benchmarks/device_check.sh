@@ -8,7 +8,8 @@
 # `timeout`, capped by what is left of an 8-minute deadline; a failing step does not stop
 # the later ones (except a failed build), and the summary at the end lists each step's
 # exit status. Environment: TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
-# CUDA_HOME (/usr/local/cuda), DEADLINE_S (480), FUSED_BUDGET_S (200: the fused check's own budget), PARTS (default "fused cpu gpu", run in
+# CUDA_HOME (/usr/local/cuda), DEADLINE_S (480), FUSED_BUDGET_S (200: the fused check's own budget),
+# FUSED_TESTS (1; 0 skips the fused part's pytest run), PARTS (default "fused cpu gpu", run in
 # that order: fused = the fused GPU kernels (tests, check, an Nsight Compute profile) and the ResNet-50 training step; cpu = the CPU tests and timings on this host's
 # CPU, which on H100/H200 servers has AMX; gpu = the column path's CUDA tests, timings and
 # sanitizer), e.g. PARTS="cpu" bash benchmarks/device_check.sh. All three do not fit the
@@ -122,7 +123,9 @@ print(deformconv.deform_conv2d(x, off, w, padding=1).shape)
 #    $OUT/fused_gpu.json. Both run even if the first fails; the step fails if either does.
 if part fused; then
   # The interpreter test is CI's (CPU); here the real kernels run.
-  TAIL=40 step fused 260 bash -c 'python3 -m pytest -q -rfE -k "not interpreter" tests/test_fused_gpu.py; t=$?
+  # FUSED_TESTS=0 leaves out the pytest part (CPU-side tests CI also runs: saves ~30 s).
+  TAIL=40 step fused 260 bash -c 't=0; if [[ "${FUSED_TESTS:-1}" != 0 ]]; then
+python3 -m pytest -q -rfE -k "not interpreter" tests/test_fused_gpu.py; t=$?; fi
 python3 benchmarks/fused_gpu_check.py --out "$1/fused_gpu.json" --budget-s "${FUSED_BUDGET_S:-200}"; b=$?
 exit $((t != 0 || b != 0))' fused "$OUT"
   # Where the fused kernels' time goes: Nsight Compute on one forward+backward at r50-c3 in
@@ -133,6 +136,11 @@ exit $((t != 0 || b != 0))' fused "$OUT"
       --section WarpStateStats --section LaunchStats \
       python3 benchmarks/fused_gpu_check.py --out "$LOG/fused_once.json" --sections once \
       --shapes r50-c3 --dtypes float16
+  fi
+  # compute-sanitizer memcheck on the fused kernels (the sanitizer cases on the fused path).
+  if command -v compute-sanitizer >/dev/null; then
+    TAIL=8 step fused_memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 DEFORMCONV_GPU_PATH=fused \
+      compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitizer_cases.py
   fi
   # The ResNet-50 training step, plain against layer2-4 deformable on each GPU path.
   TAIL=12 step resnet50 120 python3 benchmarks/bench_resnet50_step.py --json "$OUT/resnet50_step.json"

@@ -16,13 +16,16 @@ sweep comes last.
 3. ``determinism``: fwd + grads repeated bitwise (weight, offset, mask: no atomics; grad_input
    under deterministic mode goes through the column backward).
 4. ``timing``: CUDA events, median of ``--reps`` after warm-up, forward and forward+backward of
-   fused / columns / torchvision / dense ``F.conv2d`` at the five benchmark shapes (3x3, pad 1,
+   fused / columns / torchvision / dense ``F.conv2d`` (and forward+backward issued back to
+   back, ``*_fwdbwd_stream_ms``, where the CPU's launch time hides) at the five benchmark shapes (3x3, pad 1,
    mask and bias, offsets uniform in +-2 px, TF32 off), peak extra memory of one
    forward+backward, error of the fused output against float64 (+-2 px; 8-16 px at r50-c3).
 5. ``compile``: ``torch.compile(fullgraph=True)`` of the selection and the fused op against eager.
 6. ``autotune``: a handful of block configurations per kernel at r50-c3 fp16 (forward, the
    input-side backward, the weight backward), the best against the default.
-7. ``correct_more``: as ``correct`` on the other configurations (an offset group spanning
+7. ``tuned``: the fused path's fp16 / bf16 timings again with the autotune's winning blocks
+   (skipped when the defaults won everywhere).
+8. ``correct_more``: as ``correct`` on the other configurations (an offset group spanning
    weight groups, 1x1 without mask, 160 -> 144 channels, batch 0).
 
 Usage::
@@ -56,6 +59,7 @@ SECTIONS = (
     "timing",
     "compile",
     "autotune",
+    "tuned",
     "correct_more",
 )
 # Not in the default run: "once", one fused forward+backward per shape and dtype, untimed (the
@@ -76,15 +80,34 @@ SMALL = [
     ("wide", 1, 160, 10, 10, 144, 3, 1, 1, 1, 1, 1, True),
     ("batch0", 0, 8, 5, 5, 8, 3, 1, 1, 1, 1, 1, True),
 ]
-# Block configurations tried by the autotune section (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages).
-CANDIDATES = [
-    (64, 64, 32, 4, 2),
-    (64, 128, 32, 4, 3),
-    (128, 64, 32, 4, 3),
-    (128, 128, 32, 8, 3),
-    (64, 64, 64, 4, 3),
-    (128, 128, 64, 8, 2),
-]
+# Block configurations tried by the autotune section, per kernel (BLOCK_M, BLOCK_N, BLOCK_K,
+# warps, stages): ones ptxas builds without register spills for sm_90 at 128 channels (checked
+# ahead of time, no GPU needed), and the input side's former default (4 warps: it spills).
+CANDIDATES = {
+    "forward": [
+        (64, 128, 32, 4, 3),
+        (64, 128, 32, 8, 1),
+        (64, 128, 64, 4, 3),
+        (128, 128, 32, 8, 3),
+        (128, 128, 64, 8, 3),
+        (64, 64, 32, 4, 3),
+    ],
+    "backward_data": [
+        (64, 64, 64, 4, 3),
+        (64, 64, 32, 8, 3),
+        (32, 64, 64, 4, 3),
+        (64, 128, 32, 8, 3),
+        (32, 64, 32, 4, 3),
+    ],
+    "backward_weight": [
+        (128, 128, 64, 8, 3),
+        (128, 128, 32, 8, 3),
+        (64, 128, 64, 4, 3),
+        (256, 128, 64, 8, 2),
+        (128, 128, 128, 8, 2),
+    ],
+}
+CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
 
 
 def parse_args(argv=None):
@@ -344,6 +367,8 @@ def time_ms(fn, reps, warmup=3):
 
 
 def section_autotune(rep, reps):
+    """Time each kernel kind's candidate blocks at r50-c3 fp16; returns the winners that beat
+    the default, {kind: {BLOCK_M: ..., num_stages: ...}}."""
     from deformconv._fused_gpu import config, op
 
     shape = next(s for s in GPU_SHAPES if s.name == "r50-c3")
@@ -357,16 +382,15 @@ def section_autotune(rep, reps):
         "backward_data": lambda: op.fused_backward(go, *args, True, False),
         "backward_weight": lambda: op.fused_backward(go, *args, False, True),
     }
+    winners = {}
     for kind, run in runs.items():
         results = []
-        for cand in [None, *CANDIDATES]:
+        for cand in [None, *CANDIDATES[kind]]:
             if rep.over_budget():
                 break
             config.OVERRIDES.clear()
             if cand is not None:
-                config.OVERRIDES[kind] = dict(
-                    zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"), cand)
-                )
+                config.OVERRIDES[kind] = dict(zip(CONFIG_KEYS, cand))
             try:
                 results.append((time_ms(run, reps=max(5, reps // 2)), cand or "default"))
             except Exception as exc:  # noqa: BLE001 (a config the compiler rejects: out of resources)
@@ -374,8 +398,11 @@ def section_autotune(rep, reps):
         config.OVERRIDES.clear()
         default = next((ms for ms, c in results if c == "default"), None)
         best = min(results, key=lambda r: r[0]) if results else None
+        if best is not None and best[1] != "default" and best[0] < float("inf"):
+            winners[kind] = dict(zip(CONFIG_KEYS, best[1]))
         rep.add("autotune", kind=kind, shape="r50-c3", dtype="float16", default_ms=default, best=best,
                 all=[(ms, str(c)) for ms, c in results])  # fmt: skip
+    return winners
 
 
 def peak_mb(fn, t, conv):
@@ -391,14 +418,35 @@ def peak_mb(fn, t, conv):
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def stream_ms(fn, reps):
+    """Mean ms per call of ``reps`` calls issued back to back (one synchronization): the
+    throughput of a training loop whose CPU runs ahead, where median_ms's per-call
+    synchronization also counts the CPU's launch time."""
+    if DEV == "cpu":
+        return None
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
 def time_impl(name, fn, t, conv, reps):
-    """Forward (no_grad) and forward+backward medians in ms, and peak extra MiB, of one impl."""
+    """Forward (no_grad) and forward+backward medians in ms (and forward+backward back to
+    back, ``_stream``), and peak extra MiB, of one impl."""
     row = {}
     with torch.no_grad():
         row[f"{name}_fwd_ms"] = time_ms(lambda: fn(t, conv), reps)
     go = torch.randn_like(fn(t, conv))
     need = [v for v in t.values() if v is not None and v.requires_grad]
     row[f"{name}_fwdbwd_ms"] = time_ms(lambda: torch.autograd.grad(fn(t, conv), need, go), reps)
+    row[f"{name}_fwdbwd_stream_ms"] = stream_ms(
+        lambda: torch.autograd.grad(fn(t, conv), need, go), reps
+    )
     row[f"{name}_peak_mb"] = peak_mb(fn, t, conv)
     return row
 
@@ -418,16 +466,34 @@ def section_once(rep, shapes, dtypes):
             rep.add("once", shape=shape.label(), dtype=dname, ok=True)
 
 
-def section_timing(rep, shapes, dtypes, reps):
+def section_timing(rep, shapes, dtypes, reps, only_fused=False, section="timing", blocks=None):
+    """Time fused / columns / torchvision / dense (``only_fused``: the fused path alone, no
+    error rows) at each shape and dtype; ``blocks`` (the autotune's winners) replaces the
+    default blocks meanwhile."""
+    from deformconv._fused_gpu import config
+
     impls = {"fused": fused, "columns": columns, "torchvision": torchvision_call, "dense": dense}
     try:
         import torchvision.ops  # noqa: F401
     except Exception:  # noqa: BLE001
         impls.pop("torchvision")
+    if only_fused:
+        impls = {"fused": fused}
+    config.OVERRIDES.clear()
+    config.OVERRIDES.update(blocks or {})
+    try:
+        _time_shapes(
+            rep, shapes, dtypes, reps, impls, section, errors=not only_fused, blocks=blocks
+        )
+    finally:
+        config.OVERRIDES.clear()
+
+
+def _time_shapes(rep, shapes, dtypes, reps, impls, section, errors, blocks):
     for shape in shapes:
         for dname in dtypes:
             if rep.over_budget():
-                rep.add("timing", shape=shape.name, dtype=dname, skipped="time budget")
+                rep.add(section, shape=shape.name, dtype=dname, skipped="time budget")
                 continue
             dtype = DTYPES[dname]
             base, conv = make(
@@ -445,7 +511,7 @@ def section_timing(rep, shapes, dtypes, reps):
                     row.update(time_impl(name, fn, t, conv, reps))
                 except Exception as exc:  # noqa: BLE001
                     row[f"{name}_error"] = repr(exc)[:500]
-            for px in (2.0, 8.0) if shape.name == "r50-c3" else (2.0,):
+            for px in ((2.0, 8.0) if shape.name == "r50-c3" else (2.0,)) if errors else ():
                 t, _ = make(shape.n, shape.c_in, shape.h, shape.w, shape.c_out, 3, 1, 1, 1, 1, 1, True, dtype,
                             offset_px=px)  # fmt: skip
                 with torch.no_grad():
@@ -459,7 +525,9 @@ def section_timing(rep, shapes, dtypes, reps):
                         row[f"{what}_fused_over_{name}"] = (
                             row[f"fused_{what}_ms"] / row[f"{name}_{what}_ms"]
                         )
-            rep.add("timing", shape=shape.label(), dtype=dname, **row)
+            if blocks:
+                row["blocks"] = blocks
+            rep.add(section, shape=shape.label(), dtype=dname, **row)
             if DEV == "cuda":
                 torch.cuda.empty_cache()
 
@@ -477,7 +545,8 @@ def dry_run_sizes(args):
     GPU_SHAPES = [tiny]
     args.shapes = [tiny]
     args.reps = 1
-    CANDIDATES[:] = CANDIDATES[:1]
+    for kind in CANDIDATES:
+        CANDIDATES[kind] = CANDIDATES[kind][:1]
 
 
 def main(argv=None):
@@ -501,6 +570,7 @@ def main(argv=None):
             torch=torch.__version__, triton=triton.__version__, deformconv=deformconv.__version__,
             cuda_kernels=deformconv.has_cuda_kernels(),
             fused_supported=fused_supported(t["input"], t["weight"], t["offset"], t["mask"]))  # fmt: skip
+    winners = {}  # the autotune's blocks that beat the defaults, per kernel kind
     steps = {
         "correct": lambda: section_correct(rep, args.dtypes, CORE),
         "correct_more": lambda: section_correct(
@@ -509,7 +579,20 @@ def main(argv=None):
         "torchvision": lambda: section_torchvision(rep),
         "determinism": lambda: section_determinism(rep),
         "compile": lambda: section_compile(rep),
-        "autotune": lambda: section_autotune(rep, args.reps),
+        "autotune": lambda: winners.update(section_autotune(rep, args.reps)),
+        # The 16-bit timings again with the autotune's winning blocks (nothing if none won).
+        "tuned": lambda: (
+            winners
+            and section_timing(
+                rep,
+                args.shapes,
+                [d for d in args.dtypes if d != "float32"],
+                args.reps,
+                only_fused=True,
+                section="tuned",
+                blocks=winners,
+            )
+        ),  # fmt: skip
         "timing": lambda: section_timing(rep, args.shapes, args.dtypes, args.reps),
         "once": lambda: section_once(rep, args.shapes, args.dtypes),
     }

@@ -5,7 +5,9 @@
 
 checks them in seconds. Covers: mask/no mask, bias, weight and offset groups, stride and
 dilation, samples outside the image, fp32/fp16/bf16 with float32 offsets, the deterministic
-grad_input path, int64 indices and the double backward. Prints one line per case.
+grad_input path, int64 indices, the double backward and 96 channels (several channel blocks).
+With DEFORMCONV_GPU_PATH=fused the same cases run the fused Triton kernels where they apply.
+Prints one line per case.
 ``--no-double`` leaves out the double backward; ``--cpu`` runs the cases on the CPU.
 """
 
@@ -31,9 +33,10 @@ def case(
     mask=True,
     bias=True,
     double=False,
+    channels=4,
 ):
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    n, c_in, c_out, h, w = 2, 4 * groups, 2 * groups, 7, 6
+    n, c_in, c_out, h, w = 2, channels * groups, 2 * groups, 7, 6
     ho = (h + 2 - dilation * 2 - 1) // stride + 1
     wo = (w + 2 - dilation * 2 - 1) // stride + 1
     x = torch.randn(n, c_in, h, w, device=DEVICE, generator=g).to(dtype)
@@ -70,6 +73,8 @@ def main():
     )
     case("fp16", dtype=torch.float16, bias=False)
     case("bf16 offset_groups=2", dtype=torch.bfloat16, offset_groups=2)
+    # The fused path splits the input side's channels in more than one block (96 > 64).
+    case("fp16 96 channels", dtype=torch.float16, channels=96)
     torch.use_deterministic_algorithms(True)
     case("fp32 deterministic", groups=2)
     case("bf16 deterministic", dtype=torch.bfloat16)
