@@ -25,7 +25,9 @@ sweep comes last.
    input-side backward, the weight backward), the best against the default.
 7. ``tuned``: the fused path's fp16 / bf16 timings again with the autotune's winning blocks
    (skipped when the defaults won everywhere).
-8. ``correct_more``: as ``correct`` on the other configurations (an offset group spanning
+8. ``channels_last``: fused / columns / dense in fp16 with every 4-d argument channels_last
+   (the layout GPU convnets train in: no NHWC copies, vector stores of the output).
+9. ``correct_more``: as ``correct`` on the other configurations (an offset group spanning
    weight groups, 1x1 without mask, 160 -> 144 channels, batch 0).
 
 Usage::
@@ -60,6 +62,7 @@ SECTIONS = (
     "compile",
     "autotune",
     "tuned",
+    "channels_last",
     "correct_more",
 )
 # Not in the default run: "once", one fused forward+backward per shape and dtype, untimed (the
@@ -466,10 +469,14 @@ def section_once(rep, shapes, dtypes):
             rep.add("once", shape=shape.label(), dtype=dname, ok=True)
 
 
-def section_timing(rep, shapes, dtypes, reps, only_fused=False, section="timing", blocks=None):
-    """Time fused / columns / torchvision / dense (``only_fused``: the fused path alone, no
-    error rows) at each shape and dtype; ``blocks`` (the autotune's winners) replaces the
-    default blocks meanwhile."""
+def section_timing(
+    rep, shapes, dtypes, reps, impl_names=None, section="timing", blocks=None,
+    channels_last=False, errors=True,
+):  # fmt: skip
+    """Time fused / columns / torchvision / dense (or ``impl_names`` of them) at each shape and
+    dtype, with the fused output's error against float64 (``errors``); ``blocks`` (the
+    autotune's winners) replaces the default blocks meanwhile; ``channels_last``: every
+    4-d argument in that memory format."""
     from deformconv._fused_gpu import config
 
     impls = {"fused": fused, "columns": columns, "torchvision": torchvision_call, "dense": dense}
@@ -477,19 +484,16 @@ def section_timing(rep, shapes, dtypes, reps, only_fused=False, section="timing"
         import torchvision.ops  # noqa: F401
     except Exception:  # noqa: BLE001
         impls.pop("torchvision")
-    if only_fused:
-        impls = {"fused": fused}
+    impls = {k: v for k, v in impls.items() if impl_names is None or k in impl_names}
     config.OVERRIDES.clear()
     config.OVERRIDES.update(blocks or {})
     try:
-        _time_shapes(
-            rep, shapes, dtypes, reps, impls, section, errors=not only_fused, blocks=blocks
-        )
+        _time_shapes(rep, shapes, dtypes, reps, impls, section, errors, blocks, channels_last)
     finally:
         config.OVERRIDES.clear()
 
 
-def _time_shapes(rep, shapes, dtypes, reps, impls, section, errors, blocks):
+def _time_shapes(rep, shapes, dtypes, reps, impls, section, errors, blocks, channels_last):
     for shape in shapes:
         for dname in dtypes:
             if rep.over_budget():
@@ -499,6 +503,11 @@ def _time_shapes(rep, shapes, dtypes, reps, impls, section, errors, blocks):
             base, conv = make(
                 shape.n, shape.c_in, shape.h, shape.w, shape.c_out, 3, 1, 1, 1, 1, 1, True, dtype
             )
+            if channels_last:
+                base = {
+                    k: v if v is None or v.dim() != 4 else v.contiguous(memory_format=torch.channels_last)
+                    for k, v in base.items()
+                }  # fmt: skip
             row = {}
             for name, fn in impls.items():
                 if name == "torchvision" and dtype == torch.bfloat16:
@@ -588,10 +597,21 @@ def main(argv=None):
                 args.shapes,
                 [d for d in args.dtypes if d != "float32"],
                 args.reps,
-                only_fused=True,
+                impl_names=("fused",),
                 section="tuned",
                 blocks=winners,
+                errors=False,
             )
+        ),  # fmt: skip
+        "channels_last": lambda: section_timing(
+            rep,
+            args.shapes,
+            ["float16"],
+            args.reps,
+            impl_names=("fused", "columns", "dense"),
+            section="channels_last",
+            channels_last=True,
+            errors=False,
         ),  # fmt: skip
         "timing": lambda: section_timing(rep, args.shapes, args.dtypes, args.reps),
         "once": lambda: section_once(rep, args.shapes, args.dtypes),
