@@ -178,6 +178,24 @@ def test_input_side_channel_splits():
         fused_config.OVERRIDES.clear()
 
 
+@pytest.mark.parametrize("wanted", [("weight", "bias"), ("input",), ("offset", "mask")])
+def test_gradients_of_some_arguments_only(wanted):
+    """Only some arguments need gradients: the backward runs one side (weight side, or the
+    input side) and its grads still match the column path's."""
+    a = make_args(c_in=5, c_out=4, h=5, w=6, seed=11)
+    fused_t = leaves(a, torch.float32)
+    col_t = leaves(a, torch.float32)
+    for t in (fused_t, col_t):
+        for k, v in t.items():
+            if v is not None and k not in wanted:
+                v.requires_grad_(False)
+    go = torch.linspace(-1, 1, 4 * 5 * 6 * 2).reshape(2, 4, 5, 6)
+    got = torch.autograd.grad(fused_call(fused_t, a), [fused_t[k] for k in wanted], go)
+    ref = torch.autograd.grad(column_call(col_t, a), [col_t[k] for k in wanted], go)
+    for k, g, r in zip(wanted, got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_float32_positions_with_float16_data():
     a = make_args(c_in=4, c_out=3, h=5, w=5, offset_scale=3.0, seed=5)
     check_against_columns(a, torch.float16, positions=torch.float32)

@@ -6,11 +6,13 @@ replaces the chosen keys for every later call of that kind ("forward", "backward
 "backward_weight"). The float32 blocks were chosen by compiling for sm_90 ahead of time and
 keeping tiles for which ptxas reported no register spills at 128 channels: forward and weight
 kernels 64 x (64 or 128) x 32, input-side kernel 64 x 64 x 16 (its float32 build still spills 132
-bytes), all with 8 warps; they have not been tuned on a GPU. The 16-bit backward blocks come from
-one autotune on an H200 (benchmarks/fused_gpu_check.py, r50-c3 8,128,100,168->128, float16,
-median ms): input-side 4.05 with the blocks above, 2.01 with 64 x 64 x 64, 4 warps, 3 stages;
-weight 2.04, then 1.16 with 128 x 128 x 64, 8 warps, 2 stages. The forward's blocks were the
-fastest of the six tried there (0.58 ms).
+bytes), all with 8 warps; they have not been tuned on a GPU. The 16-bit blocks come from autotunes on an H200
+(benchmarks/fused_gpu_check.py, r50-c3 8,128,100,168->128, float16, median ms, three runs):
+input side 64 x 64 x 64, 4 warps, 3 stages (1.99 and 2.03; its 8-warp build has no register
+spills but took 2.36, 2.05 under Nsight Compute); weight side 128 x 128 x 64, 8 warps, 2 stages
+(1.16, then 1.26 against 2.04 for the float32 blocks; 128 x 128 x 128 took 0.95 but needs 225 KiB
+of shared memory on sm_90, too close to the limit); forward 64 x 128 x 32, 8 warps, one stage
+(0.62 against 0.71 with 2 stages in the third run).
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def block_config(kind: str, dtype: torch.dtype, c_in_group: int, c_out_group: in
     if kind == "backward_data":  # four corner tiles and the scatter live per K block
         cfg.update(BLOCK_N=_pow2_clamp(c_out_group, 16, 64), BLOCK_K=16)
         if wide:
-            cfg.update(BLOCK_K=_pow2_clamp(c_in_group, 16, 64), num_warps=8, num_stages=3)
+            cfg.update(BLOCK_K=_pow2_clamp(c_in_group, 16, 64), num_warps=4, num_stages=3)
+    if kind == "forward" and wide:  # no software pipeline: the corner gathers go to registers
+        cfg.update(num_stages=1)
     if kind == "backward_weight" and wide:
         cfg.update(BLOCK_M=128, BLOCK_K=_pow2_clamp(c_in_group, 16, 64))
     cfg.update(OVERRIDES.get(kind, {}))

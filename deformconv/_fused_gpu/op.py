@@ -288,11 +288,15 @@ def fused_backward(
         gw = torch.zeros(
             (geo.groups, geo.kh * geo.kw * geo.c_g, geo.c_og), dtype=torch.float32, device=dev
         )
-    # grad_input is summed in float32 (atomics), NHWC like x; rounded once below.
-    gx = torch.zeros((geo.n, geo.h, geo.w, geo.c), dtype=torch.float32, device=dev)
-    if call is not None and data_grads:
-        goff, gmask = _input_side(call, weight, gx, goff, gmask)
-    grad_input = gx.permute(0, 3, 1, 2).to(dtype=input.dtype, memory_format=_memory_format(input))
+    if data_grads:
+        # grad_input is summed in float32 (atomics), NHWC like x, and rounded once.
+        gx = torch.zeros((geo.n, geo.h, geo.w, geo.c), dtype=torch.float32, device=dev)
+        if call is not None:
+            goff, gmask = _input_side(call, weight, gx, goff, gmask)
+        fmt = _memory_format(input)
+        grad_input = gx.permute(0, 3, 1, 2).to(dtype=input.dtype, memory_format=fmt)
+    else:
+        grad_input = torch.zeros_like(input, memory_format=_memory_format(input))
     grad_weight = (
         gw.reshape(geo.groups, geo.kh * geo.kw, geo.c_g, geo.c_og)
         .permute(0, 3, 2, 1)
