@@ -9,7 +9,8 @@
 # the later ones (except a failed build), and the summary at the end lists each step's
 # exit status. Environment: TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
 # CUDA_HOME (/usr/local/cuda), DEADLINE_S (480), FUSED_BUDGET_S (200: the fused check's own budget),
-# FUSED_TESTS (1; 0 skips the fused part's pytest run), PARTS (default "fused cpu gpu", run in
+# FUSED_TESTS (1; 0 skips the fused part's pytest run), FUSED_SECTIONS (fused_gpu_check.py's
+# --sections; default all), PARTS (default "fused cpu gpu", run in
 # that order: fused = the fused GPU kernels (tests, check, an Nsight Compute profile) and the ResNet-50 training step; cpu = the CPU tests and timings on this host's
 # CPU, which on H100/H200 servers has AMX; gpu = the column path's CUDA tests, timings and
 # sanitizer), e.g. PARTS="cpu" bash benchmarks/device_check.sh. All three do not fit the
@@ -126,7 +127,8 @@ if part fused; then
   # FUSED_TESTS=0 leaves out the pytest part (CPU-side tests CI also runs: saves ~30 s).
   TAIL=40 step fused 260 bash -c 't=0; if [[ "${FUSED_TESTS:-1}" != 0 ]]; then
 python3 -m pytest -q -rfE -k "not interpreter" tests/test_fused_gpu.py; t=$?; fi
-python3 benchmarks/fused_gpu_check.py --out "$1/fused_gpu.json" --budget-s "${FUSED_BUDGET_S:-200}"; b=$?
+python3 benchmarks/fused_gpu_check.py --out "$1/fused_gpu.json" --budget-s "${FUSED_BUDGET_S:-200}" \
+  ${FUSED_SECTIONS:+--sections "$FUSED_SECTIONS"}; b=$?
 exit $((t != 0 || b != 0))' fused "$OUT"
   # Where the fused kernels' time goes: Nsight Compute on one forward+backward at r50-c3 in
   # fp16 (its three launches: forward, input side, weight side), a few sections each.
@@ -137,13 +139,13 @@ exit $((t != 0 || b != 0))' fused "$OUT"
       python3 benchmarks/fused_gpu_check.py --out "$LOG/fused_once.json" --sections once \
       --shapes r50-c3 --dtypes float16
   fi
+  # The ResNet-50 training step, plain against layer2-4 deformable on each GPU path.
+  TAIL=12 step resnet50 120 python3 benchmarks/bench_resnet50_step.py --json "$OUT/resnet50_step.json"
   # compute-sanitizer memcheck on the fused kernels (the sanitizer cases on the fused path).
   if command -v compute-sanitizer >/dev/null; then
     TAIL=8 step fused_memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 DEFORMCONV_GPU_PATH=fused \
       compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitizer_cases.py
   fi
-  # The ResNet-50 training step, plain against layer2-4 deformable on each GPU path.
-  TAIL=12 step resnet50 120 python3 benchmarks/bench_resnet50_step.py --json "$OUT/resnet50_step.json"
 fi  # part fused
 
 # 3. The CPU on this host (AMX on H100/H200 servers; no CI machine has AMX). The path tests
