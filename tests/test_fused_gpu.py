@@ -5,6 +5,8 @@ reaches other tests of this process. bfloat16 is tested on a GPU only (the inter
 wrong): benchmarks/fused_gpu_check.py.
 """
 
+import sys
+
 import pytest
 import torch
 from helpers import REPO, make_args, run_python
@@ -143,36 +145,14 @@ def test_compiler_sees_each_kernel_write_only_its_outputs():
     ], proc.stdout
 
 
-def _compile_for_sm(kernel, kind, dtype, capability, idx64=False):
-    """Compile a fused kernel ahead of time for a CUDA target (no GPU needed: ptxas ships with
-    triton), with the default blocks for 128 channels, as the launch in op.py would build it."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from deformconv._fused_gpu import config, op
-
-    cfg = config.block_config(kind, dtype, 128, 128)
-    data = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}[dtype]
-    fp32_ptrs = {"off_ptr", "msk_ptr", "gx_ptr", "part_ptr", "goff_ptr", "gmsk_ptr"}
-    consts = dict(KH=3, KW=3, HAS_MASK=True, IDX64=idx64, PRECISION=op._fp32_precision(dtype))
-    consts.update({k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")})
-    if "HAS_BIAS" in kernel.arg_names:
-        consts["HAS_BIAS"] = True
-    if "ONE_OG" in kernel.arg_names:
-        consts["ONE_OG"] = False  # the general build, with the offset-group loop
-    signature = {
-        name: "constexpr"
-        if name in consts
-        else ("*fp32" if name in fp32_ptrs else data)
-        if name.endswith("_ptr")
-        else ("i64" if idx64 else "i32")
-        for name in kernel.arg_names
-    }
-    constexprs = {(kernel.arg_names.index(k),): v for k, v in consts.items()}
-    source = ASTSource(kernel, signature, constexprs=constexprs)
-    options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+def _ptx_tool():
+    """benchmarks/fused_gpu_ptx.py, which compiles the fused kernels ahead of time."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import fused_gpu_ptx
+    finally:
+        sys.path.pop(0)
+    return fused_gpu_ptx
 
 
 @pytest.mark.parametrize(
@@ -200,12 +180,26 @@ def test_kernels_compile_for_the_gpu(kind, dtype, capability):
 
     if kernels.INTERPRETED:
         pytest.skip("TRITON_INTERPRET=1 in this process")
-    kernel = {
-        "forward": kernels.fused_forward_kernel,
-        "backward_data": kernels.fused_backward_data_kernel,
-        "backward_weight": kernels.fused_backward_weight_kernel,
-    }[kind]
-    compiled = _compile_for_sm(kernel, kind, dtype, capability)
+    tool = _ptx_tool()
+    # The general build (no specialization: every integer a plain argument), as a call with odd
+    # sizes and strides compiles it, then the int64 build.
+    compiled, _ = tool.compile_for_sm(kind, dtype, capability, specialize=False)
     assert compiled.asm["cubin"]
     if kind == "forward" and dtype == torch.float16:
-        assert _compile_for_sm(kernel, kind, dtype, capability, idx64=True).asm["cubin"]
+        compiled, _ = tool.compile_for_sm(kind, dtype, capability, idx64=True, specialize=False)
+        assert compiled.asm["cubin"]
+
+
+def test_ptx_report_of_a_specialized_build():
+    """benchmarks/fused_gpu_ptx.py on the input-side kernel (sm_90, fp16): ptxas's register
+    count, and vector float32 atomics for grad_input, as the specialized build has."""
+    pytest.importorskip("triton")
+    from deformconv._fused_gpu import kernels
+
+    if kernels.INTERPRETED:
+        pytest.skip("TRITON_INTERPRET=1 in this process")
+    r = _ptx_tool().report("backward_data", torch.float16, 90)
+    assert 0 < r["registers"] <= 255 and r["spill_bytes"] is not None
+    assert any(
+        op.startswith("atom.global") and op.endswith(".v4.f32") for op in r["memory_instructions"]
+    )
