@@ -3,16 +3,20 @@
 
 ``OVERRIDES`` lets a tuning script try other blocks: ``OVERRIDES["forward"] = dict(BLOCK_M=128, ...)``
 replaces the chosen keys for every later call of that kind ("forward", "backward_data",
-"backward_weight"). The float32 blocks were chosen by compiling for sm_90 ahead of time and
-keeping tiles for which ptxas reported no register spills at 128 channels: forward and weight
-kernels 64 x (64 or 128) x 32, input-side kernel 64 x 64 x 16 (its float32 build still spills 132
-bytes), all with 8 warps; they have not been tuned on a GPU. The 16-bit blocks come from autotunes on an H200
-(benchmarks/fused_gpu_check.py, r50-c3 8,128,100,168->128, float16, median ms, three runs):
-input side 64 x 64 x 64, 4 warps, 3 stages (1.99 and 2.03; its 8-warp build has no register
-spills but took 2.36, 2.05 under Nsight Compute); weight side 128 x 128 x 64, 8 warps, 2 stages
-(1.16, then 1.26 against 2.04 for the float32 blocks; 128 x 128 x 128 took 0.95 but needs 225 KiB
-of shared memory on sm_90, too close to the limit); forward 64 x 128 x 32, 8 warps, one stage
-(0.62 against 0.71 with 2 stages in the third run).
+"backward_weight").
+
+Where the blocks come from:
+
+- float32: compiled for sm_90 ahead of time, keeping tiles for which ptxas reported no register
+  spills at 128 channels (forward and weight kernels 64 x (64 or 128) x 32, input side
+  64 x 64 x 16, which still spills a little), all with 8 warps; not tuned on a GPU.
+- 16-bit: autotunes on an H200 (benchmarks/fused_gpu_check.py, r50-c3 8,128,100,168->128,
+  float16, median ms of each kernel's calls):
+  - input side 64 x 64 x 64, 4 warps, 3 stages: 2.01, 1.99 and 2.03 in three runs (the float32 blocks
+    took 4.05); its 8-warp build has no register spills but took 2.36;
+  - weight side 128 x 128 x 64, 8 warps, 2 stages: 1.16 (the float32 blocks 2.04); 128 x 128 x
+    128 took 0.95, but it needs 225 KiB of shared memory on sm_90, too close to the limit;
+  - forward 64 x 128 x 32, 8 warps, one stage: 0.62 against 0.71 with two stages.
 """
 
 from __future__ import annotations
