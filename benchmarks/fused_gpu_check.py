@@ -29,6 +29,9 @@ sweep comes last.
    (the layout GPU convnets train in: no NHWC copies, vector stores of the output).
 9. ``correct_more``: as ``correct`` on the other configurations (an offset group spanning
    weight groups, 1x1 without mask, 160 -> 144 channels, batch 0).
+10. ``large``: input and output of more than 2**31 elements (fp16, 1x128x4100x4100 -> 128;
+    the int64 index build), output and every gradient against the column path's; skipped on
+    GPUs with less than 70 GiB.
 
 Usage::
 
@@ -64,6 +67,7 @@ SECTIONS = (
     "tuned",
     "channels_last",
     "correct_more",
+    "large",
 )
 # Not in the default run: "once", one fused forward+backward per shape and dtype, untimed (the
 # launches a profiler such as Nsight Compute records: forward, input side, weight side).
@@ -73,6 +77,10 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 KEYS = ("input", "weight", "offset", "mask", "bias")
 DEV = "cuda"  # "cpu" with --dry-run: the same code under Triton's interpreter, tiny sizes
 DET_SHAPE = (4, 64, 40, 48, 64)  # N, C_in, H, W, C_out of the determinism section
+# N, C_in, H, W, C_out of the large section: input and output of 128 * 4100**2 > 2**31
+# elements (fp16: 4.3 GB each; about 45 GB at the peak of the comparison).
+LARGE_SHAPE = (1, 128, 4100, 4100, 128)
+LARGE_MIN_GIB = 70  # GPUs with less memory skip it
 # Small configurations: (name, N, C_in, H, W, C_out, k, stride, pad, dil, groups, og, mask)
 SMALL = [
     ("base", 2, 16, 9, 11, 24, 3, 1, 1, 1, 1, 1, True),
@@ -421,6 +429,57 @@ def peak_mb(fn, t, conv):
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def _rel_chunked(a, b):
+    """rel(a, b) in float32, one slice of dim 1 at a time (tensors too large to copy whole)."""
+    num = den = 0.0
+    for i in range(a.shape[1]):
+        x, y = a[:, i].float(), b[:, i].float()
+        num = max(num, (x - y).abs().max().item())
+        den = max(den, y.abs().max().item())
+    return num / max(den, 1e-30)
+
+
+def section_large(rep):
+    """Input and output of more than 2**31 elements in fp16 (the kernels' int64 index build):
+    output and every gradient of the fused path against the column path's."""
+    from deformconv._fused_gpu import op
+
+    if DEV == "cuda":
+        gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+        if gib < LARGE_MIN_GIB:
+            rep.add("large", skipped=f"{gib:.0f} GiB of GPU memory, under {LARGE_MIN_GIB}")
+            return
+    else:  # dry run: tiny, with the int64 build forced
+        os.environ["DEFORMCONV_FORCE_INT64_INDEX"] = "1"
+    n, c, h, w, co = LARGE_SHAPE
+    try:
+        t, conv = make(n, c, h, w, co, 3, 1, 1, 1, 1, 1, True, torch.float16)
+        t = leaves(t)
+        names = [k for k, v in t.items() if v is not None]
+        idx64 = op._needs_int64(t["input"])
+        with torch.no_grad():
+            go = torch.randn(n, co, h, w, device=DEV, dtype=torch.float16)
+        results = {}
+        for name, fn in (("fused", fused), ("columns", columns)):
+            y = fn(t, conv)
+            grads = torch.autograd.grad(y, [t[k] for k in names], go)
+            results[name] = {"output": y.detach(), **dict(zip(names, grads))}
+            del y, grads
+        a, b = results["fused"], results["columns"]
+        errs = {k: _rel_chunked(a[k], b[k]) if a[k].dim() == 4 else rel(a[k].float(), b[k].float())
+                for k in a}  # fmt: skip
+        finite = all(bool(torch.isfinite(v).all()) for v in a.values())
+        rep.add("large", shape=list(LARGE_SHAPE), input_elements=t["input"].numel(),
+                int64_build=idx64 or DEV == "cpu", rel_diff_to_columns=errs, finite=finite,
+                ok=finite and max(errs.values()) < 1e-2)  # fmt: skip
+    finally:
+        if DEV == "cpu":
+            os.environ.pop("DEFORMCONV_FORCE_INT64_INDEX", None)
+        t = a = b = results = None
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+
+
 def stream_ms(fn, reps):
     """Mean ms per call of ``reps`` calls issued back to back (one synchronization): the
     throughput of a training loop whose CPU runs ahead, where median_ms's per-call
@@ -543,8 +602,9 @@ def _time_shapes(rep, shapes, dtypes, reps, impls, section, errors, blocks, chan
 
 def dry_run_sizes(args):
     """CPU dry run: Triton must interpret (set before triton is imported), tiny shapes."""
-    global DEV, SMALL, GPU_SHAPES, DET_SHAPE
+    global DEV, SMALL, GPU_SHAPES, DET_SHAPE, LARGE_SHAPE
     DET_SHAPE = (1, 4, 5, 6, 4)
+    LARGE_SHAPE = (1, 4, 5, 6, 4)  # the int64 build forced instead (DEFORMCONV_FORCE_INT64_INDEX)
     if "compile" in args.sections:  # the interpreter's kernels are not traceable
         args.sections.remove("compile")
     os.environ["TRITON_INTERPRET"] = "1"
@@ -582,6 +642,7 @@ def main(argv=None):
     winners = {}  # the autotune's blocks that beat the defaults, per kernel kind
     steps = {
         "correct": lambda: section_correct(rep, args.dtypes, CORE),
+        "large": lambda: section_large(rep),
         "correct_more": lambda: section_correct(
             rep, args.dtypes, [c[0] for c in SMALL if c[0] not in CORE]
         ),

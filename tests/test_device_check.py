@@ -1,7 +1,9 @@
 # The GPU device-check tooling (benchmarks/device_check.sh, sanitizer_cases.py) works before it reaches a GPU.
 """A device run is short and scarce: a script bug there wastes it. These tests run the device
-check's own scripts on the CPU (sanitizer cases) and check the shell script's syntax."""
+check's own scripts on the CPU (sanitizer cases, the fused check's dry run) and check the shell
+script's syntax."""
 
+import json
 import shutil
 import subprocess
 
@@ -51,3 +53,26 @@ def test_resnet50_step_benchmark_runs_on_cpu(tmp_path):
         ("deformable", "columns"),
     ]
     assert all(r["step_ms"] > 0 for r in rows)
+
+
+def test_fused_check_dry_run_covers_every_section(tmp_path):
+    """benchmarks/fused_gpu_check.py --dry-run: every default section runs on tiny CPU tensors
+    under Triton's interpreter (float16; compile is left out there) and no row is not ok."""
+    pytest.importorskip("triton")
+    out = tmp_path / "fused.json"
+    script = REPO / "benchmarks" / "fused_gpu_check.py"
+    result = run_python(
+        [str(script), "--dry-run", "--dtypes", "float16", "--out", str(out)], cwd="/", timeout=600
+    )
+    if "cannot run loops with runtime bounds" in result.stdout + result.stderr:
+        pytest.skip("this Triton's interpreter cannot run loops with runtime bounds")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    sections = {r["section"] for r in rows}
+    expected = {"env", "correct", "torchvision", "determinism", "timing", "autotune", "tuned",
+                "channels_last", "large"}  # fmt: skip
+    assert expected <= sections, sorted(expected - sections)
+    # correct_more's rows are "correct" rows of the other configurations
+    configs = {r.get("config") for r in rows if r["section"] == "correct"}
+    assert {"base", "1x1-no-mask", "batch0"} <= configs, configs
+    assert not [r for r in rows if r.get("ok") is False or "error" in r], rows
