@@ -391,6 +391,24 @@ def median_ms(fn, device: str, reps: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def back_to_back_ms(fn, device: str, reps: int) -> float | None:
+    """Mean ms per call of ``reps`` calls issued back to back, one synchronization (CUDA
+    events): the throughput of a loop whose CPU runs ahead, where median_ms's per-call
+    synchronization also counts the CPU's launch time. None off the GPU."""
+    if device != "cuda":
+        return None
+    fn()
+    _sync(device)
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
 def run(args) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")

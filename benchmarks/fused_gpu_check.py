@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_deform_conv2d import GPU_SHAPES, median_ms  # noqa: E402
+from bench_deform_conv2d import GPU_SHAPES, back_to_back_ms, median_ms  # noqa: E402
 
 # In run order: each Triton specialization compiles on first use (a second or more each), so the
 # broad sweep of small configurations comes last, after the timings.
@@ -483,23 +483,6 @@ def section_large(rep):
             torch.cuda.empty_cache()
 
 
-def stream_ms(fn, reps):
-    """Mean ms per call of ``reps`` calls issued back to back (one synchronization): the
-    throughput of a training loop whose CPU runs ahead, where median_ms's per-call
-    synchronization also counts the CPU's launch time."""
-    if DEV == "cpu":
-        return None
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
-
-
 def time_impl(name, fn, t, conv, reps):
     """Forward (no_grad) and forward+backward medians in ms (and forward+backward back to
     back, ``_stream``), and peak extra MiB, of one impl."""
@@ -509,8 +492,8 @@ def time_impl(name, fn, t, conv, reps):
     go = torch.randn_like(fn(t, conv))
     need = [v for v in t.values() if v is not None and v.requires_grad]
     row[f"{name}_fwdbwd_ms"] = time_ms(lambda: torch.autograd.grad(fn(t, conv), need, go), reps)
-    row[f"{name}_fwdbwd_stream_ms"] = stream_ms(
-        lambda: torch.autograd.grad(fn(t, conv), need, go), reps
+    row[f"{name}_fwdbwd_stream_ms"] = back_to_back_ms(
+        lambda: torch.autograd.grad(fn(t, conv), need, go), DEV, reps
     )
     row[f"{name}_peak_mb"] = peak_mb(fn, t, conv)
     return row
