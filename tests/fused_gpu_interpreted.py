@@ -343,6 +343,35 @@ def test_fake_tensors_give_shapes_and_formats():
         assert grad.shape == a[k].shape and grad.dtype == a[k].dtype, k
 
 
+def registered_op_call(t, a):
+    """The registered op with its registered autograd: what torch.compile and export trace."""
+    return fused_op.fused_forward(
+        t["input"], t["weight"], t["offset"], t["mask"], t["bias"],
+        list(a["stride"]), list(a["padding"]), list(a["dilation"]),
+    )  # fmt: skip
+
+
+def test_eager_calls_skip_the_dispatcher_and_agree_with_the_registered_op():
+    a = make_args(n=2, c_in=6, c_out=4, h=6, w=7, groups=2, offset_groups=3)
+    y = fused_call(leaves(a, torch.float32), a)
+    assert type(y.grad_fn).__name__ == "_EagerFusedBackward"
+    eager_y, eager_grads = forward_backward(fused_call, leaves(a, torch.float32), a)
+    op_y, op_grads = forward_backward(registered_op_call, leaves(a, torch.float32), a)
+    assert torch.equal(eager_y, op_y)
+    for k in op_grads:
+        assert torch.equal(eager_grads[k], op_grads[k]), k
+
+
+def test_tracers_see_the_registered_op():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    a = make_args(n=1, c_in=4, c_out=4, h=5, w=5)
+    t = {k: a[k] for k in KEYS}
+    graph = make_fx(lambda t: fused_call(t, a))(t)
+    targets = {str(n.target) for n in graph.graph.nodes if n.op == "call_function"}
+    assert "deformconv._fused_deform_conv2d.default" in targets
+
+
 def _args(dtype=torch.float32):
     a = make_args(dtype=dtype)
     return a["input"], a["weight"], a["offset"], a["mask"]

@@ -64,19 +64,24 @@ def block_config(kind: str, dtype: torch.dtype, c_in_group: int, c_out_group: in
     return cfg
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for ints (``triton.cdiv`` is a JIT function: microseconds per host call)."""
+    return -(-a // b)
+
+
 def _splits_to_target(base_programs: int) -> int:
     """How many ways ``base_programs`` programs must be split to reach TARGET_PROGRAMS."""
-    return -(-TARGET_PROGRAMS // max(base_programs, 1))
+    return cdiv(TARGET_PROGRAMS, max(base_programs, 1))
 
 
 def channel_splits(base_programs: int, channels: int, block_k: int) -> tuple[int, int]:
     """(splits, channels per split) of one offset group's ``channels`` for the input-side
     kernel: whole BLOCK_K blocks per split, enough splits to give ``base_programs`` (pixel
     tiles x offset groups) about TARGET_PROGRAMS programs, no empty split."""
-    blocks = max(-(-channels // block_k), 1)
+    blocks = max(cdiv(channels, block_k), 1)
     wanted = min(_splits_to_target(base_programs), blocks)
-    per_split = -(-blocks // wanted)
-    return -(-blocks // per_split), per_split * block_k
+    per_split = cdiv(blocks, wanted)
+    return cdiv(blocks, per_split), per_split * block_k
 
 
 def weight_splits(base_programs: int, pixel_tiles: int, partial_bytes_per_split: int) -> int:

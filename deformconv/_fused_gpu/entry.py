@@ -88,4 +88,4 @@ def deform_conv2d_fused(
 
     x, w, off, m, b = args
     with torch.autocast(x.device.type, enabled=False):
-        return op.fused_forward(x, w, off, m, b, stride, padding, dilation)
+        return op.fused_deform_conv2d(x, w, off, m, b, stride, padding, dilation)
