@@ -80,8 +80,11 @@ def compile_for_sm(
     consts.update({k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")})
     if "HAS_BIAS" in kernel.arg_names:
         consts["HAS_BIAS"] = True
-    if "ONE_OG" in kernel.arg_names:
-        consts["ONE_OG"] = False  # the general build, with the offset-group loop
+    # Offset groups: the general build has the loops over them; the specialized build is a
+    # call with one offset group, as the JIT compiles it.
+    for name in ("ONE_OG", "GROUP_ONE_OG"):
+        if name in kernel.arg_names:
+            consts[name] = specialize
     values = _call_values(channels) if specialize else {}
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):

@@ -107,6 +107,7 @@ CONFIGS = {
     "odd_3x3": dict(n=2, c_in=3, h=7, w=6, c_out=5),
     "groups_offset_groups_straddle": dict(c_in=6, c_out=4, groups=2, offset_groups=3, h=5, w=6),
     "offset_group_spans_groups": dict(c_in=6, c_out=3, groups=3, offset_groups=2, h=5, w=5),
+    "groups_inside_offset_groups": dict(c_in=8, c_out=8, groups=4, offset_groups=2, h=5, w=6),
     "1x1": dict(c_in=5, c_out=7, kernel=(1, 1), padding=(0, 0), h=5, w=4),
     "5x5_stride2_dil2_no_mask": dict(
         n=1,
@@ -153,12 +154,16 @@ def check_against_columns(a, dtype, positions=None):
 
 def test_small_blocks_tails_and_straddling_channel_block():
     """16-wide blocks: 2 K blocks with a tail, 2 N blocks with a tail, an M tail, and a channel
-    block spanning two offset groups (10 channels each)."""
+    block spanning two offset groups (10 channels each); then two K blocks per weight group."""
     fused_config.OVERRIDES.update(
         {k: dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16) for k in fused_config.KINDS}
     )
     try:
         a = make_args(n=1, c_in=20, c_out=18, h=5, w=4, offset_groups=2, seed=3)
+        check_against_columns(a, torch.float32)
+        # Two channel blocks per weight group, each group inside one offset group: the
+        # forward computes each tap's cell once for both blocks.
+        a = make_args(n=1, c_in=64, c_out=16, h=4, w=5, groups=2, offset_groups=2, seed=4)
         check_against_columns(a, torch.float32)
     finally:
         fused_config.OVERRIDES.clear()

@@ -181,9 +181,12 @@ def test_kernels_compile_for_the_gpu(kind, dtype, capability):
     if kernels.INTERPRETED:
         pytest.skip("TRITON_INTERPRET=1 in this process")
     tool = _ptx_tool()
-    # The general build (no specialization: every integer a plain argument), as a call with odd
-    # sizes and strides compiles it, then the int64 build.
+    # The general build (no specialization: every integer a plain argument, the loops over
+    # offset groups), as a call with odd sizes and strides compiles it, then the int64 build.
     compiled, _ = tool.compile_for_sm(kind, dtype, capability, specialize=False)
+    assert compiled.asm["cubin"]
+    # The build of a contiguous call with one offset group (no offset-group loops).
+    compiled, _ = tool.compile_for_sm(kind, dtype, capability, specialize=True)
     assert compiled.asm["cubin"]
     if kind == "forward" and dtype == torch.float16:
         compiled, _ = tool.compile_for_sm(kind, dtype, capability, idx64=True, specialize=False)

@@ -101,12 +101,53 @@ def _modulation(m_ptrs, valid, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
-def _corner(x_ptr, n, yc, xc, valid, ci, c_ok, H, W, C):
-    """Values [BLOCK_M, BLOCK_K] (float32) of corner (yc, xc) at channels ci of NHWC x; 0 outside."""
-    inside = valid & (yc >= 0) & (yc < H) & (xc >= 0) & (xc < W)
-    pix = ((n * H + yc) * W + xc) * C
-    ptrs = x_ptr + pix[:, None] + ci[None, :]
-    return tl.load(ptrs, mask=inside[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+def _tap_corners(n, y0, x0, ly, lx, mval, valid, H, W, C):
+    """The four corners of each pixel's sample (vectors [BLOCK_M], from _cell and _modulation):
+    the element offset of corner (y0, x0) in NHWC x at channel 0, whether each corner
+    (00, 01, 10, 11: row, column) is inside the image (never where the sample is not valid), and
+    each corner's weight mask * bilinear weight."""
+    hy = 1.0 - ly
+    hx = 1.0 - lx
+    top = valid & (y0 >= 0) & (y0 < H)
+    bottom = valid & (y0 + 1 >= 0) & (y0 + 1 < H)
+    left = (x0 >= 0) & (x0 < W)
+    right = (x0 + 1 >= 0) & (x0 + 1 < W)
+    p00 = ((n * H + y0) * W + x0) * C
+    return (
+        p00,
+        top & left,
+        top & right,
+        bottom & left,
+        bottom & right,
+        mval * hy * hx,
+        mval * hy * lx,
+        mval * ly * hx,
+        mval * ly * lx,
+    )
+
+
+@triton.jit
+def _gather(x_ptr, p00, in00, in01, in10, in11, w00, w01, w10, w11, ci, seg, W, C):
+    """The A tile [BLOCK_M, BLOCK_K] (float32): sum over the four corners (from _tap_corners) of
+    weight * x at channels ``ci`` where ``seg``; corners outside the image read nothing."""
+    cols = ci[None, :]
+    segs = seg[None, :]
+    p01 = p00 + C
+    p10 = p00 + W * C
+    p11 = p10 + C
+    a = w00[:, None] * tl.load(
+        x_ptr + p00[:, None] + cols, mask=in00[:, None] & segs, other=0.0
+    ).to(tl.float32)
+    a += w01[:, None] * tl.load(
+        x_ptr + p01[:, None] + cols, mask=in01[:, None] & segs, other=0.0
+    ).to(tl.float32)
+    a += w10[:, None] * tl.load(
+        x_ptr + p10[:, None] + cols, mask=in10[:, None] & segs, other=0.0
+    ).to(tl.float32)
+    a += w11[:, None] * tl.load(
+        x_ptr + p11[:, None] + cols, mask=in11[:, None] & segs, other=0.0
+    ).to(tl.float32)
+    return a
 
 
 @triton.jit
@@ -141,13 +182,10 @@ def _group_tile(
         dy, dx, ho, wo, pix_ok, tap, KW, H, W, sh, sw, ph, pw, dh, dw, IDX64
     )
     mval = _modulation(m_ptrs, valid, HAS_MASK)
-    hy = 1.0 - ly
-    hx = 1.0 - lx
-    a = (mval * hy * hx)[:, None] * _corner(x_ptr, n, y0, x0, valid, ci, seg, H, W, C)
-    a += (mval * hy * lx)[:, None] * _corner(x_ptr, n, y0, x0 + 1, valid, ci, seg, H, W, C)
-    a += (mval * ly * hx)[:, None] * _corner(x_ptr, n, y0 + 1, x0, valid, ci, seg, H, W, C)
-    a += (mval * ly * lx)[:, None] * _corner(x_ptr, n, y0 + 1, x0 + 1, valid, ci, seg, H, W, C)
-    return a
+    p00, in00, in01, in10, in11, w00, w01, w10, w11 = _tap_corners(
+        n, y0, x0, ly, lx, mval, valid, H, W, C
+    )
+    return _gather(x_ptr, p00, in00, in01, in10, in11, w00, w01, w10, w11, ci, seg, W, C)
 
 
 @triton.jit
@@ -225,6 +263,7 @@ def fused_forward_kernel(
     HAS_BIAS: tl.constexpr,
     IDX64: tl.constexpr,
     ONE_OG: tl.constexpr,
+    GROUP_ONE_OG: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -233,6 +272,9 @@ def fused_forward_kernel(
     """out[n, g*Cog + co, ho, wo] = bias + sum over (tap, channel) of A * W, one
     [BLOCK_M pixels, BLOCK_N output channels] tile of weight group g per program.
 
+    GROUP_ONE_OG: every weight group lies in one offset group (one offset group, or C_in /
+    offset_groups a multiple of C_in / groups); then each tap's offsets, cell and corner
+    weights are computed once and serve all of the group's channel blocks.
     Grid: (cdiv(M, BLOCK_M), cdiv(Cog, BLOCK_N), groups)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -245,17 +287,35 @@ def fused_forward_kernel(
     w_group = w_ptr + g * (KH * KW) * Cg * Cog
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tap in range(0, KH * KW):
+        # The tap's cell in the group's (first) offset group; only GROUP_ONE_OG uses it (the
+        # compiler drops it otherwise). Offsets are loaded here, in the body (see _tap_pointers).
+        dy_ptrs, dx_ptrs, m_ptrs = _tap_pointers(
+            off_ptr, msk_ptr, n, ho, wo, (g * Cg) // Cpog, tap, KH, KW,
+            so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w,
+        )  # fmt: skip
+        dy = tl.load(dy_ptrs, mask=pix_ok, other=0.0).to(tl.float32)
+        dx = tl.load(dx_ptrs, mask=pix_ok, other=0.0).to(tl.float32)
+        y0, x0, ly, lx, valid = _cell(
+            dy, dx, ho, wo, pix_ok, tap, KW, H, W, sh, sw, ph, pw, dh, dw, IDX64
+        )
+        mval = _modulation(m_ptrs, valid, HAS_MASK)
+        p00, in00, in01, in10, in11, w00, w01, w10, w11 = _tap_corners(
+            n, y0, x0, ly, lx, mval, valid, H, W, C
+        )
         for c0 in range(0, Cg, BLOCK_K):
             cl = c0 + tl.arange(0, BLOCK_K)
             c_ok = cl < Cg
             ci = g * Cg + cl
-            c_first = g * Cg + c0
-            c_last = g * Cg + tl.minimum(c0 + BLOCK_K, Cg) - 1
-            a = _sample_tile(
-                x_ptr, off_ptr, msk_ptr, n, ho, wo, pix_ok, tap, ci, c_ok, c_first, c_last,
-                Cpog, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw,
-                so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK, IDX64, ONE_OG, BLOCK_M, BLOCK_K,
-            )  # fmt: skip
+            if GROUP_ONE_OG:
+                a = _gather(x_ptr, p00, in00, in01, in10, in11, w00, w01, w10, w11, ci, c_ok, W, C)
+            else:
+                c_first = g * Cg + c0
+                c_last = g * Cg + tl.minimum(c0 + BLOCK_K, Cg) - 1
+                a = _sample_tile(
+                    x_ptr, off_ptr, msk_ptr, n, ho, wo, pix_ok, tap, ci, c_ok, c_first, c_last,
+                    Cpog, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw,
+                    so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK, IDX64, ONE_OG, BLOCK_M, BLOCK_K,
+                )  # fmt: skip
             k = tap * Cg + cl
             b = tl.load(
                 w_group + k[:, None] * Cog + co[None, :],

@@ -161,6 +161,7 @@ def _forward_impl(
             HAS_BIAS=bias is not None,
             IDX64=_needs_int64(x, offset, mask, out),
             ONE_OG=_one_offset_group_per_block(geo, cfg),
+            GROUP_ONE_OG=geo.c_pog % geo.c_g == 0,
             PRECISION=_fp32_precision(input.dtype),
             **_launch_options(cfg),
         )
