@@ -19,17 +19,21 @@ sweep comes last.
    fused / columns / torchvision / dense ``F.conv2d`` (and forward+backward issued back to
    back, ``*_fwdbwd_stream_ms``, where the CPU's launch time hides) at the five benchmark shapes (3x3, pad 1,
    mask and bias, offsets uniform in +-2 px, TF32 off), peak extra memory of one
-   forward+backward, error of the fused output against float64 (+-2 px; 8-16 px at r50-c3).
-5. ``compile``: ``torch.compile(fullgraph=True)`` of the selection and the fused op against eager.
-6. ``autotune``: a handful of block configurations per kernel at r50-c3 fp16 (forward, the
+   forward+backward; the fused forward+backward also under ``torch.use_deterministic_algorithms``
+   (``fused_det_fwdbwd_ms``, ``det_over_default``: the target is <= 1.3).
+5. ``accuracy``: as ``correct`` (output and every gradient, fused and columns against the column
+   path in float64, the same ``ok`` rule) at the five benchmark shapes with the batch cut to 2,
+   every dtype, offsets uniform in +-2 px and of 8-16 px.
+6. ``compile``: ``torch.compile(fullgraph=True)`` of the selection and the fused op against eager.
+7. ``autotune``: a handful of block configurations per kernel at r50-c3 fp16 (forward, the
    input-side backward, the weight backward), the best against the default.
-7. ``tuned``: the fused path's fp16 / bf16 timings again with the autotune's winning blocks
+8. ``tuned``: the fused path's fp16 / bf16 timings again with the autotune's winning blocks
    (skipped when the defaults won everywhere).
-8. ``channels_last``: fused / columns / dense in fp16 with every 4-d argument channels_last
+9. ``channels_last``: fused / columns / dense in fp16 with every 4-d argument channels_last
    (the layout GPU convnets train in: no NHWC copies, vector stores of the output).
-9. ``correct_more``: as ``correct`` on the other configurations (an offset group spanning
-   weight groups, 1x1 without mask, 160 -> 144 channels, batch 0).
-10. ``large``: input and output of more than 2**31 elements (fp16, 1x128x4100x4100 -> 128;
+10. ``correct_more``: as ``correct`` on the other configurations (an offset group spanning
+    weight groups, 1x1 without mask, 160 -> 144 channels, batch 0).
+11. ``large``: input and output of more than 2**31 elements (fp16, 1x128x4100x4100 -> 128;
     the int64 index build), output and every gradient against the column path's; skipped on
     GPUs with less than 70 GiB.
 
@@ -37,6 +41,7 @@ Usage::
 
     python benchmarks/fused_gpu_check.py --out /tmp/fused_gpu.json
     python benchmarks/fused_gpu_check.py --sections correct,timing --dtypes float16 --shapes r50-c3
+    python benchmarks/fused_gpu_check.py --sections accuracy --out /tmp/accuracy.json
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ SECTIONS = (
     "torchvision",
     "determinism",
     "timing",
+    "accuracy",
     "compile",
     "autotune",
     "tuned",
@@ -77,6 +83,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 KEYS = ("input", "weight", "offset", "mask", "bias")
 DEV = "cuda"  # "cpu" with --dry-run: the same code under Triton's interpreter, tiny sizes
 DET_SHAPE = (4, 64, 40, 48, 64)  # N, C_in, H, W, C_out of the determinism section
+ACCURACY_BATCH = 2  # the accuracy section's batch, at most (float64 at r50-c3: 2,128,100,168)
+ACCURACY_PX = (2.0, 8.0)  # its offsets: uniform in +-2 px, and 8-16 px with random sign
 # N, C_in, H, W, C_out of the large section: input and output of 128 * 4100**2 > 2**31
 # elements (fp16: 4.3 GB each; about 45 GB at the peak of the comparison).
 LARGE_SHAPE = (1, 128, 4100, 4100, 128)
@@ -94,10 +102,13 @@ SMALL = [
 # Block configurations tried by the autotune section, per kernel (BLOCK_M, BLOCK_N, BLOCK_K,
 # warps, stages): ones ptxas builds without register spills for sm_90 at 128 channels (checked
 # ahead of time, no GPU needed), and the input side's former default (4 warps: it spills).
+# The forward's gathers no longer depend on loads in the same channel-block iteration (each
+# tap's cell is computed once per tap), so its builds with stages > 1 now software-pipeline them.
 CANDIDATES = {
     "forward": [
         (64, 128, 32, 4, 3),
         (64, 128, 32, 8, 1),
+        (64, 128, 32, 8, 3),
         (64, 128, 64, 4, 3),
         (128, 128, 32, 8, 3),
         (128, 128, 64, 8, 3),
@@ -285,6 +296,22 @@ def rel(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
 
 
+def against_float64(t, conv):
+    """Output and every gradient of the fused path and of the column path, each against the
+    column path in float64: ``fused_err`` and ``column_err`` (``rel`` per key), ``worst_ratio``
+    (the largest fused error over the column path's, which is floored at 1e-7), ``finite`` (the
+    fused results) and ``ok``: finite and worst_ratio <= 1.5, or every fused error below 1e-5."""
+    ref = fwd_bwd(columns, leaves(t, torch.float64), conv)
+    got = fwd_bwd(fused, leaves(t), conv)
+    col = fwd_bwd(columns, leaves(t), conv)
+    errs = {k: rel(got[k], ref[k]) for k in ref}
+    col_errs = {k: rel(col[k], ref[k]) for k in ref}
+    finite = all(bool(torch.isfinite(v).all()) for v in got.values())
+    worst = max((errs[k] / max(col_errs[k], 1e-7) for k in ref), default=0.0)
+    ok = finite and (worst <= 1.5 or max(errs.values(), default=0.0) < 1e-5)
+    return dict(fused_err=errs, column_err=col_errs, worst_ratio=worst, finite=finite, ok=ok)
+
+
 def section_correct(rep, dtypes, names):
     for cfg in SMALL:
         name, *shape, with_mask = cfg
@@ -297,16 +324,31 @@ def section_correct(rep, dtypes, names):
                 t["offset"][0, 0::3, 1, 1] = float("nan")
                 t["offset"][0, 1::3, 2, 2] = float("inf")
                 t["offset"][0, 2::3, 3, 3] = 1e30
-            ref = fwd_bwd(columns, leaves(t, torch.float64), conv)
-            got = fwd_bwd(fused, leaves(t), conv)
-            col = fwd_bwd(columns, leaves(t), conv)
-            errs = {k: rel(got[k], ref[k]) for k in ref}
-            col_errs = {k: rel(col[k], ref[k]) for k in ref}
-            finite = all(bool(torch.isfinite(v).all()) for v in got.values())
-            worst = max((errs[k] / max(col_errs[k], 1e-7) for k in ref), default=0.0)
-            rep.add("correct", config=name, dtype=dname, fused_err=errs, column_err=col_errs,
-                    worst_ratio=worst, finite=finite,
-                    ok=finite and (worst <= 1.5 or max(errs.values(), default=0.0) < 1e-5))  # fmt: skip
+            rep.add("correct", config=name, dtype=dname, **against_float64(t, conv))
+
+
+def section_accuracy(rep, shapes, dtypes):
+    """``against_float64`` at each benchmark shape (3x3, pad 1, mask and bias), dtype and offset
+    range of ACCURACY_PX. The batch is cut to ACCURACY_BATCH (time and memory of the float64
+    reference): the output, input, offset and mask errors are per element, so a larger batch
+    only draws more of the same; grad_weight and grad_bias sum over the batch, so their sums
+    here are shorter (N*H_out*W_out terms: 33,600 instead of 134,400 at r50-c3), for both paths
+    alike. Each shape's label shows the batch used."""
+    for shape in shapes:
+        shape = dataclasses.replace(shape, n=min(shape.n, ACCURACY_BATCH))
+        for dname in dtypes:
+            for px in ACCURACY_PX:
+                if rep.over_budget():
+                    rep.add("accuracy", shape=shape.label(), dtype=dname, offset_px=px,
+                            skipped="time budget")  # fmt: skip
+                    continue
+                t, conv = make(shape.n, shape.c_in, shape.h, shape.w, shape.c_out, 3, 1, 1, 1, 1, 1,
+                               True, DTYPES[dname], offset_px=px)  # fmt: skip
+                rep.add("accuracy", shape=shape.label(), dtype=dname, offset_px=px,
+                        **against_float64(t, conv))  # fmt: skip
+                del t
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
 
 
 def section_torchvision(rep):
@@ -483,19 +525,33 @@ def section_large(rep):
             torch.cuda.empty_cache()
 
 
-def time_impl(name, fn, t, conv, reps):
+def time_impl(name, fn, t, conv, reps, deterministic=False):
     """Forward (no_grad) and forward+backward medians in ms (and forward+backward back to
-    back, ``_stream``), and peak extra MiB, of one impl."""
+    back, ``_stream``), and peak extra MiB, of one impl; with ``deterministic``, the
+    forward+backward median again under ``torch.use_deterministic_algorithms(True)``
+    (``_det_fwdbwd_ms``) and its ratio to the default mode's (``det_over_default``)."""
     row = {}
     with torch.no_grad():
         row[f"{name}_fwd_ms"] = time_ms(lambda: fn(t, conv), reps)
     go = torch.randn_like(fn(t, conv))
     need = [v for v in t.values() if v is not None and v.requires_grad]
-    row[f"{name}_fwdbwd_ms"] = time_ms(lambda: torch.autograd.grad(fn(t, conv), need, go), reps)
-    row[f"{name}_fwdbwd_stream_ms"] = back_to_back_ms(
-        lambda: torch.autograd.grad(fn(t, conv), need, go), DEV, reps
-    )
+
+    def fwd_bwd_once():
+        return torch.autograd.grad(fn(t, conv), need, go)
+
+    row[f"{name}_fwdbwd_ms"] = time_ms(fwd_bwd_once, reps)
+    row[f"{name}_fwdbwd_stream_ms"] = back_to_back_ms(fwd_bwd_once, DEV, reps)
     row[f"{name}_peak_mb"] = peak_mb(fn, t, conv)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        try:
+            row[f"{name}_det_fwdbwd_ms"] = time_ms(fwd_bwd_once, reps)
+        except Exception as exc:  # noqa: BLE001 (keep the default mode's timings)
+            row[f"{name}_det_error"] = repr(exc)[:500]
+        finally:
+            torch.use_deterministic_algorithms(False)
+        if f"{name}_det_fwdbwd_ms" in row:
+            row["det_over_default"] = row[f"{name}_det_fwdbwd_ms"] / row[f"{name}_fwdbwd_ms"]
     return row
 
 
@@ -516,12 +572,13 @@ def section_once(rep, shapes, dtypes):
 
 def section_timing(
     rep, shapes, dtypes, reps, impl_names=None, section="timing", blocks=None,
-    channels_last=False, errors=True,
+    channels_last=False, deterministic=False,
 ):  # fmt: skip
     """Time fused / columns / torchvision / dense (or ``impl_names`` of them) at each shape and
-    dtype, with the fused output's error against float64 (``errors``); ``blocks`` (the
-    autotune's winners) replaces the default blocks meanwhile; ``channels_last``: every
-    4-d argument in that memory format."""
+    dtype; ``blocks`` (the autotune's winners) replaces the default blocks meanwhile;
+    ``channels_last``: every 4-d argument in that memory format; ``deterministic``: the fused
+    forward+backward also under deterministic mode (``time_impl``). The errors against
+    float64 are the accuracy section's."""
     from deformconv._fused_gpu import config
 
     impls = {"fused": fused, "columns": columns, "torchvision": torchvision_call, "dense": dense}
@@ -533,12 +590,14 @@ def section_timing(
     config.OVERRIDES.clear()
     config.OVERRIDES.update(blocks or {})
     try:
-        _time_shapes(rep, shapes, dtypes, reps, impls, section, errors, blocks, channels_last)
+        _time_shapes(
+            rep, shapes, dtypes, reps, impls, section, blocks, channels_last, deterministic
+        )
     finally:
         config.OVERRIDES.clear()
 
 
-def _time_shapes(rep, shapes, dtypes, reps, impls, section, errors, blocks, channels_last):
+def _time_shapes(rep, shapes, dtypes, reps, impls, section, blocks, channels_last, deterministic):
     for shape in shapes:
         for dname in dtypes:
             if rep.over_budget():
@@ -562,17 +621,10 @@ def _time_shapes(rep, shapes, dtypes, reps, impls, section, errors, blocks, chan
                     for k in ("offset", "mask"):
                         t[k] = t[k].detach()
                 try:
-                    row.update(time_impl(name, fn, t, conv, reps))
+                    det = deterministic and name == "fused"
+                    row.update(time_impl(name, fn, t, conv, reps, deterministic=det))
                 except Exception as exc:  # noqa: BLE001
                     row[f"{name}_error"] = repr(exc)[:500]
-            for px in ((2.0, 8.0) if shape.name == "r50-c3" else (2.0,)) if errors else ():
-                t, _ = make(shape.n, shape.c_in, shape.h, shape.w, shape.c_out, 3, 1, 1, 1, 1, 1, True, dtype,
-                            offset_px=px)  # fmt: skip
-                with torch.no_grad():
-                    ref = columns({k: v.double() for k, v in t.items()}, conv)
-                    row[f"fused_err_{px:g}px"] = rel(fused(t, conv).double(), ref)
-                    row[f"columns_err_{px:g}px"] = rel(columns(t, conv).double(), ref)
-                del ref
             for name in ("columns", "torchvision", "dense"):
                 for what in ("fwd", "fwdbwd"):
                     if f"{name}_{what}_ms" in row and "fused_" + what + "_ms" in row:
@@ -647,7 +699,6 @@ def main(argv=None):
                 impl_names=("fused",),
                 section="tuned",
                 blocks=winners,
-                errors=False,
             )
         ),  # fmt: skip
         "channels_last": lambda: section_timing(
@@ -658,9 +709,11 @@ def main(argv=None):
             impl_names=("fused", "columns", "dense"),
             section="channels_last",
             channels_last=True,
-            errors=False,
         ),  # fmt: skip
-        "timing": lambda: section_timing(rep, args.shapes, args.dtypes, args.reps),
+        "timing": lambda: section_timing(
+            rep, args.shapes, args.dtypes, args.reps, deterministic=True
+        ),
+        "accuracy": lambda: section_accuracy(rep, args.shapes, args.dtypes),
         "once": lambda: section_once(rep, args.shapes, args.dtypes),
     }
     for name in SECTIONS + EXTRA_SECTIONS:

@@ -69,9 +69,18 @@ def test_fused_check_dry_run_covers_every_section(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = json.loads(out.read_text())
     sections = {r["section"] for r in rows}
-    expected = {"env", "correct", "torchvision", "determinism", "timing", "autotune", "tuned",
-                "channels_last", "large"}  # fmt: skip
+    expected = {"env", "correct", "torchvision", "determinism", "timing", "accuracy", "autotune",
+                "tuned", "channels_last", "large"}  # fmt: skip
     assert expected <= sections, sorted(expected - sections)
+    # accuracy: both offset ranges measured (not skipped), every gradient compared
+    accuracy = [r for r in rows if r["section"] == "accuracy"]
+    assert {r.get("offset_px") for r in accuracy} == {2.0, 8.0}, accuracy
+    assert all(r.get("ok") is True for r in accuracy), accuracy
+    keys = {"output", "input", "weight", "offset", "mask", "bias"}
+    assert all(set(r["fused_err"]) == set(r["column_err"]) == keys for r in accuracy), accuracy
+    # timing: the fused forward+backward also in deterministic mode
+    timing = [r for r in rows if r["section"] == "timing"]
+    assert timing and all(r.get("det_over_default", 0) > 0 for r in timing), timing
     # correct_more's rows are "correct" rows of the other configurations
     configs = {r.get("config") for r in rows if r["section"] == "correct"}
     assert {"base", "1x1-no-mask", "batch0"} <= configs, configs
