@@ -367,6 +367,7 @@ def test_eager_calls_skip_the_dispatcher_and_agree_with_the_registered_op():
         assert torch.equal(eager_grads[k], op_grads[k]), k
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.trace.* is deprecated:FutureWarning")
 def test_tracers_see_the_registered_op():
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -375,6 +376,10 @@ def test_tracers_see_the_registered_op():
     graph = make_fx(lambda t: fused_call(t, a))(t)
     targets = {str(n.target) for n in graph.graph.nodes if n.op == "call_function"}
     assert "deformconv._fused_deform_conv2d.default" in targets
+    # torch.jit.trace records ops; a kernel launched from Python would be left out.
+    traced = torch.jit.trace(lambda *args: fused_call(dict(zip(KEYS, args)), a),
+                             tuple(t[k] for k in KEYS))  # fmt: skip
+    assert "deformconv::_fused_deform_conv2d" in str(traced.graph)
 
 
 def _args(dtype=torch.float32):

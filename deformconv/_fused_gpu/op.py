@@ -376,10 +376,12 @@ class _EagerFused(torch.autograd.Function):
 
 
 def _plain_eager(input: Tensor) -> bool:
-    """Whether nothing traces this call: no torch.compile / export, no dispatch mode (make_fx,
-    fake tensors), no functorch transform. Only then may the dispatcher be skipped."""
+    """Whether nothing traces this call: no torch.compile / export, no torch.jit.trace, no
+    dispatch mode (make_fx, fake tensors), no functorch transform. Only then may the
+    dispatcher be skipped."""
     return not (
         torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
         or _get_current_dispatch_mode() is not None
         or torch._C._are_functorch_transforms_active()
         or is_fake(input)
