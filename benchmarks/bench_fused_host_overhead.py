@@ -45,7 +45,12 @@ def main(argv=None) -> None:
     import torch
 
     from deformconv import deform_conv2d
-    from deformconv._fused_gpu import op
+    from deformconv._fused_gpu import gpu_path
+
+    try:
+        from deformconv._fused_gpu import op
+    except ImportError as exc:
+        raise SystemExit(f"the fused path needs triton: {exc}") from exc
 
     op._launches = lambda probe: False  # every kernel launch is skipped
     gen = torch.Generator().manual_seed(0)
@@ -61,6 +66,9 @@ def main(argv=None) -> None:
 
     for path in ("fused", "columns"):
         os.environ["DEFORMCONV_GPU_PATH"] = path
+        taken = gpu_path(x, w, off, m)
+        if taken != path:
+            raise SystemExit(f"DEFORMCONV_GPU_PATH={path} took the {taken!r} path")
         fastest, median = per_call_ms(step, args.reps, args.blocks)
         print(f"{path}: {fastest:.3f} ms fastest, {median:.3f} ms median per forward+backward")
 

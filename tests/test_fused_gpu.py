@@ -206,3 +206,14 @@ def test_ptx_report_of_a_specialized_build():
     assert any(
         op.startswith("atom.global") and op.endswith(".v4.f32") for op in r["memory_instructions"]
     )
+
+
+def test_host_overhead_benchmark_runs_the_fused_path():
+    """benchmarks/bench_fused_host_overhead.py (which checks that each timed call took the
+    path it names) at one call per block."""
+    pytest.importorskip("triton")
+    script = REPO / "benchmarks" / "bench_fused_host_overhead.py"
+    proc = run_python([str(script), "--reps", "1", "--blocks", "1"], cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["fused", "columns"], proc.stdout
