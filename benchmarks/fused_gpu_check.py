@@ -100,7 +100,7 @@ SMALL = [
     ("batch0", 0, 8, 5, 5, 8, 3, 1, 1, 1, 1, 1, True),
 ]
 # Block configurations tried by the autotune section, per kernel (BLOCK_M, BLOCK_N, BLOCK_K,
-# warps, stages): ones ptxas builds without register spills for sm_90 at 128 channels (checked
+# warps, stages[, TWO_PASSES]): ones ptxas builds without register spills for sm_90 at 128 channels (checked
 # ahead of time, no GPU needed), and the input side's former default (4 warps: it spills).
 # The forward's gathers no longer depend on loads in the same channel-block iteration (each
 # tap's cell is computed once per tap), so its builds with stages > 1 now software-pipeline them.
@@ -120,6 +120,10 @@ CANDIDATES = {
         (32, 64, 64, 4, 3),
         (64, 128, 32, 8, 3),
         (32, 64, 32, 4, 3),
+        # TWO_PASSES=1: the scatter and the reduction in two launches (each spill-free at
+        # 4 warps with BLOCK_K 32, and at 8 warps with 64, for sm_90)
+        (64, 64, 32, 4, 3, 1),
+        (64, 64, 64, 8, 3, 1),
     ],
     "backward_weight": [
         (128, 128, 64, 8, 3),
@@ -129,7 +133,7 @@ CANDIDATES = {
         (128, 128, 128, 8, 2),
     ],
 }
-CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
+CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "TWO_PASSES")
 
 
 def parse_args(argv=None):

@@ -14,6 +14,7 @@ Usage::
     python benchmarks/fused_gpu_ptx.py                       # all kernels, fp16, sm_90
     python benchmarks/fused_gpu_ptx.py --kinds backward_data --dtype float32 --capability 80 \\
         --block BLOCK_K=32 --block num_warps=8
+    python benchmarks/fused_gpu_ptx.py --kinds backward_data --block REDUCE=0  # one of two passes
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def compile_for_sm(
     for name in ("ONE_OG", "GROUP_ONE_OG"):
         if name in kernel.arg_names:
             consts[name] = specialize
+    # The input side's passes: both in one launch unless --block SCATTER=0 or REDUCE=0.
+    for name in ("SCATTER", "REDUCE"):
+        if name in kernel.arg_names:
+            consts[name] = bool(cfg.get(name, 1))
     values = _call_values(channels) if specialize else {}
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):
@@ -149,7 +154,8 @@ def report(kind, dtype, capability, channels=128, blocks=None) -> dict:
 
 def _block(text: str):
     key, _, value = text.partition("=")
-    if key not in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages") or not value:
+    keys = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "SCATTER", "REDUCE")
+    if key not in keys or not value:
         raise argparse.ArgumentTypeError(f"--block wants KEY=INT with a block key: got {text!r}")
     return key, int(value)
 

@@ -183,6 +183,20 @@ def test_input_side_channel_splits():
         fused_config.OVERRIDES.clear()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_input_side_in_two_passes(dtype):
+    """TWO_PASSES: one launch scatters grad_input, a second reduces grad_offset / grad_mask;
+    with groups and offset groups, and with channel splits (partials added up)."""
+    fused_config.OVERRIDES.update({"backward_data": dict(TWO_PASSES=1)})
+    try:
+        check_against_columns(make_args(**CONFIGS["groups_offset_groups_straddle"]), dtype)
+        fused_config.OVERRIDES["backward_data"].update(BLOCK_M=16, BLOCK_K=16)
+        a = make_args(n=1, c_in=40, c_out=6, h=4, w=5, offset_groups=2, seed=9)
+        check_against_columns(a, dtype)
+    finally:
+        fused_config.OVERRIDES.clear()
+
+
 @pytest.mark.parametrize("wanted", [("weight", "bias"), ("input",), ("offset", "mask")])
 def test_gradients_of_some_arguments_only(wanted):
     """Only some arguments need gradients: the backward runs one side (weight side, or the

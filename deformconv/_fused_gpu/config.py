@@ -41,7 +41,9 @@ def _pow2_clamp(value: int, low: int, high: int) -> int:
 
 
 def block_config(kind: str, dtype: torch.dtype, c_in_group: int, c_out_group: int) -> dict:
-    """BLOCK_M/N/K (every tl.dot dimension >= 16), num_warps and num_stages for a kernel kind."""
+    """BLOCK_M/N/K (every tl.dot dimension >= 16), num_warps and num_stages for a kernel kind;
+    for the input side also TWO_PASSES (0: one launch scatters grad_input and reduces
+    grad_offset / grad_mask; 1: two launches, one each; not yet timed on a GPU, so 0)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}: got {kind!r}")
     wide = dtype != torch.float32  # 16-bit tiles: twice the output channels per register
@@ -53,7 +55,7 @@ def block_config(kind: str, dtype: torch.dtype, c_in_group: int, c_out_group: in
         num_stages=2,
     )
     if kind == "backward_data":  # four corner tiles and the scatter live per K block
-        cfg.update(BLOCK_N=_pow2_clamp(c_out_group, 16, 64), BLOCK_K=16)
+        cfg.update(BLOCK_N=_pow2_clamp(c_out_group, 16, 64), BLOCK_K=16, TWO_PASSES=0)
         if wide:
             cfg.update(BLOCK_K=_pow2_clamp(c_in_group, 16, 64), num_warps=4, num_stages=3)
     if kind == "forward" and wide:  # no software pipeline: the corner gathers go to registers

@@ -151,16 +151,24 @@ def _gather(x_ptr, p00, in00, in01, in10, in11, w00, w01, w10, w11, ci, seg, W, 
 
 
 @triton.jit
-def _corner_step(x_ptr, gx_ptr, n_h, yc, xc, ci, c_ok, H, W, C, gc, scale):
-    """One corner (yc, xc) of image n (n_h = n*H) in the backward: gx[n, yc, xc, ci] += gc * scale
-    (float32 atomics) and the row sums of gc * x[n, yc, xc, ci] [BLOCK_M], where the corner is
-    inside the image (nothing elsewhere)."""
+def _corner_step(
+    x_ptr, gx_ptr, n_h, yc, xc, ci, c_ok, H, W, C, gc, scale,
+    SCATTER: tl.constexpr, REDUCE: tl.constexpr,
+):  # fmt: skip
+    """One corner (yc, xc) of image n (n_h = n*H) in the backward, where the corner is inside
+    the image (nothing elsewhere): with SCATTER, gx[n, yc, xc, ci] += gc * scale (float32
+    atomics); with REDUCE, returns the row sums of gc * x[n, yc, xc, ci] [BLOCK_M] (else 0)."""
     inside = (yc >= 0) & (yc < H) & (xc >= 0) & (xc < W)
     offs = (((n_h + yc) * W + xc) * C)[:, None] + ci[None, :]
     ok = inside[:, None] & c_ok[None, :]
-    v = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    tl.atomic_add(gx_ptr + offs, gc * scale[:, None], mask=ok, sem="relaxed")
-    return tl.sum(gc * v, axis=1)
+    if SCATTER:
+        tl.atomic_add(gx_ptr + offs, gc * scale[:, None], mask=ok, sem="relaxed")
+    if REDUCE:
+        v = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        t = tl.sum(gc * v, axis=1)
+    else:
+        t = tl.zeros_like(scale)
+    return t
 
 
 @triton.jit
@@ -344,13 +352,17 @@ def fused_backward_data_kernel(
     HAS_MASK: tl.constexpr,
     IDX64: tl.constexpr,
     PRECISION: tl.constexpr,
+    SCATTER: tl.constexpr,
+    REDUCE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """grad_input (float32 atomics into NHWC gx), grad_offset and grad_mask (written once by
-    their program, deterministic) for a tile of BLOCK_M pixels, offset group o and split s of
-    o's channels (``split_c`` channels each: the splits give small grids more programs).
+    """grad_input (float32 atomics into NHWC gx; SCATTER), grad_offset and grad_mask (written
+    once by their program, deterministic; REDUCE) for a tile of BLOCK_M pixels, offset group o
+    and split s of o's channels (``split_c`` channels each: the splits give small grids more
+    programs). One launch with both, or two launches with one each (fewer live registers per
+    launch; grad_columns is computed in each).
 
     grad_columns[p, (tap, c)] = sum_co grad_out[p, co] * W[co, c, tap] is a tensor-core GEMM
     over the weight groups that share the split's channels, kept in float32. Then, per sample,
@@ -418,34 +430,53 @@ def fused_backward_data_kernel(
                 hy = 1.0 - ly
                 hx = 1.0 - lx
                 t00 += _corner_step(
-                    x_ptr, gx_ptr, n_h, y0, x0, ci, c_ok, H, W, C, gc, mval * hy * hx
-                )
+                    x_ptr, gx_ptr, n_h, y0, x0, ci, c_ok, H, W, C, gc, mval * hy * hx,
+                    SCATTER, REDUCE,
+                )  # fmt: skip
                 t01 += _corner_step(
-                    x_ptr, gx_ptr, n_h, y0, x0 + 1, ci, c_ok, H, W, C, gc, mval * hy * lx
-                )
+                    x_ptr, gx_ptr, n_h, y0, x0 + 1, ci, c_ok, H, W, C, gc, mval * hy * lx,
+                    SCATTER, REDUCE,
+                )  # fmt: skip
                 t10 += _corner_step(
-                    x_ptr, gx_ptr, n_h, y0 + 1, x0, ci, c_ok, H, W, C, gc, mval * ly * hx
-                )
+                    x_ptr, gx_ptr, n_h, y0 + 1, x0, ci, c_ok, H, W, C, gc, mval * ly * hx,
+                    SCATTER, REDUCE,
+                )  # fmt: skip
                 t11 += _corner_step(
-                    x_ptr, gx_ptr, n_h, y0 + 1, x0 + 1, ci, c_ok, H, W, C, gc, mval * ly * lx
-                )
-        hy = 1.0 - ly
-        hx = 1.0 - lx
-        defined = y0 > -2
-        g_m = tl.where(defined, hy * hx * t00 + hy * lx * t01 + ly * hx * t10 + ly * lx * t11, 0.0)
-        g_dy = tl.where(defined, mval * (hx * (t10 - t00) + lx * (t11 - t01)), 0.0)
-        g_dx = tl.where(defined, mval * (hy * (t01 - t00) + ly * (t11 - t10)), 0.0)
-        # grad_offset / grad_mask are contiguous: [N, 2*OG*kh*kw, Ho, Wo] and [N, OG*kh*kw, Ho, Wo];
-        # pixel m = n*Ho*Wo + pix lands at ((n*channels + channel)*Ho*Wo + pix).
-        ch = o * (KH * KW) + tap
-        n_ch = (C // Cpog) * (KH * KW)
-        ho_wo = Ho * Wo
-        dst = goff_ptr + s * goff_split + (n * (2 * n_ch) + 2 * ch) * ho_wo + (ho * Wo + wo)
-        tl.store(dst, g_dy.to(goff_ptr.dtype.element_ty), mask=pix_ok)
-        tl.store(dst + ho_wo, g_dx.to(goff_ptr.dtype.element_ty), mask=pix_ok)
-        if HAS_MASK:
-            dst = gmsk_ptr + s * gmsk_split + (n * n_ch + ch) * ho_wo + (ho * Wo + wo)
-            tl.store(dst, g_m.to(gmsk_ptr.dtype.element_ty), mask=pix_ok)
+                    x_ptr, gx_ptr, n_h, y0 + 1, x0 + 1, ci, c_ok, H, W, C, gc, mval * ly * lx,
+                    SCATTER, REDUCE,
+                )  # fmt: skip
+        if REDUCE:
+            _store_offset_mask_grads(
+                goff_ptr, gmsk_ptr, s, goff_split, gmsk_split, n, ho, wo, pix_ok, o, tap,
+                C, Cpog, Ho, Wo, KH, KW, y0 > -2, ly, lx, mval, t00, t01, t10, t11, HAS_MASK,
+            )  # fmt: skip
+
+
+@triton.jit
+def _store_offset_mask_grads(
+    goff_ptr, gmsk_ptr, s, goff_split, gmsk_split, n, ho, wo, pix_ok, o, tap,
+    C, Cpog, Ho, Wo, KH: tl.constexpr, KW: tl.constexpr, defined, ly, lx, mval,
+    t00, t01, t10, t11, HAS_MASK: tl.constexpr,
+):  # fmt: skip
+    """grad_mask = sum of the corner weights * t and grad_offset = mask * d(weights)/d(y, x) * t
+    of tap ``tap`` in offset group ``o`` (0 where the sample is not ``defined``), stored to
+    split ``s`` of goff / gmsk (contiguous like offset / mask)."""
+    hy = 1.0 - ly
+    hx = 1.0 - lx
+    g_m = tl.where(defined, hy * hx * t00 + hy * lx * t01 + ly * hx * t10 + ly * lx * t11, 0.0)
+    g_dy = tl.where(defined, mval * (hx * (t10 - t00) + lx * (t11 - t01)), 0.0)
+    g_dx = tl.where(defined, mval * (hy * (t01 - t00) + ly * (t11 - t10)), 0.0)
+    # grad_offset / grad_mask are contiguous: [N, 2*OG*kh*kw, Ho, Wo] and [N, OG*kh*kw, Ho, Wo];
+    # pixel m = n*Ho*Wo + pix lands at ((n*channels + channel)*Ho*Wo + pix).
+    ch = o * (KH * KW) + tap
+    n_ch = (C // Cpog) * (KH * KW)
+    ho_wo = Ho * Wo
+    dst = goff_ptr + s * goff_split + (n * (2 * n_ch) + 2 * ch) * ho_wo + (ho * Wo + wo)
+    tl.store(dst, g_dy.to(goff_ptr.dtype.element_ty), mask=pix_ok)
+    tl.store(dst + ho_wo, g_dx.to(goff_ptr.dtype.element_ty), mask=pix_ok)
+    if HAS_MASK:
+        dst = gmsk_ptr + s * gmsk_split + (n * n_ch + ch) * ho_wo + (ho * Wo + wo)
+        tl.store(dst, g_m.to(gmsk_ptr.dtype.element_ty), mask=pix_ok)
 
 
 @triton.jit

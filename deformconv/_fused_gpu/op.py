@@ -214,6 +214,8 @@ def _weight_side(call: _BackwardCall) -> Tensor:
 def _input_side(call: _BackwardCall, weight: Tensor, gx: Tensor, goff: Tensor, gmask: Tensor):
     """Fill gx (float32 NHWC grad_input, zeros on entry; atomics) with
     fused_backward_data_kernel; returns (grad_offset, grad_mask) like goff and gmask.
+    With the block config's TWO_PASSES, the kernel runs twice: the grad_input scatter, then the
+    grad_offset / grad_mask reduction (each recomputes grad_columns, with fewer live registers).
 
     When the pixel tiles alone give few programs, each offset group's channels are split too;
     each split then writes float32 partial grad_offset / grad_mask, added up in split order
@@ -230,14 +232,17 @@ def _input_side(call: _BackwardCall, weight: Tensor, gx: Tensor, goff: Tensor, g
         msk_out = torch.empty((splits, *gmask.shape), dtype=torch.float32, device=gx.device)
         consts["IDX64"] = call.idx64 or _needs_int64(off_out, msk_out)
     grid = (tiles, geo.offset_groups, splits)
-    if _launches(gx):
-        wrap_triton(fused_backward_data_kernel)[grid](
-            call.x, call.offset, call.mask_arg, w, call.go, gx, off_out,
-            off_out if call.mask is None else msk_out,
-            *call.common, *call.go.stride(),
-            split_c, goff.numel(), 0 if call.mask is None else gmask.numel(),
-            **consts, **_launch_options(cfg),
-        )  # fmt: skip
+    # One launch does both; TWO_PASSES launches the scatter and the reduction apart.
+    passes = ((True, False), (False, True)) if cfg.get("TWO_PASSES") else ((True, True),)
+    for scatter, reduce in passes:
+        if _launches(gx):
+            wrap_triton(fused_backward_data_kernel)[grid](
+                call.x, call.offset, call.mask_arg, w, call.go, gx, off_out,
+                off_out if call.mask is None else msk_out,
+                *call.common, *call.go.stride(),
+                split_c, goff.numel(), 0 if call.mask is None else gmask.numel(),
+                SCATTER=scatter, REDUCE=reduce, **consts, **_launch_options(cfg),
+            )  # fmt: skip
     if splits > 1:
         return off_out.sum(0).to(goff.dtype), msk_out.sum(0).to(gmask.dtype)
     return goff, gmask
