@@ -48,10 +48,11 @@ def _tap_pointers(
     """Pointers [BLOCK_M] to the (dy, dx) offset and the mask value of tap ``tap`` in offset
     group ``o`` for each pixel (the mask's only meaningful with a mask).
 
-    The callers load through them themselves, rather than a helper loading and returning
+    The input side loads through them in its body, rather than a helper loading and returning
     values: torch.compile's check of which tensors a kernel writes follows a helper's results
     back to every argument of the call, so a scatter address computed from an offset loaded in
-    a helper would mark offset and mask as written (then compiling the backward fails)."""
+    a helper would mark offset and mask as written (then compiling the backward fails). Kernels
+    whose write addresses do not depend on the offsets use _tap_sample."""
     ch = 2 * (o * (KH * KW) + tap)
     base = n * so_n + ho * so_h + wo * so_w
     dy_ptrs = off_ptr + base + ch * so_c
@@ -172,14 +173,15 @@ def _corner_step(
 
 
 @triton.jit
-def _group_tile(
-    x_ptr, off_ptr, msk_ptr, n, ho, wo, pix_ok, o, tap, ci, seg, C, H, W,
+def _tap_sample(
+    off_ptr, msk_ptr, n, ho, wo, pix_ok, o, tap, C, H, W,
     KH: tl.constexpr, KW: tl.constexpr, sh, sw, ph, pw, dh, dw,
     so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w,
     HAS_MASK: tl.constexpr, IDX64: tl.constexpr,
 ):  # fmt: skip
-    """mask * bilinear sample [BLOCK_M, BLOCK_K] of tap ``tap`` in offset group ``o`` at the
-    channels ``ci`` where ``seg`` (0 elsewhere)."""
+    """_tap_corners of tap ``tap`` in offset group ``o``, the offsets and mask loaded here.
+    Only for kernels whose writes do not take their addresses from the offsets (forward,
+    weight side); the input side loads them in its body (see _tap_pointers)."""
     dy_ptrs, dx_ptrs, m_ptrs = _tap_pointers(
         off_ptr, msk_ptr, n, ho, wo, o, tap, KH, KW,
         so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w,
@@ -190,9 +192,22 @@ def _group_tile(
         dy, dx, ho, wo, pix_ok, tap, KW, H, W, sh, sw, ph, pw, dh, dw, IDX64
     )
     mval = _modulation(m_ptrs, valid, HAS_MASK)
-    p00, in00, in01, in10, in11, w00, w01, w10, w11 = _tap_corners(
-        n, y0, x0, ly, lx, mval, valid, H, W, C
-    )
+    return _tap_corners(n, y0, x0, ly, lx, mval, valid, H, W, C)
+
+
+@triton.jit
+def _group_tile(
+    x_ptr, off_ptr, msk_ptr, n, ho, wo, pix_ok, o, tap, ci, seg, C, H, W,
+    KH: tl.constexpr, KW: tl.constexpr, sh, sw, ph, pw, dh, dw,
+    so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w,
+    HAS_MASK: tl.constexpr, IDX64: tl.constexpr,
+):  # fmt: skip
+    """mask * bilinear sample [BLOCK_M, BLOCK_K] of tap ``tap`` in offset group ``o`` at the
+    channels ``ci`` where ``seg`` (0 elsewhere)."""
+    p00, in00, in01, in10, in11, w00, w01, w10, w11 = _tap_sample(
+        off_ptr, msk_ptr, n, ho, wo, pix_ok, o, tap, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw,
+        so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK, IDX64,
+    )  # fmt: skip
     return _gather(x_ptr, p00, in00, in01, in10, in11, w00, w01, w10, w11, ci, seg, W, C)
 
 
@@ -295,21 +310,12 @@ def fused_forward_kernel(
     w_group = w_ptr + g * (KH * KW) * Cg * Cog
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tap in range(0, KH * KW):
-        # The tap's cell in the group's (first) offset group; only GROUP_ONE_OG uses it (the
-        # compiler drops it otherwise). Offsets are loaded here, in the body (see _tap_pointers).
-        dy_ptrs, dx_ptrs, m_ptrs = _tap_pointers(
-            off_ptr, msk_ptr, n, ho, wo, (g * Cg) // Cpog, tap, KH, KW,
-            so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w,
+        # The tap's corners in the group's (first) offset group; only GROUP_ONE_OG uses them
+        # (the compiler drops them otherwise).
+        p00, in00, in01, in10, in11, w00, w01, w10, w11 = _tap_sample(
+            off_ptr, msk_ptr, n, ho, wo, pix_ok, (g * Cg) // Cpog, tap, C, H, W, KH, KW,
+            sh, sw, ph, pw, dh, dw, so_n, so_c, so_h, so_w, sm_n, sm_c, sm_h, sm_w, HAS_MASK, IDX64,
         )  # fmt: skip
-        dy = tl.load(dy_ptrs, mask=pix_ok, other=0.0).to(tl.float32)
-        dx = tl.load(dx_ptrs, mask=pix_ok, other=0.0).to(tl.float32)
-        y0, x0, ly, lx, valid = _cell(
-            dy, dx, ho, wo, pix_ok, tap, KW, H, W, sh, sw, ph, pw, dh, dw, IDX64
-        )
-        mval = _modulation(m_ptrs, valid, HAS_MASK)
-        p00, in00, in01, in10, in11, w00, w01, w10, w11 = _tap_corners(
-            n, y0, x0, ly, lx, mval, valid, H, W, C
-        )
         for c0 in range(0, Cg, BLOCK_K):
             cl = c0 + tl.arange(0, BLOCK_K)
             c_ok = cl < Cg
