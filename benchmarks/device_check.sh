@@ -141,10 +141,13 @@ exit $((t != 0 || b != 0))' fused "$OUT"
   fi
   # The ResNet-50 training step, plain against layer2-4 deformable on each GPU path.
   TAIL=12 step resnet50 120 python3 benchmarks/bench_resnet50_step.py --json "$OUT/resnet50_step.json"
-  # compute-sanitizer memcheck on the fused kernels (the sanitizer cases on the fused path).
+  # compute-sanitizer memcheck and racecheck (shared memory of the tl.dot operands and the
+  # software pipelines) on the fused kernels: the sanitizer cases on the fused path.
   if command -v compute-sanitizer >/dev/null; then
     TAIL=8 step fused_memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 DEFORMCONV_GPU_PATH=fused \
       compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitizer_cases.py
+    TAIL=8 step fused_racecheck 120 env DEFORMCONV_GPU_PATH=fused \
+      compute-sanitizer --tool racecheck --error-exitcode 9 python3 benchmarks/sanitizer_cases.py --no-double
   fi
 fi  # part fused
 
