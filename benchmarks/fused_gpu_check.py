@@ -99,11 +99,12 @@ SMALL = [
     ("wide", 1, 160, 10, 10, 144, 3, 1, 1, 1, 1, 1, True),
     ("batch0", 0, 8, 5, 5, 8, 3, 1, 1, 1, 1, 1, True),
 ]
-# Block configurations tried by the autotune section, per kernel (BLOCK_M, BLOCK_N, BLOCK_K,
-# warps, stages[, TWO_PASSES]): ones ptxas builds without register spills for sm_90 at 128 channels (checked
-# ahead of time, no GPU needed), and the input side's former default (4 warps: it spills).
-# The forward's gathers no longer depend on loads in the same channel-block iteration (each
-# tap's cell is computed once per tap), so its builds with stages > 1 now software-pipeline them.
+# Block configurations tried by the autotune section, per kernel: (BLOCK_M, BLOCK_N, BLOCK_K,
+# warps, stages), optionally followed by a dict of the kind's other config keys. The blocks are
+# ones ptxas builds without register spills for sm_90 at 128 channels (checked ahead of time,
+# no GPU needed), and the input side's former default (4 warps: it spills). The forward's
+# gathers no longer depend on loads in the same channel-block iteration (each tap's cell is
+# computed once per tap), so its builds with stages > 1 now software-pipeline them.
 CANDIDATES = {
     "forward": [
         (64, 128, 32, 4, 3),
@@ -113,6 +114,9 @@ CANDIDATES = {
         (128, 128, 32, 8, 3),
         (128, 128, 64, 8, 3),
         (64, 64, 32, 4, 3),
+        # an NCHW output stored as NHWC tiles (vector stores) and copied to NCHW
+        (64, 128, 32, 8, 1, {"NHWC_STORE": 1}),
+        (64, 128, 32, 8, 3, {"NHWC_STORE": 1}),
     ],
     "backward_data": [
         (64, 64, 64, 4, 3),
@@ -120,10 +124,10 @@ CANDIDATES = {
         (32, 64, 64, 4, 3),
         (64, 128, 32, 8, 3),
         (32, 64, 32, 4, 3),
-        # TWO_PASSES=1: the scatter and the reduction in two launches (each spill-free at
-        # 4 warps with BLOCK_K 32, and at 8 warps with 64, for sm_90)
-        (64, 64, 32, 4, 3, 1),
-        (64, 64, 64, 8, 3, 1),
+        # the scatter and the reduction in two launches (each spill-free at 4 warps with
+        # BLOCK_K 32, and at 8 warps with 64, for sm_90)
+        (64, 64, 32, 4, 3, {"TWO_PASSES": 1}),
+        (64, 64, 64, 8, 3, {"TWO_PASSES": 1}),
     ],
     "backward_weight": [
         (128, 128, 64, 8, 3),
@@ -133,7 +137,12 @@ CANDIDATES = {
         (128, 128, 128, 8, 2),
     ],
 }
-CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "TWO_PASSES")
+CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
+
+
+def candidate_config(cand) -> dict:
+    """A CANDIDATES entry as config.OVERRIDES takes it."""
+    return {**dict(zip(CONFIG_KEYS, cand[:5])), **(cand[5] if len(cand) > 5 else {})}
 
 
 def parse_args(argv=None):
@@ -448,7 +457,7 @@ def section_autotune(rep, reps):
                 break
             config.OVERRIDES.clear()
             if cand is not None:
-                config.OVERRIDES[kind] = dict(zip(CONFIG_KEYS, cand))
+                config.OVERRIDES[kind] = candidate_config(cand)
             try:
                 results.append((time_ms(run, reps=max(5, reps // 2)), cand or "default"))
             except Exception as exc:  # noqa: BLE001 (a config the compiler rejects: out of resources)
@@ -457,9 +466,9 @@ def section_autotune(rep, reps):
         default = next((ms for ms, c in results if c == "default"), None)
         best = min(results, key=lambda r: r[0]) if results else None
         if best is not None and best[1] != "default" and best[0] < float("inf"):
-            winners[kind] = dict(zip(CONFIG_KEYS, best[1]))
+            winners[kind] = candidate_config(best[1])
         if DEV == "cpu" and CANDIDATES[kind]:  # dry run: timings mean nothing; the first
-            winners[kind] = dict(zip(CONFIG_KEYS, CANDIDATES[kind][0]))  # candidate stands in
+            winners[kind] = candidate_config(CANDIDATES[kind][0])  # candidate stands in
         rep.add("autotune", kind=kind, shape="r50-c3", dtype="float16", default_ms=default, best=best,
                 all=[(ms, str(c)) for ms, c in results])  # fmt: skip
     return winners
@@ -656,8 +665,8 @@ def dry_run_sizes(args):
     GPU_SHAPES = [tiny]
     args.shapes = [tiny]
     args.reps = 1
-    for kind in CANDIDATES:
-        CANDIDATES[kind] = CANDIDATES[kind][:1]
+    for kind in CANDIDATES:  # the first and the last (one with extra config keys, if any)
+        CANDIDATES[kind] = [CANDIDATES[kind][0], CANDIDATES[kind][-1]][: len(CANDIDATES[kind])]
 
 
 def main(argv=None):

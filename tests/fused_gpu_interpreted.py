@@ -197,6 +197,45 @@ def test_input_side_in_two_passes(dtype):
         fused_config.OVERRIDES.clear()
 
 
+def test_forward_nhwc_store(monkeypatch):
+    """NHWC_STORE: an NCHW output stored as an NHWC tile (the kernel's output has channel
+    stride 1), then copied; same values, NCHW result (and a channels_last input keeps its
+    channels_last output)."""
+    stored = []  # the channel stride of the forward kernel's output, per launch
+    wrap = fused_op.wrap_triton
+
+    class Recording:
+        def __init__(self, kernel):
+            self.launcher = wrap(kernel)
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                stored.append(args[5].stride(1))
+                return self.launcher[grid](*args, **kwargs)
+
+            return launch
+
+    monkeypatch.setattr(
+        fused_op,
+        "wrap_triton",
+        lambda k: Recording(k) if k is fused_op.fused_forward_kernel else wrap(k),
+    )
+    a = make_args(**CONFIGS["groups_offset_groups_straddle"])
+    ref = fused_call(leaves(a, torch.float32), a).detach()
+    fused_config.OVERRIDES.update({"forward": dict(NHWC_STORE=1)})
+    try:
+        y = fused_call(leaves(a, torch.float32), a)
+        assert stored[0] != 1 and stored[1] == 1, stored
+        assert y.is_contiguous() and torch.equal(y.detach(), ref)
+        check_against_columns(a, torch.float16)
+        t = leaves(a, torch.float32)
+        t["input"] = t["input"].detach().to(memory_format=torch.channels_last).requires_grad_()
+        y = fused_call(t, a)
+        assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(y.detach(), ref)
+    finally:
+        fused_config.OVERRIDES.clear()
+
+
 @pytest.mark.parametrize("wanted", [("weight", "bias"), ("input",), ("offset", "mask")])
 def test_gradients_of_some_arguments_only(wanted):
     """Only some arguments need gradients: the backward runs one side (weight side, or the

@@ -43,7 +43,8 @@ def _pow2_clamp(value: int, low: int, high: int) -> int:
 def block_config(kind: str, dtype: torch.dtype, c_in_group: int, c_out_group: int) -> dict:
     """BLOCK_M/N/K (every tl.dot dimension >= 16), num_warps and num_stages for a kernel kind;
     for the input side also TWO_PASSES (0: one launch scatters grad_input and reduces
-    grad_offset / grad_mask; 1: two launches, one each; not yet timed on a GPU, so 0)."""
+    grad_offset / grad_mask; 1: two launches, one each), for the forward NHWC_STORE (1: an NCHW
+    output is stored NHWC and copied to NCHW). Neither is timed on a GPU yet, so both are 0."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}: got {kind!r}")
     wide = dtype != torch.float32  # 16-bit tiles: twice the output channels per register
@@ -58,6 +59,8 @@ def block_config(kind: str, dtype: torch.dtype, c_in_group: int, c_out_group: in
         cfg.update(BLOCK_N=_pow2_clamp(c_out_group, 16, 64), BLOCK_K=16, TWO_PASSES=0)
         if wide:
             cfg.update(BLOCK_K=_pow2_clamp(c_in_group, 16, 64), num_warps=4, num_stages=3)
+    if kind == "forward":
+        cfg.update(NHWC_STORE=0)
     if kind == "forward" and wide:  # no software pipeline: the corner gathers go to registers
         cfg.update(num_stages=1)
     if kind == "backward_weight" and wide:

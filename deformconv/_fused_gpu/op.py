@@ -129,17 +129,21 @@ def _forward_impl(
     """Tensor[N, C_out, H_out, W_out] (input's dtype and memory format); the arguments as for
     ``torch.ops.deformconv.deform_conv2d``, already checked."""
     geo = _Geometry(input, weight, offset, stride, padding, dilation)
+    fmt = _memory_format(input)
+    cfg = block_config("forward", input.dtype, geo.c_g, geo.c_og)
+    # NHWC_STORE: the kernel stores an NHWC tile (vector stores along the channels) and one
+    # copy makes it NCHW, instead of storing NCHW (scalar stores, one per pixel and channel).
+    store_fmt = torch.channels_last if cfg.get("NHWC_STORE") else fmt
     out = torch.empty(
         (geo.n, geo.c_out, geo.ho, geo.wo),
         dtype=input.dtype,
         device=input.device,
-        memory_format=_memory_format(input),
+        memory_format=store_fmt,
     )
     if geo.m == 0 or geo.c_out == 0:
-        return out.zero_()
+        return out.zero_().contiguous(memory_format=fmt)
     x = input.permute(0, 2, 3, 1).contiguous()
     w = _gemm_weight(weight, geo.groups)
-    cfg = block_config("forward", input.dtype, geo.c_g, geo.c_og)
     grid = (
         cdiv(geo.m, cfg["BLOCK_M"]),
         cdiv(geo.c_og, cfg["BLOCK_N"]),
@@ -165,7 +169,7 @@ def _forward_impl(
             PRECISION=_fp32_precision(input.dtype),
             **_launch_options(cfg),
         )
-    return out
+    return out.contiguous(memory_format=fmt)
 
 
 class _BackwardCall:
