@@ -435,6 +435,33 @@ def test_tracers_see_the_registered_op():
     assert "deformconv::_fused_deform_conv2d" in str(traced.graph)
 
 
+def test_torch_compile_traces_the_registered_op_without_graph_breaks():
+    """torch.compile(fullgraph=True) through deform_conv2d, the fused entry and its selection:
+    the captured graph calls the registered op (not the eager function), and forward and
+    gradients equal eager's. (Inductor cannot compile the interpreter's kernels; the GPU check
+    compiles the real ones.)"""
+    from deformconv import deform_conv2d
+
+    a = make_args(n=1, c_in=4, c_out=4, h=5, w=5)
+    targets = set()
+
+    def recording_backend(gm, example_inputs):
+        targets.update(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    def f(t):
+        return deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], padding=1,
+                             mask=t["mask"])  # fmt: skip
+
+    compiled = torch.compile(f, backend=recording_backend, fullgraph=True)
+    got_y, got = forward_backward(lambda t, _: compiled(t), leaves(a, torch.float32), a)
+    ref_y, ref = forward_backward(lambda t, _: f(t), leaves(a, torch.float32), a)
+    assert any("_fused_deform_conv2d" in t for t in targets), targets
+    assert torch.equal(got_y, ref_y)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=0, msg=k)
+
+
 def _args(dtype=torch.float32):
     a = make_args(dtype=dtype)
     return a["input"], a["weight"], a["offset"], a["mask"]
