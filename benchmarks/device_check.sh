@@ -125,7 +125,8 @@ print(deformconv.deform_conv2d(x, off, w, padding=1).shape)
 if part fused; then
   # The interpreter test is CI's (CPU); here the real kernels run.
   # FUSED_TESTS=0 leaves out the pytest part (CPU-side tests CI also runs: saves ~30 s).
-  TAIL=40 step fused 260 bash -c 't=0; if [[ "${FUSED_TESTS:-1}" != 0 ]]; then
+  # The step's limit follows the check's budget (a section started before it may run on).
+  TAIL=40 step fused $((${FUSED_BUDGET_S:-200} + 60)) bash -c 't=0; if [[ "${FUSED_TESTS:-1}" != 0 ]]; then
 python3 -m pytest -q -rfE -k "not interpreter" tests/test_fused_gpu.py; t=$?; fi
 python3 benchmarks/fused_gpu_check.py --out "$1/fused_gpu.json" --budget-s "${FUSED_BUDGET_S:-200}" \
   ${FUSED_SECTIONS:+--sections "$FUSED_SECTIONS"}; b=$?
