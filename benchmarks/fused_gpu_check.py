@@ -13,14 +13,16 @@ sweep comes last.
    dilation 2); ``worst_ratio`` is the largest fused error over the column path's error (both
    against float64), ``ok`` asks for <= 1.5 (or errors below 1e-5).
 2. ``torchvision``: parity with ``torchvision.ops.deform_conv2d`` in fp32 (output and grads).
-3. ``determinism``: fwd + grads repeated bitwise (weight, offset, mask: no atomics; grad_input
-   under deterministic mode goes through the column backward).
+3. ``determinism``: fwd + grads repeated bitwise in default mode (weight, offset, mask: no
+   atomics), and in deterministic mode both ways: the column path's backward, and the fused
+   backward with grad_input in int64 fixed point (with each one's error against float64).
 4. ``timing``: CUDA events, median of ``--reps`` after warm-up, forward and forward+backward of
    fused / columns / torchvision / dense ``F.conv2d`` (and forward+backward issued back to
    back, ``*_fwdbwd_stream_ms``, where the CPU's launch time hides) at the five benchmark shapes (3x3, pad 1,
    mask and bias, offsets uniform in +-2 px, TF32 off), peak extra memory of one
    forward+backward; the fused forward+backward also under ``torch.use_deterministic_algorithms``
-   (``fused_det_fwdbwd_ms``, ``det_over_default``: the target is <= 1.3).
+   (``fused_det_fwdbwd_ms``, ``det_over_default``: the target is <= 1.3; ``detfx_*`` with the
+   fixed-point fused backward).
 5. ``accuracy``: as ``correct`` (output and every gradient, fused and columns against the column
    path in float64, the same ``ok`` rule) at the five benchmark shapes with the batch cut to 2,
    every dtype, offsets uniform in +-2 px and of 8-16 px.
@@ -383,18 +385,44 @@ def section_torchvision(rep):
         )
 
 
+class deterministic_mode:
+    """torch.use_deterministic_algorithms(True) inside, with the fused backward's choice there:
+    ``fixed_point`` sets selection.DETERMINISTIC_FUSED_BACKWARD (grad_input in int64 fixed
+    point), else the column path's backward. Both restored on exit."""
+
+    def __init__(self, fixed_point=False):
+        self.fixed_point = fixed_point
+
+    def __enter__(self):
+        from deformconv._fused_gpu import selection
+
+        self.saved = selection.DETERMINISTIC_FUSED_BACKWARD
+        selection.DETERMINISTIC_FUSED_BACKWARD = self.fixed_point
+        torch.use_deterministic_algorithms(True)
+
+    def __exit__(self, *exc):
+        from deformconv._fused_gpu import selection
+
+        torch.use_deterministic_algorithms(False)
+        selection.DETERMINISTIC_FUSED_BACKWARD = self.saved
+
+
+DET_MODES = {"deterministic": False, "deterministic, fixed point": True}
+
+
 def section_determinism(rep):
     t, conv = make(*DET_SHAPE, 3, 1, 1, 1, 1, 1, True, torch.float16)
     a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
     same = {k: bool(torch.equal(a[k], b[k])) for k in a}
     rep.add("determinism", mode="default", bitwise_equal=same)
-    torch.use_deterministic_algorithms(True)
-    try:
-        a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
-    finally:
-        torch.use_deterministic_algorithms(False)
-    same = {k: bool(torch.equal(a[k], b[k])) for k in a}
-    rep.add("determinism", mode="deterministic", bitwise_equal=same, ok=all(same.values()))
+    ref = fwd_bwd(columns, leaves(t, torch.float64), conv)
+    for mode, fixed_point in DET_MODES.items():
+        with deterministic_mode(fixed_point):
+            a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
+        same = {k: bool(torch.equal(a[k], b[k])) for k in a}
+        errs = {k: rel(a[k], ref[k]) for k in ref}
+        rep.add("determinism", mode=mode, bitwise_equal=same, err_vs_float64=errs,
+                ok=all(same.values()))  # fmt: skip
 
 
 def section_compile(rep):
@@ -446,8 +474,8 @@ def section_autotune(rep, reps):
     args = [t[k] for k in KEYS] + [conv["stride"], conv["padding"], conv["dilation"]]
     runs = {
         "forward": lambda: op.fused_forward(*args),
-        "backward_data": lambda: op.fused_backward(go, *args, True, False),
-        "backward_weight": lambda: op.fused_backward(go, *args, False, True),
+        "backward_data": lambda: op.fused_backward(go, *args, True, False, False),
+        "backward_weight": lambda: op.fused_backward(go, *args, False, True, False),
     }
     winners = {}
     for kind, run in runs.items():
@@ -542,7 +570,9 @@ def time_impl(name, fn, t, conv, reps, deterministic=False):
     """Forward (no_grad) and forward+backward medians in ms (and forward+backward back to
     back, ``_stream``), and peak extra MiB, of one impl; with ``deterministic``, the
     forward+backward median again under ``torch.use_deterministic_algorithms(True)``
-    (``_det_fwdbwd_ms``) and its ratio to the default mode's (``det_over_default``)."""
+    (``_det_fwdbwd_ms``: the column path's deterministic backward; ``_detfx_fwdbwd_ms``: the
+    fused backward with fixed-point grad_input) and their ratios to the default mode's
+    (``det_over_default``, ``detfx_over_default``)."""
     row = {}
     with torch.no_grad():
         row[f"{name}_fwd_ms"] = time_ms(lambda: fn(t, conv), reps)
@@ -555,16 +585,14 @@ def time_impl(name, fn, t, conv, reps, deterministic=False):
     row[f"{name}_fwdbwd_ms"] = time_ms(fwd_bwd_once, reps)
     row[f"{name}_fwdbwd_stream_ms"] = back_to_back_ms(fwd_bwd_once, DEV, reps)
     row[f"{name}_peak_mb"] = peak_mb(fn, t, conv)
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
+    for key, fixed_point in (("det", False), ("detfx", True)) if deterministic else ():
         try:
-            row[f"{name}_det_fwdbwd_ms"] = time_ms(fwd_bwd_once, reps)
+            with deterministic_mode(fixed_point):
+                row[f"{name}_{key}_fwdbwd_ms"] = time_ms(fwd_bwd_once, reps)
         except Exception as exc:  # noqa: BLE001 (keep the default mode's timings)
-            row[f"{name}_det_error"] = repr(exc)[:500]
-        finally:
-            torch.use_deterministic_algorithms(False)
-        if f"{name}_det_fwdbwd_ms" in row:
-            row["det_over_default"] = row[f"{name}_det_fwdbwd_ms"] / row[f"{name}_fwdbwd_ms"]
+            row[f"{name}_{key}_error"] = repr(exc)[:500]
+        if f"{name}_{key}_fwdbwd_ms" in row:
+            row[f"{key}_over_default"] = row[f"{name}_{key}_fwdbwd_ms"] / row[f"{name}_fwdbwd_ms"]
     return row
 
 

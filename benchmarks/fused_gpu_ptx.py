@@ -34,7 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout,
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # float32 whatever the data dtype: positions, and the float32 sums the kernels write.
-FLOAT32_POINTERS = {"off_ptr", "msk_ptr", "gx_ptr", "part_ptr", "goff_ptr", "gmsk_ptr"}
+FLOAT32_POINTERS = {
+    "off_ptr", "msk_ptr", "gx_ptr", "part_ptr", "goff_ptr", "gmsk_ptr", "scale_ptr"
+}  # fmt: skip
+INT64_POINTERS = {"gxi_ptr"}  # the deterministic input side's fixed-point sums
 
 
 def _call_values(channels: int) -> dict:
@@ -86,17 +89,20 @@ def compile_for_sm(
     for name in ("ONE_OG", "GROUP_ONE_OG"):
         if name in kernel.arg_names:
             consts[name] = specialize
-    # The input side's passes: both in one launch unless --block SCATTER=0 or REDUCE=0.
-    for name in ("SCATTER", "REDUCE"):
+    # The input side's passes: both in one launch unless --block SCATTER=0 or REDUCE=0; the
+    # float32 grad_input sums unless --block FIXED=1 (deterministic mode's fixed point).
+    for name, default in (("SCATTER", 1), ("REDUCE", 1), ("FIXED", 0)):
         if name in kernel.arg_names:
-            consts[name] = bool(cfg.get(name, 1))
+            consts[name] = bool(cfg.get(name, default))
     values = _call_values(channels) if specialize else {}
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):
         if name in consts:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
-            signature[name] = "*fp32" if name in FLOAT32_POINTERS else data
+            signature[name] = (
+                "*fp32" if name in FLOAT32_POINTERS else "*i64" if name in INT64_POINTERS else data
+            )
             if specialize:
                 attrs[(i,)] = [["tt.divisibility", 16]]
         elif values.get(name) == 1:
@@ -154,7 +160,8 @@ def report(kind, dtype, capability, channels=128, blocks=None) -> dict:
 
 def _block(text: str):
     key, _, value = text.partition("=")
-    keys = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "SCATTER", "REDUCE")
+    keys = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "SCATTER", "REDUCE",
+            "FIXED")  # fmt: skip
     if key not in keys or not value:
         raise argparse.ArgumentTypeError(f"--block wants KEY=INT with a block key: got {text!r}")
     return key, int(value)

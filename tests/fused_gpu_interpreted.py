@@ -364,6 +364,59 @@ class _deterministic:
         torch.use_deterministic_algorithms(self.saved)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_deterministic_fixed_point_input_side(monkeypatch, dtype):
+    """DETERMINISTIC_FUSED_BACKWARD: in deterministic mode the fused backward runs, grad_input
+    summed in int64 fixed point; every grad within 2x the column path's error against float64
+    (groups, offset groups; channel splits; two passes), and the same bits when repeated."""
+    from deformconv._fused_gpu import selection
+
+    monkeypatch.setattr(selection, "DETERMINISTIC_FUSED_BACKWARD", True)
+    a = make_args(**CONFIGS["groups_offset_groups_straddle"])
+    with _deterministic():
+        path = _fused_gpu.gpu_path(a["input"].float(), a["weight"].float(), a["offset"].float())
+        assert path == "fused"
+        check_against_columns(a, dtype)
+        _, g1 = forward_backward(fused_call, leaves(a, dtype), a)
+        _, g2 = forward_backward(fused_call, leaves(a, dtype), a)
+        for k in g1:
+            assert torch.equal(g1[k], g2[k]), k
+        for blocks in (dict(BLOCK_M=16, BLOCK_K=16), dict(TWO_PASSES=1)):
+            fused_config.OVERRIDES["backward_data"] = blocks
+            try:
+                b = make_args(n=1, c_in=40, c_out=6, h=4, w=5, offset_groups=2, seed=9)
+                check_against_columns(b, dtype)
+            finally:
+                fused_config.OVERRIDES.clear()
+
+
+def test_deterministic_fixed_point_keeps_non_finite_sums(monkeypatch):
+    """An inf or NaN in grad_output: grad_input's inf / -inf / NaN elements are the float
+    path's (the fixed-point sums hold the finite terms only), the finite ones match it."""
+    from deformconv._fused_gpu import selection
+
+    a = make_args(n=1, c_in=4, c_out=4, h=6, w=6, seed=12)
+
+    def grad_input():
+        t = leaves(a, torch.float32)
+        y = fused_call(t, a)
+        go = torch.linspace(-1, 1, y.numel()).reshape(y.shape)
+        go[0, 0, 1, 1], go[0, 1, 3, 4], go[0, 2, 3, 3] = float("inf"), float("-inf"), float("nan")
+        go[0, 3, 5, 0] = float("inf")
+        return torch.autograd.grad(y, [t["input"]], go)[0]
+
+    ref = grad_input()
+    monkeypatch.setattr(selection, "DETERMINISTIC_FUSED_BACKWARD", True)
+    with _deterministic():
+        got = grad_input()
+    assert torch.isnan(ref).any() and torch.isinf(ref).any()
+    assert torch.equal(torch.isnan(got), torch.isnan(ref))
+    assert torch.equal(torch.isposinf(got), torch.isposinf(ref))
+    assert torch.equal(torch.isneginf(got), torch.isneginf(ref))
+    finite = torch.isfinite(ref)
+    torch.testing.assert_close(got[finite], ref[finite], rtol=1e-5, atol=1e-6)
+
+
 def test_weight_offset_mask_grads_are_bitwise_repeatable():
     a = make_args(c_in=6, c_out=4, groups=2, offset_groups=3, h=5, w=5, seed=8)
     _, g1 = forward_backward(fused_call, leaves(a, torch.float32), a)
@@ -394,7 +447,8 @@ def test_fake_tensors_give_shapes_and_formats():
         y = fused_op.fused_forward(t["input"], t["weight"], t["offset"], t["mask"], t["bias"],
                                    [1, 1], [1, 1], [1, 1])  # fmt: skip
         grads = fused_op.fused_backward(y, t["input"], t["weight"], t["offset"], t["mask"],
-                                        t["bias"], [1, 1], [1, 1], [1, 1], True, True)  # fmt: skip
+                                        t["bias"], [1, 1], [1, 1], [1, 1], True, True,
+                                        False)  # fmt: skip
     assert y.shape == (2, 6, 7, 6) and y.dtype == torch.float16
     assert y.is_contiguous(memory_format=torch.channels_last)
     for grad, k in zip(grads, KEYS):

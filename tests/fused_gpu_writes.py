@@ -65,7 +65,9 @@ def main() -> None:
             b = torch.randn(8, generator=g).to(dtype)
             geometry = ([1, 1], [1, 1], [1, 1])
             out = op.fused_forward(x, w, off, mask, b, *geometry)
-            op.fused_backward(torch.ones_like(out), x, w, off, mask, b, *geometry, True, True)
+            for deterministic in (False, True):
+                op.fused_backward(torch.ones_like(out), x, w, off, mask, b, *geometry, True, True,
+                                  deterministic)  # fmt: skip
     seen = {}
     for kernel, args, kwargs in launches:
         named = dict(zip(kernel.arg_names, args))

@@ -81,6 +81,11 @@ def test_fused_check_dry_run_covers_every_section(tmp_path):
     # timing: the fused forward+backward also in deterministic mode
     timing = [r for r in rows if r["section"] == "timing"]
     assert timing and all(r.get("det_over_default", 0) > 0 for r in timing), timing
+    assert all(r.get("detfx_over_default", 0) > 0 for r in timing), timing
+    # determinism: both deterministic backwards repeat bitwise
+    det = {r["mode"]: r for r in rows if r["section"] == "determinism"}
+    for mode in ("deterministic", "deterministic, fixed point"):
+        assert det[mode]["ok"] is True and all(det[mode]["bitwise_equal"].values()), det
     # correct_more's rows are "correct" rows of the other configurations
     configs = {r.get("config") for r in rows if r["section"] == "correct"}
     assert {"base", "1x1-no-mask", "batch0"} <= configs, configs

@@ -139,7 +139,7 @@ def test_compiler_sees_each_kernel_write_only_its_outputs():
         pytest.skip("this torch has no analysis of which tensors a Triton kernel writes")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.split("\n")[:3] == [
-        "fused_backward_data_kernel: gmsk_ptr goff_ptr gx_ptr",
+        "fused_backward_data_kernel: gmsk_ptr goff_ptr gx_ptr gxi_ptr",
         "fused_backward_weight_kernel: part_ptr",
         "fused_forward_kernel: out_ptr",
     ], proc.stdout

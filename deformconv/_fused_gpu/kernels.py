@@ -152,18 +152,36 @@ def _gather(x_ptr, p00, in00, in01, in10, in11, w00, w01, w10, w11, ci, seg, W, 
 
 
 @triton.jit
+def _fixed_point_add(gx_ptr, gxi_ptr, offs, ok, term, fx_scale):
+    """Deterministic grad_input adds: each finite term, times fx_scale, truncated to int64 and
+    added to gxi (integer adds give the same sum in any order; fx_scale keeps every sum far
+    from overflow, see op._fixed_point_scale); each non-finite term (inf, NaN) added to the
+    float32 gx instead, whose sum of only non-finite values does not depend on the order
+    either (inf, -inf, or NaN by which kinds occur)."""
+    finite = tl.abs(term) < float("inf")  # NaN fails
+    q = (tl.where(finite, term, 0.0) * fx_scale).to(tl.int64)
+    tl.atomic_add(gxi_ptr + offs, q, mask=ok, sem="relaxed")
+    if tl.max(tl.where(ok & ~finite, 1, 0)) > 0:
+        tl.atomic_add(gx_ptr + offs, term, mask=ok & ~finite, sem="relaxed")
+
+
+@triton.jit
 def _corner_step(
-    x_ptr, gx_ptr, n_h, yc, xc, ci, c_ok, H, W, C, gc, scale,
-    SCATTER: tl.constexpr, REDUCE: tl.constexpr,
+    x_ptr, gx_ptr, gxi_ptr, fx_scale, n_h, yc, xc, ci, c_ok, H, W, C, gc, scale,
+    SCATTER: tl.constexpr, REDUCE: tl.constexpr, FIXED: tl.constexpr,
 ):  # fmt: skip
     """One corner (yc, xc) of image n (n_h = n*H) in the backward, where the corner is inside
     the image (nothing elsewhere): with SCATTER, gx[n, yc, xc, ci] += gc * scale (float32
-    atomics); with REDUCE, returns the row sums of gc * x[n, yc, xc, ci] [BLOCK_M] (else 0)."""
+    atomics; with FIXED, see _fixed_point_add); with REDUCE, returns the row sums of
+    gc * x[n, yc, xc, ci] [BLOCK_M] (else 0)."""
     inside = (yc >= 0) & (yc < H) & (xc >= 0) & (xc < W)
     offs = (((n_h + yc) * W + xc) * C)[:, None] + ci[None, :]
     ok = inside[:, None] & c_ok[None, :]
     if SCATTER:
-        tl.atomic_add(gx_ptr + offs, gc * scale[:, None], mask=ok, sem="relaxed")
+        if FIXED:
+            _fixed_point_add(gx_ptr, gxi_ptr, offs, ok, gc * scale[:, None], fx_scale)
+        else:
+            tl.atomic_add(gx_ptr + offs, gc * scale[:, None], mask=ok, sem="relaxed")
     if REDUCE:
         v = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         t = tl.sum(gc * v, axis=1)
@@ -346,7 +364,7 @@ def fused_forward_kernel(
 
 @triton.jit
 def fused_backward_data_kernel(
-    x_ptr, off_ptr, msk_ptr, w_ptr, go_ptr, gx_ptr, goff_ptr, gmsk_ptr,
+    x_ptr, off_ptr, msk_ptr, w_ptr, go_ptr, gx_ptr, gxi_ptr, scale_ptr, goff_ptr, gmsk_ptr,
     M, C, H, W, Ho, Wo, Cg, Cog, Cpog,
     sh, sw, ph, pw, dh, dw,
     so_n, so_c, so_h, so_w,
@@ -360,6 +378,7 @@ def fused_backward_data_kernel(
     PRECISION: tl.constexpr,
     SCATTER: tl.constexpr,
     REDUCE: tl.constexpr,
+    FIXED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -368,7 +387,8 @@ def fused_backward_data_kernel(
     once by their program, deterministic; REDUCE) for a tile of BLOCK_M pixels, offset group o
     and split s of o's channels (``split_c`` channels each: the splits give small grids more
     programs). One launch with both, or two launches with one each (fewer live registers per
-    launch; grad_columns is computed in each).
+    launch; grad_columns is computed in each). FIXED (deterministic mode): grad_input's finite
+    terms go to the int64 gxi in fixed point (scale at scale_ptr), the others to gx.
 
     grad_columns[p, (tap, c)] = sum_co grad_out[p, co] * W[co, c, tap] is a tensor-core GEMM
     over the weight groups that share the split's channels, kept in float32. Then, per sample,
@@ -393,6 +413,7 @@ def fused_backward_data_kernel(
     # the corner row -2: all its corners are outside, so it reads and scatters nothing.
     go_row = n * sg_n + ho * sg_h + wo * sg_w
     n_h = n * H
+    fx_scale = tl.load(scale_ptr) if FIXED else 0.0
     for tap in range(0, KH * KW):
         # The offsets are loaded here, in the kernel's body (see _tap_pointers).
         dy_ptrs, dx_ptrs, m_ptrs = _tap_pointers(
@@ -436,20 +457,20 @@ def fused_backward_data_kernel(
                 hy = 1.0 - ly
                 hx = 1.0 - lx
                 t00 += _corner_step(
-                    x_ptr, gx_ptr, n_h, y0, x0, ci, c_ok, H, W, C, gc, mval * hy * hx,
-                    SCATTER, REDUCE,
+                    x_ptr, gx_ptr, gxi_ptr, fx_scale, n_h, y0, x0, ci, c_ok, H, W, C,
+                    gc, mval * hy * hx, SCATTER, REDUCE, FIXED,
                 )  # fmt: skip
                 t01 += _corner_step(
-                    x_ptr, gx_ptr, n_h, y0, x0 + 1, ci, c_ok, H, W, C, gc, mval * hy * lx,
-                    SCATTER, REDUCE,
+                    x_ptr, gx_ptr, gxi_ptr, fx_scale, n_h, y0, x0 + 1, ci, c_ok, H, W, C,
+                    gc, mval * hy * lx, SCATTER, REDUCE, FIXED,
                 )  # fmt: skip
                 t10 += _corner_step(
-                    x_ptr, gx_ptr, n_h, y0 + 1, x0, ci, c_ok, H, W, C, gc, mval * ly * hx,
-                    SCATTER, REDUCE,
+                    x_ptr, gx_ptr, gxi_ptr, fx_scale, n_h, y0 + 1, x0, ci, c_ok, H, W, C,
+                    gc, mval * ly * hx, SCATTER, REDUCE, FIXED,
                 )  # fmt: skip
                 t11 += _corner_step(
-                    x_ptr, gx_ptr, n_h, y0 + 1, x0 + 1, ci, c_ok, H, W, C, gc, mval * ly * lx,
-                    SCATTER, REDUCE,
+                    x_ptr, gx_ptr, gxi_ptr, fx_scale, n_h, y0 + 1, x0 + 1, ci, c_ok, H, W, C,
+                    gc, mval * ly * lx, SCATTER, REDUCE, FIXED,
                 )  # fmt: skip
         if REDUCE:
             _store_offset_mask_grads(

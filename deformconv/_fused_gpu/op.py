@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .._autograd import _setup_context  # the column op's: saves the same arguments
 from .._geometry import output_size
-from . import kernels
+from . import kernels, selection
 from .kernels import (
     fused_backward_data_kernel,
     fused_backward_weight_kernel,
@@ -215,9 +215,39 @@ def _weight_side(call: _BackwardCall) -> Tensor:
     return part.sum(0)
 
 
-def _input_side(call: _BackwardCall, weight: Tensor, gx: Tensor, goff: Tensor, gmask: Tensor):
+def _finite_abs_max(t: Tensor) -> Tensor:
+    """max |t| over t's finite elements (0 if none), float64, on t's device (no sync)."""
+    a = t.abs()
+    return torch.where(torch.isfinite(a), a, 0).amax().double()
+
+
+def _fixed_point_scale(call: _BackwardCall, w: Tensor) -> Tensor:
+    """The power of two (float32 scalar on the device) by which the deterministic input side
+    turns grad_input's terms into int64 (kernels._fixed_point_add).
+
+    A finite term is gc * mask * corner weight with gc = sum over co of grad_out * W, so
+    |term| <= B = max|grad_out| * max over (tap, c) of sum over co of |W| * max|mask| (finite
+    elements; corner weights are at most 1), and one element of grad_input gets at most
+    H_out*W_out*kh*kw terms. The scale is the largest power of two with B * count * scale <=
+    2**62: no sum can overflow int64, the scaling is exact, and each term loses at most
+    1 / scale to the truncation (B * count * 2**-62 or less)."""
+    geo = call.geo
+    col = torch.where(torch.isfinite(w), w.abs(), 0).float().sum(-1).amax().double()
+    bound = _finite_abs_max(call.go) * col
+    if call.mask is not None:
+        bound = bound * _finite_abs_max(call.mask)
+    count = geo.ho * geo.wo * geo.kh * geo.kw
+    room = 2.0**62 / (bound * count).clamp(min=2.0**-100)
+    return torch.exp2(torch.floor(torch.log2(room))).clamp(max=2.0**100).float()
+
+
+def _input_side(
+    call: _BackwardCall, weight: Tensor, gx: Tensor, goff: Tensor, gmask: Tensor, fixed: bool
+):
     """Fill gx (float32 NHWC grad_input, zeros on entry; atomics) with
     fused_backward_data_kernel; returns (grad_offset, grad_mask) like goff and gmask.
+    ``fixed`` (deterministic mode): grad_input's terms are summed in int64 fixed point (finite
+    ones) and in gx (the others), then combined into gx, so gx does not depend on the order.
     With the block config's TWO_PASSES, the kernel runs twice: the grad_input scatter, then the
     grad_offset / grad_mask reduction (each recomputes grad_columns, with fewer live registers).
 
@@ -236,17 +266,21 @@ def _input_side(call: _BackwardCall, weight: Tensor, gx: Tensor, goff: Tensor, g
         msk_out = torch.empty((splits, *gmask.shape), dtype=torch.float32, device=gx.device)
         consts["IDX64"] = call.idx64 or _needs_int64(off_out, msk_out)
     grid = (tiles, geo.offset_groups, splits)
+    gxi = torch.zeros(gx.shape, dtype=torch.int64, device=gx.device) if fixed else gx
+    scale = _fixed_point_scale(call, w) if fixed else gx
     # One launch does both; TWO_PASSES launches the scatter and the reduction apart.
     passes = ((True, False), (False, True)) if cfg.get("TWO_PASSES") else ((True, True),)
     for scatter, reduce in passes:
         if _launches(gx):
             wrap_triton(fused_backward_data_kernel)[grid](
-                call.x, call.offset, call.mask_arg, w, call.go, gx, off_out,
+                call.x, call.offset, call.mask_arg, w, call.go, gx, gxi, scale, off_out,
                 off_out if call.mask is None else msk_out,
                 *call.common, *call.go.stride(),
                 split_c, goff.numel(), 0 if call.mask is None else gmask.numel(),
-                SCATTER=scatter, REDUCE=reduce, **consts, **_launch_options(cfg),
+                SCATTER=scatter, REDUCE=reduce, FIXED=fixed, **consts, **_launch_options(cfg),
             )  # fmt: skip
+    if fixed:  # a non-finite sum where there is one, else the fixed-point sum (exact scaling)
+        gx.copy_(torch.where(gx != 0, gx, gxi.to(torch.float32) / scale))
     if splits > 1:
         return off_out.sum(0).to(goff.dtype), msk_out.sum(0).to(gmask.dtype)
     return goff, gmask
@@ -264,11 +298,13 @@ def _backward_impl(
     dilation: List[int],
     data_grads: bool,
     weight_grads: bool,
+    deterministic: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_offset, grad_mask, grad_bias), each in its argument's
     dtype; grad_output is Tensor[N, C_out, H_out, W_out] in any strides. grad_mask (grad_bias)
     is empty without a mask (bias); the input-side grads are zeros unless ``data_grads``,
-    grad_weight and grad_bias zeros unless ``weight_grads``."""
+    grad_weight and grad_bias zeros unless ``weight_grads``. ``deterministic``: grad_input
+    summed in fixed point (the other grads are deterministic in every mode)."""
     geo = _Geometry(input, weight, offset, stride, padding, dilation)
     dev = input.device
     goff = torch.zeros(offset.shape, dtype=offset.dtype, device=dev)
@@ -300,7 +336,7 @@ def _backward_impl(
         # grad_input is summed in float32 (atomics), NHWC like x, and rounded once.
         gx = torch.zeros((geo.n, geo.h, geo.w, geo.c), dtype=torch.float32, device=dev)
         if call is not None:
-            goff, gmask = _input_side(call, weight, gx, goff, gmask)
+            goff, gmask = _input_side(call, weight, gx, goff, gmask, deterministic)
         fmt = _memory_format(input)
         grad_input = gx.permute(0, 3, 1, 2).to(dtype=input.dtype, memory_format=fmt)
     else:
@@ -327,8 +363,10 @@ def _grads(ctx, grad_output, backward_fn):
     needs = ctx.needs_input_grad
     if not any(needs[:5]):
         return (None,) * 8
-    if torch.are_deterministic_algorithms_enabled() or torch.is_grad_enabled():
-        # Deterministic mode or a double backward: the column path's backward op.
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if torch.is_grad_enabled() or (deterministic and not selection.DETERMINISTIC_FUSED_BACKWARD):
+        # A double backward, or deterministic mode unless the fused backward sums grad_input
+        # in fixed point: the column path's backward op (differentiable, deterministic).
         grads = torch.ops.deformconv._deform_conv2d_backward(
             grad_output, input, weight, offset, mask, bias, *ctx.conv_args
         )
@@ -344,6 +382,7 @@ def _grads(ctx, grad_output, backward_fn):
             *ctx.conv_args,
             data,
             needs[1] or needs[4],
+            deterministic,
         )
     gi, gw, goff, gmask, gbias = grads
     return (

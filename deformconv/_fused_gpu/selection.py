@@ -20,6 +20,11 @@ CHOICES = ("auto", "fused", "columns")
 # Whether `auto` picks the fused kernels on CUDA (sm_80+, deterministic mode off). False until a
 # GPU run has verified and timed them: flipping the default is this one line.
 AUTO_USES_FUSED = False
+# What the fused path's backward does in deterministic mode (torch.use_deterministic_algorithms):
+# False runs the column path's deterministic backward; True keeps the fused kernels, summing
+# grad_input's finite terms in int64 fixed point (op._fixed_point_scale). False until a GPU run
+# has timed the fixed-point sums.
+DETERMINISTIC_FUSED_BACKWARD = False
 _DATA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -135,12 +140,12 @@ def fused_chosen(
 
 def gpu_path(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> str:
     """The path a deform_conv2d call with these arguments takes now: 'columns', 'fused', or
-    'fused forward, columns backward' (deterministic mode: the fused grad_input would sum with
-    float atomics, so the backward runs the column path). A double backward always runs the
-    column path's backward.
+    'fused forward, columns backward' (deterministic mode unless
+    :data:`DETERMINISTIC_FUSED_BACKWARD`: the fused grad_input sums with float atomics). A
+    double backward always runs the column path's backward.
     """
     if not fused_chosen(input, weight, offset, mask):
         return "columns"
-    if torch.are_deterministic_algorithms_enabled():
+    if torch.are_deterministic_algorithms_enabled() and not DETERMINISTIC_FUSED_BACKWARD:
         return "fused forward, columns backward"
     return "fused"
