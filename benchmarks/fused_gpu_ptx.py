@@ -38,6 +38,8 @@ FLOAT32_POINTERS = {
     "off_ptr", "msk_ptr", "gx_ptr", "part_ptr", "goff_ptr", "gmsk_ptr", "scale_ptr"
 }  # fmt: skip
 INT64_POINTERS = {"gxi_ptr"}  # the deterministic input side's fixed-point sums
+# The input side's constexpr switches a --block KEY=INT may set, with their defaults.
+KERNEL_SWITCHES = {"SCATTER": 1, "REDUCE": 1, "FIXED": 0}
 
 
 def _call_values(channels: int) -> dict:
@@ -91,7 +93,7 @@ def compile_for_sm(
             consts[name] = specialize
     # The input side's passes: both in one launch unless --block SCATTER=0 or REDUCE=0; the
     # float32 grad_input sums unless --block FIXED=1 (deterministic mode's fixed point).
-    for name, default in (("SCATTER", 1), ("REDUCE", 1), ("FIXED", 0)):
+    for name, default in KERNEL_SWITCHES.items():
         if name in kernel.arg_names:
             consts[name] = bool(cfg.get(name, default))
     values = _call_values(channels) if specialize else {}
@@ -160,8 +162,7 @@ def report(kind, dtype, capability, channels=128, blocks=None) -> dict:
 
 def _block(text: str):
     key, _, value = text.partition("=")
-    keys = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "SCATTER", "REDUCE",
-            "FIXED")  # fmt: skip
+    keys = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", *KERNEL_SWITCHES)
     if key not in keys or not value:
         raise argparse.ArgumentTypeError(f"--block wants KEY=INT with a block key: got {text!r}")
     return key, int(value)

@@ -169,6 +169,10 @@ def test_small_blocks_tails_and_straddling_channel_block():
         fused_config.OVERRIDES.clear()
 
 
+# Few pixel tiles and 2 offset groups of 20 channels: with 16-wide blocks, channel splits.
+SPLIT_CASE = dict(n=1, c_in=40, c_out=6, h=4, w=5, offset_groups=2, seed=9)
+
+
 def test_input_side_channel_splits():
     """Few pixel tiles: the input-side kernel splits each offset group's channels (here 3
     splits of 16 of 40 channels, and 2 of 16 + 4 of 20 per offset group) and adds the
@@ -191,7 +195,7 @@ def test_input_side_in_two_passes(dtype):
     try:
         check_against_columns(make_args(**CONFIGS["groups_offset_groups_straddle"]), dtype)
         fused_config.OVERRIDES["backward_data"].update(BLOCK_M=16, BLOCK_K=16)
-        a = make_args(n=1, c_in=40, c_out=6, h=4, w=5, offset_groups=2, seed=9)
+        a = make_args(**SPLIT_CASE)
         check_against_columns(a, dtype)
     finally:
         fused_config.OVERRIDES.clear()
@@ -384,7 +388,7 @@ def test_deterministic_fixed_point_input_side(monkeypatch, dtype):
         for blocks in (dict(BLOCK_M=16, BLOCK_K=16), dict(TWO_PASSES=1)):
             fused_config.OVERRIDES["backward_data"] = blocks
             try:
-                b = make_args(n=1, c_in=40, c_out=6, h=4, w=5, offset_groups=2, seed=9)
+                b = make_args(**SPLIT_CASE)
                 check_against_columns(b, dtype)
             finally:
                 fused_config.OVERRIDES.clear()

@@ -219,10 +219,15 @@ def _weight_side(call: _BackwardCall) -> Tensor:
     return part.sum(0)
 
 
+def _finite_abs(t: Tensor) -> Tensor:
+    """|t| with its non-finite elements made 0."""
+    a = t.abs()
+    return torch.where(torch.isfinite(a), a, 0)
+
+
 def _finite_abs_max(t: Tensor) -> Tensor:
     """max |t| over t's finite elements (0 if none), float64, on t's device (no sync)."""
-    a = t.abs()
-    return torch.where(torch.isfinite(a), a, 0).amax().double()
+    return _finite_abs(t).amax().double()
 
 
 def _fixed_point_scale(call: _BackwardCall, w: Tensor) -> Tensor:
@@ -236,7 +241,7 @@ def _fixed_point_scale(call: _BackwardCall, w: Tensor) -> Tensor:
     2**62: no sum can overflow int64, the scaling is exact, and each term loses at most
     1 / scale to the truncation (B * count * 2**-62 or less)."""
     geo = call.geo
-    col = torch.where(torch.isfinite(w), w.abs(), 0).float().sum(-1).amax().double()
+    col = _finite_abs(w).float().sum(-1).amax().double()
     bound = _finite_abs_max(call.go) * col
     if call.mask is not None:
         bound = bound * _finite_abs_max(call.mask)
