@@ -11,24 +11,28 @@ sweep comes last.
    every gradient, fp32 / fp16 / bf16, on three small configurations (3x3 with NaN, inf and
    1e30 offsets; groups with a channel block straddling offset groups; 5x5 with stride and
    dilation 2); ``worst_ratio`` is the largest fused error over the column path's error (both
-   against float64), ``ok`` asks for <= 1.5 (or errors below 1e-5).
+   against float64), ``ok`` asks for <= 1.5 (or errors below 1e-5). In 16 bits each configuration
+   also runs with the CUDA input side (``input_side: "cuda"``: selection.CUDA_INPUT_SIDE on;
+   ``cuda_calls`` counts its launches, and ``ok`` also asks for one wherever its rule applies).
 2. ``torchvision``: parity with ``torchvision.ops.deform_conv2d`` in fp32 (output and grads).
 3. ``determinism``: fwd + grads repeated bitwise in default mode (weight, offset, mask: no
-   atomics), and in deterministic mode both ways: the column path's backward, and the fused
-   backward with grad_input in int64 fixed point (with each one's error against float64).
+   atomics; also with the CUDA input side), and in deterministic mode both ways: the column
+   path's backward, and the fused backward with grad_input in int64 fixed point (with each one's error against float64).
 4. ``timing``: CUDA events, median of ``--reps`` after warm-up, forward and forward+backward of
    fused / columns / torchvision / dense ``F.conv2d`` (and forward+backward issued back to
    back, ``*_fwdbwd_stream_ms``, where the CPU's launch time hides) at the five benchmark shapes (3x3, pad 1,
    mask and bias, offsets uniform in +-2 px, TF32 off), peak extra memory of one
    forward+backward; the fused forward+backward also under ``torch.use_deterministic_algorithms``
    (``fused_det_fwdbwd_ms``, ``det_over_default``: the target is <= 1.3; ``detfx_*`` with the
-   fixed-point fused backward).
+   fixed-point fused backward); ``fused_cuda_*``: the fused path with the CUDA input side
+   (16 bits; ``fwdbwd_fused_cuda_over_fused``, ``fwdbwd_fused_cuda_over_torchvision``).
 5. ``accuracy``: as ``correct`` (output and every gradient, fused and columns against the column
    path in float64, the same ``ok`` rule) at the five benchmark shapes with the batch cut to 2,
-   every dtype, offsets uniform in +-2 px and of 8-16 px.
+   every dtype, offsets uniform in +-2 px and of 8-16 px; in 16 bits with each input side.
 6. ``compile``: ``torch.compile(fullgraph=True)`` of the selection and the fused op against eager.
 7. ``autotune``: a handful of block configurations per kernel at r50-c3 fp16 (forward, the
-   input-side backward, the weight backward), the best against the default.
+   input-side backward, the weight backward), the best against the default; and the CUDA
+   input side alone (``kind: backward_data_cuda``).
 8. ``tuned``: the fused path's fp16 / bf16 timings again with the autotune's winning blocks
    (skipped when the defaults won everywhere).
 9. ``channels_last``: fused / columns / dense in fp16 with every 4-d argument channels_last
@@ -44,6 +48,10 @@ Usage::
     python benchmarks/fused_gpu_check.py --out /tmp/fused_gpu.json
     python benchmarks/fused_gpu_check.py --sections correct,timing --dtypes float16 --shapes r50-c3
     python benchmarks/fused_gpu_check.py --sections accuracy --out /tmp/accuracy.json
+
+``--cuda-input-side`` turns the CUDA input side on for the whole run (for a profiler: with
+``--sections once`` the three launches are the forward, window_input_side_kernel and the weight
+side).
 """
 
 from __future__ import annotations
@@ -80,7 +88,8 @@ SECTIONS = (
 # Not in the default run: "once", one fused forward+backward per shape and dtype, untimed (the
 # launches a profiler such as Nsight Compute records: forward, input side, weight side).
 EXTRA_SECTIONS = ("once",)
-CORE = ("base", "groups-og-straddle", "5x5-s2-d2")  # every dtype; the others in correct_more
+# every dtype; the others in correct_more
+CORE = ("base", "groups-og-straddle", "5x5-s2-d2", "og-straddle-8")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 KEYS = ("input", "weight", "offset", "mask", "bias")
 DEV = "cuda"  # "cpu" with --dry-run: the same code under Triton's interpreter, tiny sizes
@@ -99,6 +108,8 @@ SMALL = [
     ("1x1-no-mask", 2, 20, 6, 7, 40, 1, 1, 0, 1, 1, 1, False),
     ("5x5-s2-d2", 1, 12, 13, 12, 8, 5, 2, 3, 2, 1, 1, True),
     ("wide", 1, 160, 10, 10, 144, 3, 1, 1, 1, 1, 1, True),
+    # channel counts the CUDA input side covers (multiples of 8 per group and offset group)
+    ("og-straddle-8", 2, 48, 7, 9, 40, 3, 1, 1, 1, 2, 3, True),
     ("batch0", 0, 8, 5, 5, 8, 3, 1, 1, 1, 1, 1, True),
 ]
 # Block configurations tried by the autotune section, per kernel: (BLOCK_M, BLOCK_N, BLOCK_K,
@@ -165,6 +176,11 @@ def parse_args(argv=None):
     p.add_argument("--shapes", default=",".join(s.name for s in GPU_SHAPES), help="timing shapes")
     p.add_argument("--reps", type=int, default=20, help="timed repetitions (median)")
     p.add_argument("--budget-s", type=float, default=220.0, help="skip what would start after this")
+    p.add_argument(
+        "--cuda-input-side",
+        action="store_true",
+        help="selection.CUDA_INPUT_SIDE on for the whole run (16-bit input side in CUDA C++)",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -311,20 +327,73 @@ def rel(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
 
 
-def against_float64(t, conv):
+class cuda_input_side:
+    """selection.CUDA_INPUT_SIDE on inside (restored on exit); ``calls`` counts the launches of
+    the CUDA input-side op meanwhile, ``applies(t)`` says whether its rule covers t's call."""
+
+    def __enter__(self):
+        from deformconv._fused_gpu import selection
+
+        self.calls, self.saved = 0, selection.CUDA_INPUT_SIDE
+        self.op = torch.ops.deformconv._fused_input_side
+        selection.CUDA_INPUT_SIDE = True
+
+        def counted(*args):
+            self.calls += 1
+            return self.op(*args)
+
+        torch.ops.deformconv._fused_input_side = counted
+        return self
+
+    def __exit__(self, *exc):
+        from deformconv._fused_gpu import selection
+
+        selection.CUDA_INPUT_SIDE = self.saved
+        torch.ops.deformconv._fused_input_side = self.op
+
+    @staticmethod
+    def applies(t):
+        from deformconv._fused_gpu import selection
+
+        x, w, off = t["input"], t["weight"], t["offset"]
+        c_og, c_g, kh, kw = w.shape[0] // (x.shape[1] // w.shape[1]), w.shape[1], *w.shape[2:]
+        c_pog = x.shape[1] // (off.shape[1] // (2 * kh * kw))
+        return x.shape[0] > 0 and selection.cuda_input_side_applies(
+            x, c_g, c_pog, c_og, kh * kw, False
+        )
+
+
+def input_sides(dtype):
+    """The input sides a check row runs in ``dtype``: Triton always, CUDA in 16 bits."""
+    return ("triton", "cuda") if dtype != torch.float32 else ("triton",)
+
+
+def against_float64(t, conv, input_side="triton"):
     """Output and every gradient of the fused path and of the column path, each against the
     column path in float64: ``fused_err`` and ``column_err`` (``rel`` per key), ``worst_ratio``
     (the largest fused error over the column path's, which is floored at 1e-7), ``finite`` (the
-    fused results) and ``ok``: finite and worst_ratio <= 1.5, or every fused error below 1e-5."""
+    fused results) and ``ok``: finite and worst_ratio <= 1.5, or every fused error below 1e-5.
+    ``input_side="cuda"``: the fused path with the CUDA input side; the row then has
+    ``cuda_calls`` and ``ok`` also needs a call where the side's rule applies."""
     ref = fwd_bwd(columns, leaves(t, torch.float64), conv)
-    got = fwd_bwd(fused, leaves(t), conv)
+    extra = {}
+    if input_side == "cuda":
+        with cuda_input_side() as side:
+            got = fwd_bwd(fused, leaves(t), conv)
+            expected = side.applies(t)
+        extra = dict(input_side="cuda", cuda_calls=side.calls, cuda_expected=expected)
+    else:
+        got = fwd_bwd(fused, leaves(t), conv)
     col = fwd_bwd(columns, leaves(t), conv)
     errs = {k: rel(got[k], ref[k]) for k in ref}
     col_errs = {k: rel(col[k], ref[k]) for k in ref}
     finite = all(bool(torch.isfinite(v).all()) for v in got.values())
     worst = max((errs[k] / max(col_errs[k], 1e-7) for k in ref), default=0.0)
     ok = finite and (worst <= 1.5 or max(errs.values(), default=0.0) < 1e-5)
-    return dict(fused_err=errs, column_err=col_errs, worst_ratio=worst, finite=finite, ok=ok)
+    if extra:
+        ok = ok and (extra["cuda_calls"] > 0 or not extra["cuda_expected"])
+    return dict(fused_err=errs, column_err=col_errs, worst_ratio=worst, finite=finite, ok=ok,
+                **extra)  # fmt: skip
 
 
 def section_correct(rep, dtypes, names):
@@ -339,7 +408,8 @@ def section_correct(rep, dtypes, names):
                 t["offset"][0, 0::3, 1, 1] = float("nan")
                 t["offset"][0, 1::3, 2, 2] = float("inf")
                 t["offset"][0, 2::3, 3, 3] = 1e30
-            rep.add("correct", config=name, dtype=dname, **against_float64(t, conv))
+            for side in input_sides(dtype):
+                rep.add("correct", config=name, dtype=dname, **against_float64(t, conv, side))
 
 
 def section_accuracy(rep, shapes, dtypes):
@@ -359,8 +429,9 @@ def section_accuracy(rep, shapes, dtypes):
                     continue
                 t, conv = make(shape.n, shape.c_in, shape.h, shape.w, shape.c_out, 3, 1, 1, 1, 1, 1,
                                True, DTYPES[dname], offset_px=px)  # fmt: skip
-                rep.add("accuracy", shape=shape.label(), dtype=dname, offset_px=px,
-                        **against_float64(t, conv))  # fmt: skip
+                for side in input_sides(DTYPES[dname]):
+                    rep.add("accuracy", shape=shape.label(), dtype=dname, offset_px=px,
+                            **against_float64(t, conv, side))  # fmt: skip
                 del t
         if DEV == "cuda":
             torch.cuda.empty_cache()
@@ -415,6 +486,12 @@ def section_determinism(rep):
     a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
     same = {k: bool(torch.equal(a[k], b[k])) for k in a}
     rep.add("determinism", mode="default", bitwise_equal=same)
+    with cuda_input_side() as side:
+        a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
+    same = {k: bool(torch.equal(a[k], b[k])) for k in a}
+    rep.add("determinism", mode="default, cuda input side", bitwise_equal=same,
+            cuda_calls=side.calls,
+            ok=all(v for k, v in same.items() if k != "input") and side.calls > 0 or DEV == "cpu")  # fmt: skip
     ref = fwd_bwd(columns, leaves(t, torch.float64), conv)
     for mode, fixed_point in DET_MODES.items():
         with deterministic_mode(fixed_point):
@@ -499,6 +576,11 @@ def section_autotune(rep, reps):
             winners[kind] = candidate_config(CANDIDATES[kind][0])  # candidate stands in
         rep.add("autotune", kind=kind, shape="r50-c3", dtype="float16", default_ms=default, best=best,
                 all=[(ms, str(c)) for ms, c in results])  # fmt: skip
+    if not rep.over_budget():
+        with cuda_input_side() as side:
+            ms = time_ms(runs["backward_data"], reps=max(5, reps // 2))
+        rep.add("autotune", kind="backward_data_cuda", shape="r50-c3", dtype="float16", ms=ms,
+                cuda_calls=side.calls)  # fmt: skip
     return winners
 
 
@@ -622,7 +704,8 @@ def section_timing(
     float64 are the accuracy section's."""
     from deformconv._fused_gpu import config
 
-    impls = {"fused": fused, "columns": columns, "torchvision": torchvision_call, "dense": dense}
+    impls = {"fused": fused, "fused_cuda": fused, "columns": columns,
+             "torchvision": torchvision_call, "dense": dense}  # fmt: skip
     try:
         import torchvision.ops  # noqa: F401
     except Exception:  # noqa: BLE001
@@ -657,13 +740,20 @@ def _time_shapes(rep, shapes, dtypes, reps, impls, section, blocks, channels_las
             for name, fn in impls.items():
                 if name == "torchvision" and dtype == torch.bfloat16:
                     continue
+                if name == "fused_cuda" and dtype == torch.float32:
+                    continue  # the CUDA input side is 16-bit only
                 t = leaves(base)
                 if name == "dense":
                     for k in ("offset", "mask"):
                         t[k] = t[k].detach()
                 try:
                     det = deterministic and name == "fused"
-                    row.update(time_impl(name, fn, t, conv, reps, deterministic=det))
+                    if name == "fused_cuda":
+                        with cuda_input_side() as side:
+                            row.update(time_impl(name, fn, t, conv, reps))
+                        row["fused_cuda_calls"] = side.calls
+                    else:
+                        row.update(time_impl(name, fn, t, conv, reps, deterministic=det))
                 except Exception as exc:  # noqa: BLE001
                     row[f"{name}_error"] = repr(exc)[:500]
             for name in ("columns", "torchvision", "dense"):
@@ -672,6 +762,11 @@ def _time_shapes(rep, shapes, dtypes, reps, impls, section, blocks, channels_las
                         row[f"{what}_fused_over_{name}"] = (
                             row[f"fused_{what}_ms"] / row[f"{name}_{what}_ms"]
                         )
+            for name in ("fused", "columns", "torchvision", "dense"):
+                if f"{name}_fwdbwd_ms" in row and "fused_cuda_fwdbwd_ms" in row:
+                    row[f"fwdbwd_fused_cuda_over_{name}"] = (
+                        row["fused_cuda_fwdbwd_ms"] / row[f"{name}_fwdbwd_ms"]
+                    )
             if blocks:
                 row["blocks"] = blocks
             rep.add(section, shape=shape.label(), dtype=dname, **row)
@@ -708,6 +803,10 @@ def main(argv=None):
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    if args.cuda_input_side:
+        from deformconv._fused_gpu import selection
+
+        selection.CUDA_INPUT_SIDE = True
     rep = Report(args.out, args.budget_s)
     t, _ = make(1, 4, 5, 5, 4, 3, 1, 1, 1, 1, 1, True, torch.float16)
     import triton

@@ -1,6 +1,8 @@
 # Shared by the CUDA test files (GPU and host emulation): argument factory, op calls, deterministic mode, sweep.
 import contextlib
+import functools
 import math
+from pathlib import Path
 
 import torch
 
@@ -9,6 +11,32 @@ from helpers import op_args
 
 OP = torch.ops.deformconv.deform_conv2d
 BWD = torch.ops.deformconv._deform_conv2d_backward
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
+
+
+@functools.lru_cache(maxsize=None)
+def load_emulation():
+    """The CUDA backend's sources compiled for the CPU (csrc/cuda/emulation/emulated_ops.cpp):
+    a module whose functions run the CUDA entry points on CPU tensors. Built once per machine
+    (torch's extension cache; about a minute), then loaded."""
+    from torch.utils.cpp_extension import load
+
+    return load(
+        name="deformconv_cuda_emulation",
+        sources=[
+            str(CSRC / "cuda" / "emulation" / "emulated_ops.cpp"),
+            str(CSRC / "cuda" / "emulation" / "launch_host.cpp"),
+            str(CSRC / "cuda" / "emulation" / "window_input_side_host.cpp"),
+            str(CSRC / "cuda" / "deform_conv2d_kernel.cpp"),
+            str(CSRC / "cuda" / "emulation" / "double_backward_host.cpp"),
+            str(CSRC / "cuda" / "double_backward.cpp"),
+            str(CSRC / "common" / "geometry.cpp"),
+            # The double backward's GEMMs: at::mm per weight group, shared with the CPU kernels.
+            str(CSRC / "common" / "grouped_gemm.cpp"),
+        ],
+        extra_include_paths=[str(CSRC)],
+        extra_cflags=["-O1", "-DDEFORMCONV_HOST_EMULATION"],
+    )
 
 
 def make_args(mask=True, bias=True, device="cuda", **kwargs):

@@ -394,6 +394,41 @@ def test_deterministic_fixed_point_input_side(monkeypatch, dtype):
                 fused_config.OVERRIDES.clear()
 
 
+@pytest.mark.parametrize(
+    "config, positions",
+    [
+        (dict(c_in=16, c_out=12, groups=2, offset_groups=2, h=6, w=7), None),
+        (dict(c_in=8, c_out=8, h=5, w=9, with_mask=False), None),
+        (dict(n=1, c_in=16, c_out=8, h=7, w=6), torch.float32),
+    ],
+    ids=["groups", "no_mask", "float32_positions"],
+)
+def test_cuda_input_side_glue_with_the_emulated_kernel(monkeypatch, config, positions):
+    """Where selection.cuda_input_side_applies, the fused backward's input side is
+    torch.ops.deformconv._fused_input_side; with that op replaced by its host emulation
+    (tests/test_fused_input_side_emulated.py checks the kernel itself), the fp16 fused backward
+    calls it once and gives every grad within 2x the column path's error against float64."""
+    import os
+
+    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
+        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
+    from cuda_helpers import load_emulation
+
+    from deformconv._fused_gpu import selection
+
+    emu = load_emulation()
+    calls = []
+
+    def emulated(*args):
+        calls.append(args)
+        return emu.fused_input_side(*args)
+
+    monkeypatch.setattr(selection, "cuda_input_side_applies", lambda *args: True)
+    monkeypatch.setattr(torch.ops.deformconv, "_fused_input_side", emulated)
+    check_against_columns(make_args(**config), torch.float16, positions)
+    assert len(calls) == 1
+
+
 def test_deterministic_fixed_point_keeps_non_finite_sums(monkeypatch):
     """An inf or NaN in grad_output: grad_input's inf / -inf / NaN elements are the float
     path's (the fixed-point sums hold the finite terms only), the finite ones match it."""

@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from cuda_helpers import SWEEP, deterministic, grad_like, make_args, moved, run_bwd, run_op
+from cuda_helpers import (
+    SWEEP,
+    deterministic,
+    grad_like,
+    load_emulation,
+    make_args,
+    moved,
+    run_bwd,
+    run_op,
+)
 from helpers import collapse_offsets, op_args
 from test_mixed_precision import bench, check_error_targets, check_rounds_once, mixed
 
@@ -25,24 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 def emu():
     if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
         pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
-    from torch.utils.cpp_extension import load
-
-    csrc = REPO / "csrc"
-    return load(
-        name="deformconv_cuda_emulation",
-        sources=[
-            str(csrc / "cuda" / "emulation" / "emulated_ops.cpp"),
-            str(csrc / "cuda" / "emulation" / "launch_host.cpp"),
-            str(csrc / "cuda" / "deform_conv2d_kernel.cpp"),
-            str(csrc / "cuda" / "emulation" / "double_backward_host.cpp"),
-            str(csrc / "cuda" / "double_backward.cpp"),
-            str(csrc / "common" / "geometry.cpp"),
-            # The double backward's GEMMs: at::mm per weight group, shared with the CPU kernels.
-            str(csrc / "common" / "grouped_gemm.cpp"),
-        ],
-        extra_include_paths=[str(csrc)],
-        extra_cflags=["-O1", "-DDEFORMCONV_HOST_EMULATION"],
-    )
+    return load_emulation()
 
 
 def emu_fwd(emu, a):

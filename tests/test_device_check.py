@@ -16,7 +16,7 @@ def test_sanitizer_cases_run_on_cpu():
     result = run_python([str(REPO / "benchmarks" / "sanitizer_cases.py"), "--cpu"], cwd="/")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 9 and all(": ok (" in line for line in lines), result.stdout
+    assert len(lines) == 11 and all(": ok (" in line for line in lines), result.stdout
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")

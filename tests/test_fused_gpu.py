@@ -83,6 +83,48 @@ def test_uncovered_calls_stay_on_the_column_path():
     assert not _fused_gpu.fused_chosen(x, w, off.to("meta"), m)  # another device
 
 
+class _CudaLike:
+    """Stands in for a CUDA tensor in the input-side rule (no GPU here)."""
+
+    is_cuda = True
+    device = torch.device("cuda", 0)
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+def test_cuda_input_side_rule(monkeypatch):
+    """selection.cuda_input_side_applies: only with CUDA_INPUT_SIDE, outside the fixed-point
+    backward, for 16-bit data with 8-channel groups and offset groups, <= 9 taps, <= 512 output
+    channels per group, 128 KiB of shared memory and the CUDA kernel registered."""
+    from deformconv._fused_gpu import selection
+
+    props = type("Props", (), {"shared_memory_per_block_optin": 227 * 1024})()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(selection, "_cuda_kernel_registered", lambda name: True)
+    half = _CudaLike(torch.float16)
+    ok = (half, 64, 32, 128, 9, False)
+    assert not selection.cuda_input_side_applies(*ok)  # off by default
+    monkeypatch.setattr(selection, "CUDA_INPUT_SIDE", True)
+    assert selection.cuda_input_side_applies(*ok)
+    assert selection.cuda_input_side_applies(_CudaLike(torch.bfloat16), 8, 8, 512, 1, False)
+    for bad in (
+        (_CudaLike(torch.float32), 64, 32, 128, 9, False),
+        (half, 12, 32, 128, 9, False),
+        (half, 64, 4, 128, 9, False),
+        (half, 64, 32, 513, 9, False),
+        (half, 64, 32, 128, 25, False),
+        (half, 64, 32, 128, 9, True),
+        (torch.zeros(1, dtype=torch.float16), 64, 32, 128, 9, False),  # a CPU tensor
+    ):
+        assert not selection.cuda_input_side_applies(*bad), bad[1:]
+    monkeypatch.setattr(props, "shared_memory_per_block_optin", 99 * 1024)
+    assert not selection.cuda_input_side_applies(*ok)
+    monkeypatch.setattr(props, "shared_memory_per_block_optin", 227 * 1024)
+    monkeypatch.setattr(selection, "_cuda_kernel_registered", lambda name: False)
+    assert not selection.cuda_input_side_applies(*ok)
+
+
 def test_package_imports_and_stays_on_columns_without_triton():
     code = (
         "import sys; sys.modules['triton'] = None\n"

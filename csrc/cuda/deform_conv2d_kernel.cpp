@@ -43,6 +43,7 @@
 #include "common/opmath.h"
 #include "cuda/backend.h"
 #include "cuda/entry_points.h"
+#include "cuda/index_width.h"
 #include "cuda/launch.h"
 
 namespace deformconv {
@@ -61,29 +62,6 @@ bool is_reduced_float(at::ScalarType t) { return t == at::kHalf || t == at::kBFl
 // honours it).
 at::Tensor zeros_in(at::IntArrayRef sizes, const at::TensorOptions& opts, at::MemoryFormat fmt) {
   return at::empty(sizes, opts.memory_format(fmt)).zero_();
-}
-
-// 1 + the largest element offset a strided tensor addresses (0 when empty).
-int64_t extent(const at::Tensor& t) {
-  if (t.numel() == 0) return 0;
-  int64_t e = 1;
-  for (int64_t d = 0; d < t.dim(); ++d) e += (t.size(d) - 1) * t.stride(d);
-  return e;
-}
-
-int64_t extent(const c10::optional<at::Tensor>& t) { return t.has_value() ? extent(*t) : 0; }
-
-// 32-bit index math in the kernels when every element count / extent they index with
-// index_t fits (int64 otherwise: columns beyond 2^31 elements, huge images).
-// DEFORMCONV_FORCE_INT64_INDEX=1 forces the int64 kernels (to test them on small shapes).
-bool fits_int32(std::initializer_list<int64_t> sizes) {
-  const char* force = std::getenv("DEFORMCONV_FORCE_INT64_INDEX");
-  if (force != nullptr && force[0] == '1') return false;
-  const int64_t limit = std::numeric_limits<int32_t>::max();
-  for (int64_t s : sizes) {
-    if (s >= limit) return false;
-  }
-  return true;
 }
 
 // Pixels per chunk: as many as the workspace budget allows, at least 1, at most max_pixels.

@@ -39,5 +39,15 @@ deform_conv2d_double_backward_cuda(const at::Tensor& grad_output, const at::Tens
                                    at::IntArrayRef stride, at::IntArrayRef padding,
                                    at::IntArrayRef dilation, std::array<bool, 5> output_mask);
 
+// deformconv::_fused_input_side (16-bit data, sm_80+): (grad_input as float32 Tensor[N, C_in, H,
+// W] in channels-last storage, grad_offset and grad_mask as float32 contiguous tensors of
+// offset's / mask's shape; grad_mask empty (shape [0]) when mask is None). grad_input is summed
+// with float atomics (its bits may differ between runs); grad_offset and grad_mask are
+// deterministic.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& offset, const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation);
+
 }  // namespace cuda
 }  // namespace deformconv

@@ -15,6 +15,7 @@
 #include "cuda/im2col.cuh"
 #include "cuda/launch.h"
 #include "cuda/sampling.cuh"
+#include "cuda/sampling_args.h"
 
 namespace deformconv {
 namespace cuda {
@@ -24,51 +25,6 @@ namespace {
 constexpr int64_t kMaxGridX = int64_t(1) << 24;
 // blockIdx.y carries (offset group, tap).
 constexpr int64_t kMaxGridY = 65535;
-
-// Sizes and chunk of a call; offset / mask strides left 0 (kernels that read neither).
-template <typename index_t>
-SamplingArgs<index_t> make_args(const ConvGeometry& g, Chunk chunk) {
-  SamplingArgs<index_t> a;
-  a.channels = static_cast<index_t>(g.in_channels);
-  a.height = static_cast<index_t>(g.height);
-  a.width = static_cast<index_t>(g.width);
-  a.out_h = static_cast<index_t>(g.out_h);
-  a.out_w = static_cast<index_t>(g.out_w);
-  a.kernel_w = static_cast<index_t>(g.kernel_w);
-  a.taps = static_cast<index_t>(g.taps());
-  a.stride_h = static_cast<index_t>(g.stride_h);
-  a.stride_w = static_cast<index_t>(g.stride_w);
-  a.pad_h = static_cast<index_t>(g.pad_h);
-  a.pad_w = static_cast<index_t>(g.pad_w);
-  a.dilation_h = static_cast<index_t>(g.dilation_h);
-  a.dilation_w = static_cast<index_t>(g.dilation_w);
-  a.channels_per_group = static_cast<index_t>(g.in_channels_per_group());
-  a.channels_per_offset_group = static_cast<index_t>(g.channels_per_offset_group());
-  a.offset_groups = static_cast<index_t>(g.offset_groups);
-  a.grouped = g.groups > 1;
-  a.has_mask = false;
-  a.columns = static_cast<index_t>(g.taps() * g.in_channels);
-  a.p0 = static_cast<index_t>(chunk.p0);
-  a.pc = static_cast<index_t>(chunk.pc);
-  for (int d = 0; d < 4; ++d) {
-    a.offset_stride[d] = index_t(0);
-    a.mask_stride[d] = index_t(0);
-  }
-  return a;
-}
-
-// The same with the element strides of offset and mask (any layout is read in place).
-template <typename index_t>
-SamplingArgs<index_t> make_args(const ConvGeometry& g, Chunk chunk, const at::Tensor& offset,
-                                const c10::optional<at::Tensor>& mask) {
-  SamplingArgs<index_t> a = make_args<index_t>(g, chunk);
-  a.has_mask = mask.has_value();
-  for (int d = 0; d < 4; ++d) {
-    a.offset_stride[d] = static_cast<index_t>(offset.stride(d));
-    a.mask_stride[d] = mask.has_value() ? static_cast<index_t>(mask->stride(d)) : index_t(0);
-  }
-  return a;
-}
 
 // Grid over (pixel blocks of the chunk) x (offset group, tap).
 dim3 pixel_grid(const ConvGeometry& g, Chunk chunk, int rows) {

@@ -251,6 +251,31 @@ def _fixed_point_scale(call: _BackwardCall, w: Tensor) -> Tensor:
 
 
 def _input_side(
+    call: _BackwardCall, weight: Tensor, goff: Tensor, gmask: Tensor, fixed: bool
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """(grad_input as float32 NHWC Tensor[N, H, W, C_in], grad_offset, grad_mask like goff and
+    gmask, which are zeros on entry): the CUDA kernel where
+    selection.cuda_input_side_applies, else fused_backward_data_kernel (_triton_input_side)."""
+    geo = call.geo
+    if selection.cuda_input_side_applies(
+        call.x, geo.c_g, geo.c_pog, geo.c_og, geo.kh * geo.kw, fixed
+    ):
+        gx, off, msk = torch.ops.deformconv._fused_input_side(
+            call.go, call.x.permute(0, 3, 1, 2), weight, call.offset, call.mask,
+            *_conv_lists(geo),
+        )  # fmt: skip
+        return gx.permute(0, 2, 3, 1), off.to(goff.dtype), msk.to(gmask.dtype)
+    gx = torch.zeros((geo.n, geo.h, geo.w, geo.c), dtype=torch.float32, device=call.x.device)
+    return (gx, *_triton_input_side(call, weight, gx, goff, gmask, fixed))
+
+
+def _conv_lists(geo: _Geometry) -> Tuple[List[int], List[int], List[int]]:
+    """(stride, padding, dilation) of the call as lists."""
+    c = geo.conv
+    return [c[0], c[1]], [c[2], c[3]], [c[4], c[5]]
+
+
+def _triton_input_side(
     call: _BackwardCall, weight: Tensor, gx: Tensor, goff: Tensor, gmask: Tensor, fixed: bool
 ):
     """Fill gx (float32 NHWC grad_input, zeros on entry; atomics) with
@@ -343,9 +368,10 @@ def _backward_impl(
         )
     if data_grads:
         # grad_input is summed in float32 (atomics), NHWC like x, and rounded once.
-        gx = torch.zeros((geo.n, geo.h, geo.w, geo.c), dtype=torch.float32, device=dev)
         if call is not None:
-            goff, gmask = _input_side(call, weight, gx, goff, gmask, deterministic)
+            gx, goff, gmask = _input_side(call, weight, goff, gmask, deterministic)
+        else:
+            gx = torch.zeros((geo.n, geo.h, geo.w, geo.c), dtype=torch.float32, device=dev)
         fmt = _memory_format(input)
         grad_input = gx.permute(0, 3, 1, 2).to(dtype=input.dtype, memory_format=fmt)
     else:

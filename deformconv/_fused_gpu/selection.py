@@ -25,6 +25,17 @@ AUTO_USES_FUSED = False
 # grad_input's finite terms in int64 fixed point (op._fixed_point_scale). False until a GPU run
 # has timed the fixed-point sums.
 DETERMINISTIC_FUSED_BACKWARD = False
+# Whether the fused backward's input side (grad_input, grad_offset, grad_mask) runs the CUDA C++
+# kernel of the extension (torch.ops.deformconv._fused_input_side: grad_input summed in a
+# shared-memory window, far fewer global atomics) instead of the Triton kernel, where
+# cuda_input_side_applies. False until a GPU run has timed it.
+CUDA_INPUT_SIDE = False
+# The CUDA input side's reach: 16-bit data; C_in/groups and C_in/offset_groups multiples of 8;
+# at most 9 taps and 512 output channels per group, which keeps its shared memory (grad_output
+# rows of a group, the window, per-tap corner sums) within 128 KiB; GPUs allowing that much.
+_CUDA_INPUT_SIDE_MAX_TAPS = 9
+_CUDA_INPUT_SIDE_MAX_C_OG = 512
+_CUDA_INPUT_SIDE_MIN_SHARED = 128 * 1024
 _DATA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -79,6 +90,30 @@ def _data_dtype(input: Tensor) -> torch.dtype:
     if input.dtype != torch.float64 and dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return input.dtype
+
+
+def _cuda_kernel_registered(name: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA")
+
+
+def cuda_input_side_applies(
+    input: Tensor, c_g: int, c_pog: int, c_og: int, taps: int, deterministic: bool
+) -> bool:
+    """Whether the fused backward's input side runs the CUDA kernel for a call whose data
+    (``input``, NHWC or NCHW) is on a CUDA device: :data:`CUDA_INPUT_SIDE`, outside the
+    fixed-point deterministic backward, 16-bit data, ``c_g`` (C_in/groups) and ``c_pog``
+    (C_in/offset_groups) multiples of 8, ``taps`` <= 9, ``c_og`` (C_out/groups) <= 512, a GPU
+    with 128 KiB of shared memory per block, and the extension built with CUDA."""
+    if not (CUDA_INPUT_SIDE and input.is_cuda and not deterministic):
+        return False
+    if input.dtype not in (torch.float16, torch.bfloat16) or c_g % 8 or c_pog % 8:
+        return False
+    if taps > _CUDA_INPUT_SIDE_MAX_TAPS or c_og > _CUDA_INPUT_SIDE_MAX_C_OG:
+        return False
+    props = torch.cuda.get_device_properties(input.device)
+    if getattr(props, "shared_memory_per_block_optin", 0) < _CUDA_INPUT_SIDE_MIN_SHARED:
+        return False
+    return _cuda_kernel_registered("deformconv::_fused_input_side")
 
 
 def fused_supported(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor]) -> bool:

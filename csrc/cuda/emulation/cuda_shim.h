@@ -6,7 +6,11 @@
 // fibers resume in turn and read their partner's slot (two slot banks alternate, so a fiber
 // that runs ahead to its next shuffle cannot overwrite a value not yet read). Fibers that
 // finish while others wait in a shuffle are reported as an error: on the GPU that is a
-// full-mask shuffle some lanes never reach. atomicAdd is a plain add (one host thread).
+// full-mask shuffle some lanes never reach. __syncthreads is the same rendezvous without a
+// value (a round that mixes barriers and shuffles is reported: on the GPU they would not
+// meet). Dynamic shared memory (launch_kernel_shared) is one buffer for the block, filled
+// with 0xFF bytes (NaN in every float type) before each block, so a read of shared memory
+// the block never wrote shows up. atomicAdd is a plain add (one host thread).
 // Slow-ish and only for small shapes: it checks indexing, layouts, chunking and reduction
 // order without a GPU, not races or performance.
 #pragma once
@@ -20,6 +24,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <utility>
@@ -47,6 +52,7 @@ struct Fiber {
   unsigned shuffles = 0;
   bool done = false;
   bool waiting = false;
+  bool at_barrier = false;  // waiting in __syncthreads (else in a shuffle)
 };
 
 constexpr size_t kStackBytes = 256 * 1024;
@@ -56,15 +62,24 @@ inline ucontext_t g_scheduler;
 inline Fiber* g_current = nullptr;
 inline const std::function<void()>* g_body = nullptr;
 inline std::vector<double> g_slots[2];
+// The block's dynamic shared memory (launch_kernel_shared), 128-byte aligned.
+inline unsigned char* g_dynamic_shared = nullptr;
+inline size_t g_dynamic_shared_bytes = 0;
 
 inline void fiber_entry() {
   (*g_body)();
   g_current->done = true;  // uc_link returns to the scheduler
 }
 
-// Runs body() as kernel <<<grid, block>>>: blocks in order, threads as fibers.
-inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
+// Runs body() as kernel <<<grid, block, shared_bytes>>>: blocks in order, threads as fibers.
+inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body,
+                     size_t shared_bytes = 0) {
   const unsigned threads = block.x * block.y * block.z;
+  std::unique_ptr<unsigned char, decltype(&std::free)> shared(
+      static_cast<unsigned char*>(std::aligned_alloc(128, (shared_bytes + 127) / 128 * 128 + 128)),
+      &std::free);
+  g_dynamic_shared = shared_bytes != 0 ? shared.get() : nullptr;
+  g_dynamic_shared_bytes = shared_bytes;
   std::vector<Fiber> fibers(threads);
   for (unsigned t = 0; t < threads; ++t) {
     fibers[t].stack.reset(new char[kStackBytes]);
@@ -80,6 +95,7 @@ inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         g_block_idx = dim3(bx, by, bz);
+        if (shared_bytes != 0) std::memset(shared.get(), 0xFF, shared_bytes);
         for (Fiber& f : fibers) {
           getcontext(&f.context);
           f.context.uc_stack.ss_sp = f.stack.get();
@@ -92,7 +108,7 @@ inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
         // Rounds: every live fiber runs to its next shuffle or to its end.
         for (bool live = true; live;) {
           live = false;
-          unsigned waiting = 0, finished_now = 0;
+          unsigned waiting = 0, finished_now = 0, at_barrier = 0;
           for (Fiber& f : fibers) {
             if (f.done) continue;
             f.waiting = false;
@@ -103,8 +119,16 @@ inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
               ++finished_now;
             } else {
               ++waiting;
+              at_barrier += f.at_barrier ? 1 : 0;
               live = true;
             }
+          }
+          if (at_barrier != 0 && at_barrier != waiting) {
+            std::fprintf(stderr,
+                         "cuda_shim: in block (%u,%u,%u) %u threads wait in __syncthreads "
+                         "while %u wait in a shuffle\n",
+                         bx, by, bz, at_barrier, waiting - at_barrier);
+            std::abort();
           }
           if (waiting != 0 && finished_now != 0) {
             std::fprintf(stderr,
@@ -116,6 +140,8 @@ inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
         }
       }
   g_current = nullptr;
+  g_dynamic_shared = nullptr;
+  g_dynamic_shared_bytes = 0;
 }
 
 }  // namespace deformconv_emu
@@ -132,11 +158,21 @@ T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask, int width = 32) {
   std::vector<double>& bank = g_slots[self->shuffles++ & 1];
   bank[self->tid] = static_cast<double>(value);
   self->waiting = true;
+  self->at_barrier = false;
   swapcontext(&self->context, &g_scheduler);  // resumed once every fiber has written
   const unsigned lane = self->tid % 32;
   const unsigned w = static_cast<unsigned>(width);
   const unsigned src = ((lane ^ static_cast<unsigned>(lane_mask)) % w) + (lane / w) * w;
   return static_cast<T>(bank[self->tid - lane + src]);
+}
+
+// Block-wide barrier: returns once every thread of the block has reached it.
+inline void __syncthreads() {
+  using namespace deformconv_emu;
+  Fiber* self = g_current;
+  self->waiting = true;
+  self->at_barrier = true;
+  swapcontext(&self->context, &g_scheduler);
 }
 
 inline float atomicAdd(float* address, float value) {

@@ -1,0 +1,138 @@
+// deformconv::_fused_input_side on CUDA: argument checks, layouts and the launch of window_input_side_kernel (16-bit data, sm_80+).
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "common/geometry.h"
+#include "cuda/backend.h"
+#include "cuda/entry_points.h"
+#include "cuda/index_width.h"
+#include "cuda/sampling_args.h"
+#include "cuda/window_input_side.cuh"
+
+namespace deformconv {
+namespace cuda {
+namespace {
+
+// Rows (or columns) of the window before the tile's footprint: the footprint of an 8-pixel
+// tile side without offsets is (8-1)*stride + (kernel-1)*dilation + 1 input pixels; the
+// window centres it, leaving room for offsets of about (16 - footprint) / 2 pixels.
+int32_t window_margin(int64_t stride, int64_t kernel, int64_t dilation) {
+  const int64_t footprint = (kWindowTile - 1) * stride + (kernel - 1) * dilation + 1;
+  return static_cast<int32_t>(std::max<int64_t>(0, (kWindow - footprint) / 2));
+}
+
+// One launch of window_input_side_kernel over (tiles, offset groups).
+struct WindowLaunch {
+  const ConvGeometry& geo;
+  const WindowArgs& wa;
+  const at::Tensor &x, &go, &w, &off;
+  const c10::optional<at::Tensor>& msk;
+  const at::Tensor &grad_input, &grad_offset;
+  at::Tensor grad_mask;  // undefined without a mask
+  int64_t shared;
+
+  template <typename scalar_t, typename index_t>
+  void run() const {
+    const int64_t tiles = geo.batch * int64_t(wa.tiles_h) * wa.tiles_w;
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(geo.offset_groups));
+    launch_kernel_shared(window_input_side_kernel<scalar_t, index_t>, grid, dim3(kWindowThreads),
+                         static_cast<size_t>(shared), backend::current_stream(),
+                         make_args<index_t>(geo, Chunk{0, geo.batch * geo.out_pixels()}, off, msk),
+                         wa, x.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
+                         w.const_data_ptr<scalar_t>(), off.const_data_ptr<float>(),
+                         msk.has_value() ? msk->const_data_ptr<float>() : nullptr,
+                         grad_input.data_ptr<float>(), grad_offset.data_ptr<float>(),
+                         grad_mask.defined() ? grad_mask.data_ptr<float>() : nullptr);
+  }
+};
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& offset, const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const ConvGeometry geo = check_deform_conv2d_args(input, weight, offset, mask, c10::nullopt,
+                                                    stride, padding, dilation);
+  check_grad_output(grad_output, input, geo);
+  TORCH_CHECK(backend::on_device(input), "_fused_input_side: input must be a ",
+              backend::kDeviceType, " tensor: got ", input.device());
+  const auto dtype = input.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16,
+              "_fused_input_side covers float16 and bfloat16 input: got ", dtype);
+  const int64_t cpg = geo.in_channels_per_group();
+  const int64_t cpog = geo.channels_per_offset_group();
+  TORCH_CHECK(cpg % kWindowVec == 0 && cpog % kWindowVec == 0,
+              "_fused_input_side needs C_in/groups and C_in/offset_groups to be multiples of ",
+              kWindowVec, ": got ", cpg, " and ", cpog);
+  const backend::DeviceGuard device_guard(input.device());
+  TORCH_CHECK(backend::compute_capability(input.device()) >= 80,
+              "_fused_input_side needs a GPU of compute capability 8.0 or newer");
+  const auto opts = input.options();
+  at::Tensor grad_input =
+      at::zeros({geo.batch, geo.height, geo.width, geo.in_channels}, opts.dtype(at::kFloat));
+  at::Tensor grad_offset = at::zeros(offset.sizes(), opts.dtype(at::kFloat));
+  at::Tensor grad_mask = mask.has_value() ? at::zeros(mask->sizes(), opts.dtype(at::kFloat))
+                                          : at::empty({0}, opts.dtype(at::kFloat));
+  const int64_t pixels = geo.batch * geo.out_pixels();
+  const auto nchw = [](const at::Tensor& t) { return t.permute({0, 3, 1, 2}); };
+  if (pixels == 0 || geo.out_channels == 0 || geo.in_channels == 0) {
+    return {nchw(grad_input), grad_offset, grad_mask};
+  }
+
+  // NHWC data (16-byte aligned rows of 8 channels), weight as [groups, taps, C_og, C_g],
+  // offset and mask in float32 (any strides).
+  at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  if (reinterpret_cast<std::uintptr_t>(x.data_ptr()) % 16 != 0) {
+    x = x.clone(at::MemoryFormat::ChannelsLast);  // a view with an odd storage offset
+  }
+  const at::Tensor go = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t c_og = geo.out_channels_per_group();
+  const at::Tensor w =
+      weight.reshape({geo.groups, c_og, cpg, geo.taps()}).permute({0, 3, 1, 2}).contiguous();
+  const at::Tensor off = offset.to(at::kFloat);
+  const c10::optional<at::Tensor> msk =
+      mask.has_value() ? c10::optional<at::Tensor>(mask->to(at::kFloat)) : c10::nullopt;
+
+  WindowArgs wa;
+  wa.out_channels = static_cast<int32_t>(geo.out_channels);
+  wa.out_per_group = static_cast<int32_t>(c_og);
+  wa.k_pad = static_cast<int32_t>((c_og + kWindowChunk - 1) / kWindowChunk * kWindowChunk);
+  wa.tiles_h = static_cast<int32_t>((geo.out_h + kWindowTile - 1) / kWindowTile);
+  wa.tiles_w = static_cast<int32_t>((geo.out_w + kWindowTile - 1) / kWindowTile);
+  wa.margin_h = window_margin(geo.stride_h, geo.kernel_h, geo.dilation_h);
+  wa.margin_w = window_margin(geo.stride_w, geo.kernel_w, geo.dilation_w);
+  const int64_t tiles = geo.batch * int64_t(wa.tiles_h) * wa.tiles_w;
+  TORCH_CHECK(tiles <= std::numeric_limits<int32_t>::max() && geo.offset_groups <= 65535,
+              "_fused_input_side: too many tiles (", tiles, ") or offset groups (",
+              geo.offset_groups, ")");
+  const int64_t shared = window_smem(wa.k_pad, geo.taps(), x.element_size()).bytes;
+  TORCH_CHECK(shared <= backend::max_shared_bytes(input.device()), "_fused_input_side needs ",
+              shared, " bytes of shared memory per block (C_out/groups = ", c_og, ", ", geo.taps(),
+              " taps); this GPU allows ", backend::max_shared_bytes(input.device()));
+
+  const bool index32 = fits_int32({x.numel(), go.numel(), w.numel(), extent(off), extent(msk),
+                                   grad_offset.numel(), grad_mask.numel()});
+  const WindowLaunch launch{
+      geo,   wa,  x,          go,          w,
+      off,   msk, grad_input, grad_offset, mask.has_value() ? grad_mask : at::Tensor(),
+      shared};
+  if (dtype == at::kHalf) {
+    index32 ? launch.run<c10::Half, int32_t>() : launch.run<c10::Half, int64_t>();
+  } else {
+    index32 ? launch.run<c10::BFloat16, int32_t>() : launch.run<c10::BFloat16, int64_t>();
+  }
+  return {nchw(grad_input), grad_offset, grad_mask};
+}
+
+}  // namespace cuda
+}  // namespace deformconv

@@ -1,0 +1,291 @@
+// The fused backward's input side for 16-bit data as one CUDA kernel: grad_columns by tensor-core GEMM (wmma) per tap, grad_input summed in a shared-memory window, grad_offset / grad_mask from per-corner sums.
+//
+// One thread block (kWindowThreads threads, 8 warps) owns an 8x8 tile of output pixels of one
+// image and one offset group o. For each weight group g sharing o's channels it stages the
+// tile's grad_output rows of g in shared memory (go_s, zero-padded to k_pad channels); then for
+// each block of up to kWindowChannels channels of o in g, and for each tap k:
+//   1. threads 0..63 compute pixel p's sample point of tap k (load_sample_point: the op's
+//      boundary rule) into cell_s;
+//   2. grad_columns[p, c] = sum over co of grad_out[p, co] * W[co, c, k] in float32 on tensor
+//      cores (wmma 16x16x16, 16-bit inputs, float32 accumulators; warp w owns the 16x16 tile
+//      (w / 2, w % 2) of the 64 x 32 result), stored to gc_s;
+//   3. thread (p = tid / 4, q = tid % 4) takes pixel p and channels q*8 .. q*8+7: per corner
+//      inside the image it loads the 8 input values (one 16-byte access), adds
+//      gc * mask * corner weight into the window win_s (a kWindow x kWindow patch of input
+//      pixels around the tile's footprint, shared-memory atomics) or, for a corner outside
+//      the window, into grad_input (global atomics), and sums t = sum_c gc * value over its
+//      channels; the 4 threads of a pixel (adjacent lanes) add their t by two shuffles and the
+//      first adds it to t_s[k][p][corner] (no atomics: one writer, channel blocks in order).
+// After the taps of a channel block the window is added to grad_input with global atomics
+// (far fewer than one per corner and channel) and cleared. After all channel blocks,
+// grad_mask = sum_j w_j t_j and grad_offset = mask * (sum_j dw_j/dy t_j, sum_j dw_j/dx t_j) per
+// (tap, pixel), each written once: grad_offset and grad_mask are deterministic, grad_input
+// (float atomics) is not.
+//
+// Layouts: input and grad_output channels-last contiguous (NHWC), weight [groups, taps, C_og,
+// C_g] contiguous, offset / mask float32 in any strides, grad_input float32 NHWC, grad_offset /
+// grad_mask float32 contiguous in offset's / mask's shape. Requirements (checked by the
+// launcher): C_in / groups and C_in / offset_groups multiples of 8 (a thread's 8 channels lie
+// in one weight group and one offset group, and its 16-byte loads are aligned), sm_80+.
+#pragma once
+
+#include <cstdint>
+
+#include "common/bilinear.h"
+#include "cuda/backend.h"
+#include "cuda/sampling.cuh"
+
+namespace deformconv {
+namespace cuda {
+
+constexpr int kWindowThreads = 256;
+constexpr int kWindowTile = 8;                            // output pixels per tile side
+constexpr int kWindowPixels = kWindowTile * kWindowTile;  // 64: the GEMM's M
+constexpr int kWindowChannels = 32;                       // channels per block: the GEMM's N
+constexpr int kWindowChunk = 32;                          // grad_output channels per staged W chunk
+constexpr int kWindow = 16;                               // window side, input pixels
+constexpr int kWindowVec = 8;                             // channels per thread and access
+// Leading dimensions in shared memory (elements): multiples of 16 bytes for wmma; the
+// window's row of 33 floats spreads the pixels of a warp over the banks.
+constexpr int kWLd = kWindowChannels + 8;
+constexpr int kGcLd = kWindowChannels + 4;
+constexpr int kWinLd = kWindowChannels + 1;
+
+// Per-call sizes beyond SamplingArgs (all small).
+struct WindowArgs {
+  int32_t out_channels;   // C_out
+  int32_t out_per_group;  // C_og
+  int32_t k_pad;          // C_og rounded up to a multiple of kWindowChunk
+  int32_t tiles_h, tiles_w;
+  int32_t margin_h, margin_w;  // window rows / columns before the tile's footprint
+};
+
+// Byte offsets of the shared-memory regions (each 128-byte aligned) and the total.
+struct WindowSmem {
+  int64_t go, w, gc, win, t, cell_yx, cell_f, bytes;
+};
+
+__host__ __device__ inline int64_t window_align(int64_t bytes) { return (bytes + 127) / 128 * 128; }
+
+__host__ __device__ inline WindowSmem window_smem(int64_t k_pad, int64_t taps, int64_t elem_bytes) {
+  WindowSmem s;
+  s.go = 0;
+  s.w = s.go + window_align(kWindowPixels * (k_pad + 8) * elem_bytes);
+  s.gc = s.w + window_align(kWindowChunk * kWLd * elem_bytes);
+  s.win = s.gc + window_align(kWindowPixels * kGcLd * 4);
+  s.t = s.win + window_align(kWindow * kWindow * kWinLd * 4);
+  s.cell_yx = s.t + window_align(taps * kWindowPixels * 4 * 4);
+  s.cell_f = s.cell_yx + window_align(kWindowPixels * 3 * 4);  // y0, x0, defined
+  s.bytes = s.cell_f + window_align(kWindowPixels * 3 * 4);    // ly, lx, mask
+  return s;
+}
+
+template <typename scalar_t, typename index_t>
+__global__ void __launch_bounds__(kWindowThreads)
+    window_input_side_kernel(const SamplingArgs<index_t> a, const WindowArgs wa,
+                             const scalar_t* __restrict__ input,
+                             const scalar_t* __restrict__ grad_out,
+                             const scalar_t* __restrict__ weight, const float* __restrict__ offset,
+                             const float* __restrict__ mask, float* __restrict__ grad_input,
+                             float* __restrict__ grad_offset, float* __restrict__ grad_mask) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  using mma_t = typename backend::MmaElement<scalar_t>::type;
+  DEFORMCONV_DYNAMIC_SHARED(smem);
+  const WindowSmem L = window_smem(wa.k_pad, a.taps, sizeof(scalar_t));
+  scalar_t* go_s = reinterpret_cast<scalar_t*>(smem + L.go);        // [64][k_pad + 8]
+  scalar_t* w_s = reinterpret_cast<scalar_t*>(smem + L.w);          // [kWindowChunk][kWLd]
+  float* gc_s = reinterpret_cast<float*>(smem + L.gc);              // [64][kGcLd]
+  float* win_s = reinterpret_cast<float*>(smem + L.win);            // [kWindow^2][kWinLd]
+  float* t_s = reinterpret_cast<float*>(smem + L.t);                // [taps][64][4]
+  int32_t* cell_yx = reinterpret_cast<int32_t*>(smem + L.cell_yx);  // y0, x0, defined: [3][64]
+  float* cell_f = reinterpret_cast<float*>(smem + L.cell_f);        // ly, lx, mask: [3][64]
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32;
+  const index_t tile = static_cast<index_t>(blockIdx.x);
+  const index_t tw = tile % wa.tiles_w;
+  const index_t th = (tile / wa.tiles_w) % wa.tiles_h;
+  const index_t n = tile / (static_cast<index_t>(wa.tiles_w) * wa.tiles_h);
+  const index_t o = static_cast<index_t>(blockIdx.y);
+  const index_t taps = a.taps;
+  const index_t cpg = a.channels_per_group;
+  const index_t c_og = wa.out_per_group;
+  const int ldg = wa.k_pad + 8;
+  // The window's first input row and column.
+  const index_t win_y0 = th * kWindowTile * a.stride_h - a.pad_h - wa.margin_h;
+  const index_t win_x0 = tw * kWindowTile * a.stride_w - a.pad_w - wa.margin_w;
+
+  for (int i = tid; i < taps * kWindowPixels * 4; i += kWindowThreads) t_s[i] = 0.f;
+  for (int i = tid; i < kWindow * kWindow * kWinLd; i += kWindowThreads) win_s[i] = 0.f;
+
+  // This thread's pixel and channel slice in the scatter.
+  const int p = tid / 4;
+  const int q = tid % 4;
+  const index_t c_begin = o * a.channels_per_offset_group;
+  const index_t c_end = c_begin + a.channels_per_offset_group;
+  for (index_t g = c_begin / cpg; g * cpg < c_end; ++g) {
+    const index_t seg_begin = g * cpg > c_begin ? g * cpg : c_begin;
+    const index_t seg_end = (g + 1) * cpg < c_end ? (g + 1) * cpg : c_end;
+    __syncthreads();  // the previous group's readers of go_s are done
+    for (int i = tid; i < kWindowPixels * wa.k_pad; i += kWindowThreads) {
+      const int pp = i / wa.k_pad;
+      const int co = i - pp * wa.k_pad;
+      const index_t ho = th * kWindowTile + pp / kWindowTile;
+      const index_t wo = tw * kWindowTile + pp % kWindowTile;
+      scalar_t v = scalar_t(0.f);
+      if (co < c_og && ho < a.out_h && wo < a.out_w) {
+        v = grad_out[((n * a.out_h + ho) * a.out_w + wo) * wa.out_channels + g * c_og + co];
+      }
+      go_s[pp * ldg + co] = v;
+    }
+    for (index_t cb = seg_begin; cb < seg_end; cb += kWindowChannels) {
+      const int nch =
+          static_cast<int>(seg_end - cb < kWindowChannels ? seg_end - cb : kWindowChannels);
+      for (index_t k = 0; k < taps; ++k) {
+        __syncthreads();  // the previous tap's readers of cell_s and gc_s are done
+        if (tid < kWindowPixels) {
+          const OutPixel<index_t> px{n, th * kWindowTile + tid / kWindowTile,
+                                     tw * kWindowTile + tid % kWindowTile};
+          bool defined = px.ho < a.out_h && px.wo < a.out_w;
+          if (defined) {
+            const SamplePoint<float, index_t> s =
+                load_sample_point<float>(a, offset, mask, px, o, k);
+            defined = s.in_range;
+            if (defined) {
+              cell_yx[tid] = static_cast<int32_t>(s.cell.y0);
+              cell_yx[kWindowPixels + tid] = static_cast<int32_t>(s.cell.x0);
+              cell_f[tid] = s.cell.ly;
+              cell_f[kWindowPixels + tid] = s.cell.lx;
+              cell_f[2 * kWindowPixels + tid] = s.mask;
+            }
+          }
+          cell_yx[2 * kWindowPixels + tid] = defined ? 1 : 0;
+        }
+        // grad_columns of this tap and channel block.
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+        wmma::fill_fragment(acc, 0.f);
+        const int mi = warp / 2;
+        const int ni = warp % 2;
+        const scalar_t* w_tap = weight + ((g * taps + k) * c_og) * cpg + (cb - g * cpg);
+        for (int co0 = 0; co0 < wa.k_pad; co0 += kWindowChunk) {
+          __syncthreads();  // the previous chunk's readers of w_s are done
+          for (int i = tid; i < kWindowChunk * kWindowChannels; i += kWindowThreads) {
+            const int kk = i / kWindowChannels;
+            const int c = i % kWindowChannels;
+            scalar_t v = scalar_t(0.f);
+            if (co0 + kk < c_og && c < nch) v = w_tap[(co0 + kk) * cpg + c];
+            w_s[kk * kWLd + c] = v;
+          }
+          __syncthreads();
+#pragma unroll
+          for (int ks = 0; ks < kWindowChunk; ks += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::row_major> fa;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::row_major> fb;
+            wmma::load_matrix_sync(
+                fa, reinterpret_cast<const mma_t*>(go_s + mi * 16 * ldg + co0 + ks), ldg);
+            wmma::load_matrix_sync(fb, reinterpret_cast<const mma_t*>(w_s + ks * kWLd + ni * 16),
+                                   kWLd);
+            wmma::mma_sync(acc, fa, fb, acc);
+          }
+        }
+        wmma::store_matrix_sync(gc_s + mi * 16 * kGcLd + ni * 16, acc, kGcLd, wmma::mem_row_major);
+        __syncthreads();
+
+        // Scatter and corner sums: pixel p, channels cb + q*8 .. + 7.
+        float t[4] = {0.f, 0.f, 0.f, 0.f};
+        const bool defined = cell_yx[2 * kWindowPixels + p] != 0;
+        if (defined && q * kWindowVec < nch) {
+          const index_t y0 = cell_yx[p];
+          const index_t x0 = cell_yx[kWindowPixels + p];
+          float w[4];
+          bilinear_weights(cell_f[p], cell_f[kWindowPixels + p], w);
+          const float m = cell_f[2 * kWindowPixels + p];
+          float gc[kWindowVec];
+#pragma unroll
+          for (int j = 0; j < kWindowVec; ++j) gc[j] = gc_s[p * kGcLd + q * kWindowVec + j];
+          const index_t c0 = cb + q * kWindowVec;
+#pragma unroll
+          for (int c4 = 0; c4 < 4; ++c4) {
+            const index_t y = y0 + (c4 >> 1);
+            const index_t x = x0 + (c4 & 1);
+            if (y < 0 || y >= a.height || x < 0 || x >= a.width) continue;
+            const index_t at = ((n * a.height + y) * a.width + x) * a.channels + c0;
+            const Pack<scalar_t, kWindowVec> v = load_pack<kWindowVec>(input + at);
+            float s = 0.f;
+#pragma unroll
+            for (int j = 0; j < kWindowVec; ++j) s += gc[j] * static_cast<float>(v.v[j]);
+            t[c4] = s;
+            const float coef = m * w[c4];
+            const index_t wy = y - win_y0;
+            const index_t wx = x - win_x0;
+            float* dst = (wy >= 0 && wy < kWindow && wx >= 0 && wx < kWindow)
+                             ? win_s + (wy * kWindow + wx) * kWinLd + q * kWindowVec
+                             : grad_input + at;
+#pragma unroll
+            for (int j = 0; j < kWindowVec; ++j) atomicAdd(dst + j, gc[j] * coef);
+          }
+        }
+#pragma unroll
+        for (int c4 = 0; c4 < 4; ++c4) {
+          t[c4] += __shfl_xor_sync(kFullMask, t[c4], 1);
+          t[c4] += __shfl_xor_sync(kFullMask, t[c4], 2);
+        }
+        if (defined && q == 0) {
+#pragma unroll
+          for (int c4 = 0; c4 < 4; ++c4) t_s[(k * kWindowPixels + p) * 4 + c4] += t[c4];
+        }
+      }
+      // The window's sums into grad_input, then cleared for the next channel block.
+      __syncthreads();
+      for (int i = tid; i < kWindow * kWindow * kWindowChannels; i += kWindowThreads) {
+        const int pos = i / kWindowChannels;
+        const int c = i % kWindowChannels;
+        float* cell = win_s + pos * kWinLd + c;
+        const float v = *cell;
+        if (v != 0.f) {  // only corners inside the image were added (NaN != 0 passes)
+          const index_t y = win_y0 + pos / kWindow;
+          const index_t x = win_x0 + pos % kWindow;
+          atomicAdd(grad_input + ((n * a.height + y) * a.width + x) * a.channels + cb + c, v);
+          *cell = 0.f;
+        }
+      }
+    }
+  }
+  __syncthreads();
+
+  // grad_offset and grad_mask of every (tap, pixel) of the tile, each written once.
+  for (int i = tid; i < taps * kWindowPixels; i += kWindowThreads) {
+    const index_t k = i / kWindowPixels;
+    const int pp = i % kWindowPixels;
+    const OutPixel<index_t> px{n, th * kWindowTile + pp / kWindowTile,
+                               tw * kWindowTile + pp % kWindowTile};
+    if (px.ho >= a.out_h || px.wo >= a.out_w) continue;
+    const SamplePoint<float, index_t> s = load_sample_point<float>(a, offset, mask, px, o, k);
+    float g_mask = 0.f, g_dy = 0.f, g_dx = 0.f;
+    if (s.in_range) {
+      const float* tk = t_s + (k * kWindowPixels + pp) * 4;
+      float dw_dy[4], dw_dx[4];
+      bilinear_weight_grads(s.cell.ly, s.cell.lx, dw_dy, dw_dx);
+#pragma unroll
+      for (int c4 = 0; c4 < 4; ++c4) {
+        g_mask += s.w[c4] * tk[c4];
+        g_dy += dw_dy[c4] * tk[c4];
+        g_dx += dw_dx[c4] * tk[c4];
+      }
+      g_dy *= s.mask;
+      g_dx *= s.mask;
+    }
+    const index_t ok = o * taps + k;
+    const index_t plane = a.out_h * a.out_w;
+    const index_t pix = px.ho * a.out_w + px.wo;
+    const index_t og_taps = a.offset_groups * taps;
+    grad_offset[(n * 2 * og_taps + 2 * ok) * plane + pix] = g_dy;
+    grad_offset[(n * 2 * og_taps + 2 * ok + 1) * plane + pix] = g_dx;
+    if (a.has_mask) grad_mask[(n * og_taps + ok) * plane + pix] = g_mask;
+  }
+#endif
+}
+
+}  // namespace cuda
+}  // namespace deformconv

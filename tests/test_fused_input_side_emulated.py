@@ -1,0 +1,217 @@
+# The fused path's CUDA input side (csrc/cuda/window_input_side.cuh), host-emulated, against the float64 column op.
+"""``_fused_input_side`` computes grad_input (float32), grad_offset and grad_mask of 16-bit
+calls with wmma tensor-core GEMMs, a shared-memory window for grad_input and per-corner sums.
+The host emulation (``cuda_helpers.load_emulation``) runs the kernel's threads as fibers, its
+wmma operations whole-tile per lane and its shared memory filled with NaN bytes at every block
+start, so indexing, layouts, the window's hits and misses, barriers and the shuffles are
+checked here; speed and races need a GPU (benchmarks/fused_gpu_check.py). Set
+DEFORMCONV_SKIP_EMULATION=1 to skip.
+"""
+
+import os
+
+import pytest
+import torch
+
+from cuda_helpers import BWD, load_emulation, make_args
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# (name, make_args keywords): odd sizes, C_out/groups not multiples of 16 or 32, channel blocks
+# of 32 + 8, offset groups straddling weight groups, 1x1 and 5x5, stride and dilation 2, no
+# mask, offsets beyond the window (global atomics), an output smaller than one tile.
+CONFIGS = {
+    "base": dict(c_in=16, c_out=24, h=9, w=11),
+    "og-straddles-groups": dict(c_in=48, c_out=40, h=13, w=17, groups=2, offset_groups=3),
+    "32+8-channels": dict(n=1, c_in=40, c_out=36, h=12, w=10),
+    "8-channel-offset-groups": dict(n=1, c_in=40, c_out=20, h=6, w=10, offset_groups=5),
+    "two-32-channel-groups": dict(n=1, c_in=64, c_out=48, h=9, w=9, groups=2),
+    "5x5-stride-dil": dict(
+        c_in=64,
+        c_out=16,
+        h=9,
+        w=11,
+        kernel=(5, 5),
+        padding=(2, 2),
+        stride=(2, 2),
+        dilation=(2, 1),
+        groups=4,
+        offset_groups=2,
+        mask=False,
+    ),  # fmt: skip
+    "1x1-wide-out": dict(c_in=8, c_out=72, kernel=(1, 1), padding=(0, 0), h=10, w=9),
+    "far-offsets": dict(c_in=16, c_out=16, h=20, w=19, offset_scale=12.0),
+    "asymmetric": dict(
+        c_in=16, c_out=8, h=9, w=8, kernel=(2, 3), stride=(2, 1), padding=(0, 2), dilation=(1, 2)
+    ),
+    "one-out-per-group": dict(c_in=16, c_out=2, groups=2, offset_groups=2, h=7, w=6),
+    "tiny-batch-1": dict(n=1, c_in=8, c_out=8, h=5, w=7),
+}
+TOLERANCE = 2e-5  # float32 sums against float64, relative to the largest reference element
+
+
+@pytest.fixture(scope="module")
+def emu():
+    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
+        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
+    return load_emulation()
+
+
+def case(dtype, mask=True, offset_scale=2.0, **kw):
+    """Op arguments in ``dtype`` (offset and mask float32) and a 16-bit grad_output."""
+    a = make_args(mask=mask, bias=False, device="cpu", offset_scale=offset_scale, **kw)
+    for key in ("input", "weight"):
+        a[key] = a[key].to(dtype)
+    for key in ("offset", "mask"):
+        if a[key] is not None:
+            a[key] = a[key].float()
+    a["grad_output"] = torch.randn(
+        grad_output_shape(a), generator=torch.Generator().manual_seed(3)
+    ).to(dtype)
+    return a
+
+
+def grad_output_shape(a):
+    from deformconv._geometry import output_size
+
+    n, _, h, w = a["input"].shape
+    c_out, _, kh, kw = a["weight"].shape
+    ho = output_size(h, kh, a["stride"][0], a["padding"][0], a["dilation"][0])
+    wo = output_size(w, kw, a["stride"][1], a["padding"][1], a["dilation"][1])
+    return (n, c_out, ho, wo)
+
+
+def window_call(emu, a):
+    return emu.fused_input_side(
+        a["grad_output"], a["input"], a["weight"], a["offset"], a["mask"],
+        a["stride"], a["padding"], a["dilation"],
+    )  # fmt: skip
+
+
+def reference(a):
+    """(grad_input, grad_offset, grad_mask) of the CPU column op in float64 on the same values."""
+    d = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in a.items()}
+    gi, _, goff, gmask, _ = BWD(
+        d["grad_output"], d["input"], d["weight"], d["offset"], d["mask"], None,
+        d["stride"], d["padding"], d["dilation"],
+    )  # fmt: skip
+    return gi, goff, gmask
+
+
+def rel(x, ref):
+    return ((x.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
+
+
+@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_matches_the_float64_column_op(emu, name, dname):
+    a = case(DTYPES[dname], **CONFIGS[name])
+    gi, goff, gmask = window_call(emu, a)
+    ref = reference(a)
+    assert gi.dtype == goff.dtype == gmask.dtype == torch.float32
+    assert gi.shape == a["input"].shape and goff.shape == a["offset"].shape
+    assert gi.is_contiguous(memory_format=torch.channels_last)
+    assert rel(gi, ref[0]) < TOLERANCE
+    assert rel(goff, ref[1]) < TOLERANCE
+    if a["mask"] is None:
+        assert gmask.shape == (0,)
+    else:
+        assert gmask.shape == a["mask"].shape and rel(gmask, ref[2]) < TOLERANCE
+
+
+def test_boundary_and_non_finite_offsets(emu):
+    """Offsets at exactly -1 and H (undefined: 0), just inside, NaN, +-inf and 1e30: the op's
+    sampling rule, so grads match the float64 column op and stay finite."""
+    a = case(torch.float16, c_in=16, c_out=16, h=8, w=9)
+    off = a["offset"]
+    h, w = a["input"].shape[2:]
+    # tap 4 (the centre, dy at channel 8, dx at 9) of pixel (0, 0): y = dy, x = dx.
+    off[0, 8, 0, 0], off[0, 9, 0, 0] = -1.0, 0.5
+    off[0, 8, 0, 1], off[0, 9, 0, 1] = -0.999, 0.25
+    off[0, 8, 1, 0], off[0, 9, 1, 0] = float(h) - 1.0, 0.5  # y = H exactly
+    off[0, 0, 2, 2] = float("nan")
+    off[0, 3, 3, 3] = float("inf")
+    off[1, 2, 4, 4] = float("-inf")
+    off[1, 5, 5, 5] = 1e30
+    gi, goff, gmask = window_call(emu, a)
+    ref = reference(a)
+    for got, want in zip((gi, goff, gmask), ref):
+        assert torch.isfinite(got).all()
+        assert rel(got, want) < TOLERANCE
+    assert goff[0, 8, 1, 0] == 0 and gmask[0, 4, 1, 0] == 0  # undefined sample: no gradient
+
+
+def test_batch_zero_and_no_output_channels(emu):
+    a = case(torch.float16, n=1, c_in=8, c_out=8)
+    empty = {k: v[:0] if isinstance(v, torch.Tensor) and k != "weight" else v for k, v in a.items()}
+    gi, goff, gmask = window_call(emu, empty)
+    assert gi.shape == (0, 8, 7, 6) and goff.shape[0] == 0 and gmask.shape[0] == 0
+
+
+def test_layouts_give_the_same_bits(emu):
+    """channels_last input and grad_output, offset and mask through strided views: the kernel
+    reads them through their strides (or one NHWC copy), so the emulation's results agree bit
+    for bit (it adds in a fixed order)."""
+    a = case(torch.bfloat16, c_in=16, c_out=16, h=9, w=10, offset_groups=2)
+    base = window_call(emu, a)
+    b = dict(a)
+    b["input"] = a["input"].contiguous(memory_format=torch.channels_last)
+    b["grad_output"] = a["grad_output"].contiguous(memory_format=torch.channels_last)
+    b["offset"] = a["offset"].transpose(2, 3).contiguous().transpose(2, 3)
+    b["mask"] = a["mask"].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    for x, y in zip(base, window_call(emu, b)):
+        assert torch.equal(x, y)
+    c = dict(a)
+    c["offset"], c["mask"] = a["offset"].bfloat16(), a["mask"].bfloat16()  # data-dtype positions
+    ref = reference(c)
+    for got, want in zip(window_call(emu, c), ref):
+        assert rel(got, want) < TOLERANCE
+
+
+def test_int64_index_build_agrees(emu, monkeypatch):
+    a = case(torch.float16, c_in=24, c_out=18, groups=3, h=9, w=10)
+    base = window_call(emu, a)
+    monkeypatch.setenv("DEFORMCONV_FORCE_INT64_INDEX", "1")
+    for x, y in zip(base, window_call(emu, a)):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(dtype=torch.float32), "covers float16 and bfloat16"),
+        (dict(c_in=12, c_out=4), "multiples of 8"),
+        (dict(c_in=16, c_out=4, offset_groups=4), "multiples of 8"),
+    ],
+)
+def test_uncovered_calls_raise_clear_errors(emu, change, message):
+    dtype = change.pop("dtype", torch.float16)
+    a = case(torch.float16, **change)
+    if dtype == torch.float32:
+        for key in ("input", "weight", "grad_output"):
+            a[key] = a[key].float()
+    with pytest.raises(RuntimeError, match=message):
+        window_call(emu, a)
+
+
+def test_bad_arguments_get_the_op_checks(emu):
+    a = case(torch.float16)
+    a["offset"] = a["offset"][:, :4]
+    with pytest.raises(RuntimeError, match="offset"):
+        window_call(emu, a)
+
+
+def test_meta_kernel_gives_shapes_and_layouts():
+    """The registered op's meta kernel (what torch.compile traces): float32 results,
+    grad_input channels-last, grad_mask empty without a mask."""
+    a = case(torch.float16, c_in=16, c_out=8, h=9, w=11)
+    meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in a.items()}
+    op = torch.ops.deformconv._fused_input_side
+    for mask in (meta["mask"], None):
+        gi, goff, gmask = op(
+            meta["grad_output"], meta["input"], meta["weight"], meta["offset"], mask,
+            a["stride"], a["padding"], a["dilation"],
+        )  # fmt: skip
+        assert gi.shape == a["input"].shape and gi.dtype == torch.float32
+        assert gi.is_contiguous(memory_format=torch.channels_last)
+        assert goff.shape == a["offset"].shape and goff.dtype == torch.float32
+        assert gmask.shape == (a["mask"].shape if mask is not None else (0,))
