@@ -96,7 +96,7 @@ class _CudaLike:
 def test_cuda_input_side_rule(monkeypatch):
     """selection.cuda_input_side_applies: only with CUDA_INPUT_SIDE, outside the fixed-point
     backward, for 16-bit data with 8-channel groups and offset groups, <= 9 taps, <= 512 output
-    channels per group, 128 KiB of shared memory and the CUDA kernel registered."""
+    channels per group, 158 KiB of shared memory and the CUDA kernel registered."""
     from deformconv._fused_gpu import selection
 
     props = type("Props", (), {"shared_memory_per_block_optin": 227 * 1024})()

@@ -30,6 +30,13 @@ int32_t window_margin(int64_t stride, int64_t kernel, int64_t dilation) {
   return static_cast<int32_t>(std::max<int64_t>(0, (kWindow - footprint) / 2));
 }
 
+// t itself, or a copy when its data is not 16-byte aligned (a view with an odd storage
+// offset): the kernel reads 8 16-bit values per access.
+at::Tensor aligned16(const at::Tensor& t) {
+  if (reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % 16 == 0) return t;
+  return t.clone(t.suggest_memory_format());
+}
+
 // One launch of window_input_side_kernel over (tiles, offset groups).
 struct WindowLaunch {
   const ConvGeometry& geo;
@@ -89,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
     return {nchw(grad_input), grad_offset, grad_mask};
   }
 
-  // NHWC data (16-byte aligned rows of 8 channels), weight as [groups, taps, C_og, C_g],
+  // NHWC data (16-byte aligned runs of 8 channels), weight as [groups, taps, C_og, C_g],
   // offset and mask in float32 (any strides).
   at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
   if (reinterpret_cast<std::uintptr_t>(x.data_ptr()) % 16 != 0) {
@@ -106,7 +113,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
   WindowArgs wa;
   wa.out_channels = static_cast<int32_t>(geo.out_channels);
   wa.out_per_group = static_cast<int32_t>(c_og);
-  wa.k_pad = static_cast<int32_t>((c_og + kWindowChunk - 1) / kWindowChunk * kWindowChunk);
+  wa.k_pad = static_cast<int32_t>((c_og + kWindowK - 1) / kWindowK * kWindowK);
+  wa.vector_grad_out = geo.out_channels % kWindowVec == 0 && c_og % kWindowVec == 0;
   wa.tiles_h = static_cast<int32_t>((geo.out_h + kWindowTile - 1) / kWindowTile);
   wa.tiles_w = static_cast<int32_t>((geo.out_w + kWindowTile - 1) / kWindowTile);
   wa.margin_h = window_margin(geo.stride_h, geo.kernel_h, geo.dilation_h);

@@ -7,8 +7,9 @@
 //   1. threads 0..63 compute pixel p's sample point of tap k (load_sample_point: the op's
 //      boundary rule) into cell_s;
 //   2. grad_columns[p, c] = sum over co of grad_out[p, co] * W[co, c, k] in float32 on tensor
-//      cores (wmma 16x16x16, 16-bit inputs, float32 accumulators; warp w owns the 16x16 tile
-//      (w / 2, w % 2) of the 64 x 32 result), stored to gc_s;
+//      cores (the tap's weight block staged in w_s; wmma 16x16x16, 16-bit inputs, float32
+//      accumulators; warp w owns the 16x16 tile (w / 2, w % 2) of the 64 x 32 result), stored
+//      to gc_s;
 //   3. thread (p = tid / 4, q = tid % 4) takes pixel p and channels q*8 .. q*8+7: per corner
 //      inside the image it loads the 8 input values (one 16-byte access), adds
 //      gc * mask * corner weight into the window win_s (a kWindow x kWindow patch of input
@@ -42,9 +43,9 @@ constexpr int kWindowThreads = 256;
 constexpr int kWindowTile = 8;                            // output pixels per tile side
 constexpr int kWindowPixels = kWindowTile * kWindowTile;  // 64: the GEMM's M
 constexpr int kWindowChannels = 32;                       // channels per block: the GEMM's N
-constexpr int kWindowChunk = 32;                          // grad_output channels per staged W chunk
-constexpr int kWindow = 16;                               // window side, input pixels
-constexpr int kWindowVec = 8;                             // channels per thread and access
+constexpr int kWindowK = 16;   // the GEMM's K step (C_og is padded to a multiple)
+constexpr int kWindow = 16;    // window side, input pixels
+constexpr int kWindowVec = 8;  // channels per thread and access
 // Leading dimensions in shared memory (elements): multiples of 16 bytes for wmma; the
 // window's row of 33 floats spreads the pixels of a warp over the banks.
 constexpr int kWLd = kWindowChannels + 8;
@@ -55,9 +56,10 @@ constexpr int kWinLd = kWindowChannels + 1;
 struct WindowArgs {
   int32_t out_channels;   // C_out
   int32_t out_per_group;  // C_og
-  int32_t k_pad;          // C_og rounded up to a multiple of kWindowChunk
+  int32_t k_pad;          // C_og rounded up to a multiple of kWindowK
   int32_t tiles_h, tiles_w;
   int32_t margin_h, margin_w;  // window rows / columns before the tile's footprint
+  int32_t vector_grad_out;     // C_out and C_og multiples of 8: grad_output read 8 at a time
 };
 
 // Byte offsets of the shared-memory regions (each 128-byte aligned) and the total.
@@ -71,7 +73,7 @@ __host__ __device__ inline WindowSmem window_smem(int64_t k_pad, int64_t taps, i
   WindowSmem s;
   s.go = 0;
   s.w = s.go + window_align(kWindowPixels * (k_pad + 8) * elem_bytes);
-  s.gc = s.w + window_align(kWindowChunk * kWLd * elem_bytes);
+  s.gc = s.w + window_align(k_pad * kWLd * elem_bytes);
   s.win = s.gc + window_align(kWindowPixels * kGcLd * 4);
   s.t = s.win + window_align(kWindow * kWindow * kWinLd * 4);
   s.cell_yx = s.t + window_align(taps * kWindowPixels * 4 * 4);
@@ -94,7 +96,7 @@ __global__ void __launch_bounds__(kWindowThreads)
   DEFORMCONV_DYNAMIC_SHARED(smem);
   const WindowSmem L = window_smem(wa.k_pad, a.taps, sizeof(scalar_t));
   scalar_t* go_s = reinterpret_cast<scalar_t*>(smem + L.go);        // [64][k_pad + 8]
-  scalar_t* w_s = reinterpret_cast<scalar_t*>(smem + L.w);          // [kWindowChunk][kWLd]
+  scalar_t* w_s = reinterpret_cast<scalar_t*>(smem + L.w);          // [k_pad][kWLd]
   float* gc_s = reinterpret_cast<float*>(smem + L.gc);              // [64][kGcLd]
   float* win_s = reinterpret_cast<float*>(smem + L.win);            // [kWindow^2][kWinLd]
   float* t_s = reinterpret_cast<float*>(smem + L.t);                // [taps][64][4]
@@ -128,22 +130,32 @@ __global__ void __launch_bounds__(kWindowThreads)
     const index_t seg_begin = g * cpg > c_begin ? g * cpg : c_begin;
     const index_t seg_end = (g + 1) * cpg < c_end ? (g + 1) * cpg : c_end;
     __syncthreads();  // the previous group's readers of go_s are done
-    for (int i = tid; i < kWindowPixels * wa.k_pad; i += kWindowThreads) {
-      const int pp = i / wa.k_pad;
-      const int co = i - pp * wa.k_pad;
+    // The tile's grad_output rows of group g, 8 channels per access (zeros past C_og and
+    // outside the image; scalar reads when C_out or C_og is not a multiple of 8).
+    for (int i = tid; i < kWindowPixels * (wa.k_pad / kWindowVec); i += kWindowThreads) {
+      const int pp = i / (wa.k_pad / kWindowVec);
+      const int co = (i - pp * (wa.k_pad / kWindowVec)) * kWindowVec;
       const index_t ho = th * kWindowTile + pp / kWindowTile;
       const index_t wo = tw * kWindowTile + pp % kWindowTile;
-      scalar_t v = scalar_t(0.f);
-      if (co < c_og && ho < a.out_h && wo < a.out_w) {
-        v = grad_out[((n * a.out_h + ho) * a.out_w + wo) * wa.out_channels + g * c_og + co];
+      Pack<scalar_t, kWindowVec> v;
+#pragma unroll
+      for (int j = 0; j < kWindowVec; ++j) v.v[j] = scalar_t(0.f);
+      if (ho < a.out_h && wo < a.out_w && co < c_og) {
+        const scalar_t* row =
+            grad_out + ((n * a.out_h + ho) * a.out_w + wo) * wa.out_channels + g * c_og + co;
+        if (wa.vector_grad_out) {
+          v = load_pack<kWindowVec>(row);
+        } else {
+          for (int j = 0; j < kWindowVec && co + j < c_og; ++j) v.v[j] = row[j];
+        }
       }
-      go_s[pp * ldg + co] = v;
+      store_pack<kWindowVec>(go_s + pp * ldg + co, v);
     }
     for (index_t cb = seg_begin; cb < seg_end; cb += kWindowChannels) {
       const int nch =
           static_cast<int>(seg_end - cb < kWindowChannels ? seg_end - cb : kWindowChannels);
       for (index_t k = 0; k < taps; ++k) {
-        __syncthreads();  // the previous tap's readers of cell_s and gc_s are done
+        __syncthreads();  // the previous tap's readers of cell_s, w_s and gc_s are done
         if (tid < kWindowPixels) {
           const OutPixel<index_t> px{n, th * kWindowTile + tid / kWindowTile,
                                      tw * kWindowTile + tid % kWindowTile};
@@ -167,27 +179,29 @@ __global__ void __launch_bounds__(kWindowThreads)
         wmma::fill_fragment(acc, 0.f);
         const int mi = warp / 2;
         const int ni = warp % 2;
+        // The tap's weight block W[k][co][cb .. cb+31] for every co (zeros past C_og and nch).
         const scalar_t* w_tap = weight + ((g * taps + k) * c_og) * cpg + (cb - g * cpg);
-        for (int co0 = 0; co0 < wa.k_pad; co0 += kWindowChunk) {
-          __syncthreads();  // the previous chunk's readers of w_s are done
-          for (int i = tid; i < kWindowChunk * kWindowChannels; i += kWindowThreads) {
-            const int kk = i / kWindowChannels;
-            const int c = i % kWindowChannels;
-            scalar_t v = scalar_t(0.f);
-            if (co0 + kk < c_og && c < nch) v = w_tap[(co0 + kk) * cpg + c];
-            w_s[kk * kWLd + c] = v;
-          }
-          __syncthreads();
+        for (int i = tid; i < wa.k_pad * (kWindowChannels / kWindowVec); i += kWindowThreads) {
+          const int co = i / (kWindowChannels / kWindowVec);
+          const int c = (i % (kWindowChannels / kWindowVec)) * kWindowVec;
+          Pack<scalar_t, kWindowVec> v;
+          if (co < c_og && c < nch) {
+            v = load_pack<kWindowVec>(w_tap + co * cpg + c);
+          } else {
 #pragma unroll
-          for (int ks = 0; ks < kWindowChunk; ks += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::row_major> fa;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::row_major> fb;
-            wmma::load_matrix_sync(
-                fa, reinterpret_cast<const mma_t*>(go_s + mi * 16 * ldg + co0 + ks), ldg);
-            wmma::load_matrix_sync(fb, reinterpret_cast<const mma_t*>(w_s + ks * kWLd + ni * 16),
-                                   kWLd);
-            wmma::mma_sync(acc, fa, fb, acc);
+            for (int j = 0; j < kWindowVec; ++j) v.v[j] = scalar_t(0.f);
           }
+          store_pack<kWindowVec>(w_s + co * kWLd + c, v);
+        }
+        __syncthreads();
+        for (int ks = 0; ks < wa.k_pad; ks += 16) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::row_major> fa;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::row_major> fb;
+          wmma::load_matrix_sync(fa, reinterpret_cast<const mma_t*>(go_s + mi * 16 * ldg + ks),
+                                 ldg);
+          wmma::load_matrix_sync(fb, reinterpret_cast<const mma_t*>(w_s + ks * kWLd + ni * 16),
+                                 kWLd);
+          wmma::mma_sync(acc, fa, fb, acc);
         }
         wmma::store_matrix_sync(gc_s + mi * 16 * kGcLd + ni * 16, acc, kGcLd, wmma::mem_row_major);
         __syncthreads();
