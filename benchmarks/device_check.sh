@@ -142,7 +142,7 @@ exit $((t != 0 || b != 0))' fused "$OUT"
       --shapes r50-c3 --dtypes float16 --cuda-input-side
   fi
   # The ResNet-50 training step, plain against layer2-4 deformable on each GPU path.
-  TAIL=12 step resnet50 120 python3 benchmarks/bench_resnet50_step.py --json "$OUT/resnet50_step.json"
+  TAIL=12 step resnet50 180 python3 benchmarks/bench_resnet50_step.py --json "$OUT/resnet50_step.json"
   # compute-sanitizer memcheck and racecheck (shared memory of the tl.dot operands, the
   # software pipelines and the CUDA input side's window) on the fused kernels: the sanitizer
   # cases on the fused path, with the CUDA input side where it applies.

@@ -193,6 +193,18 @@ def test_uncovered_calls_raise_clear_errors(emu, change, message):
         window_call(emu, a)
 
 
+def test_deterministic_mode_refuses_the_atomic_sums(emu):
+    """grad_input is summed with float atomics: under torch.use_deterministic_algorithms(True)
+    the op raises, as torch's nondeterministic ops do (the fused path never calls it there)."""
+    a = case(torch.float16, c_in=8, c_out=8)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="_fused_input_side.*deterministic"):
+            window_call(emu, a)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def test_bad_arguments_get_the_op_checks(emu):
     a = case(torch.float16)
     a["offset"] = a["offset"][:, :4]

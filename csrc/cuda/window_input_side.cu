@@ -1,5 +1,5 @@
 // deformconv::_fused_input_side on CUDA: argument checks, layouts and the launch of window_input_side_kernel (16-bit data, sm_80+).
-#include <ATen/Dispatch.h>
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -81,6 +81,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
   TORCH_CHECK(cpg % kWindowVec == 0 && cpog % kWindowVec == 0,
               "_fused_input_side needs C_in/groups and C_in/offset_groups to be multiples of ",
               kWindowVec, ": got ", cpg, " and ", cpog);
+  // grad_input is summed with float atomics: its bits may differ between runs.
+  at::globalContext().alertNotDeterministic("deformconv::_fused_input_side");
   const backend::DeviceGuard device_guard(input.device());
   TORCH_CHECK(backend::compute_capability(input.device()) >= 80,
               "_fused_input_side needs a GPU of compute capability 8.0 or newer");
