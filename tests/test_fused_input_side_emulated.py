@@ -118,6 +118,30 @@ def test_matches_the_float64_column_op(emu, name, dname):
         assert gmask.shape == a["mask"].shape and rel(gmask, ref[2]) < TOLERANCE
 
 
+@pytest.mark.parametrize("per_split", [32, 64, 96, 0])
+def test_channel_splits(emu, per_split):
+    """An offset group's channels split over thread blocks in whole 32-channel blocks (0:
+    automatic, which splits these few tiles as far as it can), each split writing partial
+    grad_offset / grad_mask summed in split order: the float64 column op's results for any
+    split, across weight groups (two groups of 48 channels in one offset group of 96)."""
+    a = case(torch.float16, n=1, c_in=96, c_out=32, groups=2, h=9, w=10)
+    got = emu.fused_input_side(
+        a["grad_output"], a["input"], a["weight"], a["offset"], a["mask"],
+        a["stride"], a["padding"], a["dilation"], channels_per_split=per_split,
+    )  # fmt: skip
+    for x, want in zip(got, reference(a)):
+        assert rel(x, want) < TOLERANCE
+
+
+def test_channel_split_must_be_whole_blocks(emu):
+    a = case(torch.float16, c_in=64, c_out=8)
+    with pytest.raises(RuntimeError, match="channels_per_split must be 0"):
+        emu.fused_input_side(
+            a["grad_output"], a["input"], a["weight"], a["offset"], a["mask"],
+            a["stride"], a["padding"], a["dilation"], channels_per_split=48,
+        )  # fmt: skip
+
+
 def test_boundary_and_non_finite_offsets(emu):
     """Offsets at exactly -1 and H (undefined: 0), just inside, NaN, +-inf and 1e30: the op's
     sampling rule, so grads match the float64 column op and stay finite."""

@@ -53,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_meta(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& offset, const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t /*channels_per_split*/) {
   const SymConvGeometry geo = check_deform_conv2d_args_sym(input, weight, offset, mask,
                                                            c10::nullopt, stride, padding, dilation);
   check_grad_output(grad_output, input, geo);

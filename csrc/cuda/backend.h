@@ -19,8 +19,9 @@
 //                            memory (opt-in above 48 KiB)       block
 //   DEFORMCONV_DYNAMIC_SHARED extern __shared__ array           that buffer
 //   nvcuda::wmma, MmaElement <mma.h>; __half, __nv_bfloat16     emulation/wmma_shim.h; c10 types
-//   max_shared_bytes(),      the device's                       an H100's: 227 KiB, 90
-//   compute_capability()
+//   max_shared_bytes(),      the device's                       an H100's: 227 KiB, 90,
+//   compute_capability(),                                       132
+//   multiprocessor_count()
 //   mm_out_float             at::mm_out(..., out_dtype=Float)   fp32 copies, then at::mm_out
 //                            (cuBLAS accumulates 16-bit in fp32) (CPU ATen has no out_dtype)
 //   registration             register.cpp: TORCH_LIBRARY_IMPL   not compiled: the emulation's
@@ -67,9 +68,11 @@ struct DeviceGuard {
 
 inline cudaStream_t current_stream() { return nullptr; }
 
-// Dynamic shared memory a block may use, and the compute capability (an H100's).
+// Dynamic shared memory a block may use, the compute capability and the multiprocessors
+// (an H100's).
 inline int64_t max_shared_bytes(c10::Device) { return 227 * 1024; }
 inline int compute_capability(c10::Device) { return 90; }
+inline int64_t multiprocessor_count(c10::Device) { return 132; }
 
 // The element type wmma fragments take for a c10 16-bit type.
 template <typename scalar_t>
@@ -88,8 +91,8 @@ using DeviceGuard = c10::cuda::CUDAGuard;
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 
-// Dynamic shared memory a block may use on `device` (its opt-in limit), and its compute
-// capability as 10 * major + minor.
+// Dynamic shared memory a block may use on `device` (its opt-in limit), its compute capability
+// as 10 * major + minor, and its multiprocessor count.
 inline int64_t max_shared_bytes(c10::Device device) {
   return static_cast<int64_t>(
       at::cuda::getDeviceProperties(device.index())->sharedMemPerBlockOptin);
@@ -97,6 +100,9 @@ inline int64_t max_shared_bytes(c10::Device device) {
 inline int compute_capability(c10::Device device) {
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device.index());
   return 10 * prop->major + prop->minor;
+}
+inline int64_t multiprocessor_count(c10::Device device) {
+  return at::cuda::getDeviceProperties(device.index())->multiProcessorCount;
 }
 
 // The element type wmma fragments take for a c10 16-bit type (same bits).

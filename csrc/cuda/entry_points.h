@@ -43,11 +43,12 @@ deform_conv2d_double_backward_cuda(const at::Tensor& grad_output, const at::Tens
 // W] in channels-last storage, grad_offset and grad_mask as float32 contiguous tensors of
 // offset's / mask's shape; grad_mask empty (shape [0]) when mask is None). grad_input is summed
 // with float atomics (its bits may differ between runs); grad_offset and grad_mask are
-// deterministic.
+// deterministic. channels_per_split: 0 splits an offset group's channels automatically when the
+// pixel tiles give few thread blocks, else a multiple of 32 (tests).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& offset, const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation);
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t channels_per_split);
 
 }  // namespace cuda
 }  // namespace deformconv

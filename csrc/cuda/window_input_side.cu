@@ -37,6 +37,25 @@ at::Tensor aligned16(const at::Tensor& t) {
   return t.clone(t.suggest_memory_format());
 }
 
+// Channels per split of an offset group's `cpog` channels (whole kWindowChannels blocks):
+// `requested` when nonzero (a positive multiple of kWindowChannels), else enough splits to
+// give the GPU about two blocks per multiprocessor when the tiles x offset groups (`blocks`)
+// alone give fewer.
+int64_t split_channels(int64_t requested, int64_t cpog, int64_t blocks, int64_t multiprocessors) {
+  const int64_t channel_blocks = (cpog + kWindowChannels - 1) / kWindowChannels;
+  if (requested != 0) {
+    TORCH_CHECK(requested > 0 && requested % kWindowChannels == 0,
+                "_fused_input_side: channels_per_split must be 0 (automatic) or a positive "
+                "multiple of ",
+                kWindowChannels, ": got ", requested);
+    return std::min(requested, channel_blocks * kWindowChannels);
+  }
+  const int64_t target = 2 * multiprocessors;
+  const int64_t wanted =
+      std::clamp<int64_t>((target + blocks - 1) / std::max<int64_t>(blocks, 1), 1, channel_blocks);
+  return (channel_blocks + wanted - 1) / wanted * kWindowChannels;
+}
+
 // One launch of window_input_side_kernel over (tiles, offset groups).
 struct WindowLaunch {
   const ConvGeometry& geo;
@@ -46,11 +65,13 @@ struct WindowLaunch {
   const at::Tensor &grad_input, &grad_offset;
   at::Tensor grad_mask;  // undefined without a mask
   int64_t shared;
+  int64_t splits;
 
   template <typename scalar_t, typename index_t>
   void run() const {
     const int64_t tiles = geo.batch * int64_t(wa.tiles_h) * wa.tiles_w;
-    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(geo.offset_groups));
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(geo.offset_groups),
+                    static_cast<unsigned>(splits));
     launch_kernel_shared(window_input_side_kernel<scalar_t, index_t>, grid, dim3(kWindowThreads),
                          static_cast<size_t>(shared), backend::current_stream(),
                          make_args<index_t>(geo, Chunk{0, geo.batch * geo.out_pixels()}, off, msk),
@@ -67,7 +88,7 @@ struct WindowLaunch {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& offset, const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t channels_per_split) {
   const ConvGeometry geo = check_deform_conv2d_args(input, weight, offset, mask, c10::nullopt,
                                                     stride, padding, dilation);
   check_grad_output(grad_output, input, geo);
@@ -122,6 +143,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
   wa.margin_h = window_margin(geo.stride_h, geo.kernel_h, geo.dilation_h);
   wa.margin_w = window_margin(geo.stride_w, geo.kernel_w, geo.dilation_w);
   const int64_t tiles = geo.batch * int64_t(wa.tiles_h) * wa.tiles_w;
+  const int64_t split_c = split_channels(channels_per_split, cpog, tiles * geo.offset_groups,
+                                         backend::multiprocessor_count(input.device()));
+  const int64_t splits = (cpog + split_c - 1) / split_c;
+  wa.split_channels = static_cast<int32_t>(split_c);
+  wa.offset_numel = offset.numel();
+  wa.mask_numel = mask.has_value() ? mask->numel() : 0;
   TORCH_CHECK(tiles <= std::numeric_limits<int32_t>::max() && geo.offset_groups <= 65535,
               "_fused_input_side: too many tiles (", tiles, ") or offset groups (",
               geo.offset_groups, ")");
@@ -130,16 +157,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
               shared, " bytes of shared memory per block (C_out/groups = ", c_og, ", ", geo.taps(),
               " taps); this GPU allows ", backend::max_shared_bytes(input.device()));
 
+  // With several splits each writes a partial grad_offset / grad_mask, summed in split order.
+  const at::Tensor offset_part =
+      splits > 1 ? at::zeros({splits * offset.numel()}, opts.dtype(at::kFloat)) : grad_offset;
+  const at::Tensor mask_part = splits > 1 && mask.has_value()
+                                   ? at::zeros({splits * mask->numel()}, opts.dtype(at::kFloat))
+                                   : grad_mask;
   const bool index32 = fits_int32({x.numel(), go.numel(), w.numel(), extent(off), extent(msk),
-                                   grad_offset.numel(), grad_mask.numel()});
+                                   offset_part.numel(), mask_part.numel()});
   const WindowLaunch launch{
-      geo,   wa,  x,          go,          w,
-      off,   msk, grad_input, grad_offset, mask.has_value() ? grad_mask : at::Tensor(),
-      shared};
+      geo,    wa,    x,          go,          w,
+      off,    msk,   grad_input, offset_part, mask.has_value() ? mask_part : at::Tensor(),
+      shared, splits};
   if (dtype == at::kHalf) {
     index32 ? launch.run<c10::Half, int32_t>() : launch.run<c10::Half, int64_t>();
   } else {
     index32 ? launch.run<c10::BFloat16, int32_t>() : launch.run<c10::BFloat16, int64_t>();
+  }
+  if (splits > 1) {
+    grad_offset.copy_(offset_part.view({splits, offset.numel()}).sum(0).view(offset.sizes()));
+    if (mask.has_value()) {
+      grad_mask.copy_(mask_part.view({splits, mask->numel()}).sum(0).view(mask->sizes()));
+    }
   }
   return {nchw(grad_input), grad_offset, grad_mask};
 }

@@ -1,7 +1,8 @@
 // The fused backward's input side for 16-bit data as one CUDA kernel: grad_columns by tensor-core GEMM (wmma) per tap, grad_input summed in a shared-memory window, grad_offset / grad_mask from per-corner sums.
 //
 // One thread block (kWindowThreads threads, 8 warps) owns an 8x8 tile of output pixels of one
-// image and one offset group o. For each weight group g sharing o's channels it stages the
+// image and one offset group o (or, when tiles alone give few blocks, one split of o's channels
+// in whole 32-channel blocks). For each weight group g sharing those channels it stages the
 // tile's grad_output rows of g in shared memory (go_s, zero-padded to k_pad channels); then for
 // each block of up to kWindowChannels channels of o in g, and for each tap k:
 //   1. threads 0..63 compute pixel p's sample point of tap k (load_sample_point: the op's
@@ -58,8 +59,10 @@ struct WindowArgs {
   int32_t out_per_group;  // C_og
   int32_t k_pad;          // C_og rounded up to a multiple of kWindowK
   int32_t tiles_h, tiles_w;
-  int32_t margin_h, margin_w;  // window rows / columns before the tile's footprint
-  int32_t vector_grad_out;     // C_out and C_og multiples of 8: grad_output read 8 at a time
+  int32_t margin_h, margin_w;        // window rows / columns before the tile's footprint
+  int32_t vector_grad_out;           // C_out and C_og multiples of 8: grad_output read 8 at a time
+  int32_t split_channels;            // channels of an offset group per split (blockIdx.z)
+  int64_t offset_numel, mask_numel;  // a split's stride in the grad_offset / grad_mask partials
 };
 
 // Byte offsets of the shared-memory regions (each 128-byte aligned) and the total.
@@ -124,8 +127,14 @@ __global__ void __launch_bounds__(kWindowThreads)
   // This thread's pixel and channel slice in the scatter.
   const int p = tid / 4;
   const int q = tid % 4;
-  const index_t c_begin = o * a.channels_per_offset_group;
-  const index_t c_end = c_begin + a.channels_per_offset_group;
+  // This split's channels of offset group o; with several splits, each writes its partial
+  // grad_offset / grad_mask (summed by the launcher in split order).
+  const index_t split = static_cast<index_t>(blockIdx.z);
+  const index_t og_end = (o + 1) * a.channels_per_offset_group;
+  const index_t c_begin = o * a.channels_per_offset_group + split * wa.split_channels;
+  const index_t c_end = c_begin + wa.split_channels < og_end ? c_begin + wa.split_channels : og_end;
+  grad_offset += split * wa.offset_numel;
+  if (a.has_mask) grad_mask += split * wa.mask_numel;
   for (index_t g = c_begin / cpg; g * cpg < c_end; ++g) {
     const index_t seg_begin = g * cpg > c_begin ? g * cpg : c_begin;
     const index_t seg_end = (g + 1) * cpg < c_end ? (g + 1) * cpg : c_end;

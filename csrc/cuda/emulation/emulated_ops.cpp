@@ -57,9 +57,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> double_ba
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& offset, const c10::optional<at::Tensor>& mask, std::vector<int64_t> stride,
-    std::vector<int64_t> padding, std::vector<int64_t> dilation) {
+    std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t channels_per_split) {
   return deformconv::cuda::fused_input_side_cuda(grad_output, input, weight, offset, mask, stride,
-                                                 padding, dilation);
+                                                 padding, dilation, channels_per_split);
 }
 
 }  // namespace
@@ -69,5 +69,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward, "CUDA-backend backward, host-emulated");
   m.def("double_backward", &double_backward, "CUDA-backend double backward, host-emulated");
   m.def("fused_input_side", &fused_input_side,
-        "the fused path's CUDA input side (window_input_side.cu), host-emulated");
+        "the fused path's CUDA input side (window_input_side.cu), host-emulated",
+        pybind11::arg("grad_output"), pybind11::arg("input"), pybind11::arg("weight"),
+        pybind11::arg("offset"), pybind11::arg("mask"), pybind11::arg("stride"),
+        pybind11::arg("padding"), pybind11::arg("dilation"),
+        pybind11::arg("channels_per_split") = 0);
 }
