@@ -3,7 +3,8 @@
 (its 13 3x3 convolutions become modulated deformable ones), against the plain model: forward,
 loss, backward and an SGD step, bfloat16 autocast, channels_last, ``cudnn.benchmark`` on.
 Each deformable run names the GPU path (``DEFORMCONV_GPU_PATH``: ``columns``, ``fused``;
-``fused+cuda-input``: the fused path with its CUDA input side, selection.CUDA_INPUT_SIDE).
+``fused+cuda``: the fused path with its CUDA kernels, selection.CUDA_FORWARD and
+CUDA_INPUT_SIDE).
 Offsets start at zero in a converted model (every sample on a pixel), so the conv_offset
 biases are set to random values in +-2 px: samples fall between pixels, as in a trained model.
 
@@ -44,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument(
         "--paths",
-        default="columns,fused,fused+cuda-input",
+        default="columns,fused,fused+cuda",
         help="GPU paths of the deformable model (comma list)",
     )
     p.add_argument("--json", help="write the rows here")
@@ -100,12 +101,13 @@ def main(argv=None) -> int:
     saved = os.environ.get("DEFORMCONV_GPU_PATH")
     from deformconv._fused_gpu import selection
 
-    saved_side = selection.CUDA_INPUT_SIDE
+    saved_cuda = selection.CUDA_FORWARD, selection.CUDA_INPUT_SIDE
     try:
         for name, path in runs:
             if path is not None:
                 os.environ["DEFORMCONV_GPU_PATH"] = path.split("+")[0]
-                selection.CUDA_INPUT_SIDE = path == "fused+cuda-input"
+                cuda = path == "fused+cuda"
+                selection.CUDA_FORWARD = selection.CUDA_INPUT_SIDE = cuda
             model = make_model(name == "deformable", args.device)
             ms, peak = time_steps(model, args.device, args)
             rows.append(dict(model=name, gpu_path=path, step_ms=ms, peak_mib=peak))
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
             if args.device == "cuda":
                 torch.cuda.empty_cache()
     finally:
-        selection.CUDA_INPUT_SIDE = saved_side
+        selection.CUDA_FORWARD, selection.CUDA_INPUT_SIDE = saved_cuda
         if saved is None:
             os.environ.pop("DEFORMCONV_GPU_PATH", None)
         else:

@@ -132,27 +132,27 @@ python3 benchmarks/fused_gpu_check.py --out "$1/fused_gpu.json" --budget-s "${FU
   ${FUSED_SECTIONS:+--sections "$FUSED_SECTIONS"}; b=$?
 exit $((t != 0 || b != 0))' fused "$OUT"
   # Where the fused kernels' time goes: Nsight Compute on one forward+backward at r50-c3 in
-  # fp16 with the CUDA input side (its three launches: the forward, window_input_side_kernel,
-  # the weight side), a few sections each.
+  # fp16 with the CUDA kernels (its three launches: implicit_gemm_forward_kernel,
+  # window_input_side_kernel, the Triton weight side), a few sections each.
   if command -v ncu >/dev/null; then
-    TAIL=80 step fused_ncu 150 ncu --kernel-name "regex:fused_|window_input_side" --launch-count 3 \
+    TAIL=80 step fused_ncu 150 ncu --kernel-name "regex:fused_|window_input_side|implicit_gemm_forward" --launch-count 3 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
       --section WarpStateStats --section LaunchStats \
       python3 benchmarks/fused_gpu_check.py --out "$LOG/fused_once.json" --sections once \
-      --shapes r50-c3 --dtypes float16 --cuda-input-side
+      --shapes r50-c3 --dtypes float16 --cuda-kernels
   fi
   # The ResNet-50 training step, plain against layer2-4 deformable on each GPU path.
   TAIL=12 step resnet50 180 python3 benchmarks/bench_resnet50_step.py --json "$OUT/resnet50_step.json"
   # compute-sanitizer memcheck and racecheck (shared memory of the tl.dot operands, the
-  # software pipelines and the CUDA input side's window) on the fused kernels: the sanitizer
-  # cases on the fused path, with the CUDA input side where it applies.
+  # software pipelines and the CUDA kernels' buffers) on the fused kernels: the sanitizer cases
+  # on the fused path, with the CUDA kernels where they apply.
   if command -v compute-sanitizer >/dev/null; then
     TAIL=8 step fused_memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 DEFORMCONV_GPU_PATH=fused \
       compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitizer_cases.py \
-      --cuda-input-side
+      --cuda-kernels
     TAIL=8 step fused_racecheck 120 env DEFORMCONV_GPU_PATH=fused \
       compute-sanitizer --tool racecheck --error-exitcode 9 python3 benchmarks/sanitizer_cases.py \
-      --no-double --cuda-input-side
+      --no-double --cuda-kernels
   fi
 fi  # part fused
 

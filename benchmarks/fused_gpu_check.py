@@ -12,11 +12,12 @@ sweep comes last.
    1e30 offsets; groups with a channel block straddling offset groups; 5x5 with stride and
    dilation 2); ``worst_ratio`` is the largest fused error over the column path's error (both
    against float64), ``ok`` asks for <= 1.5 (or errors below 1e-5). In 16 bits each configuration
-   also runs with the CUDA input side (``input_side: "cuda"``: selection.CUDA_INPUT_SIDE on;
-   ``cuda_calls`` counts its launches, and ``ok`` also asks for one wherever its rule applies).
+   also runs with the CUDA kernels (``kernels: "cuda"``: selection.CUDA_FORWARD and
+   CUDA_INPUT_SIDE on; ``cuda_calls`` counts their launches, and ``ok`` also asks for a launch of
+   each kernel whose rule applies).
 2. ``torchvision``: parity with ``torchvision.ops.deform_conv2d`` in fp32 (output and grads).
 3. ``determinism``: fwd + grads repeated bitwise in default mode (weight, offset, mask: no
-   atomics; also with the CUDA input side), and in deterministic mode both ways: the column
+   atomics; also with the CUDA kernels), and in deterministic mode both ways: the column
    path's backward, and the fused backward with grad_input in int64 fixed point (with each one's error against float64).
 4. ``timing``: CUDA events, median of ``--reps`` after warm-up, forward and forward+backward of
    fused / columns / torchvision / dense ``F.conv2d`` (and forward+backward issued back to
@@ -24,15 +25,16 @@ sweep comes last.
    mask and bias, offsets uniform in +-2 px, TF32 off), peak extra memory of one
    forward+backward; the fused forward+backward also under ``torch.use_deterministic_algorithms``
    (``fused_det_fwdbwd_ms``, ``det_over_default``: the target is <= 1.3; ``detfx_*`` with the
-   fixed-point fused backward); ``fused_cuda_*``: the fused path with the CUDA input side
-   (16 bits; ``fwdbwd_fused_cuda_over_fused``, ``fwdbwd_fused_cuda_over_torchvision``).
+   fixed-point fused backward); ``fused_cuda_*``: the fused path with its CUDA kernels
+   (16 bits; ``fwdbwd_fused_cuda_over_fused``, ``fwdbwd_fused_cuda_over_torchvision``,
+   ``fwd_fused_cuda_over_dense``).
 5. ``accuracy``: as ``correct`` (output and every gradient, fused and columns against the column
    path in float64, the same ``ok`` rule) at the five benchmark shapes with the batch cut to 2,
-   every dtype, offsets uniform in +-2 px and of 8-16 px; in 16 bits with each input side.
+   every dtype, offsets uniform in +-2 px and of 8-16 px; in 16 bits also with the CUDA kernels.
 6. ``compile``: ``torch.compile(fullgraph=True)`` of the selection and the fused op against eager.
 7. ``autotune``: a handful of block configurations per kernel at r50-c3 fp16 (forward, the
-   input-side backward, the weight backward), the best against the default; and the CUDA
-   input side alone (``kind: backward_data_cuda``).
+   input-side backward, the weight backward), the best against the default; and each CUDA
+   kernel alone (``kind: forward_cuda``, ``backward_data_cuda``).
 8. ``tuned``: the fused path's fp16 / bf16 timings again with the autotune's winning blocks
    (skipped when the defaults won everywhere).
 9. ``channels_last``: fused / columns / dense in fp16 with every 4-d argument channels_last
@@ -49,9 +51,9 @@ Usage::
     python benchmarks/fused_gpu_check.py --sections correct,timing --dtypes float16 --shapes r50-c3
     python benchmarks/fused_gpu_check.py --sections accuracy --out /tmp/accuracy.json
 
-``--cuda-input-side`` turns the CUDA input side on for the whole run (for a profiler: with
-``--sections once`` the three launches are the forward, window_input_side_kernel and the weight
-side).
+``--cuda-kernels`` turns the CUDA kernels on for the whole run (for a profiler: with
+``--sections once`` the three launches are implicit_gemm_forward_kernel,
+window_input_side_kernel and the Triton weight side).
 """
 
 from __future__ import annotations
@@ -177,9 +179,9 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=20, help="timed repetitions (median)")
     p.add_argument("--budget-s", type=float, default=220.0, help="skip what would start after this")
     p.add_argument(
-        "--cuda-input-side",
+        "--cuda-kernels",
         action="store_true",
-        help="selection.CUDA_INPUT_SIDE on for the whole run (16-bit input side in CUDA C++)",
+        help="the fused path's CUDA C++ kernels (16-bit forward and input side) on for the whole run",
     )
     p.add_argument(
         "--dry-run",
@@ -327,29 +329,42 @@ def rel(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
 
 
-class cuda_input_side:
-    """selection.CUDA_INPUT_SIDE on inside (restored on exit); ``calls`` counts the launches of
-    the CUDA input-side op meanwhile, ``applies(t)`` says whether its rule covers t's call."""
+# The CUDA C++ kernels of the fused path: selection flag and op of each.
+CUDA_KERNELS = {
+    "forward": ("CUDA_FORWARD", "_fused_forward"),
+    "input_side": ("CUDA_INPUT_SIDE", "_fused_input_side"),
+}
+
+
+class cuda_kernels:
+    """The fused path's CUDA kernels on inside (selection.CUDA_FORWARD and CUDA_INPUT_SIDE;
+    restored on exit); ``calls`` counts each one's launches meanwhile, ``applies(t)`` says
+    which ones their rules cover for t's call."""
 
     def __enter__(self):
         from deformconv._fused_gpu import selection
 
-        self.calls, self.saved = 0, selection.CUDA_INPUT_SIDE
-        self.op = torch.ops.deformconv._fused_input_side
-        selection.CUDA_INPUT_SIDE = True
-
-        def counted(*args):
-            self.calls += 1
-            return self.op(*args)
-
-        torch.ops.deformconv._fused_input_side = counted
+        self.calls = {k: 0 for k in CUDA_KERNELS}
+        self.saved = {}
+        for kind, (flag, name) in CUDA_KERNELS.items():
+            self.saved[kind] = getattr(selection, flag), getattr(torch.ops.deformconv, name)
+            setattr(selection, flag, True)
+            setattr(torch.ops.deformconv, name, self._counted(kind, self.saved[kind][1]))
         return self
+
+    def _counted(self, kind, op):
+        def counted(*args):
+            self.calls[kind] += 1
+            return op(*args)
+
+        return counted
 
     def __exit__(self, *exc):
         from deformconv._fused_gpu import selection
 
-        selection.CUDA_INPUT_SIDE = self.saved
-        torch.ops.deformconv._fused_input_side = self.op
+        for kind, (flag, name) in CUDA_KERNELS.items():
+            setattr(selection, flag, self.saved[kind][0])
+            setattr(torch.ops.deformconv, name, self.saved[kind][1])
 
     @staticmethod
     def applies(t):
@@ -358,30 +373,36 @@ class cuda_input_side:
         x, w, off = t["input"], t["weight"], t["offset"]
         c_og, c_g, kh, kw = w.shape[0] // (x.shape[1] // w.shape[1]), w.shape[1], *w.shape[2:]
         c_pog = x.shape[1] // (off.shape[1] // (2 * kh * kw))
-        return x.shape[0] > 0 and selection.cuda_input_side_applies(
-            x, c_g, c_pog, c_og, kh * kw, False
-        )
+        some = x.shape[0] > 0
+        return {
+            "forward": some and selection.cuda_forward_applies(x, c_g, c_pog),
+            "input_side": some
+            and selection.cuda_input_side_applies(x, c_g, c_pog, c_og, kh * kw, False),
+        }
+
+    def ran_where_expected(self, t) -> bool:
+        return all(self.calls[k] > 0 for k, yes in self.applies(t).items() if yes)
 
 
-def input_sides(dtype):
-    """The input sides a check row runs in ``dtype``: Triton always, CUDA in 16 bits."""
+def kernel_sets(dtype):
+    """The fused kernels a check row runs in ``dtype``: Triton always, CUDA too in 16 bits."""
     return ("triton", "cuda") if dtype != torch.float32 else ("triton",)
 
 
-def against_float64(t, conv, input_side="triton"):
+def against_float64(t, conv, kernels="triton"):
     """Output and every gradient of the fused path and of the column path, each against the
     column path in float64: ``fused_err`` and ``column_err`` (``rel`` per key), ``worst_ratio``
     (the largest fused error over the column path's, which is floored at 1e-7), ``finite`` (the
     fused results) and ``ok``: finite and worst_ratio <= 1.5, or every fused error below 1e-5.
-    ``input_side="cuda"``: the fused path with the CUDA input side; the row then has
-    ``cuda_calls`` and ``ok`` also needs a call where the side's rule applies."""
+    ``kernels="cuda"``: the fused path with its CUDA kernels; the row then has ``cuda_calls``
+    and ``ok`` also needs a call of each kernel whose rule applies."""
     ref = fwd_bwd(columns, leaves(t, torch.float64), conv)
     extra = {}
-    if input_side == "cuda":
-        with cuda_input_side() as side:
+    if kernels == "cuda":
+        with cuda_kernels() as cuda:
             got = fwd_bwd(fused, leaves(t), conv)
-            expected = side.applies(t)
-        extra = dict(input_side="cuda", cuda_calls=side.calls, cuda_expected=expected)
+            ran = cuda.ran_where_expected(t)
+        extra = dict(kernels="cuda", cuda_calls=cuda.calls, cuda_ran_where_expected=ran)
     else:
         got = fwd_bwd(fused, leaves(t), conv)
     col = fwd_bwd(columns, leaves(t), conv)
@@ -391,7 +412,7 @@ def against_float64(t, conv, input_side="triton"):
     worst = max((errs[k] / max(col_errs[k], 1e-7) for k in ref), default=0.0)
     ok = finite and (worst <= 1.5 or max(errs.values(), default=0.0) < 1e-5)
     if extra:
-        ok = ok and (extra["cuda_calls"] > 0 or not extra["cuda_expected"])
+        ok = ok and extra["cuda_ran_where_expected"]
     return dict(fused_err=errs, column_err=col_errs, worst_ratio=worst, finite=finite, ok=ok,
                 **extra)  # fmt: skip
 
@@ -408,8 +429,8 @@ def section_correct(rep, dtypes, names):
                 t["offset"][0, 0::3, 1, 1] = float("nan")
                 t["offset"][0, 1::3, 2, 2] = float("inf")
                 t["offset"][0, 2::3, 3, 3] = 1e30
-            for side in input_sides(dtype):
-                rep.add("correct", config=name, dtype=dname, **against_float64(t, conv, side))
+            for kernels in kernel_sets(dtype):
+                rep.add("correct", config=name, dtype=dname, **against_float64(t, conv, kernels))
 
 
 def section_accuracy(rep, shapes, dtypes):
@@ -429,9 +450,9 @@ def section_accuracy(rep, shapes, dtypes):
                     continue
                 t, conv = make(shape.n, shape.c_in, shape.h, shape.w, shape.c_out, 3, 1, 1, 1, 1, 1,
                                True, DTYPES[dname], offset_px=px)  # fmt: skip
-                for side in input_sides(DTYPES[dname]):
+                for kernels in kernel_sets(DTYPES[dname]):
                     rep.add("accuracy", shape=shape.label(), dtype=dname, offset_px=px,
-                            **against_float64(t, conv, side))  # fmt: skip
+                            **against_float64(t, conv, kernels))  # fmt: skip
                 del t
         if DEV == "cuda":
             torch.cuda.empty_cache()
@@ -486,12 +507,12 @@ def section_determinism(rep):
     a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
     same = {k: bool(torch.equal(a[k], b[k])) for k in a}
     rep.add("determinism", mode="default", bitwise_equal=same)
-    with cuda_input_side() as side:
+    with cuda_kernels() as cuda:
         a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
+        ran = cuda.ran_where_expected(t)
     same = {k: bool(torch.equal(a[k], b[k])) for k in a}
-    rep.add("determinism", mode="default, cuda input side", bitwise_equal=same,
-            cuda_calls=side.calls,
-            ok=all(v for k, v in same.items() if k != "input") and side.calls > 0 or DEV == "cpu")  # fmt: skip
+    rep.add("determinism", mode="default, cuda kernels", bitwise_equal=same,
+            cuda_calls=cuda.calls, ok=all(v for k, v in same.items() if k != "input") and ran)  # fmt: skip
     ref = fwd_bwd(columns, leaves(t, torch.float64), conv)
     for mode, fixed_point in DET_MODES.items():
         with deterministic_mode(fixed_point):
@@ -576,11 +597,13 @@ def section_autotune(rep, reps):
             winners[kind] = candidate_config(CANDIDATES[kind][0])  # candidate stands in
         rep.add("autotune", kind=kind, shape="r50-c3", dtype="float16", default_ms=default, best=best,
                 all=[(ms, str(c)) for ms, c in results])  # fmt: skip
-    if not rep.over_budget():
-        with cuda_input_side() as side:
-            ms = time_ms(runs["backward_data"], reps=max(5, reps // 2))
-        rep.add("autotune", kind="backward_data_cuda", shape="r50-c3", dtype="float16", ms=ms,
-                cuda_calls=side.calls)  # fmt: skip
+    for kind in ("forward", "backward_data"):  # each CUDA kernel alone
+        if rep.over_budget():
+            break
+        with cuda_kernels() as cuda:
+            ms = time_ms(runs[kind], reps=max(5, reps // 2))
+        rep.add("autotune", kind=f"{kind}_cuda", shape="r50-c3", dtype="float16", ms=ms,
+                cuda_calls=cuda.calls)  # fmt: skip
     return winners
 
 
@@ -741,7 +764,7 @@ def _time_shapes(rep, shapes, dtypes, reps, impls, section, blocks, channels_las
                 if name == "torchvision" and dtype == torch.bfloat16:
                     continue
                 if name == "fused_cuda" and dtype == torch.float32:
-                    continue  # the CUDA input side is 16-bit only
+                    continue  # the CUDA kernels are 16-bit only
                 t = leaves(base)
                 if name == "dense":
                     for k in ("offset", "mask"):
@@ -749,9 +772,9 @@ def _time_shapes(rep, shapes, dtypes, reps, impls, section, blocks, channels_las
                 try:
                     det = deterministic and name == "fused"
                     if name == "fused_cuda":
-                        with cuda_input_side() as side:
+                        with cuda_kernels() as cuda:
                             row.update(time_impl(name, fn, t, conv, reps))
-                        row["fused_cuda_calls"] = side.calls
+                        row["fused_cuda_calls"] = cuda.calls
                     else:
                         row.update(time_impl(name, fn, t, conv, reps, deterministic=det))
                 except Exception as exc:  # noqa: BLE001
@@ -763,10 +786,11 @@ def _time_shapes(rep, shapes, dtypes, reps, impls, section, blocks, channels_las
                             row[f"fused_{what}_ms"] / row[f"{name}_{what}_ms"]
                         )
             for name in ("fused", "columns", "torchvision", "dense"):
-                if f"{name}_fwdbwd_ms" in row and "fused_cuda_fwdbwd_ms" in row:
-                    row[f"fwdbwd_fused_cuda_over_{name}"] = (
-                        row["fused_cuda_fwdbwd_ms"] / row[f"{name}_fwdbwd_ms"]
-                    )
+                for what in ("fwd", "fwdbwd"):
+                    if f"{name}_{what}_ms" in row and f"fused_cuda_{what}_ms" in row:
+                        row[f"{what}_fused_cuda_over_{name}"] = (
+                            row[f"fused_cuda_{what}_ms"] / row[f"{name}_{what}_ms"]
+                        )
             if blocks:
                 row["blocks"] = blocks
             rep.add(section, shape=shape.label(), dtype=dname, **row)
@@ -803,10 +827,10 @@ def main(argv=None):
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    if args.cuda_input_side:
+    if args.cuda_kernels:
         from deformconv._fused_gpu import selection
 
-        selection.CUDA_INPUT_SIDE = True
+        selection.CUDA_FORWARD = selection.CUDA_INPUT_SIDE = True
     rep = Report(args.out, args.budget_s)
     t, _ = make(1, 4, 5, 5, 4, 3, 1, 1, 1, 1, 1, True, torch.float16)
     import triton

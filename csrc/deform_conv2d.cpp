@@ -35,6 +35,12 @@ TORCH_LIBRARY(deformconv, m) {
       "Tensor? grad_grad_offset, Tensor? grad_grad_mask, Tensor? grad_grad_bias, int[2] stride, "
       "int[2] padding, int[2] dilation, bool[5] output_mask) -> (Tensor grad_grad_output, "
       "Tensor grad_input, Tensor grad_weight, Tensor grad_offset, Tensor grad_mask)");
+  // The fused GPU path's forward for float16 / bfloat16 on CUDA (sm_80+): deform_conv2d's result
+  // by implicit GEMM, no column buffer. Needs C_in/groups and C_in/offset_groups to be multiples
+  // of 8.
+  m.def(
+      "_fused_forward(Tensor input, Tensor weight, Tensor offset, Tensor? mask, Tensor? bias, "
+      "int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   // The fused GPU path's input side for float16 / bfloat16 on CUDA (sm_80+): grad_input
   // (float32, channels-last storage), grad_offset and grad_mask (float32, contiguous; grad_mask
   // empty when mask is None). Needs C_in/groups and C_in/offset_groups to be multiples of 8.

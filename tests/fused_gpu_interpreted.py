@@ -429,6 +429,40 @@ def test_cuda_input_side_glue_with_the_emulated_kernel(monkeypatch, config, posi
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize(
+    "config, positions",
+    [
+        (dict(c_in=16, c_out=12, groups=2, offset_groups=2, h=6, w=7), None),
+        (dict(n=1, c_in=8, c_out=8, h=5, w=9, with_mask=False, with_bias=False), torch.float32),
+    ],
+    ids=["groups", "no_mask_no_bias_float32_positions"],
+)
+def test_cuda_forward_glue_with_the_emulated_kernel(monkeypatch, config, positions):
+    """Where selection.cuda_forward_applies, the fused forward is torch.ops.deformconv.
+    _fused_forward; with that op replaced by its host emulation
+    (tests/test_fused_forward_emulated.py checks the kernel itself), the fp16 fused path calls
+    it once and its output and every grad stay within 2x the column path's error."""
+    import os
+
+    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
+        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
+    from cuda_helpers import load_emulation
+
+    from deformconv._fused_gpu import selection
+
+    emu = load_emulation()
+    calls = []
+
+    def emulated(*args):
+        calls.append(args)
+        return emu.fused_forward(*args)
+
+    monkeypatch.setattr(selection, "cuda_forward_applies", lambda *args: True)
+    monkeypatch.setattr(torch.ops.deformconv, "_fused_forward", emulated)
+    check_against_columns(make_args(**config), torch.float16, positions)
+    assert len(calls) == 1
+
+
 def test_deterministic_fixed_point_keeps_non_finite_sums(monkeypatch):
     """An inf or NaN in grad_output: grad_input's inf / -inf / NaN elements are the float
     path's (the fixed-point sums hold the finite terms only), the finite ones match it."""

@@ -68,6 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_meta(
 TORCH_LIBRARY_IMPL(deformconv, Meta, m) {
   m.impl("deform_conv2d", &deform_conv2d_meta);
   m.impl("_deform_conv2d_backward", &deform_conv2d_backward_meta);
+  m.impl("_fused_forward", &deform_conv2d_meta);  // the same result
   m.impl("_fused_input_side", &fused_input_side_meta);
 }
 

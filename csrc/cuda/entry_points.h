@@ -39,6 +39,15 @@ deform_conv2d_double_backward_cuda(const at::Tensor& grad_output, const at::Tens
                                    at::IntArrayRef stride, at::IntArrayRef padding,
                                    at::IntArrayRef dilation, std::array<bool, 5> output_mask);
 
+// deformconv::_fused_forward (16-bit data, sm_80+): deform_conv2d's result (input's dtype and
+// memory format) by implicit GEMM: each channel block of each tap sampled into shared memory and
+// multiplied on tensor cores, no column buffer. Needs C_in/groups and C_in/offset_groups to be
+// multiples of 8.
+at::Tensor fused_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
+                              const at::Tensor& offset, const c10::optional<at::Tensor>& mask,
+                              const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation);
+
 // deformconv::_fused_input_side (16-bit data, sm_80+): (grad_input as float32 Tensor[N, C_in, H,
 // W] in channels-last storage, grad_offset and grad_mask as float32 contiguous tensors of
 // offset's / mask's shape; grad_mask empty (shape [0]) when mask is None). grad_input is summed

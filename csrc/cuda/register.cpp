@@ -10,6 +10,7 @@ TORCH_LIBRARY_IMPL(deformconv, CUDA, m) {
   m.impl("deform_conv2d", &deform_conv2d_forward_cuda);
   m.impl("_deform_conv2d_backward", &deform_conv2d_backward_cuda);
   m.impl("_deform_conv2d_double_backward", &deform_conv2d_double_backward_cuda);
+  m.impl("_fused_forward", &fused_forward_cuda);
   m.impl("_fused_input_side", &fused_input_side_cuda);
 }
 

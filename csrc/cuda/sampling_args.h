@@ -1,8 +1,10 @@
-// Host-side construction of SamplingArgs (sampling.cuh) from a call's geometry, shared by the CUDA launchers (.cu files: it includes device code).
+// Host-side helpers of the CUDA launchers (.cu files: it includes device code): SamplingArgs (sampling.cuh) from a call's geometry, and 16-byte-aligned operands.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
+
+#include <cstdint>
 
 #include "common/geometry.h"
 #include "cuda/launch.h"
@@ -10,6 +12,13 @@
 
 namespace deformconv {
 namespace cuda {
+
+// t itself, or a copy when its data is not 16-byte aligned (a view with an odd storage
+// offset): the kernel reads 8 16-bit values per access.
+inline at::Tensor aligned16(const at::Tensor& t) {
+  if (reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % 16 == 0) return t;
+  return t.clone(t.suggest_memory_format());
+}
 
 // Sizes and chunk of a call; offset / mask strides left 0 (kernels that read neither).
 template <typename index_t>

@@ -30,13 +30,6 @@ int32_t window_margin(int64_t stride, int64_t kernel, int64_t dilation) {
   return static_cast<int32_t>(std::max<int64_t>(0, (kWindow - footprint) / 2));
 }
 
-// t itself, or a copy when its data is not 16-byte aligned (a view with an odd storage
-// offset): the kernel reads 8 16-bit values per access.
-at::Tensor aligned16(const at::Tensor& t) {
-  if (reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % 16 == 0) return t;
-  return t.clone(t.suggest_memory_format());
-}
-
 // Channels per split of an offset group's `cpog` channels (whole kWindowChannels blocks):
 // `requested` when nonzero (a positive multiple of kWindowChannels), else enough splits to
 // give the GPU about two blocks per multiprocessor when the tiles x offset groups (`blocks`)

@@ -131,8 +131,13 @@ def _forward_impl(
     dilation: List[int],
 ) -> Tensor:
     """Tensor[N, C_out, H_out, W_out] (input's dtype and memory format); the arguments as for
-    ``torch.ops.deformconv.deform_conv2d``, already checked."""
+    ``torch.ops.deformconv.deform_conv2d``, already checked. The CUDA kernel where
+    selection.cuda_forward_applies, else fused_forward_kernel."""
     geo = _Geometry(input, weight, offset, stride, padding, dilation)
+    if selection.cuda_forward_applies(input, geo.c_g, geo.c_pog):
+        return torch.ops.deformconv._fused_forward(
+            input, weight, offset, mask, bias, stride, padding, dilation
+        )
     fmt = _memory_format(input)
     cfg = block_config("forward", input.dtype, geo.c_g, geo.c_og)
     # NHWC_STORE: the kernel stores an NHWC tile (vector stores along the channels) and one

@@ -25,6 +25,11 @@ AUTO_USES_FUSED = False
 # grad_input's finite terms in int64 fixed point (op._fixed_point_scale). False until a GPU run
 # has timed the fixed-point sums.
 DETERMINISTIC_FUSED_BACKWARD = False
+# Whether the fused forward runs the CUDA C++ kernel of the extension
+# (torch.ops.deformconv._fused_forward: implicit GEMM on tensor cores, the next step's corners
+# loaded while the current step multiplies) instead of the Triton kernel, where
+# cuda_forward_applies. False until a GPU run has timed it.
+CUDA_FORWARD = False
 # Whether the fused backward's input side (grad_input, grad_offset, grad_mask) runs the CUDA C++
 # kernel of the extension (torch.ops.deformconv._fused_input_side: grad_input summed in a
 # shared-memory window, far fewer global atomics) instead of the Triton kernel, where
@@ -97,6 +102,28 @@ def _cuda_kernel_registered(name: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA")
 
 
+def _cuda_16bit_channels(input: Tensor, c_g: int, c_pog: int) -> bool:
+    """What both CUDA kernels need: 16-bit data on a CUDA device, C_in/groups and
+    C_in/offset_groups multiples of 8."""
+    return (
+        input.is_cuda
+        and input.dtype in (torch.float16, torch.bfloat16)
+        and c_g % 8 == 0
+        and c_pog % 8 == 0
+    )
+
+
+def cuda_forward_applies(input: Tensor, c_g: int, c_pog: int) -> bool:
+    """Whether the fused forward runs the CUDA kernel for a call on ``input`` (NCHW shape):
+    :data:`CUDA_FORWARD`, 16-bit data on a CUDA device, ``c_g`` (C_in/groups) and ``c_pog``
+    (C_in/offset_groups) multiples of 8, and the extension built with CUDA."""
+    return (
+        CUDA_FORWARD
+        and _cuda_16bit_channels(input, c_g, c_pog)
+        and _cuda_kernel_registered("deformconv::_fused_forward")
+    )
+
+
 def cuda_input_side_applies(
     input: Tensor, c_g: int, c_pog: int, c_og: int, taps: int, deterministic: bool
 ) -> bool:
@@ -105,9 +132,7 @@ def cuda_input_side_applies(
     fixed-point deterministic backward, 16-bit data, ``c_g`` (C_in/groups) and ``c_pog``
     (C_in/offset_groups) multiples of 8, ``taps`` <= 9, ``c_og`` (C_out/groups) <= 512, a GPU
     with 158 KiB of shared memory per block, and the extension built with CUDA."""
-    if not (CUDA_INPUT_SIDE and input.is_cuda and not deterministic):
-        return False
-    if input.dtype not in (torch.float16, torch.bfloat16) or c_g % 8 or c_pog % 8:
+    if not (CUDA_INPUT_SIDE and not deterministic and _cuda_16bit_channels(input, c_g, c_pog)):
         return False
     if taps > _CUDA_INPUT_SIDE_MAX_TAPS or c_og > _CUDA_INPUT_SIDE_MAX_C_OG:
         return False

@@ -1,0 +1,159 @@
+# The fused path's CUDA forward (csrc/cuda/implicit_gemm_forward.cuh), host-emulated, against float64 and columns.
+"""``_fused_forward`` samples each 32-channel block of each tap into shared memory (rounded once
+to the data dtype, as the column path's columns are) and multiplies it on tensor cores (wmma,
+float32 accumulators). The host emulation (``cuda_helpers.load_emulation``) runs it on the CPU:
+indexing, layouts, the double-buffered K loop and its barrier, the epilogue. Its error against
+float64 must stay within 1.5x the CUDA column path's (emulated too, the same samples and
+roundings). Set DEFORMCONV_SKIP_EMULATION=1 to skip.
+"""
+
+import os
+
+import pytest
+import torch
+
+from cuda_helpers import load_emulation, make_args
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# Odd sizes, C_out/groups not multiples of 8 or of the 64-channel tile, a 32 + 8 channel tail,
+# offset groups straddling weight groups, 1x1 and 5x5, stride and dilation 2, no mask or bias,
+# large offsets, an output smaller than one tile.
+CONFIGS = {
+    "base": dict(c_in=16, c_out=24, h=9, w=11),
+    "og-straddles-groups": dict(c_in=48, c_out=40, h=13, w=17, groups=2, offset_groups=3),
+    "32+8-channels": dict(n=1, c_in=40, c_out=36, h=12, w=10),
+    "8-channel-offset-groups": dict(n=1, c_in=40, c_out=20, h=6, w=10, offset_groups=5),
+    "two-out-tiles": dict(n=1, c_in=16, c_out=130, h=7, w=9),
+    "5x5-stride-dil": dict(
+        c_in=64,
+        c_out=20,
+        h=9,
+        w=11,
+        kernel=(5, 5),
+        padding=(2, 2),
+        stride=(2, 2),
+        dilation=(2, 1),
+        groups=4,
+        offset_groups=2,
+        mask=False,
+        bias=False,
+    ),  # fmt: skip
+    "1x1": dict(c_in=8, c_out=72, kernel=(1, 1), padding=(0, 0), h=10, w=9),
+    "far-offsets": dict(c_in=16, c_out=16, h=20, w=19, offset_scale=12.0),
+    "asymmetric": dict(
+        c_in=16, c_out=8, h=9, w=8, kernel=(2, 3), stride=(2, 1), padding=(0, 2), dilation=(1, 2)
+    ),
+    "tiny-batch-1": dict(n=1, c_in=8, c_out=8, h=5, w=7),
+}
+
+
+@pytest.fixture(scope="module")
+def emu():
+    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
+        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
+    return load_emulation()
+
+
+def case(dtype, mask=True, bias=True, **kw):
+    """Op arguments: data, weight and bias in ``dtype``, offset and mask float32."""
+    a = make_args(mask=mask, bias=bias, device="cpu", **kw)
+    for key in ("input", "weight", "bias"):
+        if a[key] is not None:
+            a[key] = a[key].to(dtype)
+    for key in ("offset", "mask"):
+        if a[key] is not None:
+            a[key] = a[key].float()
+    return a
+
+
+def args_of(a):
+    keys = ("input", "weight", "offset", "mask", "bias", "stride", "padding", "dilation")
+    return [a[k] for k in keys]
+
+
+def rel(x, ref):
+    return ((x.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
+
+
+def check(emu, a):
+    """The kernel's output against float64, within 1.5x the emulated column path's error."""
+    got = emu.fused_forward(*args_of(a))
+    col = emu.forward(*args_of(a))
+    exact = [v.double() if isinstance(v, torch.Tensor) else v for v in args_of(a)]
+    ref = torch.ops.deformconv.deform_conv2d(*exact)
+    assert got.dtype == a["input"].dtype and got.shape == ref.shape
+    assert rel(got, ref) <= 1.5 * rel(col, ref) + 1e-7
+    return got
+
+
+@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_matches_float64_like_the_column_path(emu, name, dname):
+    check(emu, case(DTYPES[dname], **CONFIGS[name]))
+
+
+def test_boundary_and_non_finite_offsets(emu):
+    """Offsets at exactly -1 and H, NaN, +-inf and 1e30: the op's sampling rule (0 where the
+    point is undefined, whatever the mask), so the output stays finite."""
+    a = case(torch.float16, c_in=16, c_out=16, h=8, w=9)
+    off = a["offset"]
+    h = a["input"].shape[2]
+    off[0, 8, 0, 0], off[0, 9, 0, 0] = -1.0, 0.5
+    off[0, 8, 1, 0], off[0, 9, 1, 0] = float(h) - 1.0, 0.5
+    off[0, 0, 2, 2] = float("nan")
+    off[0, 3, 3, 3] = float("inf")
+    off[1, 2, 4, 4] = float("-inf")
+    off[1, 5, 5, 5] = 1e30
+    a["mask"][0, 0, 2, 2] = float("nan")  # masks an undefined sample: still 0
+    assert torch.isfinite(check(emu, a)).all()
+
+
+def test_layouts_and_index_widths_give_the_same_bits(emu, monkeypatch):
+    """channels_last input gives a channels_last output with the same values; strided offset
+    and mask, and the int64 index build, give the same bits."""
+    a = case(torch.bfloat16, c_in=16, c_out=24, h=9, w=10, offset_groups=2)
+    base = emu.fused_forward(*args_of(a))
+    assert base.is_contiguous()
+    b = dict(a)
+    b["input"] = a["input"].contiguous(memory_format=torch.channels_last)
+    b["offset"] = a["offset"].transpose(2, 3).contiguous().transpose(2, 3)
+    b["mask"] = a["mask"].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    cl = emu.fused_forward(*args_of(b))
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    assert torch.equal(cl, base)
+    monkeypatch.setenv("DEFORMCONV_FORCE_INT64_INDEX", "1")
+    assert torch.equal(emu.fused_forward(*args_of(a)), base)
+
+
+def test_data_dtype_positions_and_batch_zero(emu):
+    a = case(torch.float16, c_in=16, c_out=8)
+    a["offset"], a["mask"] = a["offset"].half(), a["mask"].half()
+    check(emu, a)
+    empty = {k: v[:0] if isinstance(v, torch.Tensor) and k not in ("weight", "bias") else v
+             for k, v in a.items()}  # fmt: skip
+    out = emu.fused_forward(*args_of(empty))
+    assert out.shape == (0, 8, 7, 6)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(dtype=torch.float32), "covers float16 and bfloat16"),
+        (dict(c_in=12, c_out=4), "multiples of 8"),
+        (dict(c_in=16, c_out=4, offset_groups=4), "multiples of 8"),
+    ],
+)
+def test_uncovered_calls_raise_clear_errors(emu, change, message):
+    dtype = change.pop("dtype", torch.float16)
+    a = case(dtype, **change)
+    with pytest.raises(RuntimeError, match=message):
+        emu.fused_forward(*args_of(a))
+
+
+def test_meta_kernel_gives_the_forward_shape_and_layout():
+    a = case(torch.float16, c_in=16, c_out=8, h=9, w=11)
+    meta = [v.to("meta") if isinstance(v, torch.Tensor) else v for v in args_of(a)]
+    meta[0] = meta[0].contiguous(memory_format=torch.channels_last)
+    out = torch.ops.deformconv._fused_forward(*meta)
+    assert out.shape == (2, 8, 9, 11) and out.dtype == torch.float16
+    assert out.is_contiguous(memory_format=torch.channels_last)
