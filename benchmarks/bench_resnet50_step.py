@@ -3,8 +3,8 @@
 (its 13 3x3 convolutions become modulated deformable ones), against the plain model: forward,
 loss, backward and an SGD step, bfloat16 autocast, channels_last, ``cudnn.benchmark`` on.
 Each deformable run names the GPU path (``DEFORMCONV_GPU_PATH``: ``columns``, ``fused``;
-``fused+cuda``: the fused path with its CUDA kernels, selection.CUDA_FORWARD and
-CUDA_INPUT_SIDE).
+``fused+cuda``: the fused path with its CUDA kernels, selection.CUDA_FORWARD,
+CUDA_INPUT_SIDE and CUDA_WEIGHT_SIDE).
 Offsets start at zero in a converted model (every sample on a pixel), so the conv_offset
 biases are set to random values in +-2 px: samples fall between pixels, as in a trained model.
 
@@ -101,13 +101,14 @@ def main(argv=None) -> int:
     saved = os.environ.get("DEFORMCONV_GPU_PATH")
     from deformconv._fused_gpu import selection
 
-    saved_cuda = selection.CUDA_FORWARD, selection.CUDA_INPUT_SIDE
+    flags = ("CUDA_FORWARD", "CUDA_INPUT_SIDE", "CUDA_WEIGHT_SIDE")
+    saved_cuda = {f: getattr(selection, f) for f in flags}
     try:
         for name, path in runs:
             if path is not None:
                 os.environ["DEFORMCONV_GPU_PATH"] = path.split("+")[0]
-                cuda = path == "fused+cuda"
-                selection.CUDA_FORWARD = selection.CUDA_INPUT_SIDE = cuda
+                for f in flags:
+                    setattr(selection, f, path == "fused+cuda")
             model = make_model(name == "deformable", args.device)
             ms, peak = time_steps(model, args.device, args)
             rows.append(dict(model=name, gpu_path=path, step_ms=ms, peak_mib=peak))
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
             if args.device == "cuda":
                 torch.cuda.empty_cache()
     finally:
-        selection.CUDA_FORWARD, selection.CUDA_INPUT_SIDE = saved_cuda
+        for f, value in saved_cuda.items():
+            setattr(selection, f, value)
         if saved is None:
             os.environ.pop("DEFORMCONV_GPU_PATH", None)
         else:

@@ -133,9 +133,9 @@ python3 benchmarks/fused_gpu_check.py --out "$1/fused_gpu.json" --budget-s "${FU
 exit $((t != 0 || b != 0))' fused "$OUT"
   # Where the fused kernels' time goes: Nsight Compute on one forward+backward at r50-c3 in
   # fp16 with the CUDA kernels (its three launches: implicit_gemm_forward_kernel,
-  # window_input_side_kernel, the Triton weight side), a few sections each.
+  # implicit_gemm_weight_kernel, window_input_side_kernel), a few sections each.
   if command -v ncu >/dev/null; then
-    TAIL=80 step fused_ncu 150 ncu --kernel-name "regex:fused_|window_input_side|implicit_gemm_forward" --launch-count 3 \
+    TAIL=80 step fused_ncu 150 ncu --kernel-name "regex:fused_|window_input_side|implicit_gemm_" --launch-count 3 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
       --section WarpStateStats --section LaunchStats \
       python3 benchmarks/fused_gpu_check.py --out "$LOG/fused_once.json" --sections once \

@@ -12,8 +12,8 @@ sweep comes last.
    1e30 offsets; groups with a channel block straddling offset groups; 5x5 with stride and
    dilation 2); ``worst_ratio`` is the largest fused error over the column path's error (both
    against float64), ``ok`` asks for <= 1.5 (or errors below 1e-5). In 16 bits each configuration
-   also runs with the CUDA kernels (``kernels: "cuda"``: selection.CUDA_FORWARD and
-   CUDA_INPUT_SIDE on; ``cuda_calls`` counts their launches, and ``ok`` also asks for a launch of
+   also runs with the CUDA kernels (``kernels: "cuda"``: selection.CUDA_FORWARD,
+   CUDA_INPUT_SIDE and CUDA_WEIGHT_SIDE on; ``cuda_calls`` counts their launches, and ``ok`` also asks for a launch of
    each kernel whose rule applies).
 2. ``torchvision``: parity with ``torchvision.ops.deform_conv2d`` in fp32 (output and grads).
 3. ``determinism``: fwd + grads repeated bitwise in default mode (weight, offset, mask: no
@@ -34,7 +34,7 @@ sweep comes last.
 6. ``compile``: ``torch.compile(fullgraph=True)`` of the selection and the fused op against eager.
 7. ``autotune``: a handful of block configurations per kernel at r50-c3 fp16 (forward, the
    input-side backward, the weight backward), the best against the default; and each CUDA
-   kernel alone (``kind: forward_cuda``, ``backward_data_cuda``).
+   kernel alone (``kind: forward_cuda``, ``backward_data_cuda``, ``backward_weight_cuda``).
 8. ``tuned``: the fused path's fp16 / bf16 timings again with the autotune's winning blocks
    (skipped when the defaults won everywhere).
 9. ``channels_last``: fused / columns / dense in fp16 with every 4-d argument channels_last
@@ -53,7 +53,7 @@ Usage::
 
 ``--cuda-kernels`` turns the CUDA kernels on for the whole run (for a profiler: with
 ``--sections once`` the three launches are implicit_gemm_forward_kernel,
-window_input_side_kernel and the Triton weight side).
+implicit_gemm_weight_kernel and window_input_side_kernel).
 """
 
 from __future__ import annotations
@@ -181,7 +181,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--cuda-kernels",
         action="store_true",
-        help="the fused path's CUDA C++ kernels (16-bit forward and input side) on for the whole run",
+        help="the fused path's CUDA C++ kernels (16-bit forward, input and weight sides) on for the "
+        "whole run",
     )
     p.add_argument(
         "--dry-run",
@@ -333,12 +334,13 @@ def rel(a, b):
 CUDA_KERNELS = {
     "forward": ("CUDA_FORWARD", "_fused_forward"),
     "input_side": ("CUDA_INPUT_SIDE", "_fused_input_side"),
+    "weight_side": ("CUDA_WEIGHT_SIDE", "_fused_weight_grad"),
 }
 
 
 class cuda_kernels:
-    """The fused path's CUDA kernels on inside (selection.CUDA_FORWARD and CUDA_INPUT_SIDE;
-    restored on exit); ``calls`` counts each one's launches meanwhile, ``applies(t)`` says
+    """The fused path's CUDA kernels on inside (selection.CUDA_FORWARD, CUDA_INPUT_SIDE and
+    CUDA_WEIGHT_SIDE; restored on exit); ``calls`` counts each one's launches meanwhile, ``applies(t)`` says
     which ones their rules cover for t's call."""
 
     def __enter__(self):
@@ -378,6 +380,7 @@ class cuda_kernels:
             "forward": some and selection.cuda_forward_applies(x, c_g, c_pog),
             "input_side": some
             and selection.cuda_input_side_applies(x, c_g, c_pog, c_og, kh * kw, False),
+            "weight_side": some and selection.cuda_weight_side_applies(x, c_g, c_pog),
         }
 
     def ran_where_expected(self, t) -> bool:
@@ -597,7 +600,7 @@ def section_autotune(rep, reps):
             winners[kind] = candidate_config(CANDIDATES[kind][0])  # candidate stands in
         rep.add("autotune", kind=kind, shape="r50-c3", dtype="float16", default_ms=default, best=best,
                 all=[(ms, str(c)) for ms, c in results])  # fmt: skip
-    for kind in ("forward", "backward_data"):  # each CUDA kernel alone
+    for kind in ("forward", "backward_data", "backward_weight"):  # each CUDA kernel alone
         if rep.over_budget():
             break
         with cuda_kernels() as cuda:
@@ -830,7 +833,7 @@ def main(argv=None):
     if args.cuda_kernels:
         from deformconv._fused_gpu import selection
 
-        selection.CUDA_FORWARD = selection.CUDA_INPUT_SIDE = True
+        selection.CUDA_FORWARD = selection.CUDA_INPUT_SIDE = selection.CUDA_WEIGHT_SIDE = True
     rep = Report(args.out, args.budget_s)
     t, _ = make(1, 4, 5, 5, 4, 3, 1, 1, 1, 1, 1, True, torch.float16)
     import triton

@@ -7,8 +7,8 @@ checks them in seconds. Covers: mask/no mask, bias, weight and offset groups, st
 dilation, samples outside the image, fp32/fp16/bf16 with float32 offsets, the deterministic
 grad_input path, int64 indices, the double backward and 96 channels (several channel blocks).
 With DEFORMCONV_GPU_PATH=fused the same cases run the fused Triton kernels where they apply, and
-``--cuda-kernels`` adds the fused path's CUDA kernels (selection.CUDA_FORWARD and
-CUDA_INPUT_SIDE) to them: they run in the 16-bit cases whose channel counts are multiples of 8
+``--cuda-kernels`` adds the fused path's CUDA kernels (selection.CUDA_FORWARD, CUDA_INPUT_SIDE
+and CUDA_WEIGHT_SIDE) to them: they run in the 16-bit cases whose channel counts are multiples of 8
 (the last three 16-bit cases: 8 and 16 channels per group, 96 channels).
 Prints one line per case.
 ``--no-double`` leaves out the double backward; ``--cpu`` runs the cases on the CPU.
@@ -68,7 +68,7 @@ def main():
     if "--cuda-kernels" in sys.argv:
         from deformconv._fused_gpu import selection
 
-        selection.CUDA_FORWARD = selection.CUDA_INPUT_SIDE = True
+        selection.CUDA_FORWARD = selection.CUDA_INPUT_SIDE = selection.CUDA_WEIGHT_SIDE = True
     case("fp32 mask bias")
     case(
         "fp32 groups=2 offset_groups=2 stride=2 dilation=2 no mask",

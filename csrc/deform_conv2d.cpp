@@ -49,4 +49,9 @@ TORCH_LIBRARY(deformconv, m) {
       "_fused_input_side(Tensor grad_output, Tensor input, Tensor weight, Tensor offset, "
       "Tensor? mask, int[2] stride, int[2] padding, int[2] dilation, int channels_per_split=0) "
       "-> (Tensor grad_input, Tensor grad_offset, Tensor grad_mask)");
+  // The fused GPU path's weight side for float16 / bfloat16 on CUDA (sm_80+): grad_weight as
+  // float32 [groups, kh*kw*C_in/groups, C_out/groups], K ordered (tap, channel); deterministic.
+  m.def(
+      "_fused_weight_grad(Tensor grad_output, Tensor input, Tensor weight, Tensor offset, "
+      "Tensor? mask, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
 }

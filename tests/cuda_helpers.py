@@ -28,6 +28,7 @@ def load_emulation():
             str(CSRC / "cuda" / "emulation" / "launch_host.cpp"),
             str(CSRC / "cuda" / "emulation" / "window_input_side_host.cpp"),
             str(CSRC / "cuda" / "emulation" / "implicit_gemm_forward_host.cpp"),
+            str(CSRC / "cuda" / "emulation" / "implicit_gemm_weight_host.cpp"),
             str(CSRC / "cuda" / "deform_conv2d_kernel.cpp"),
             str(CSRC / "cuda" / "emulation" / "double_backward_host.cpp"),
             str(CSRC / "cuda" / "double_backward.cpp"),

@@ -463,6 +463,34 @@ def test_cuda_forward_glue_with_the_emulated_kernel(monkeypatch, config, positio
     assert len(calls) == 1
 
 
+def test_cuda_weight_side_glue_with_the_emulated_kernel(monkeypatch):
+    """Where selection.cuda_weight_side_applies, the fused backward's weight side is
+    torch.ops.deformconv._fused_weight_grad; with that op replaced by its host emulation
+    (tests/test_fused_weight_emulated.py checks the kernel itself), the fp16 fused backward
+    calls it once and every grad stays within 2x the column path's error."""
+    import os
+
+    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
+        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
+    from cuda_helpers import load_emulation
+
+    from deformconv._fused_gpu import selection
+
+    emu = load_emulation()
+    calls = []
+
+    def emulated(*args):
+        calls.append(args)
+        return emu.fused_weight_grad(*args)
+
+    monkeypatch.setattr(selection, "cuda_weight_side_applies", lambda *args: True)
+    monkeypatch.setattr(torch.ops.deformconv, "_fused_weight_grad", emulated)
+    check_against_columns(
+        make_args(c_in=16, c_out=12, groups=2, offset_groups=2, h=6, w=7), torch.float16
+    )
+    assert len(calls) == 1
+
+
 def test_deterministic_fixed_point_keeps_non_finite_sums(monkeypatch):
     """An inf or NaN in grad_output: grad_input's inf / -inf / NaN elements are the float
     path's (the fixed-point sums hold the finite terms only), the finite ones match it."""

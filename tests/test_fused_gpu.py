@@ -148,6 +148,23 @@ def test_cuda_forward_rule(monkeypatch):
     assert not selection.cuda_forward_applies(half, 64, 32)
 
 
+def test_cuda_weight_side_rule(monkeypatch):
+    """selection.cuda_weight_side_applies: only with CUDA_WEIGHT_SIDE, for 16-bit CUDA data with
+    8-channel groups and offset groups and the CUDA kernel registered."""
+    from deformconv._fused_gpu import selection
+
+    registered = {"deformconv::_fused_weight_grad": True}
+    monkeypatch.setattr(selection, "_cuda_kernel_registered", lambda name: registered[name])
+    half = _CudaLike(torch.float16)
+    assert not selection.cuda_weight_side_applies(half, 64, 32)  # off by default
+    monkeypatch.setattr(selection, "CUDA_WEIGHT_SIDE", True)
+    assert selection.cuda_weight_side_applies(half, 64, 32)
+    for bad in ((_CudaLike(torch.float32), 64, 32), (half, 12, 32), (half, 64, 4)):
+        assert not selection.cuda_weight_side_applies(*bad), bad[1:]
+    registered["deformconv::_fused_weight_grad"] = False
+    assert not selection.cuda_weight_side_applies(half, 64, 32)
+
+
 def test_package_imports_and_stays_on_columns_without_triton():
     code = (
         "import sys; sys.modules['triton'] = None\n"

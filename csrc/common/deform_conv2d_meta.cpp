@@ -63,6 +63,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_meta(
           mask.has_value() ? at::empty_symint(mask->sym_sizes(), f32) : at::empty({0}, f32)};
 }
 
+// The fused weight side's result: float32 [groups, kh*kw*C_g, C_og].
+at::Tensor fused_weight_grad_meta(const at::Tensor& grad_output, const at::Tensor& input,
+                                  const at::Tensor& weight, const at::Tensor& offset,
+                                  const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const SymConvGeometry geo = check_deform_conv2d_args_sym(input, weight, offset, mask,
+                                                           c10::nullopt, stride, padding, dilation);
+  check_grad_output(grad_output, input, geo);
+  const std::vector<c10::SymInt> sizes{geo.groups, geo.taps() * geo.in_channels_per_group(),
+                                       geo.out_channels_per_group()};
+  return at::empty_symint(sizes, input.options().dtype(at::kFloat));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(deformconv, Meta, m) {
@@ -70,6 +83,7 @@ TORCH_LIBRARY_IMPL(deformconv, Meta, m) {
   m.impl("_deform_conv2d_backward", &deform_conv2d_backward_meta);
   m.impl("_fused_forward", &deform_conv2d_meta);  // the same result
   m.impl("_fused_input_side", &fused_input_side_meta);
+  m.impl("_fused_weight_grad", &fused_weight_grad_meta);
 }
 
 }  // namespace deformconv

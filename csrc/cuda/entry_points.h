@@ -48,6 +48,14 @@ at::Tensor fused_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
                               const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation);
 
+// deformconv::_fused_weight_grad (16-bit data, sm_80+): grad_weight as float32 Tensor[groups,
+// kh*kw*C_g, C_og] (K ordered (tap, channel)), summed over pixel splits in a fixed order
+// (deterministic). Needs C_in/groups and C_in/offset_groups to be multiples of 8.
+at::Tensor fused_weight_grad_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                  const at::Tensor& weight, const at::Tensor& offset,
+                                  const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation);
+
 // deformconv::_fused_input_side (16-bit data, sm_80+): (grad_input as float32 Tensor[N, C_in, H,
 // W] in channels-last storage, grad_offset and grad_mask as float32 contiguous tensors of
 // offset's / mask's shape; grad_mask empty (shape [0]) when mask is None). grad_input is summed

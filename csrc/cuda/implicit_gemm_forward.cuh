@@ -27,6 +27,7 @@
 
 #include "common/bilinear.h"
 #include "cuda/backend.h"
+#include "cuda/sample_packs.cuh"
 #include "cuda/sampling.cuh"
 
 namespace deformconv {
@@ -37,7 +38,7 @@ constexpr int kGemmTile = 8;                        // output pixels per tile si
 constexpr int kGemmPixels = kGemmTile * kGemmTile;  // 64: the GEMM's M tile
 constexpr int kGemmOut = 64;                        // output channels per block: the N tile
 constexpr int kGemmChannels = 32;                   // channels per K step
-constexpr int kGemmVec = 8;                         // channels per thread and access
+constexpr int kGemmVec = kSampleVec;                // channels per thread and access
 // Leading dimensions in shared memory (elements; multiples of 16 bytes for wmma).
 constexpr int kALd = kGemmChannels + 8;
 constexpr int kBLd = kGemmOut + 8;
@@ -70,13 +71,10 @@ __host__ __device__ inline GemmSmem gemm_smem(int64_t elem_bytes) {
   return s;
 }
 
-// What one thread loads in a K step for the next: its sample's corner values and weights (mask
-// folded in), and its slice of the weight block.
+// What one thread loads in a K step for the next: its sample and its slice of the weight block.
 template <typename scalar_t>
 struct GemmStepLoads {
-  Pack<scalar_t, kGemmVec> corner[4];
-  float w[4];  // bilinear weights; 0 for a corner outside the image or an undefined sample
-  float mask;
+  SampleLoads<scalar_t> sample;
   Pack<scalar_t, kGemmVec> weight;
 };
 
@@ -125,28 +123,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
     const index_t cb = g * cpg + (s % blocks) * kGemmChannels;
     const index_t nch = cpg - (cb - g * cpg) < kGemmChannels ? cpg - (cb - g * cpg) : kGemmChannels;
     const index_t c0 = cb + q * kGemmVec;
-#pragma unroll
-    for (int c4 = 0; c4 < 4; ++c4) {
-      ld.w[c4] = 0.f;
-#pragma unroll
-      for (int j = 0; j < kGemmVec; ++j) ld.corner[c4].v[j] = scalar_t(0.f);
-    }
-    ld.mask = 0.f;
-    if (pixel_in && q * kGemmVec < nch) {
-      const index_t o = c0 / a.channels_per_offset_group;
-      const SamplePoint<float, index_t> sp = load_sample_point<float>(a, offset, mask, px, o, k);
-      if (sp.in_range) {
-        ld.mask = sp.mask;
-        const scalar_t* base = input + px.n * a.height * a.width * a.channels + c0;
-#pragma unroll
-        for (int c4 = 0; c4 < 4; ++c4) {
-          if (sp.corners.inside[c4]) {
-            ld.corner[c4] = load_pack<kGemmVec>(base + sp.corners.offset[c4]);
-            ld.w[c4] = sp.w[c4];
-          }
-        }
-      }
-    }
+    load_sample_pack(a, input, offset, mask, px, c0 / a.channels_per_offset_group, k, c0,
+                     pixel_in && q * kGemmVec < nch, ld.sample);
 #pragma unroll
     for (int j = 0; j < kGemmVec; ++j) ld.weight.v[j] = scalar_t(0.f);
     const index_t co = co0 + wc;
@@ -172,14 +150,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
     const int buf = static_cast<int>(s & 1);
     scalar_t* a_buf = a_s + buf * kGemmPixels * kALd;
     scalar_t* w_buf = w_s + buf * kGemmChannels * kBLd;
-    Pack<scalar_t, kGemmVec> sample;
-#pragma unroll
-    for (int j = 0; j < kGemmVec; ++j) {
-      float vj[4];
-#pragma unroll
-      for (int c4 = 0; c4 < 4; ++c4) vj[c4] = static_cast<float>(ld.corner[c4].v[j]);
-      sample.v[j] = static_cast<scalar_t>(ld.mask * bilinear_combine(ld.w, vj));
-    }
+    const Pack<scalar_t, kGemmVec> sample = combine_sample_pack(ld.sample);
     store_pack<kGemmVec>(a_buf + p * kALd + q * kGemmVec, sample);
     store_pack<kGemmVec>(w_buf + wr * kBLd + wc, ld.weight);
     if (s + 1 < steps) load_step(s + 1, ld);

@@ -12,6 +12,7 @@ TORCH_LIBRARY_IMPL(deformconv, CUDA, m) {
   m.impl("_deform_conv2d_double_backward", &deform_conv2d_double_backward_cuda);
   m.impl("_fused_forward", &fused_forward_cuda);
   m.impl("_fused_input_side", &fused_input_side_cuda);
+  m.impl("_fused_weight_grad", &fused_weight_grad_cuda);
 }
 
 }  // namespace cuda

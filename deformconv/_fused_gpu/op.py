@@ -202,10 +202,15 @@ class _BackwardCall:
         )
 
 
-def _weight_side(call: _BackwardCall) -> Tensor:
+def _weight_side(call: _BackwardCall, weight: Tensor) -> Tensor:
     """grad_weight as float32 Tensor[groups, kh*kw*C_g, C_og]: per-split partial sums from
-    fused_backward_weight_kernel, added in split order (deterministic)."""
+    fused_backward_weight_kernel (or, where selection.cuda_weight_side_applies, the CUDA
+    kernel), added in split order (deterministic)."""
     geo = call.geo
+    if selection.cuda_weight_side_applies(call.x, geo.c_g, geo.c_pog):
+        return torch.ops.deformconv._fused_weight_grad(
+            call.go, call.x.permute(0, 3, 1, 2), weight, call.offset, call.mask, *_conv_lists(geo)
+        )
     cfg = block_config("backward_weight", call.x.dtype, geo.c_g, geo.c_og)
     k_blocks = geo.kh * geo.kw * cdiv(geo.c_g, cfg["BLOCK_K"])
     base = cdiv(geo.c_og, cfg["BLOCK_N"]) * k_blocks * geo.groups
@@ -366,7 +371,7 @@ def _backward_impl(
     # The weight side first: its partial sums are freed before grad_input's float32 buffer
     # exists, which keeps the peak memory down.
     if call is not None and weight_grads:
-        gw = _weight_side(call)
+        gw = _weight_side(call, weight)
     else:
         gw = torch.zeros(
             (geo.groups, geo.kh * geo.kw * geo.c_g, geo.c_og), dtype=torch.float32, device=dev

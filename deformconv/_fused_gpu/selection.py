@@ -30,6 +30,11 @@ DETERMINISTIC_FUSED_BACKWARD = False
 # loaded while the current step multiplies) instead of the Triton kernel, where
 # cuda_forward_applies. False until a GPU run has timed it.
 CUDA_FORWARD = False
+# Whether the fused backward's weight side runs the CUDA C++ kernel
+# (torch.ops.deformconv._fused_weight_grad: A re-sampled into shared memory, A^T . grad_output on
+# tensor cores, partial sums per pixel split added in order) instead of the Triton kernel, where
+# cuda_weight_side_applies. False until a GPU run has timed it.
+CUDA_WEIGHT_SIDE = False
 # Whether the fused backward's input side (grad_input, grad_offset, grad_mask) runs the CUDA C++
 # kernel of the extension (torch.ops.deformconv._fused_input_side: grad_input summed in a
 # shared-memory window, far fewer global atomics) instead of the Triton kernel, where
@@ -121,6 +126,17 @@ def cuda_forward_applies(input: Tensor, c_g: int, c_pog: int) -> bool:
         CUDA_FORWARD
         and _cuda_16bit_channels(input, c_g, c_pog)
         and _cuda_kernel_registered("deformconv::_fused_forward")
+    )
+
+
+def cuda_weight_side_applies(input: Tensor, c_g: int, c_pog: int) -> bool:
+    """Whether the fused backward's weight side runs the CUDA kernel: :data:`CUDA_WEIGHT_SIDE`,
+    16-bit data on a CUDA device, ``c_g`` and ``c_pog`` multiples of 8, and the extension built
+    with CUDA (deterministic in every mode)."""
+    return (
+        CUDA_WEIGHT_SIDE
+        and _cuda_16bit_channels(input, c_g, c_pog)
+        and _cuda_kernel_registered("deformconv::_fused_weight_grad")
     )
 
 

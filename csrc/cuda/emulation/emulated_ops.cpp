@@ -3,8 +3,8 @@
 // Built by tests/test_cuda_emulated.py with torch.utils.cpp_extension.load from the
 // production sources, each compiled unchanged as its own translation unit with
 // -DDEFORMCONV_HOST_EMULATION: cuda/deform_conv2d_kernel.cpp, cuda/launch.cu (through
-// launch_host.cpp), cuda/window_input_side.cu and
-// cuda/implicit_gemm_forward.cu (through *_host.cpp), cuda/double_backward.cpp, cuda/double_backward_kernels.cu (through
+// launch_host.cpp), cuda/window_input_side.cu,
+// cuda/implicit_gemm_forward.cu and cuda/implicit_gemm_weight.cu (through *_host.cpp), cuda/double_backward.cpp, cuda/double_backward_kernels.cu (through
 // double_backward_host.cpp), common/geometry.cpp and common/grouped_gemm.cpp, plus this file. Everything that differs from the
 // CUDA build is in cuda/backend.h; cuda/register.cpp is not compiled, so nothing is
 // registered with the dispatcher. The entry points then run on CPU tensors: chunking,
@@ -63,6 +63,14 @@ at::Tensor fused_forward(const at::Tensor& input, const at::Tensor& weight,
                                               dilation);
 }
 
+at::Tensor fused_weight_grad(const at::Tensor& grad_output, const at::Tensor& input,
+                             const at::Tensor& weight, const at::Tensor& offset,
+                             const c10::optional<at::Tensor>& mask, std::vector<int64_t> stride,
+                             std::vector<int64_t> padding, std::vector<int64_t> dilation) {
+  return deformconv::cuda::fused_weight_grad_cuda(grad_output, input, weight, offset, mask, stride,
+                                                  padding, dilation);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& offset, const c10::optional<at::Tensor>& mask, std::vector<int64_t> stride,
@@ -79,6 +87,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("double_backward", &double_backward, "CUDA-backend double backward, host-emulated");
   m.def("fused_forward", &fused_forward,
         "the fused path's CUDA forward (implicit_gemm_forward.cu), host-emulated");
+  m.def("fused_weight_grad", &fused_weight_grad,
+        "the fused path's CUDA weight side (implicit_gemm_weight.cu), host-emulated");
   m.def("fused_input_side", &fused_input_side,
         "the fused path's CUDA input side (window_input_side.cu), host-emulated",
         pybind11::arg("grad_output"), pybind11::arg("input"), pybind11::arg("weight"),

@@ -48,7 +48,7 @@ void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, float value) {
   for (float& e : f.x) e = value;
 }
 
-// A (row_major): element (m, k) at ptr[m * ldm + k]; B (row_major): (k, n) at ptr[k * ldm + n].
+// Row-major operands: element (r, c) of the tile (A: (m, k); B: (k, n)) at ptr[r * ldm + c].
 template <typename Use, typename T>
 void load_matrix_sync(fragment<Use, 16, 16, 16, T, row_major>& f, const T* ptr, unsigned ldm) {
   check_operand(ptr, ldm, sizeof(T));
@@ -56,10 +56,18 @@ void load_matrix_sync(fragment<Use, 16, 16, 16, T, row_major>& f, const T* ptr, 
     for (int c = 0; c < 16; ++c) f.x[r * 16 + c] = static_cast<float>(ptr[r * ldm + c]);
 }
 
-template <typename T>
+// Column-major operands: element (r, c) at ptr[c * ldm + r].
+template <typename Use, typename T>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, col_major>& f, const T* ptr, unsigned ldm) {
+  check_operand(ptr, ldm, sizeof(T));
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) f.x[r * 16 + c] = static_cast<float>(ptr[c * ldm + r]);
+}
+
+template <typename T, typename LayoutA, typename LayoutB>
 void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
-              const fragment<matrix_a, 16, 16, 16, T, row_major>& a,
-              const fragment<matrix_b, 16, 16, 16, T, row_major>& b,
+              const fragment<matrix_a, 16, 16, 16, T, LayoutA>& a,
+              const fragment<matrix_b, 16, 16, 16, T, LayoutB>& b,
               const fragment<accumulator, 16, 16, 16, float>& c) {
   float out[16 * 16];
   for (int m = 0; m < 16; ++m)

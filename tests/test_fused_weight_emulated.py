@@ -1,0 +1,149 @@
+# The fused path's CUDA weight side (csrc/cuda/implicit_gemm_weight.cuh), host-emulated, against float64 and columns.
+"""``_fused_weight_grad`` re-samples A into shared memory tile by tile and adds A^T . grad_output
+on tensor cores (wmma, float32 accumulators), one float32 partial per pixel split, the splits
+added in order. The host emulation (``cuda_helpers.load_emulation``) runs it on the CPU. Its
+result rounded to the weight's dtype must stay within 1.5x the emulated CUDA column path's error
+against float64. Set DEFORMCONV_SKIP_EMULATION=1 to skip.
+"""
+
+import os
+
+import pytest
+import torch
+
+from cuda_helpers import BWD, load_emulation, make_args
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+CONFIGS = {
+    "base": dict(c_in=16, c_out=24, h=9, w=11),
+    "og-straddles-groups": dict(c_in=48, c_out=40, h=13, w=17, groups=2, offset_groups=3),
+    "32+8-channels-two-out-tiles": dict(n=1, c_in=40, c_out=130, h=12, w=10, offset_groups=5),
+    "c_og-not-multiple-of-8": dict(n=1, c_in=16, c_out=36, h=7, w=9),
+    "5x5-stride-dil": dict(
+        c_in=64,
+        c_out=20,
+        h=9,
+        w=11,
+        kernel=(5, 5),
+        padding=(2, 2),
+        stride=(2, 2),
+        dilation=(2, 1),
+        groups=4,
+        offset_groups=2,
+        mask=False,
+    ),  # fmt: skip
+    "1x1": dict(c_in=8, c_out=72, kernel=(1, 1), padding=(0, 0), h=10, w=9),
+    "far-offsets": dict(c_in=16, c_out=16, h=20, w=19, offset_scale=12.0),
+    "pixels-not-multiple-of-64": dict(n=3, c_in=8, c_out=8, h=5, w=7),
+}
+
+
+@pytest.fixture(scope="module")
+def emu():
+    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
+        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
+    return load_emulation()
+
+
+def case(dtype, mask=True, **kw):
+    """Op arguments (data and weight in ``dtype``, offset and mask float32) and a grad_output."""
+    a = make_args(mask=mask, bias=False, device="cpu", **kw)
+    for key in ("input", "weight"):
+        a[key] = a[key].to(dtype)
+    for key in ("offset", "mask"):
+        if a[key] is not None:
+            a[key] = a[key].float()
+    y = torch.ops.deformconv.deform_conv2d(*(
+        a[k] for k in ("input", "weight", "offset", "mask", "bias", "stride", "padding", "dilation")
+    ))  # fmt: skip
+    a["grad_output"] = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    return a
+
+
+def args_of(a):
+    keys = ("grad_output", "input", "weight", "offset", "mask", "stride", "padding", "dilation")
+    return [a[k] for k in keys]
+
+
+def as_weight(gw, weight):
+    """[groups, kh*kw*C_g, C_og] (K ordered (tap, channel)) -> weight's [C_out, C_g, kh, kw]."""
+    c_out, c_g, kh, kw = weight.shape
+    groups = gw.shape[0]
+    return (
+        gw.reshape(groups, kh * kw, c_g, c_out // groups).permute(0, 3, 2, 1).reshape(weight.shape)
+    )
+
+
+def rel(x, ref):
+    return ((x.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
+
+
+def check(emu, a):
+    gw = emu.fused_weight_grad(*args_of(a))
+    g, x, w, off, m, s, p, d = args_of(a)
+    col = emu.backward(g, x, w, off, m, None, s, p, d)[1]
+    exact = [v.double() if isinstance(v, torch.Tensor) else v for v in (g, x, w, off, m)]
+    ref = BWD(*exact, None, s, p, d)[1]
+    assert gw.dtype == torch.float32
+    got = as_weight(gw, w).to(w.dtype)
+    assert rel(got, ref) <= 1.5 * rel(col, ref) + 1e-7
+    return gw
+
+
+@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_matches_float64_like_the_column_path(emu, name, dname):
+    check(emu, case(DTYPES[dname], **CONFIGS[name]))
+
+
+def test_boundary_and_non_finite_offsets(emu):
+    a = case(torch.float16, c_in=16, c_out=16, h=8, w=9)
+    off = a["offset"]
+    off[0, 8, 0, 0] = -1.0
+    off[0, 0, 2, 2] = float("nan")
+    off[0, 3, 3, 3] = float("inf")
+    off[1, 2, 4, 4] = float("-inf")
+    off[1, 5, 5, 5] = 1e30
+    a["mask"][0, 0, 2, 2] = float("nan")  # masks an undefined sample: still 0
+    assert torch.isfinite(check(emu, a)).all()
+
+
+def test_layouts_and_index_widths_give_the_same_bits(emu, monkeypatch):
+    a = case(torch.bfloat16, c_in=16, c_out=24, h=9, w=10, offset_groups=2)
+    base = emu.fused_weight_grad(*args_of(a))
+    b = dict(a)
+    b["input"] = a["input"].contiguous(memory_format=torch.channels_last)
+    b["grad_output"] = a["grad_output"].contiguous(memory_format=torch.channels_last)
+    b["offset"] = a["offset"].transpose(2, 3).contiguous().transpose(2, 3)
+    b["mask"] = a["mask"].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert torch.equal(emu.fused_weight_grad(*args_of(b)), base)
+    monkeypatch.setenv("DEFORMCONV_FORCE_INT64_INDEX", "1")
+    assert torch.equal(emu.fused_weight_grad(*args_of(a)), base)
+
+
+def test_batch_zero_gives_zeros(emu):
+    a = case(torch.float16, c_in=8, c_out=8)
+    empty = {k: v[:0] if isinstance(v, torch.Tensor) and k != "weight" else v for k, v in a.items()}
+    gw = emu.fused_weight_grad(*args_of(empty))
+    assert gw.shape == (1, 9 * 8, 8) and not gw.any()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(dtype=torch.float32), "covers float16 and bfloat16"),
+        (dict(c_in=12, c_out=4), "multiples of 8"),
+    ],
+)
+def test_uncovered_calls_raise_clear_errors(emu, change, message):
+    dtype = change.pop("dtype", torch.float16)
+    a = case(dtype, **change)
+    with pytest.raises(RuntimeError, match=message):
+        emu.fused_weight_grad(*args_of(a))
+
+
+def test_meta_kernel_gives_the_gemm_layout():
+    a = case(torch.float16, c_in=16, c_out=12, groups=2, h=9, w=11)
+    meta = [v.to("meta") if isinstance(v, torch.Tensor) else v for v in args_of(a)]
+    gw = torch.ops.deformconv._fused_weight_grad(*meta)
+    assert gw.shape == (2, 9 * 8, 6) and gw.dtype == torch.float32
