@@ -62,6 +62,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -387,9 +388,42 @@ class cuda_kernels:
         return all(self.calls[k] > 0 for k, yes in self.applies(t).items() if yes)
 
 
+# Whether the CUDA kernels passed their smoke run (cuda_kernels_usable), once per run.
+_CUDA_SMOKE: dict = {}
+
+
+def cuda_kernels_usable(rep=None) -> bool:
+    """Whether the CUDA kernels may run in this process: on a GPU they first run the sanitizer
+    cases (benchmarks/sanitizer_cases.py --cuda-kernels) in a child process, since a fault
+    there (an illegal address) would poison this process's CUDA context and every later row.
+    The result is recorded once (section ``cuda_smoke``); without a GPU (dry run) they are
+    usable (their rules never apply to CPU tensors)."""
+    if "ok" not in _CUDA_SMOKE:
+        if DEV != "cuda":
+            _CUDA_SMOKE["ok"] = True
+        else:
+            script = Path(__file__).resolve().parent / "sanitizer_cases.py"
+            env = dict(os.environ, DEFORMCONV_GPU_PATH="fused")
+            try:
+                run = subprocess.run(
+                    [sys.executable, str(script), "--cuda-kernels", "--no-double"],
+                    capture_output=True, text=True, timeout=180, env=env,
+                )  # fmt: skip
+                _CUDA_SMOKE["ok"] = run.returncode == 0
+                tail = (run.stdout + run.stderr)[-1500:]
+            except subprocess.TimeoutExpired as exc:
+                _CUDA_SMOKE["ok"], tail = False, repr(exc)
+            if rep is not None:
+                rep.add("cuda_smoke", ok=_CUDA_SMOKE["ok"], tail=tail)
+    return _CUDA_SMOKE["ok"]
+
+
 def kernel_sets(dtype):
-    """The fused kernels a check row runs in ``dtype``: Triton always, CUDA too in 16 bits."""
-    return ("triton", "cuda") if dtype != torch.float32 else ("triton",)
+    """The fused kernels a check row runs in ``dtype``: Triton always, CUDA too in 16 bits
+    (unless their smoke run failed)."""
+    if dtype != torch.float32 and cuda_kernels_usable():
+        return ("triton", "cuda")
+    return ("triton",)
 
 
 def against_float64(t, conv, kernels="triton"):
@@ -510,12 +544,14 @@ def section_determinism(rep):
     a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
     same = {k: bool(torch.equal(a[k], b[k])) for k in a}
     rep.add("determinism", mode="default", bitwise_equal=same)
-    with cuda_kernels() as cuda:
-        a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
-        ran = cuda.ran_where_expected(t)
-    same = {k: bool(torch.equal(a[k], b[k])) for k in a}
-    rep.add("determinism", mode="default, cuda kernels", bitwise_equal=same,
-            cuda_calls=cuda.calls, ok=all(v for k, v in same.items() if k != "input") and ran)  # fmt: skip
+    if cuda_kernels_usable():
+        with cuda_kernels() as cuda:
+            a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
+            ran = cuda.ran_where_expected(t)
+        same = {k: bool(torch.equal(a[k], b[k])) for k in a}
+        rep.add("determinism", mode="default, cuda kernels", bitwise_equal=same,
+                cuda_calls=cuda.calls,
+                ok=all(v for k, v in same.items() if k != "input") and ran)  # fmt: skip
     ref = fwd_bwd(columns, leaves(t, torch.float64), conv)
     for mode, fixed_point in DET_MODES.items():
         with deterministic_mode(fixed_point):
@@ -601,7 +637,7 @@ def section_autotune(rep, reps):
         rep.add("autotune", kind=kind, shape="r50-c3", dtype="float16", default_ms=default, best=best,
                 all=[(ms, str(c)) for ms, c in results])  # fmt: skip
     for kind in ("forward", "backward_data", "backward_weight"):  # each CUDA kernel alone
-        if rep.over_budget():
+        if rep.over_budget() or not cuda_kernels_usable():
             break
         with cuda_kernels() as cuda:
             ms = time_ms(runs[kind], reps=max(5, reps // 2))
@@ -766,8 +802,8 @@ def _time_shapes(rep, shapes, dtypes, reps, impls, section, blocks, channels_las
             for name, fn in impls.items():
                 if name == "torchvision" and dtype == torch.bfloat16:
                     continue
-                if name == "fused_cuda" and dtype == torch.float32:
-                    continue  # the CUDA kernels are 16-bit only
+                if name == "fused_cuda" and (dtype == torch.float32 or not cuda_kernels_usable()):
+                    continue  # the CUDA kernels are 16-bit only (and must have passed the smoke)
                 t = leaves(base)
                 if name == "dense":
                     for k in ("offset", "mask"):
@@ -844,6 +880,7 @@ def main(argv=None):
             torch=torch.__version__, triton=triton.__version__, deformconv=deformconv.__version__,
             cuda_kernels=deformconv.has_cuda_kernels(),
             fused_supported=fused_supported(t["input"], t["weight"], t["offset"], t["mask"]))  # fmt: skip
+    cuda_kernels_usable(rep)  # the CUDA kernels' smoke run, in a child process, before any row
     winners = {}  # the autotune's blocks that beat the defaults, per kernel kind
     steps = {
         "correct": lambda: section_correct(rep, args.dtypes, CORE),
