@@ -1,8 +1,11 @@
-# Which GPU path a deform_conv2d call takes (fused Triton kernels or the column path), and the switch that forces it.
+# Which GPU path a deform_conv2d call takes (fused or columns), the switch that forces it, which fused kernels run.
 """Selection of the fused GPU path; imports neither triton nor the kernels.
 
 ``DEFORMCONV_GPU_PATH`` (read on every call): ``auto`` (or unset) follows :data:`AUTO_USES_FUSED`;
 ``fused`` forces the fused kernels wherever they can run; ``columns`` forces the column path.
+Within the fused path, :data:`CUDA_FORWARD`, :data:`CUDA_INPUT_SIDE` and :data:`CUDA_WEIGHT_SIDE`
+put 16-bit calls on the extension's CUDA C++ kernels instead of the Triton ones where their
+rules (``cuda_*_applies``) allow; all three are off until timed on a GPU.
 """
 
 from __future__ import annotations
