@@ -88,6 +88,73 @@ def deterministic(enabled=True):
         torch.use_deterministic_algorithms(before)
 
 
+# The sweep of the fused path's CUDA tensor-core kernels (tests/test_fused_*_emulated.py): channel
+# counts per group and per offset group multiples of 8 (what the kernels cover), odd sizes,
+# C_out/groups not a multiple of 8 or 16, a 32 + 8 channel tail, offset groups straddling weight
+# groups, 8-channel offset groups, two 64-channel output tiles, 1x1 and 5x5, stride and dilation
+# 2, no mask, offsets beyond an 8x8 tile's window, a pixel count not a multiple of 64.
+TENSOR_CORE_SWEEP = {
+    "base": dict(c_in=16, c_out=24, h=9, w=11),
+    "og-straddles-groups": dict(c_in=48, c_out=40, h=13, w=17, groups=2, offset_groups=3),
+    "32+8-channels": dict(n=1, c_in=40, c_out=36, h=12, w=10),
+    "8-channel-offset-groups": dict(n=1, c_in=40, c_out=20, h=6, w=10, offset_groups=5),
+    "two-32-channel-groups": dict(n=1, c_in=64, c_out=48, h=9, w=9, groups=2),
+    "two-out-tiles": dict(n=1, c_in=16, c_out=130, h=7, w=9),
+    "one-out-per-group": dict(c_in=16, c_out=2, groups=2, offset_groups=2, h=7, w=6),
+    "5x5-stride-dil-no-mask": dict(
+        c_in=64,
+        c_out=20,
+        h=9,
+        w=11,
+        kernel=(5, 5),
+        padding=(2, 2),
+        stride=(2, 2),
+        dilation=(2, 1),
+        groups=4,
+        offset_groups=2,
+        mask=False,
+    ),  # fmt: skip
+    "1x1": dict(c_in=8, c_out=72, kernel=(1, 1), padding=(0, 0), h=10, w=9),
+    "far-offsets": dict(c_in=16, c_out=16, h=20, w=19, offset_scale=12.0),
+    "asymmetric": dict(
+        c_in=16, c_out=8, h=9, w=8, kernel=(2, 3), stride=(2, 1), padding=(0, 2), dilation=(1, 2)
+    ),
+    "odd-pixel-count": dict(n=3, c_in=8, c_out=8, h=5, w=7),
+}
+
+
+# Calls the tensor-core kernels do not cover, and the error each raises (make_args changes).
+UNCOVERED_CALLS = [
+    (dict(dtype=torch.float32), "covers float16 and bfloat16"),
+    (dict(c_in=12, c_out=4), "multiples of 8"),
+    (dict(c_in=16, c_out=4, offset_groups=4), "multiples of 8"),
+]
+
+
+def put_edge_offsets(a):
+    """Writes sampling points on and beyond the op's boundary into a 3x3, pad-1 call's offset
+    (N >= 2, H_out, W_out >= 6): tap 4 (the centre, dy at channel 8, dx at 9) of pixel (0, 0)
+    at y = -1 exactly (undefined), of pixel (0, 1) at y = -0.999 (defined), of pixel (1, 0) at
+    y = H exactly (undefined); NaN, +inf, -inf and 1e30 elsewhere; and a NaN mask on the NaN
+    sample (undefined samples are 0 whatever the mask)."""
+    off = a["offset"]
+    h = a["input"].shape[2]
+    off[0, 8, 0, 0], off[0, 9, 0, 0] = -1.0, 0.5
+    off[0, 8, 0, 1], off[0, 9, 0, 1] = -0.999, 0.25
+    off[0, 8, 1, 0], off[0, 9, 1, 0] = float(h) - 1.0, 0.5
+    off[0, 0, 2, 2] = float("nan")
+    off[0, 3, 3, 3] = float("inf")
+    off[1, 2, 4, 4] = float("-inf")
+    off[1, 5, 5, 5] = 1e30
+    if a.get("mask") is not None:
+        a["mask"][0, 0, 2, 2] = float("nan")
+
+
+def rel_to_max(x, ref):
+    """max |x - ref| / max |ref| (in float64)."""
+    return ((x.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
+
+
 # Seeded sweep of options: mask/no mask, bias/none, groups, offset groups, asymmetric
 # kernel/stride/padding/dilation, small channel counts (team < 32) and wide ones (> 32).
 SWEEP = [

@@ -394,20 +394,26 @@ def test_deterministic_fixed_point_input_side(monkeypatch, dtype):
                 fused_config.OVERRIDES.clear()
 
 
-@pytest.mark.parametrize(
-    "config, positions",
-    [
-        (dict(c_in=16, c_out=12, groups=2, offset_groups=2, h=6, w=7), None),
-        (dict(c_in=8, c_out=8, h=5, w=9, with_mask=False), None),
-        (dict(n=1, c_in=16, c_out=8, h=7, w=6), torch.float32),
-    ],
-    ids=["groups", "no_mask", "float32_positions"],
-)
-def test_cuda_input_side_glue_with_the_emulated_kernel(monkeypatch, config, positions):
-    """Where selection.cuda_input_side_applies, the fused backward's input side is
-    torch.ops.deformconv._fused_input_side; with that op replaced by its host emulation
-    (tests/test_fused_input_side_emulated.py checks the kernel itself), the fp16 fused backward
-    calls it once and gives every grad within 2x the column path's error against float64."""
+# The fused path's CUDA C++ kernels: (selection rule, op, emulation function) per kernel.
+CUDA_KERNELS = {
+    "forward": ("cuda_forward_applies", "_fused_forward", "fused_forward"),
+    "input_side": ("cuda_input_side_applies", "_fused_input_side", "fused_input_side"),
+    "weight_side": ("cuda_weight_side_applies", "_fused_weight_grad", "fused_weight_grad"),
+}
+GLUE_CASES = {
+    "groups": (dict(c_in=16, c_out=12, groups=2, offset_groups=2, h=6, w=7), None),
+    "no_mask_no_bias": (dict(c_in=8, c_out=8, h=5, w=9, with_mask=False, with_bias=False), None),
+    "float32_positions": (dict(n=1, c_in=16, c_out=8, h=7, w=6), torch.float32),
+}
+
+
+@pytest.mark.parametrize("case", list(GLUE_CASES))
+@pytest.mark.parametrize("kernel", list(CUDA_KERNELS))
+def test_cuda_kernel_glue_with_the_emulated_kernel(monkeypatch, kernel, case):
+    """Where a CUDA kernel's selection rule applies, the fused path calls its op; with the op
+    replaced by its host emulation (tests/test_fused_*_emulated.py check the kernels
+    themselves), the fp16 fused path calls it once per forward+backward and its output and every
+    grad stay within 2x the column path's error against float64."""
     import os
 
     if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
@@ -416,78 +422,18 @@ def test_cuda_input_side_glue_with_the_emulated_kernel(monkeypatch, config, posi
 
     from deformconv._fused_gpu import selection
 
-    emu = load_emulation()
+    rule, op_name, emulated_name = CUDA_KERNELS[kernel]
+    emulated_op = getattr(load_emulation(), emulated_name)
     calls = []
 
     def emulated(*args):
         calls.append(args)
-        return emu.fused_input_side(*args)
+        return emulated_op(*args)
 
-    monkeypatch.setattr(selection, "cuda_input_side_applies", lambda *args: True)
-    monkeypatch.setattr(torch.ops.deformconv, "_fused_input_side", emulated)
+    monkeypatch.setattr(selection, rule, lambda *args: True)
+    monkeypatch.setattr(torch.ops.deformconv, op_name, emulated)
+    config, positions = GLUE_CASES[case]
     check_against_columns(make_args(**config), torch.float16, positions)
-    assert len(calls) == 1
-
-
-@pytest.mark.parametrize(
-    "config, positions",
-    [
-        (dict(c_in=16, c_out=12, groups=2, offset_groups=2, h=6, w=7), None),
-        (dict(n=1, c_in=8, c_out=8, h=5, w=9, with_mask=False, with_bias=False), torch.float32),
-    ],
-    ids=["groups", "no_mask_no_bias_float32_positions"],
-)
-def test_cuda_forward_glue_with_the_emulated_kernel(monkeypatch, config, positions):
-    """Where selection.cuda_forward_applies, the fused forward is torch.ops.deformconv.
-    _fused_forward; with that op replaced by its host emulation
-    (tests/test_fused_forward_emulated.py checks the kernel itself), the fp16 fused path calls
-    it once and its output and every grad stay within 2x the column path's error."""
-    import os
-
-    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
-        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
-    from cuda_helpers import load_emulation
-
-    from deformconv._fused_gpu import selection
-
-    emu = load_emulation()
-    calls = []
-
-    def emulated(*args):
-        calls.append(args)
-        return emu.fused_forward(*args)
-
-    monkeypatch.setattr(selection, "cuda_forward_applies", lambda *args: True)
-    monkeypatch.setattr(torch.ops.deformconv, "_fused_forward", emulated)
-    check_against_columns(make_args(**config), torch.float16, positions)
-    assert len(calls) == 1
-
-
-def test_cuda_weight_side_glue_with_the_emulated_kernel(monkeypatch):
-    """Where selection.cuda_weight_side_applies, the fused backward's weight side is
-    torch.ops.deformconv._fused_weight_grad; with that op replaced by its host emulation
-    (tests/test_fused_weight_emulated.py checks the kernel itself), the fp16 fused backward
-    calls it once and every grad stays within 2x the column path's error."""
-    import os
-
-    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
-        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
-    from cuda_helpers import load_emulation
-
-    from deformconv._fused_gpu import selection
-
-    emu = load_emulation()
-    calls = []
-
-    def emulated(*args):
-        calls.append(args)
-        return emu.fused_weight_grad(*args)
-
-    monkeypatch.setattr(selection, "cuda_weight_side_applies", lambda *args: True)
-    monkeypatch.setattr(torch.ops.deformconv, "_fused_weight_grad", emulated)
-    check_against_columns(
-        make_args(c_in=16, c_out=12, groups=2, offset_groups=2, h=6, w=7), torch.float16
-    )
     assert len(calls) == 1
 
 

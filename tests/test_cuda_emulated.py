@@ -8,7 +8,6 @@ compiles the emulator (~1-2 min); set DEFORMCONV_SKIP_EMULATION=1 to skip these 
 """
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from cuda_helpers import (
     SWEEP,
     deterministic,
     grad_like,
-    load_emulation,
     make_args,
     moved,
     run_bwd,
@@ -28,13 +26,6 @@ from helpers import collapse_offsets, op_args
 from test_mixed_precision import bench, check_error_targets, check_rounds_once, mixed
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def emu():
-    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
-        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
-    return load_emulation()
 
 
 def emu_fwd(emu, a):

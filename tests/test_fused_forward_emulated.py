@@ -7,51 +7,15 @@ float64 must stay within 1.5x the CUDA column path's (emulated too, the same sam
 roundings). Set DEFORMCONV_SKIP_EMULATION=1 to skip.
 """
 
-import os
-
 import pytest
 import torch
 
-from cuda_helpers import load_emulation, make_args
+from cuda_helpers import TENSOR_CORE_SWEEP, UNCOVERED_CALLS, make_args, put_edge_offsets, rel_to_max
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Odd sizes, C_out/groups not multiples of 8 or of the 64-channel tile, a 32 + 8 channel tail,
 # offset groups straddling weight groups, 1x1 and 5x5, stride and dilation 2, no mask or bias,
 # large offsets, an output smaller than one tile.
-CONFIGS = {
-    "base": dict(c_in=16, c_out=24, h=9, w=11),
-    "og-straddles-groups": dict(c_in=48, c_out=40, h=13, w=17, groups=2, offset_groups=3),
-    "32+8-channels": dict(n=1, c_in=40, c_out=36, h=12, w=10),
-    "8-channel-offset-groups": dict(n=1, c_in=40, c_out=20, h=6, w=10, offset_groups=5),
-    "two-out-tiles": dict(n=1, c_in=16, c_out=130, h=7, w=9),
-    "5x5-stride-dil": dict(
-        c_in=64,
-        c_out=20,
-        h=9,
-        w=11,
-        kernel=(5, 5),
-        padding=(2, 2),
-        stride=(2, 2),
-        dilation=(2, 1),
-        groups=4,
-        offset_groups=2,
-        mask=False,
-        bias=False,
-    ),  # fmt: skip
-    "1x1": dict(c_in=8, c_out=72, kernel=(1, 1), padding=(0, 0), h=10, w=9),
-    "far-offsets": dict(c_in=16, c_out=16, h=20, w=19, offset_scale=12.0),
-    "asymmetric": dict(
-        c_in=16, c_out=8, h=9, w=8, kernel=(2, 3), stride=(2, 1), padding=(0, 2), dilation=(1, 2)
-    ),
-    "tiny-batch-1": dict(n=1, c_in=8, c_out=8, h=5, w=7),
-}
-
-
-@pytest.fixture(scope="module")
-def emu():
-    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
-        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
-    return load_emulation()
 
 
 def case(dtype, mask=True, bias=True, **kw):
@@ -71,10 +35,6 @@ def args_of(a):
     return [a[k] for k in keys]
 
 
-def rel(x, ref):
-    return ((x.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
-
-
 def check(emu, a):
     """The kernel's output against float64, within 1.5x the emulated column path's error."""
     got = emu.fused_forward(*args_of(a))
@@ -82,29 +42,21 @@ def check(emu, a):
     exact = [v.double() if isinstance(v, torch.Tensor) else v for v in args_of(a)]
     ref = torch.ops.deformconv.deform_conv2d(*exact)
     assert got.dtype == a["input"].dtype and got.shape == ref.shape
-    assert rel(got, ref) <= 1.5 * rel(col, ref) + 1e-7
+    assert rel_to_max(got, ref) <= 1.5 * rel_to_max(col, ref) + 1e-7
     return got
 
 
 @pytest.mark.parametrize("dname", list(DTYPES))
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(TENSOR_CORE_SWEEP))
 def test_matches_float64_like_the_column_path(emu, name, dname):
-    check(emu, case(DTYPES[dname], **CONFIGS[name]))
+    check(emu, case(DTYPES[dname], **TENSOR_CORE_SWEEP[name]))
 
 
 def test_boundary_and_non_finite_offsets(emu):
     """Offsets at exactly -1 and H, NaN, +-inf and 1e30: the op's sampling rule (0 where the
     point is undefined, whatever the mask), so the output stays finite."""
     a = case(torch.float16, c_in=16, c_out=16, h=8, w=9)
-    off = a["offset"]
-    h = a["input"].shape[2]
-    off[0, 8, 0, 0], off[0, 9, 0, 0] = -1.0, 0.5
-    off[0, 8, 1, 0], off[0, 9, 1, 0] = float(h) - 1.0, 0.5
-    off[0, 0, 2, 2] = float("nan")
-    off[0, 3, 3, 3] = float("inf")
-    off[1, 2, 4, 4] = float("-inf")
-    off[1, 5, 5, 5] = 1e30
-    a["mask"][0, 0, 2, 2] = float("nan")  # masks an undefined sample: still 0
+    put_edge_offsets(a)
     assert torch.isfinite(check(emu, a)).all()
 
 
@@ -135,15 +87,9 @@ def test_data_dtype_positions_and_batch_zero(emu):
     assert out.shape == (0, 8, 7, 6)
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (dict(dtype=torch.float32), "covers float16 and bfloat16"),
-        (dict(c_in=12, c_out=4), "multiples of 8"),
-        (dict(c_in=16, c_out=4, offset_groups=4), "multiples of 8"),
-    ],
-)
+@pytest.mark.parametrize("change, message", UNCOVERED_CALLS)
 def test_uncovered_calls_raise_clear_errors(emu, change, message):
+    change = dict(change)  # UNCOVERED_CALLS is shared
     dtype = change.pop("dtype", torch.float16)
     a = case(dtype, **change)
     with pytest.raises(RuntimeError, match=message):

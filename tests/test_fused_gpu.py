@@ -125,44 +125,35 @@ def test_cuda_input_side_rule(monkeypatch):
     assert not selection.cuda_input_side_applies(*ok)
 
 
-def test_cuda_forward_rule(monkeypatch):
-    """selection.cuda_forward_applies: only with CUDA_FORWARD, for 16-bit CUDA data with 8-channel
-    groups and offset groups and the CUDA kernel registered."""
+@pytest.mark.parametrize(
+    "rule, flag, op",
+    [
+        ("cuda_forward_applies", "CUDA_FORWARD", "deformconv::_fused_forward"),
+        ("cuda_weight_side_applies", "CUDA_WEIGHT_SIDE", "deformconv::_fused_weight_grad"),
+    ],
+)
+def test_cuda_forward_and_weight_side_rules(monkeypatch, rule, flag, op):
+    """selection.cuda_forward_applies / cuda_weight_side_applies: only with their switch, for
+    16-bit CUDA data with 8-channel groups and offset groups and the CUDA kernel registered."""
     from deformconv._fused_gpu import selection
 
-    registered = {"deformconv::_fused_forward": True}
+    applies = getattr(selection, rule)
+    registered = {op: True}
     monkeypatch.setattr(selection, "_cuda_kernel_registered", lambda name: registered[name])
     half = _CudaLike(torch.float16)
-    assert not selection.cuda_forward_applies(half, 64, 32)  # off by default
-    monkeypatch.setattr(selection, "CUDA_FORWARD", True)
-    assert selection.cuda_forward_applies(half, 64, 32)
-    assert selection.cuda_forward_applies(_CudaLike(torch.bfloat16), 8, 8)
+    assert not applies(half, 64, 32)  # off by default
+    monkeypatch.setattr(selection, flag, True)
+    assert applies(half, 64, 32)
+    assert applies(_CudaLike(torch.bfloat16), 8, 8)
     for bad in (
         (_CudaLike(torch.float32), 64, 32),
         (half, 12, 32),
         (half, 64, 4),
-        (torch.zeros(1, dtype=torch.float16), 64, 32),
+        (torch.zeros(1, dtype=torch.float16), 64, 32),  # a CPU tensor
     ):
-        assert not selection.cuda_forward_applies(*bad), bad[1:]
-    registered["deformconv::_fused_forward"] = False
-    assert not selection.cuda_forward_applies(half, 64, 32)
-
-
-def test_cuda_weight_side_rule(monkeypatch):
-    """selection.cuda_weight_side_applies: only with CUDA_WEIGHT_SIDE, for 16-bit CUDA data with
-    8-channel groups and offset groups and the CUDA kernel registered."""
-    from deformconv._fused_gpu import selection
-
-    registered = {"deformconv::_fused_weight_grad": True}
-    monkeypatch.setattr(selection, "_cuda_kernel_registered", lambda name: registered[name])
-    half = _CudaLike(torch.float16)
-    assert not selection.cuda_weight_side_applies(half, 64, 32)  # off by default
-    monkeypatch.setattr(selection, "CUDA_WEIGHT_SIDE", True)
-    assert selection.cuda_weight_side_applies(half, 64, 32)
-    for bad in ((_CudaLike(torch.float32), 64, 32), (half, 12, 32), (half, 64, 4)):
-        assert not selection.cuda_weight_side_applies(*bad), bad[1:]
-    registered["deformconv::_fused_weight_grad"] = False
-    assert not selection.cuda_weight_side_applies(half, 64, 32)
+        assert not applies(*bad), bad[1:]
+    registered[op] = False
+    assert not applies(half, 64, 32)
 
 
 def test_package_imports_and_stays_on_columns_without_triton():

@@ -8,52 +8,23 @@ checked here; speed and races need a GPU (benchmarks/fused_gpu_check.py). Set
 DEFORMCONV_SKIP_EMULATION=1 to skip.
 """
 
-import os
-
 import pytest
 import torch
 
-from cuda_helpers import BWD, load_emulation, make_args
+from cuda_helpers import (
+    BWD,
+    TENSOR_CORE_SWEEP,
+    UNCOVERED_CALLS,
+    make_args,
+    put_edge_offsets,
+    rel_to_max,
+)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # (name, make_args keywords): odd sizes, C_out/groups not multiples of 16 or 32, channel blocks
 # of 32 + 8, offset groups straddling weight groups, 1x1 and 5x5, stride and dilation 2, no
 # mask, offsets beyond the window (global atomics), an output smaller than one tile.
-CONFIGS = {
-    "base": dict(c_in=16, c_out=24, h=9, w=11),
-    "og-straddles-groups": dict(c_in=48, c_out=40, h=13, w=17, groups=2, offset_groups=3),
-    "32+8-channels": dict(n=1, c_in=40, c_out=36, h=12, w=10),
-    "8-channel-offset-groups": dict(n=1, c_in=40, c_out=20, h=6, w=10, offset_groups=5),
-    "two-32-channel-groups": dict(n=1, c_in=64, c_out=48, h=9, w=9, groups=2),
-    "5x5-stride-dil": dict(
-        c_in=64,
-        c_out=16,
-        h=9,
-        w=11,
-        kernel=(5, 5),
-        padding=(2, 2),
-        stride=(2, 2),
-        dilation=(2, 1),
-        groups=4,
-        offset_groups=2,
-        mask=False,
-    ),  # fmt: skip
-    "1x1-wide-out": dict(c_in=8, c_out=72, kernel=(1, 1), padding=(0, 0), h=10, w=9),
-    "far-offsets": dict(c_in=16, c_out=16, h=20, w=19, offset_scale=12.0),
-    "asymmetric": dict(
-        c_in=16, c_out=8, h=9, w=8, kernel=(2, 3), stride=(2, 1), padding=(0, 2), dilation=(1, 2)
-    ),
-    "one-out-per-group": dict(c_in=16, c_out=2, groups=2, offset_groups=2, h=7, w=6),
-    "tiny-batch-1": dict(n=1, c_in=8, c_out=8, h=5, w=7),
-}
 TOLERANCE = 2e-5  # float32 sums against float64, relative to the largest reference element
-
-
-@pytest.fixture(scope="module")
-def emu():
-    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
-        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
-    return load_emulation()
 
 
 def case(dtype, mask=True, offset_scale=2.0, **kw):
@@ -97,25 +68,21 @@ def reference(a):
     return gi, goff, gmask
 
 
-def rel(x, ref):
-    return ((x.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
-
-
 @pytest.mark.parametrize("dname", list(DTYPES))
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(TENSOR_CORE_SWEEP))
 def test_matches_the_float64_column_op(emu, name, dname):
-    a = case(DTYPES[dname], **CONFIGS[name])
+    a = case(DTYPES[dname], **TENSOR_CORE_SWEEP[name])
     gi, goff, gmask = window_call(emu, a)
     ref = reference(a)
     assert gi.dtype == goff.dtype == gmask.dtype == torch.float32
     assert gi.shape == a["input"].shape and goff.shape == a["offset"].shape
     assert gi.is_contiguous(memory_format=torch.channels_last)
-    assert rel(gi, ref[0]) < TOLERANCE
-    assert rel(goff, ref[1]) < TOLERANCE
+    assert rel_to_max(gi, ref[0]) < TOLERANCE
+    assert rel_to_max(goff, ref[1]) < TOLERANCE
     if a["mask"] is None:
         assert gmask.shape == (0,)
     else:
-        assert gmask.shape == a["mask"].shape and rel(gmask, ref[2]) < TOLERANCE
+        assert gmask.shape == a["mask"].shape and rel_to_max(gmask, ref[2]) < TOLERANCE
 
 
 @pytest.mark.parametrize("per_split", [32, 64, 96, 0])
@@ -130,7 +97,7 @@ def test_channel_splits(emu, per_split):
         a["stride"], a["padding"], a["dilation"], channels_per_split=per_split,
     )  # fmt: skip
     for x, want in zip(got, reference(a)):
-        assert rel(x, want) < TOLERANCE
+        assert rel_to_max(x, want) < TOLERANCE
 
 
 def test_channel_split_must_be_whole_blocks(emu):
@@ -146,21 +113,12 @@ def test_boundary_and_non_finite_offsets(emu):
     """Offsets at exactly -1 and H (undefined: 0), just inside, NaN, +-inf and 1e30: the op's
     sampling rule, so grads match the float64 column op and stay finite."""
     a = case(torch.float16, c_in=16, c_out=16, h=8, w=9)
-    off = a["offset"]
-    h, w = a["input"].shape[2:]
-    # tap 4 (the centre, dy at channel 8, dx at 9) of pixel (0, 0): y = dy, x = dx.
-    off[0, 8, 0, 0], off[0, 9, 0, 0] = -1.0, 0.5
-    off[0, 8, 0, 1], off[0, 9, 0, 1] = -0.999, 0.25
-    off[0, 8, 1, 0], off[0, 9, 1, 0] = float(h) - 1.0, 0.5  # y = H exactly
-    off[0, 0, 2, 2] = float("nan")
-    off[0, 3, 3, 3] = float("inf")
-    off[1, 2, 4, 4] = float("-inf")
-    off[1, 5, 5, 5] = 1e30
+    put_edge_offsets(a)
     gi, goff, gmask = window_call(emu, a)
     ref = reference(a)
     for got, want in zip((gi, goff, gmask), ref):
         assert torch.isfinite(got).all()
-        assert rel(got, want) < TOLERANCE
+        assert rel_to_max(got, want) < TOLERANCE
     assert goff[0, 8, 1, 0] == 0 and gmask[0, 4, 1, 0] == 0  # undefined sample: no gradient
 
 
@@ -188,7 +146,7 @@ def test_layouts_give_the_same_bits(emu):
     c["offset"], c["mask"] = a["offset"].bfloat16(), a["mask"].bfloat16()  # data-dtype positions
     ref = reference(c)
     for got, want in zip(window_call(emu, c), ref):
-        assert rel(got, want) < TOLERANCE
+        assert rel_to_max(got, want) < TOLERANCE
 
 
 def test_int64_index_build_agrees(emu, monkeypatch):
@@ -199,15 +157,9 @@ def test_int64_index_build_agrees(emu, monkeypatch):
         assert torch.equal(x, y)
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (dict(dtype=torch.float32), "covers float16 and bfloat16"),
-        (dict(c_in=12, c_out=4), "multiples of 8"),
-        (dict(c_in=16, c_out=4, offset_groups=4), "multiples of 8"),
-    ],
-)
+@pytest.mark.parametrize("change, message", UNCOVERED_CALLS)
 def test_uncovered_calls_raise_clear_errors(emu, change, message):
+    change = dict(change)  # UNCOVERED_CALLS is shared
     dtype = change.pop("dtype", torch.float16)
     a = case(torch.float16, **change)
     if dtype == torch.float32:

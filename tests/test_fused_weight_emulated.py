@@ -6,43 +6,19 @@ result rounded to the weight's dtype must stay within 1.5x the emulated CUDA col
 against float64. Set DEFORMCONV_SKIP_EMULATION=1 to skip.
 """
 
-import os
-
 import pytest
 import torch
 
-from cuda_helpers import BWD, load_emulation, make_args
+from cuda_helpers import (
+    BWD,
+    TENSOR_CORE_SWEEP,
+    UNCOVERED_CALLS,
+    make_args,
+    put_edge_offsets,
+    rel_to_max,
+)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-CONFIGS = {
-    "base": dict(c_in=16, c_out=24, h=9, w=11),
-    "og-straddles-groups": dict(c_in=48, c_out=40, h=13, w=17, groups=2, offset_groups=3),
-    "32+8-channels-two-out-tiles": dict(n=1, c_in=40, c_out=130, h=12, w=10, offset_groups=5),
-    "c_og-not-multiple-of-8": dict(n=1, c_in=16, c_out=36, h=7, w=9),
-    "5x5-stride-dil": dict(
-        c_in=64,
-        c_out=20,
-        h=9,
-        w=11,
-        kernel=(5, 5),
-        padding=(2, 2),
-        stride=(2, 2),
-        dilation=(2, 1),
-        groups=4,
-        offset_groups=2,
-        mask=False,
-    ),  # fmt: skip
-    "1x1": dict(c_in=8, c_out=72, kernel=(1, 1), padding=(0, 0), h=10, w=9),
-    "far-offsets": dict(c_in=16, c_out=16, h=20, w=19, offset_scale=12.0),
-    "pixels-not-multiple-of-64": dict(n=3, c_in=8, c_out=8, h=5, w=7),
-}
-
-
-@pytest.fixture(scope="module")
-def emu():
-    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
-        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
-    return load_emulation()
 
 
 def case(dtype, mask=True, **kw):
@@ -74,10 +50,6 @@ def as_weight(gw, weight):
     )
 
 
-def rel(x, ref):
-    return ((x.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
-
-
 def check(emu, a):
     gw = emu.fused_weight_grad(*args_of(a))
     g, x, w, off, m, s, p, d = args_of(a)
@@ -86,25 +58,19 @@ def check(emu, a):
     ref = BWD(*exact, None, s, p, d)[1]
     assert gw.dtype == torch.float32
     got = as_weight(gw, w).to(w.dtype)
-    assert rel(got, ref) <= 1.5 * rel(col, ref) + 1e-7
+    assert rel_to_max(got, ref) <= 1.5 * rel_to_max(col, ref) + 1e-7
     return gw
 
 
 @pytest.mark.parametrize("dname", list(DTYPES))
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(TENSOR_CORE_SWEEP))
 def test_matches_float64_like_the_column_path(emu, name, dname):
-    check(emu, case(DTYPES[dname], **CONFIGS[name]))
+    check(emu, case(DTYPES[dname], **TENSOR_CORE_SWEEP[name]))
 
 
 def test_boundary_and_non_finite_offsets(emu):
     a = case(torch.float16, c_in=16, c_out=16, h=8, w=9)
-    off = a["offset"]
-    off[0, 8, 0, 0] = -1.0
-    off[0, 0, 2, 2] = float("nan")
-    off[0, 3, 3, 3] = float("inf")
-    off[1, 2, 4, 4] = float("-inf")
-    off[1, 5, 5, 5] = 1e30
-    a["mask"][0, 0, 2, 2] = float("nan")  # masks an undefined sample: still 0
+    put_edge_offsets(a)
     assert torch.isfinite(check(emu, a)).all()
 
 
@@ -128,14 +94,9 @@ def test_batch_zero_gives_zeros(emu):
     assert gw.shape == (1, 9 * 8, 8) and not gw.any()
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (dict(dtype=torch.float32), "covers float16 and bfloat16"),
-        (dict(c_in=12, c_out=4), "multiples of 8"),
-    ],
-)
+@pytest.mark.parametrize("change, message", UNCOVERED_CALLS)
 def test_uncovered_calls_raise_clear_errors(emu, change, message):
+    change = dict(change)  # UNCOVERED_CALLS is shared
     dtype = change.pop("dtype", torch.float16)
     a = case(dtype, **change)
     with pytest.raises(RuntimeError, match=message):

@@ -49,19 +49,10 @@ at::Tensor fused_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
                               at::IntArrayRef padding, at::IntArrayRef dilation) {
   const ConvGeometry geo =
       check_deform_conv2d_args(input, weight, offset, mask, bias, stride, padding, dilation);
-  TORCH_CHECK(backend::on_device(input), "_fused_forward: input must be a ", backend::kDeviceType,
-              " tensor: got ", input.device());
+  check_tensor_core_call("_fused_forward", input, geo);
   const auto dtype = input.scalar_type();
-  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16,
-              "_fused_forward covers float16 and bfloat16 input: got ", dtype);
   const int64_t cpg = geo.in_channels_per_group();
-  const int64_t cpog = geo.channels_per_offset_group();
-  TORCH_CHECK(cpg % kGemmVec == 0 && cpog % kGemmVec == 0,
-              "_fused_forward needs C_in/groups and C_in/offset_groups to be multiples of ",
-              kGemmVec, ": got ", cpg, " and ", cpog);
   const backend::DeviceGuard device_guard(input.device());
-  TORCH_CHECK(backend::compute_capability(input.device()) >= 80,
-              "_fused_forward needs a GPU of compute capability 8.0 or newer");
   const at::MemoryFormat format = result_memory_format(input);
   at::Tensor out = at::empty({geo.batch, geo.out_channels, geo.out_h, geo.out_w},
                              input.options().memory_format(format));

@@ -60,14 +60,12 @@ struct GemmSmem {
   int64_t a, w, out, bytes;
 };
 
-__host__ __device__ inline int64_t gemm_align(int64_t bytes) { return (bytes + 127) / 128 * 128; }
-
 __host__ __device__ inline GemmSmem gemm_smem(int64_t elem_bytes) {
   GemmSmem s;
   s.a = 0;
-  s.w = s.a + gemm_align(2 * kGemmPixels * kALd * elem_bytes);
-  s.out = s.w + gemm_align(2 * kGemmChannels * kBLd * elem_bytes);
-  s.bytes = s.out + gemm_align(kGemmPixels * kOutLd * 4);
+  s.w = s.a + shared_align(2 * kGemmPixels * kALd * elem_bytes);
+  s.out = s.w + shared_align(2 * kGemmChannels * kBLd * elem_bytes);
+  s.bytes = s.out + shared_align(kGemmPixels * kOutLd * 4);
   return s;
 }
 

@@ -52,19 +52,10 @@ at::Tensor fused_weight_grad_cuda(const at::Tensor& grad_output, const at::Tenso
   const ConvGeometry geo = check_deform_conv2d_args(input, weight, offset, mask, c10::nullopt,
                                                     stride, padding, dilation);
   check_grad_output(grad_output, input, geo);
-  TORCH_CHECK(backend::on_device(input), "_fused_weight_grad: input must be a ",
-              backend::kDeviceType, " tensor: got ", input.device());
+  check_tensor_core_call("_fused_weight_grad", input, geo);
   const auto dtype = input.scalar_type();
-  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16,
-              "_fused_weight_grad covers float16 and bfloat16 input: got ", dtype);
   const int64_t cpg = geo.in_channels_per_group();
-  const int64_t cpog = geo.channels_per_offset_group();
-  TORCH_CHECK(cpg % kWgtVec == 0 && cpog % kWgtVec == 0,
-              "_fused_weight_grad needs C_in/groups and C_in/offset_groups to be multiples of ",
-              kWgtVec, ": got ", cpg, " and ", cpog);
   const backend::DeviceGuard device_guard(input.device());
-  TORCH_CHECK(backend::compute_capability(input.device()) >= 80,
-              "_fused_weight_grad needs a GPU of compute capability 8.0 or newer");
   const int64_t c_og = geo.out_channels_per_group();
   const auto f32 = input.options().dtype(at::kFloat);
   const int64_t pixels = geo.batch * geo.out_pixels();

@@ -56,14 +56,12 @@ struct WeightSmem {
   int64_t a, go, out, bytes;
 };
 
-__host__ __device__ inline int64_t weight_align(int64_t bytes) { return (bytes + 127) / 128 * 128; }
-
 __host__ __device__ inline WeightSmem weight_smem(int64_t elem_bytes) {
   WeightSmem s;
   s.a = 0;
-  s.go = s.a + weight_align(2 * kWgtPixels * kWaLd * elem_bytes);
-  s.out = s.go + weight_align(2 * kWgtPixels * kGoLd * elem_bytes);
-  s.bytes = s.out + weight_align(kWgtChannels * kWgtOutLd * 4);
+  s.go = s.a + shared_align(2 * kWgtPixels * kWaLd * elem_bytes);
+  s.out = s.go + shared_align(2 * kWgtPixels * kGoLd * elem_bytes);
+  s.bytes = s.out + shared_align(kWgtChannels * kWgtOutLd * 4);
   return s;
 }
 

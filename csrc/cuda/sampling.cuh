@@ -9,6 +9,9 @@
 namespace deformconv {
 namespace cuda {
 
+// Shared-memory regions of the tensor-core kernels start at multiples of 128 bytes.
+__host__ __device__ inline int64_t shared_align(int64_t bytes) { return (bytes + 127) / 128 * 128; }
+
 // Threads per block of every sampling kernel.
 constexpr int kThreads = 256;
 // A full-warp shuffle mask.

@@ -1,4 +1,4 @@
-// Host-side helpers of the CUDA launchers (.cu files: it includes device code): SamplingArgs (sampling.cuh) from a call's geometry, and 16-byte-aligned operands.
+// Host-side helpers of the CUDA launchers (.cu files: it includes device code): SamplingArgs (sampling.cuh) from a call's geometry, 16-byte-aligned operands, the tensor-core kernels' coverage check.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -7,7 +7,9 @@
 #include <cstdint>
 
 #include "common/geometry.h"
+#include "cuda/backend.h"
 #include "cuda/launch.h"
+#include "cuda/sample_packs.cuh"
 #include "cuda/sampling.cuh"
 
 namespace deformconv {
@@ -18,6 +20,26 @@ namespace cuda {
 inline at::Tensor aligned16(const at::Tensor& t) {
   if (reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % 16 == 0) return t;
   return t.clone(t.suggest_memory_format());
+}
+
+// What the fused path's tensor-core kernels (`op`: their op's name for the messages) cover:
+// input on the backend's device, float16 or bfloat16, C_in/groups and C_in/offset_groups
+// multiples of 8 (a thread's 8 channels lie in one weight group and one offset group, and its
+// 16-byte accesses are aligned), a GPU of compute capability 8.0 or newer.
+inline void check_tensor_core_call(const char* op, const at::Tensor& input,
+                                   const ConvGeometry& geo) {
+  TORCH_CHECK(backend::on_device(input), op, ": input must be a ", backend::kDeviceType,
+              " tensor: got ", input.device());
+  const auto dtype = input.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, op,
+              " covers float16 and bfloat16 input: got ", dtype);
+  const int64_t cpg = geo.in_channels_per_group();
+  const int64_t cpog = geo.channels_per_offset_group();
+  TORCH_CHECK(cpg % kSampleVec == 0 && cpog % kSampleVec == 0, op,
+              " needs C_in/groups and C_in/offset_groups to be multiples of ", kSampleVec, ": got ",
+              cpg, " and ", cpog);
+  TORCH_CHECK(backend::compute_capability(input.device()) >= 80, op,
+              " needs a GPU of compute capability 8.0 or newer");
 }
 
 // Sizes and chunk of a call; offset / mask strides left 0 (kernels that read neither).

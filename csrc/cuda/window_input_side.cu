@@ -85,21 +85,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
   const ConvGeometry geo = check_deform_conv2d_args(input, weight, offset, mask, c10::nullopt,
                                                     stride, padding, dilation);
   check_grad_output(grad_output, input, geo);
-  TORCH_CHECK(backend::on_device(input), "_fused_input_side: input must be a ",
-              backend::kDeviceType, " tensor: got ", input.device());
+  check_tensor_core_call("_fused_input_side", input, geo);
   const auto dtype = input.scalar_type();
-  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16,
-              "_fused_input_side covers float16 and bfloat16 input: got ", dtype);
   const int64_t cpg = geo.in_channels_per_group();
   const int64_t cpog = geo.channels_per_offset_group();
-  TORCH_CHECK(cpg % kWindowVec == 0 && cpog % kWindowVec == 0,
-              "_fused_input_side needs C_in/groups and C_in/offset_groups to be multiples of ",
-              kWindowVec, ": got ", cpg, " and ", cpog);
   // grad_input is summed with float atomics: its bits may differ between runs.
   at::globalContext().alertNotDeterministic("deformconv::_fused_input_side");
   const backend::DeviceGuard device_guard(input.device());
-  TORCH_CHECK(backend::compute_capability(input.device()) >= 80,
-              "_fused_input_side needs a GPU of compute capability 8.0 or newer");
   const auto opts = input.options();
   at::Tensor grad_input =
       at::zeros({geo.batch, geo.height, geo.width, geo.in_channels}, opts.dtype(at::kFloat));

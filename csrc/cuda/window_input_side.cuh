@@ -35,6 +35,7 @@
 
 #include "common/bilinear.h"
 #include "cuda/backend.h"
+#include "cuda/sample_packs.cuh"
 #include "cuda/sampling.cuh"
 
 namespace deformconv {
@@ -44,9 +45,9 @@ constexpr int kWindowThreads = 256;
 constexpr int kWindowTile = 8;                            // output pixels per tile side
 constexpr int kWindowPixels = kWindowTile * kWindowTile;  // 64: the GEMM's M
 constexpr int kWindowChannels = 32;                       // channels per block: the GEMM's N
-constexpr int kWindowK = 16;   // the GEMM's K step (C_og is padded to a multiple)
-constexpr int kWindow = 16;    // window side, input pixels
-constexpr int kWindowVec = 8;  // channels per thread and access
+constexpr int kWindowK = 16;            // the GEMM's K step (C_og is padded to a multiple)
+constexpr int kWindow = 16;             // window side, input pixels
+constexpr int kWindowVec = kSampleVec;  // channels per thread and access
 // Leading dimensions in shared memory (elements): multiples of 16 bytes for wmma; the
 // window's row of 33 floats spreads the pixels of a warp over the banks.
 constexpr int kWLd = kWindowChannels + 8;
@@ -70,18 +71,16 @@ struct WindowSmem {
   int64_t go, w, gc, win, t, cell_yx, cell_f, bytes;
 };
 
-__host__ __device__ inline int64_t window_align(int64_t bytes) { return (bytes + 127) / 128 * 128; }
-
 __host__ __device__ inline WindowSmem window_smem(int64_t k_pad, int64_t taps, int64_t elem_bytes) {
   WindowSmem s;
   s.go = 0;
-  s.w = s.go + window_align(kWindowPixels * (k_pad + 8) * elem_bytes);
-  s.gc = s.w + window_align(k_pad * kWLd * elem_bytes);
-  s.win = s.gc + window_align(kWindowPixels * kGcLd * 4);
-  s.t = s.win + window_align(kWindow * kWindow * kWinLd * 4);
-  s.cell_yx = s.t + window_align(taps * kWindowPixels * 4 * 4);
-  s.cell_f = s.cell_yx + window_align(kWindowPixels * 3 * 4);  // y0, x0, defined
-  s.bytes = s.cell_f + window_align(kWindowPixels * 3 * 4);    // ly, lx, mask
+  s.w = s.go + shared_align(kWindowPixels * (k_pad + 8) * elem_bytes);
+  s.gc = s.w + shared_align(k_pad * kWLd * elem_bytes);
+  s.win = s.gc + shared_align(kWindowPixels * kGcLd * 4);
+  s.t = s.win + shared_align(kWindow * kWindow * kWinLd * 4);
+  s.cell_yx = s.t + shared_align(taps * kWindowPixels * 4 * 4);
+  s.cell_f = s.cell_yx + shared_align(kWindowPixels * 3 * 4);  // y0, x0, defined
+  s.bytes = s.cell_f + shared_align(kWindowPixels * 3 * 4);    // ly, lx, mask
   return s;
 }
 
