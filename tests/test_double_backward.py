@@ -5,7 +5,6 @@ import torch
 import deformconv
 
 from helpers import make_args, needs_cuda, nondet_tol, op_args
-from test_cuda_emulated import emu  # noqa: F401  (the emulated CUDA backend, built once)
 
 OP = torch.ops.deformconv.deform_conv2d
 BWD = torch.ops.deformconv._deform_conv2d_backward
