@@ -150,6 +150,17 @@ def put_edge_offsets(a):
         a["mask"][0, 0, 2, 2] = float("nan")
 
 
+def misaligned_channels_last(t):
+    """t's values as a channels-last tensor whose data starts one element past an aligned
+    address (a view with an odd storage offset): the kernels' 16-byte accesses need a copy."""
+    n, c, h, w = t.shape
+    storage = torch.empty(n * h * w * c + 1, dtype=t.dtype)[1:]
+    view = storage.view(n, h, w, c).permute(0, 3, 1, 2)
+    view.copy_(t)
+    assert view.is_contiguous(memory_format=torch.channels_last) and view.storage_offset() == 1
+    return view
+
+
 def rel_to_max(x, ref):
     """max |x - ref| / max |ref| (in float64)."""
     return ((x.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()

@@ -10,7 +10,14 @@ roundings). Set DEFORMCONV_SKIP_EMULATION=1 to skip.
 import pytest
 import torch
 
-from cuda_helpers import TENSOR_CORE_SWEEP, UNCOVERED_CALLS, make_args, put_edge_offsets, rel_to_max
+from cuda_helpers import (
+    TENSOR_CORE_SWEEP,
+    UNCOVERED_CALLS,
+    make_args,
+    misaligned_channels_last,
+    put_edge_offsets,
+    rel_to_max,
+)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Odd sizes, C_out/groups not multiples of 8 or of the 64-channel tile, a 32 + 8 channel tail,
@@ -73,6 +80,8 @@ def test_layouts_and_index_widths_give_the_same_bits(emu, monkeypatch):
     cl = emu.fused_forward(*args_of(b))
     assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
     assert torch.equal(cl, base)
+    b["input"] = misaligned_channels_last(a["input"])
+    assert torch.equal(emu.fused_forward(*args_of(b)), cl)
     monkeypatch.setenv("DEFORMCONV_FORCE_INT64_INDEX", "1")
     assert torch.equal(emu.fused_forward(*args_of(a)), base)
 

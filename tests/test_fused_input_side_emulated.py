@@ -16,6 +16,7 @@ from cuda_helpers import (
     TENSOR_CORE_SWEEP,
     UNCOVERED_CALLS,
     make_args,
+    misaligned_channels_last,
     put_edge_offsets,
     rel_to_max,
 )
@@ -140,6 +141,10 @@ def test_layouts_give_the_same_bits(emu):
     b["grad_output"] = a["grad_output"].contiguous(memory_format=torch.channels_last)
     b["offset"] = a["offset"].transpose(2, 3).contiguous().transpose(2, 3)
     b["mask"] = a["mask"].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    for x, y in zip(base, window_call(emu, b)):
+        assert torch.equal(x, y)
+    b["input"] = misaligned_channels_last(a["input"])
+    b["grad_output"] = misaligned_channels_last(a["grad_output"])
     for x, y in zip(base, window_call(emu, b)):
         assert torch.equal(x, y)
     c = dict(a)

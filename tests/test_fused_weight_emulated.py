@@ -14,6 +14,7 @@ from cuda_helpers import (
     TENSOR_CORE_SWEEP,
     UNCOVERED_CALLS,
     make_args,
+    misaligned_channels_last,
     put_edge_offsets,
     rel_to_max,
 )
@@ -82,6 +83,9 @@ def test_layouts_and_index_widths_give_the_same_bits(emu, monkeypatch):
     b["grad_output"] = a["grad_output"].contiguous(memory_format=torch.channels_last)
     b["offset"] = a["offset"].transpose(2, 3).contiguous().transpose(2, 3)
     b["mask"] = a["mask"].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert torch.equal(emu.fused_weight_grad(*args_of(b)), base)
+    b["input"] = misaligned_channels_last(a["input"])
+    b["grad_output"] = misaligned_channels_last(a["grad_output"])
     assert torch.equal(emu.fused_weight_grad(*args_of(b)), base)
     monkeypatch.setenv("DEFORMCONV_FORCE_INT64_INDEX", "1")
     assert torch.equal(emu.fused_weight_grad(*args_of(a)), base)

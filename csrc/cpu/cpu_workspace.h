@@ -14,9 +14,8 @@
 namespace deformconv {
 namespace cpu {
 
-inline at::Tensor to_opmath(const at::Tensor& t) {
-  return t.to(opmath_dtype(t.scalar_type())).contiguous();
-}
+// common/opmath.h's to_opmath, contiguous (the CPU kernels index without strides).
+inline at::Tensor to_opmath(const at::Tensor& t) { return deformconv::to_opmath(t).contiguous(); }
 
 inline c10::optional<at::Tensor> to_opmath(const c10::optional<at::Tensor>& t) {
   if (!t.has_value()) return c10::nullopt;

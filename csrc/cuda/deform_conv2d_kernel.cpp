@@ -80,16 +80,6 @@ at::Tensor weight_matrix(const at::Tensor& weight, const ConvGeometry& g) {
 
 using backend::mm_out_float;
 
-// Offset or mask as the kernels read it: opmath (float32 for 16-bit inputs), whatever dtype
-// the caller passed, so sampling positions keep float32 precision. A no-op when it already
-// is; strides are kept (the kernels read any layout).
-at::Tensor to_opmath(const at::Tensor& t) { return t.to(opmath_dtype(t.scalar_type())); }
-
-c10::optional<at::Tensor> to_opmath(const c10::optional<at::Tensor>& t) {
-  if (!t.has_value()) return c10::nullopt;
-  return to_opmath(*t);
-}
-
 void check_input_on_cuda(const at::Tensor& input) {
   TORCH_CHECK(backend::on_device(input), "input must be a ", backend::kDeviceType,
               " tensor for the CUDA kernel: got input on ", input.device());

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "common/geometry.h"
+#include "common/opmath.h"
 #include "cuda/backend.h"
 #include "cuda/entry_points.h"
 #include "cuda/implicit_gemm_forward.cuh"
@@ -65,9 +66,8 @@ at::Tensor fused_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
   const int64_t c_og = geo.out_channels_per_group();
   const at::Tensor w = aligned16(
       weight.reshape({geo.groups, c_og, cpg, geo.taps()}).permute({0, 3, 2, 1}).contiguous());
-  const at::Tensor off = offset.to(at::kFloat);
-  const c10::optional<at::Tensor> msk =
-      mask.has_value() ? c10::optional<at::Tensor>(mask->to(at::kFloat)) : c10::nullopt;
+  const at::Tensor off = to_opmath(offset);
+  const c10::optional<at::Tensor> msk = to_opmath(mask);
   const c10::optional<at::Tensor> b =
       bias.has_value() ? c10::optional<at::Tensor>(bias->contiguous()) : c10::nullopt;
 
@@ -88,11 +88,7 @@ at::Tensor fused_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
 
   const bool index32 = fits_int32({x.numel(), w.numel(), extent(off), extent(msk), out.numel()});
   const GemmLaunch launch{geo, ga, x, w, off, msk, b, out};
-  if (dtype == at::kHalf) {
-    index32 ? launch.run<c10::Half, int32_t>() : launch.run<c10::Half, int64_t>();
-  } else {
-    index32 ? launch.run<c10::BFloat16, int32_t>() : launch.run<c10::BFloat16, int64_t>();
-  }
+  run_16bit(launch, dtype, index32);
   return out;
 }
 

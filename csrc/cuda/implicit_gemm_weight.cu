@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "common/geometry.h"
+#include "common/opmath.h"
 #include "cuda/backend.h"
 #include "cuda/entry_points.h"
 #include "cuda/implicit_gemm_weight.cuh"
@@ -65,9 +66,8 @@ at::Tensor fused_weight_grad_cuda(const at::Tensor& grad_output, const at::Tenso
 
   const at::Tensor x = aligned16(input.contiguous(at::MemoryFormat::ChannelsLast));
   const at::Tensor go = aligned16(grad_output.contiguous(at::MemoryFormat::ChannelsLast));
-  const at::Tensor off = offset.to(at::kFloat);
-  const c10::optional<at::Tensor> msk =
-      mask.has_value() ? c10::optional<at::Tensor>(mask->to(at::kFloat)) : c10::nullopt;
+  const at::Tensor off = to_opmath(offset);
+  const c10::optional<at::Tensor> msk = to_opmath(mask);
 
   WeightArgs wa;
   wa.out_channels = static_cast<int32_t>(geo.out_channels);
@@ -93,11 +93,7 @@ at::Tensor fused_weight_grad_cuda(const at::Tensor& grad_output, const at::Tenso
   const at::Tensor partial = at::empty({splits, geo.groups, geo.taps() * cpg, c_og}, f32);
   const bool index32 = fits_int32({x.numel(), go.numel(), extent(off), extent(msk), pixels});
   const WeightLaunch launch{geo, wa, x, go, off, msk, partial, blocks, splits};
-  if (dtype == at::kHalf) {
-    index32 ? launch.run<c10::Half, int32_t>() : launch.run<c10::Half, int64_t>();
-  } else {
-    index32 ? launch.run<c10::BFloat16, int32_t>() : launch.run<c10::BFloat16, int64_t>();
-  }
+  run_16bit(launch, dtype, index32);
   return partial.sum(0);  // the splits in order: deterministic
 }
 

@@ -42,6 +42,18 @@ inline void check_tensor_core_call(const char* op, const at::Tensor& input,
               " needs a GPU of compute capability 8.0 or newer");
 }
 
+// launch.run<scalar_t, index_t>() for a 16-bit call: float16 or bfloat16 data (`dtype`, checked
+// by check_tensor_core_call), int32 index math when `index32` (fits_int32), else int64.
+template <typename Launch>
+void run_16bit(const Launch& launch, at::ScalarType dtype, bool index32) {
+  if (dtype == at::kHalf) {
+    index32 ? launch.template run<c10::Half, int32_t>() : launch.template run<c10::Half, int64_t>();
+  } else {
+    index32 ? launch.template run<c10::BFloat16, int32_t>()
+            : launch.template run<c10::BFloat16, int64_t>();
+  }
+}
+
 // Sizes and chunk of a call; offset / mask strides left 0 (kernels that read neither).
 template <typename index_t>
 inline SamplingArgs<index_t> make_args(const ConvGeometry& g, Chunk chunk) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/geometry.h"
+#include "common/opmath.h"
 #include "cuda/backend.h"
 #include "cuda/entry_points.h"
 #include "cuda/index_width.h"
@@ -106,17 +107,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
 
   // NHWC data (16-byte aligned runs of 8 channels), weight as [groups, taps, C_og, C_g],
   // offset and mask in float32 (any strides).
-  at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
-  if (reinterpret_cast<std::uintptr_t>(x.data_ptr()) % 16 != 0) {
-    x = x.clone(at::MemoryFormat::ChannelsLast);  // a view with an odd storage offset
-  }
-  const at::Tensor go = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = aligned16(input.contiguous(at::MemoryFormat::ChannelsLast));
+  const at::Tensor go = aligned16(grad_output.contiguous(at::MemoryFormat::ChannelsLast));
   const int64_t c_og = geo.out_channels_per_group();
-  const at::Tensor w =
-      weight.reshape({geo.groups, c_og, cpg, geo.taps()}).permute({0, 3, 1, 2}).contiguous();
-  const at::Tensor off = offset.to(at::kFloat);
-  const c10::optional<at::Tensor> msk =
-      mask.has_value() ? c10::optional<at::Tensor>(mask->to(at::kFloat)) : c10::nullopt;
+  const at::Tensor w = aligned16(
+      weight.reshape({geo.groups, c_og, cpg, geo.taps()}).permute({0, 3, 1, 2}).contiguous());
+  const at::Tensor off = to_opmath(offset);
+  const c10::optional<at::Tensor> msk = to_opmath(mask);
 
   WindowArgs wa;
   wa.out_channels = static_cast<int32_t>(geo.out_channels);
@@ -154,11 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
       geo,    wa,    x,          go,          w,
       off,    msk,   grad_input, offset_part, mask.has_value() ? mask_part : at::Tensor(),
       shared, splits};
-  if (dtype == at::kHalf) {
-    index32 ? launch.run<c10::Half, int32_t>() : launch.run<c10::Half, int64_t>();
-  } else {
-    index32 ? launch.run<c10::BFloat16, int32_t>() : launch.run<c10::BFloat16, int64_t>();
-  }
+  run_16bit(launch, dtype, index32);
   if (splits > 1) {
     grad_offset.copy_(offset_part.view({splits, offset.numel()}).sum(0).view(offset.sizes()));
     if (mask.has_value()) {
