@@ -111,7 +111,7 @@ def _cuda_kernel_registered(name: str) -> bool:
 
 
 def _cuda_16bit_channels(input: Tensor, c_g: int, c_pog: int) -> bool:
-    """What both CUDA kernels need: 16-bit data on a CUDA device, C_in/groups and
+    """What the three CUDA kernels need: 16-bit data on a CUDA device, C_in/groups and
     C_in/offset_groups multiples of 8."""
     return (
         input.is_cuda
