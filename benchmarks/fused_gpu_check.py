@@ -17,8 +17,10 @@ sweep comes last.
    each kernel whose rule applies).
 2. ``torchvision``: parity with ``torchvision.ops.deform_conv2d`` in fp32 (output and grads).
 3. ``determinism``: fwd + grads repeated bitwise in default mode (weight, offset, mask: no
-   atomics; also with the CUDA kernels), and in deterministic mode both ways: the column
-   path's backward, and the fused backward with grad_input in int64 fixed point (with each one's error against float64).
+   atomics; also with the CUDA kernels, and with them summing grad_input in fixed point:
+   everything bitwise), and in deterministic mode: the column path's backward, and the fused
+   backward with grad_input in int64 fixed point, Triton's and the CUDA kernels' (with each
+   one's error against float64).
 4. ``timing``: CUDA events, median of ``--reps`` after warm-up, forward and forward+backward of
    fused / columns / torchvision / dense ``F.conv2d`` (and forward+backward issued back to
    back, ``*_fwdbwd_stream_ms``, where the CPU's launch time hides) at the five benchmark shapes (3x3, pad 1,
@@ -27,14 +29,17 @@ sweep comes last.
    (``fused_det_fwdbwd_ms``, ``det_over_default``: the target is <= 1.3; ``detfx_*`` with the
    fixed-point fused backward); ``fused_cuda_*``: the fused path with its CUDA kernels
    (16 bits; ``fwdbwd_fused_cuda_over_fused``, ``fwdbwd_fused_cuda_over_torchvision``,
-   ``fwd_fused_cuda_over_dense``).
+   ``fwd_fused_cuda_over_dense``; ``fused_cuda_detfx_over_default``: deterministic mode with
+   the CUDA input side in fixed point).
 5. ``accuracy``: as ``correct`` (output and every gradient, fused and columns against the column
    path in float64, the same ``ok`` rule) at the five benchmark shapes with the batch cut to 2,
    every dtype, offsets uniform in +-2 px and of 8-16 px; in 16 bits also with the CUDA kernels.
 6. ``compile``: ``torch.compile(fullgraph=True)`` of the selection and the fused op against eager.
 7. ``autotune``: a handful of block configurations per kernel at r50-c3 fp16 (forward, the
    input-side backward, the weight backward), the best against the default; and each CUDA
-   kernel alone (``kind: forward_cuda``, ``backward_data_cuda``, ``backward_weight_cuda``).
+   kernel alone (``kind: forward_cuda``, ``backward_data_cuda``, ``backward_weight_cuda``;
+   ``backward_data_cuda_fixed``: its grad_input in fixed point, for
+   selection.CUDA_INPUT_SIDE_FIXED_POINT).
 8. ``tuned``: the fused path's fp16 / bf16 timings again with the autotune's winning blocks
    (skipped when the defaults won everywhere).
 9. ``channels_last``: fused / columns / dense in fp16 with every 4-d argument channels_last
@@ -59,6 +64,7 @@ implicit_gemm_weight_kernel and window_input_side_kernel).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -341,13 +347,19 @@ CUDA_KERNELS = {
 
 class cuda_kernels:
     """The fused path's CUDA kernels on inside (selection.CUDA_FORWARD, CUDA_INPUT_SIDE and
-    CUDA_WEIGHT_SIDE; restored on exit); ``calls`` counts each one's launches meanwhile, ``applies(t)`` says
-    which ones their rules cover for t's call."""
+    CUDA_WEIGHT_SIDE; with ``fixed_point``, CUDA_INPUT_SIDE_FIXED_POINT too; restored on exit);
+    ``calls`` counts each one's launches meanwhile, ``applies(t)`` says which ones their rules
+    cover for t's call."""
+
+    def __init__(self, fixed_point=False):
+        self.fixed_point = fixed_point
 
     def __enter__(self):
         from deformconv._fused_gpu import selection
 
         self.calls = {k: 0 for k in CUDA_KERNELS}
+        self.saved_fixed = selection.CUDA_INPUT_SIDE_FIXED_POINT
+        selection.CUDA_INPUT_SIDE_FIXED_POINT = self.fixed_point
         self.saved = {}
         for kind, (flag, name) in CUDA_KERNELS.items():
             self.saved[kind] = getattr(selection, flag), getattr(torch.ops.deformconv, name)
@@ -368,6 +380,7 @@ class cuda_kernels:
         for kind, (flag, name) in CUDA_KERNELS.items():
             setattr(selection, flag, self.saved[kind][0])
             setattr(torch.ops.deformconv, name, self.saved[kind][1])
+        selection.CUDA_INPUT_SIDE_FIXED_POINT = self.saved_fixed
 
     @staticmethod
     def applies(t):
@@ -379,8 +392,7 @@ class cuda_kernels:
         some = x.shape[0] > 0
         return {
             "forward": some and selection.cuda_forward_applies(x, c_g, c_pog),
-            "input_side": some
-            and selection.cuda_input_side_applies(x, c_g, c_pog, c_og, kh * kw, False),
+            "input_side": some and selection.cuda_input_side_applies(x, c_g, c_pog, c_og, kh * kw),
             "weight_side": some and selection.cuda_weight_side_applies(x, c_g, c_pog),
         }
 
@@ -544,17 +556,27 @@ def section_determinism(rep):
     a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
     same = {k: bool(torch.equal(a[k], b[k])) for k in a}
     rep.add("determinism", mode="default", bitwise_equal=same)
-    if cuda_kernels_usable():
-        with cuda_kernels() as cuda:
-            a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
-            ran = cuda.ran_where_expected(t)
-        same = {k: bool(torch.equal(a[k], b[k])) for k in a}
-        rep.add("determinism", mode="default, cuda kernels", bitwise_equal=same,
-                cuda_calls=cuda.calls,
-                ok=all(v for k, v in same.items() if k != "input") and ran)  # fmt: skip
     ref = fwd_bwd(columns, leaves(t, torch.float64), conv)
-    for mode, fixed_point in DET_MODES.items():
-        with deterministic_mode(fixed_point):
+    if cuda_kernels_usable():
+        # grad_input's float atomics may differ between runs; in fixed point nothing may.
+        for mode, fixed_point in (("default, cuda kernels", False),
+                                  ("default, cuda kernels in fixed point", True)):  # fmt: skip
+            with cuda_kernels(fixed_point) as cuda:
+                a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
+                ran = cuda.ran_where_expected(t)
+            same = {k: bool(torch.equal(a[k], b[k])) for k in a}
+            errs = {k: rel(a[k], ref[k]) for k in ref}
+            rep.add("determinism", mode=mode, bitwise_equal=same, err_vs_float64=errs,
+                    cuda_calls=cuda.calls,
+                    ok=all(v for k, v in same.items() if fixed_point or k != "input") and ran)  # fmt: skip
+    modes = [(mode, fixed_point, False) for mode, fixed_point in DET_MODES.items()]
+    if cuda_kernels_usable():
+        modes.append(("deterministic, fixed point, cuda kernels", True, True))
+    for mode, fixed_point, cuda_on in modes:
+        with (
+            cuda_kernels() if cuda_on else contextlib.nullcontext(),
+            deterministic_mode(fixed_point),
+        ):
             a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
         same = {k: bool(torch.equal(a[k], b[k])) for k in a}
         errs = {k: rel(a[k], ref[k]) for k in ref}
@@ -636,13 +658,15 @@ def section_autotune(rep, reps):
             winners[kind] = candidate_config(CANDIDATES[kind][0])  # candidate stands in
         rep.add("autotune", kind=kind, shape="r50-c3", dtype="float16", default_ms=default, best=best,
                 all=[(ms, str(c)) for ms, c in results])  # fmt: skip
-    for kind in ("forward", "backward_data", "backward_weight"):  # each CUDA kernel alone
+    # Each CUDA kernel alone, and the input side summing grad_input in fixed point.
+    for kind, fixed_point in (("forward", False), ("backward_data", False),
+                              ("backward_weight", False), ("backward_data", True)):  # fmt: skip
         if rep.over_budget() or not cuda_kernels_usable():
             break
-        with cuda_kernels() as cuda:
+        with cuda_kernels(fixed_point) as cuda:
             ms = time_ms(runs[kind], reps=max(5, reps // 2))
-        rep.add("autotune", kind=f"{kind}_cuda", shape="r50-c3", dtype="float16", ms=ms,
-                cuda_calls=cuda.calls)  # fmt: skip
+        rep.add("autotune", kind=f"{kind}_cuda" + ("_fixed" if fixed_point else ""),
+                shape="r50-c3", dtype="float16", ms=ms, cuda_calls=cuda.calls)  # fmt: skip
     return winners
 
 
@@ -710,13 +734,14 @@ def section_large(rep):
             torch.cuda.empty_cache()
 
 
-def time_impl(name, fn, t, conv, reps, deterministic=False):
+def time_impl(name, fn, t, conv, reps, det_modes=()):
     """Forward (no_grad) and forward+backward medians in ms (and forward+backward back to
-    back, ``_stream``), and peak extra MiB, of one impl; with ``deterministic``, the
+    back, ``_stream``), and peak extra MiB, of one impl; for each of ``det_modes``, the
     forward+backward median again under ``torch.use_deterministic_algorithms(True)``
-    (``_det_fwdbwd_ms``: the column path's deterministic backward; ``_detfx_fwdbwd_ms``: the
-    fused backward with fixed-point grad_input) and their ratios to the default mode's
-    (``det_over_default``, ``detfx_over_default``)."""
+    (``det``: ``_det_fwdbwd_ms``, the column path's deterministic backward; ``detfx``:
+    ``_detfx_fwdbwd_ms``, the fused backward with fixed-point grad_input) and its ratio to the
+    default mode's (``det_over_default``, ``detfx_over_default``; for impls other than
+    ``fused`` prefixed with the impl's name)."""
     row = {}
     with torch.no_grad():
         row[f"{name}_fwd_ms"] = time_ms(lambda: fn(t, conv), reps)
@@ -729,14 +754,18 @@ def time_impl(name, fn, t, conv, reps, deterministic=False):
     row[f"{name}_fwdbwd_ms"] = time_ms(fwd_bwd_once, reps)
     row[f"{name}_fwdbwd_stream_ms"] = back_to_back_ms(fwd_bwd_once, DEV, reps)
     row[f"{name}_peak_mb"] = peak_mb(fn, t, conv)
-    for key, fixed_point in (("det", False), ("detfx", True)) if deterministic else ():
+    ratio_prefix = "" if name == "fused" else f"{name}_"
+    for key in det_modes:
+        fixed_point = {"det": False, "detfx": True}[key]
         try:
             with deterministic_mode(fixed_point):
                 row[f"{name}_{key}_fwdbwd_ms"] = time_ms(fwd_bwd_once, reps)
         except Exception as exc:  # noqa: BLE001 (keep the default mode's timings)
             row[f"{name}_{key}_error"] = repr(exc)[:500]
         if f"{name}_{key}_fwdbwd_ms" in row:
-            row[f"{key}_over_default"] = row[f"{name}_{key}_fwdbwd_ms"] / row[f"{name}_fwdbwd_ms"]
+            row[f"{ratio_prefix}{key}_over_default"] = (
+                row[f"{name}_{key}_fwdbwd_ms"] / row[f"{name}_fwdbwd_ms"]
+            )
     return row
 
 
@@ -809,13 +838,14 @@ def _time_shapes(rep, shapes, dtypes, reps, impls, section, blocks, channels_las
                     for k in ("offset", "mask"):
                         t[k] = t[k].detach()
                 try:
-                    det = deterministic and name == "fused"
                     if name == "fused_cuda":
+                        det = ("detfx",) if deterministic else ()
                         with cuda_kernels() as cuda:
-                            row.update(time_impl(name, fn, t, conv, reps))
+                            row.update(time_impl(name, fn, t, conv, reps, det))
                         row["fused_cuda_calls"] = cuda.calls
                     else:
-                        row.update(time_impl(name, fn, t, conv, reps, deterministic=det))
+                        det = ("det", "detfx") if deterministic and name == "fused" else ()
+                        row.update(time_impl(name, fn, t, conv, reps, det))
                 except Exception as exc:  # noqa: BLE001
                     row[f"{name}_error"] = repr(exc)[:500]
             for name in ("columns", "torchvision", "dense"):

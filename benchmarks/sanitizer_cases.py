@@ -9,7 +9,8 @@ grad_input path, int64 indices, the double backward and 96 channels (several cha
 With DEFORMCONV_GPU_PATH=fused the same cases run the fused Triton kernels where they apply, and
 ``--cuda-kernels`` adds the fused path's CUDA kernels (selection.CUDA_FORWARD, CUDA_INPUT_SIDE
 and CUDA_WEIGHT_SIDE) to them: they run in the 16-bit cases whose channel counts are multiples of 8
-(the last three 16-bit cases: 8 and 16 channels per group, 96 channels).
+(8 and 16 channels per group, 96 channels), and in one deterministic case with the fixed-point
+fused backward (selection.DETERMINISTIC_FUSED_BACKWARD: the CUDA input side in fixed point).
 Prints one line per case.
 ``--no-double`` leaves out the double backward; ``--cpu`` runs the cases on the CPU.
 """
@@ -65,7 +66,8 @@ def case(
 def main():
     if DEVICE == "cuda":
         assert deformconv.has_cuda_kernels() and torch.cuda.is_available()
-    if "--cuda-kernels" in sys.argv:
+    cuda_kernels = "--cuda-kernels" in sys.argv
+    if cuda_kernels:
         from deformconv._fused_gpu import selection
 
         selection.CUDA_FORWARD = selection.CUDA_INPUT_SIDE = selection.CUDA_WEIGHT_SIDE = True
@@ -89,6 +91,10 @@ def main():
     torch.use_deterministic_algorithms(True)
     case("fp32 deterministic", groups=2)
     case("bf16 deterministic", dtype=torch.bfloat16)
+    if cuda_kernels:
+        selection.DETERMINISTIC_FUSED_BACKWARD = True
+        case("fp16 16 channels deterministic, fixed point", dtype=torch.float16, channels=16)
+        selection.DETERMINISTIC_FUSED_BACKWARD = False
     torch.use_deterministic_algorithms(False)
     if "--no-double" not in sys.argv:
         case("fp64 double backward", dtype=torch.float64, double=True)

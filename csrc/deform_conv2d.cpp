@@ -42,13 +42,17 @@ TORCH_LIBRARY(deformconv, m) {
       "_fused_forward(Tensor input, Tensor weight, Tensor offset, Tensor? mask, Tensor? bias, "
       "int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   // The fused GPU path's input side for float16 / bfloat16 on CUDA (sm_80+): grad_input
-  // (float32, channels-last storage), grad_offset and grad_mask (float32, contiguous; grad_mask
-  // empty when mask is None). Needs C_in/groups and C_in/offset_groups to be multiples of 8.
-  // channels_per_split: 0 (automatic) or a multiple of 32 channels of an offset group per block.
+  // (float32, channels-last storage), grad_input_fixed (int64 like grad_input when
+  // fixed_point_scale is given: the finite terms' deterministic sum times that power of two,
+  // grad_input then holding the non-finite terms' sum; else empty), grad_offset and grad_mask
+  // (float32, contiguous; grad_mask empty when mask is None). Needs C_in/groups and
+  // C_in/offset_groups to be multiples of 8. channels_per_split: 0 (automatic) or a multiple of
+  // 32 channels of an offset group per block.
   m.def(
       "_fused_input_side(Tensor grad_output, Tensor input, Tensor weight, Tensor offset, "
-      "Tensor? mask, int[2] stride, int[2] padding, int[2] dilation, int channels_per_split=0) "
-      "-> (Tensor grad_input, Tensor grad_offset, Tensor grad_mask)");
+      "Tensor? mask, int[2] stride, int[2] padding, int[2] dilation, "
+      "Tensor? fixed_point_scale=None, int channels_per_split=0) "
+      "-> (Tensor grad_input, Tensor grad_input_fixed, Tensor grad_offset, Tensor grad_mask)");
   // The fused GPU path's weight side for float16 / bfloat16 on CUDA (sm_80+): grad_weight as
   // float32 [groups, kh*kw*C_in/groups, C_out/groups], K ordered (tap, channel); deterministic.
   m.def(

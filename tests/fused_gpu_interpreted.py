@@ -437,6 +437,45 @@ def test_cuda_kernel_glue_with_the_emulated_kernel(monkeypatch, kernel, case):
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("mode", ["deterministic", "default"])
+def test_cuda_input_side_fixed_point_glue(monkeypatch, mode):
+    """The CUDA input side in fixed point: in deterministic mode with
+    DETERMINISTIC_FUSED_BACKWARD, or in default mode with CUDA_INPUT_SIDE_FIXED_POINT, the
+    fused path passes the op a fixed-point scale and combines its sums; with the op replaced by
+    its host emulation, every grad stays within 2x the column path's error against float64 and
+    repeats bit for bit (grad_input included)."""
+    import contextlib
+    import os
+
+    if os.environ.get("DEFORMCONV_SKIP_EMULATION") == "1":
+        pytest.skip("DEFORMCONV_SKIP_EMULATION=1")
+    from cuda_helpers import load_emulation
+
+    from deformconv._fused_gpu import selection
+
+    emulated_op = load_emulation().fused_input_side
+    scales = []
+
+    def emulated(*args):
+        scales.append(args[8])
+        return emulated_op(*args)
+
+    monkeypatch.setattr(selection, "cuda_input_side_applies", lambda *args: True)
+    monkeypatch.setattr(torch.ops.deformconv, "_fused_input_side", emulated)
+    if mode == "deterministic":
+        monkeypatch.setattr(selection, "DETERMINISTIC_FUSED_BACKWARD", True)
+    else:
+        monkeypatch.setattr(selection, "CUDA_INPUT_SIDE_FIXED_POINT", True)
+    a = make_args(**GLUE_CASES["groups"][0])
+    with _deterministic() if mode == "deterministic" else contextlib.nullcontext():
+        check_against_columns(a, torch.float16)
+        _, g1 = forward_backward(fused_call, leaves(a, torch.float16), a)
+        _, g2 = forward_backward(fused_call, leaves(a, torch.float16), a)
+    for k in g1:
+        assert torch.equal(g1[k], g2[k]), k
+    assert len(scales) == 3 and all(s is not None and s.dtype == torch.float32 for s in scales)
+
+
 def test_deterministic_fixed_point_keeps_non_finite_sums(monkeypatch):
     """An inf or NaN in grad_output: grad_input's inf / -inf / NaN elements are the float
     path's (the fixed-point sums hold the finite terms only), the finite ones match it."""

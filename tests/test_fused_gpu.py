@@ -94,28 +94,27 @@ class _CudaLike:
 
 
 def test_cuda_input_side_rule(monkeypatch):
-    """selection.cuda_input_side_applies: only with CUDA_INPUT_SIDE, outside the fixed-point
-    backward, for 16-bit data with 8-channel groups and offset groups, <= 9 taps, <= 512 output
-    channels per group, 158 KiB of shared memory and the CUDA kernel registered."""
+    """selection.cuda_input_side_applies: only with CUDA_INPUT_SIDE, for 16-bit data with
+    8-channel groups and offset groups, <= 9 taps, <= 512 output channels per group, 158 KiB of
+    shared memory and the CUDA kernel registered."""
     from deformconv._fused_gpu import selection
 
     props = type("Props", (), {"shared_memory_per_block_optin": 227 * 1024})()
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
     monkeypatch.setattr(selection, "_cuda_kernel_registered", lambda name: True)
     half = _CudaLike(torch.float16)
-    ok = (half, 64, 32, 128, 9, False)
+    ok = (half, 64, 32, 128, 9)
     assert not selection.cuda_input_side_applies(*ok)  # off by default
     monkeypatch.setattr(selection, "CUDA_INPUT_SIDE", True)
     assert selection.cuda_input_side_applies(*ok)
-    assert selection.cuda_input_side_applies(_CudaLike(torch.bfloat16), 8, 8, 512, 1, False)
+    assert selection.cuda_input_side_applies(_CudaLike(torch.bfloat16), 8, 8, 512, 1)
     for bad in (
-        (_CudaLike(torch.float32), 64, 32, 128, 9, False),
-        (half, 12, 32, 128, 9, False),
-        (half, 64, 4, 128, 9, False),
-        (half, 64, 32, 513, 9, False),
-        (half, 64, 32, 128, 25, False),
-        (half, 64, 32, 128, 9, True),
-        (torch.zeros(1, dtype=torch.float16), 64, 32, 128, 9, False),  # a CPU tensor
+        (_CudaLike(torch.float32), 64, 32, 128, 9),
+        (half, 12, 32, 128, 9),
+        (half, 64, 4, 128, 9),
+        (half, 64, 32, 513, 9),
+        (half, 64, 32, 128, 25),
+        (torch.zeros(1, dtype=torch.float16), 64, 32, 128, 9),  # a CPU tensor
     ):
         assert not selection.cuda_input_side_applies(*bad), bad[1:]
     monkeypatch.setattr(props, "shared_memory_per_block_optin", 99 * 1024)

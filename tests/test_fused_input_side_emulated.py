@@ -1,6 +1,7 @@
 # The fused path's CUDA input side (csrc/cuda/window_input_side.cuh), host-emulated, against the float64 column op.
 """``_fused_input_side`` computes grad_input (float32), grad_offset and grad_mask of 16-bit
-calls with wmma tensor-core GEMMs, a shared-memory window for grad_input and per-corner sums.
+calls with wmma tensor-core GEMMs, a shared-memory window for grad_input and per-corner sums;
+given a fixed-point scale, it sums grad_input's finite terms as integers (deterministic).
 The host emulation (``cuda_helpers.load_emulation``) runs the kernel's threads as fibers, its
 wmma operations whole-tile per lane and its shared memory filled with NaN bytes at every block
 start, so indexing, layouts, the window's hits and misses, barriers and the shuffles are
@@ -52,11 +53,32 @@ def grad_output_shape(a):
     return (n, c_out, ho, wo)
 
 
-def window_call(emu, a):
-    return emu.fused_input_side(
+def fixed_scale(a):
+    """The fused path's fixed-point scale for these arguments."""
+    from deformconv._fused_gpu.fixed_point import fixed_point_scale
+
+    ho, wo = a["grad_output"].shape[2:]
+    _, c_g, kh, kw = a["weight"].shape
+    groups = a["input"].shape[1] // c_g
+    return fixed_point_scale(a["grad_output"], a["weight"], a["mask"], groups, ho * wo * kh * kw)
+
+
+def window_call(emu, a, fixed=False, **kw):
+    """(grad_input, grad_offset, grad_mask) of the emulated op; ``fixed``: summed in fixed
+    point and combined as the fused path does."""
+    from deformconv._fused_gpu.fixed_point import add_fixed_point
+
+    scale = fixed_scale(a) if fixed else None
+    gi, gi_fixed, goff, gmask = emu.fused_input_side(
         a["grad_output"], a["input"], a["weight"], a["offset"], a["mask"],
-        a["stride"], a["padding"], a["dilation"],
+        a["stride"], a["padding"], a["dilation"], scale, **kw,
     )  # fmt: skip
+    if fixed:
+        assert gi_fixed.dtype == torch.int64 and gi_fixed.shape == gi.shape
+        add_fixed_point(gi, gi_fixed, scale)
+    else:
+        assert gi_fixed.shape == (0,)
+    return gi, goff, gmask
 
 
 def reference(a):
@@ -69,11 +91,12 @@ def reference(a):
     return gi, goff, gmask
 
 
+@pytest.mark.parametrize("sums", ["float", "fixed"])
 @pytest.mark.parametrize("dname", list(DTYPES))
 @pytest.mark.parametrize("name", list(TENSOR_CORE_SWEEP))
-def test_matches_the_float64_column_op(emu, name, dname):
+def test_matches_the_float64_column_op(emu, name, dname, sums):
     a = case(DTYPES[dname], **TENSOR_CORE_SWEEP[name])
-    gi, goff, gmask = window_call(emu, a)
+    gi, goff, gmask = window_call(emu, a, fixed=sums == "fixed")
     ref = reference(a)
     assert gi.dtype == goff.dtype == gmask.dtype == torch.float32
     assert gi.shape == a["input"].shape and goff.shape == a["offset"].shape
@@ -93,12 +116,52 @@ def test_channel_splits(emu, per_split):
     grad_offset / grad_mask summed in split order: the float64 column op's results for any
     split, across weight groups (two groups of 48 channels in one offset group of 96)."""
     a = case(torch.float16, n=1, c_in=96, c_out=32, groups=2, h=9, w=10)
-    got = emu.fused_input_side(
-        a["grad_output"], a["input"], a["weight"], a["offset"], a["mask"],
-        a["stride"], a["padding"], a["dilation"], channels_per_split=per_split,
-    )  # fmt: skip
+    got = window_call(emu, a, channels_per_split=per_split)
     for x, want in zip(got, reference(a)):
         assert rel_to_max(x, want) < TOLERANCE
+
+
+def test_fixed_point_sums_do_not_depend_on_the_order(emu, monkeypatch):
+    """In fixed point, grad_input is an integer sum: running the blocks and the threads in the
+    reverse order (which a GPU may do) changes the order of the adds, not a bit of grad_input,
+    while the float sums' bits do change. Offsets reach beyond the windows and tiles overlap,
+    so both the window and the global adds are reordered."""
+    a = case(torch.float16, n=1, c_in=64, c_out=32, h=17, w=18, offset_scale=4.0)
+    got = {}
+    for order in ("forward", "reverse"):
+        monkeypatch.setenv("DEFORMCONV_EMULATION_ORDER", order)
+        got[order] = window_call(emu, a)[0], window_call(emu, a, fixed=True)[0]
+    assert not torch.equal(got["forward"][0], got["reverse"][0])
+    assert torch.equal(got["forward"][1], got["reverse"][1])
+
+
+def test_fixed_point_window_stays_in_range(emu):
+    """The worst case for the window's int32 sums: every tap of every pixel samples the same
+    input pixel at an integer point, so each term is the bound the scale is made from
+    (grad_output, weight and mask constant, offsets collapsing the taps). One term is then
+    about 2^29.6 in the window, the sum of a tile's 576 about 2^38.8: the window wraps around
+    the int32 range hundreds of times, and the wraps added to the int64 sums keep it exact,
+    at 64 and 576 output pixels."""
+    for h in (8, 24):
+        a = case(torch.float16, n=1, c_in=8, c_out=16, h=h, w=h)
+        a["input"] = torch.ones_like(a["input"])
+        a["weight"] = torch.full_like(a["weight"], 0.25)
+        a["grad_output"] = torch.full_like(a["grad_output"], 3.0)
+        a["mask"] = torch.ones_like(a["mask"])
+        ho, wo = a["grad_output"].shape[2:]
+        ys = torch.arange(ho).view(1, 1, ho, 1).float()
+        xs = torch.arange(wo).view(1, 1, 1, wo).float()
+        taps = torch.arange(9)
+        ky, kx = (taps // 3 - 1).view(1, 9, 1, 1).float(), (taps % 3 - 1).view(1, 9, 1, 1).float()
+        # the sample point (y + ky + dy, x + kx + dx) is (2, 2) for every tap of every pixel
+        a["offset"] = torch.stack(
+            [(2.0 - (ys + ky)).expand(1, 9, ho, wo), (2.0 - (xs + kx)).expand(1, 9, ho, wo)],
+            dim=2,
+        ).reshape(1, 18, ho, wo)
+        got = window_call(emu, a, fixed=True)[0]
+        want = reference(a)[0]
+        assert want[0, 0, 2, 2] == ho * wo * 9 * 12  # every term is 3 * (16 * 0.25) = 12
+        assert torch.equal(got, want.float())
 
 
 def test_channel_split_must_be_whole_blocks(emu):
@@ -115,19 +178,48 @@ def test_boundary_and_non_finite_offsets(emu):
     sampling rule, so grads match the float64 column op and stay finite."""
     a = case(torch.float16, c_in=16, c_out=16, h=8, w=9)
     put_edge_offsets(a)
-    gi, goff, gmask = window_call(emu, a)
     ref = reference(a)
-    for got, want in zip((gi, goff, gmask), ref):
-        assert torch.isfinite(got).all()
-        assert rel_to_max(got, want) < TOLERANCE
-    assert goff[0, 8, 1, 0] == 0 and gmask[0, 4, 1, 0] == 0  # undefined sample: no gradient
+    for fixed in (False, True):
+        gi, goff, gmask = window_call(emu, a, fixed=fixed)
+        for got, want in zip((gi, goff, gmask), ref):
+            assert torch.isfinite(got).all()
+            assert rel_to_max(got, want) < TOLERANCE
+        assert goff[0, 8, 1, 0] == 0 and gmask[0, 4, 1, 0] == 0  # undefined: no gradient
+
+
+def test_fixed_point_keeps_non_finite_sums(emu):
+    """inf, -inf and NaN in grad_output: in fixed point they go to the float32 sums and land
+    where the float sums put them; the finite elements agree with the float sums."""
+    a = case(torch.float16, n=1, c_in=16, c_out=16, h=8, w=9)
+    go = a["grad_output"].clone()
+    go[0, 0, 1, 1], go[0, 1, 3, 4], go[0, 2, 3, 3] = float("inf"), float("-inf"), float("nan")
+    go[0, 3, 5, 0] = float("inf")
+    a["grad_output"] = go
+    ref = window_call(emu, a)[0]
+    got = window_call(emu, a, fixed=True)[0]
+    assert torch.isnan(ref).any() and torch.isinf(ref).any() and torch.isfinite(ref).any()
+    for kind in (torch.isnan, torch.isposinf, torch.isneginf):
+        assert torch.equal(kind(got), kind(ref))
+    finite = torch.isfinite(ref)
+    torch.testing.assert_close(got[finite], ref[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_fixed_point_scale_is_checked(emu):
+    a = case(torch.float16, c_in=8, c_out=8)
+    for bad in (torch.ones(1, dtype=torch.float64), torch.ones(2)):
+        with pytest.raises(RuntimeError, match="fixed_point_scale must be a float32 tensor"):
+            emu.fused_input_side(
+                a["grad_output"], a["input"], a["weight"], a["offset"], a["mask"],
+                a["stride"], a["padding"], a["dilation"], bad,
+            )  # fmt: skip
 
 
 def test_batch_zero_and_no_output_channels(emu):
     a = case(torch.float16, n=1, c_in=8, c_out=8)
     empty = {k: v[:0] if isinstance(v, torch.Tensor) and k != "weight" else v for k, v in a.items()}
-    gi, goff, gmask = window_call(emu, empty)
-    assert gi.shape == (0, 8, 7, 6) and goff.shape[0] == 0 and gmask.shape[0] == 0
+    for fixed in (False, True):
+        gi, goff, gmask = window_call(emu, empty, fixed=fixed)
+        assert gi.shape == (0, 8, 7, 6) and goff.shape[0] == 0 and gmask.shape[0] == 0
 
 
 def test_layouts_give_the_same_bits(emu):
@@ -154,11 +246,12 @@ def test_layouts_give_the_same_bits(emu):
         assert rel_to_max(got, want) < TOLERANCE
 
 
-def test_int64_index_build_agrees(emu, monkeypatch):
+@pytest.mark.parametrize("fixed", [False, True], ids=["float", "fixed"])
+def test_int64_index_build_agrees(emu, monkeypatch, fixed):
     a = case(torch.float16, c_in=24, c_out=18, groups=3, h=9, w=10)
-    base = window_call(emu, a)
+    base = window_call(emu, a, fixed=fixed)
     monkeypatch.setenv("DEFORMCONV_FORCE_INT64_INDEX", "1")
-    for x, y in zip(base, window_call(emu, a)):
+    for x, y in zip(base, window_call(emu, a, fixed=fixed)):
         assert torch.equal(x, y)
 
 
@@ -175,15 +268,19 @@ def test_uncovered_calls_raise_clear_errors(emu, change, message):
 
 
 def test_deterministic_mode_refuses_the_atomic_sums(emu):
-    """grad_input is summed with float atomics: under torch.use_deterministic_algorithms(True)
-    the op raises, as torch's nondeterministic ops do (the fused path never calls it there)."""
+    """With float sums grad_input is summed with float atomics: under
+    torch.use_deterministic_algorithms(True) the op raises, as torch's nondeterministic ops do
+    (the fused path calls it there with a fixed-point scale only, which it accepts)."""
     a = case(torch.float16, c_in=8, c_out=8)
     torch.use_deterministic_algorithms(True)
     try:
         with pytest.raises(RuntimeError, match="_fused_input_side.*deterministic"):
             window_call(emu, a)
+        got = window_call(emu, a, fixed=True)
     finally:
         torch.use_deterministic_algorithms(False)
+    for x, want in zip(got, reference(a)):
+        assert rel_to_max(x, want) < TOLERANCE
 
 
 def test_bad_arguments_get_the_op_checks(emu):
@@ -199,12 +296,17 @@ def test_meta_kernel_gives_shapes_and_layouts():
     a = case(torch.float16, c_in=16, c_out=8, h=9, w=11)
     meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in a.items()}
     op = torch.ops.deformconv._fused_input_side
-    for mask in (meta["mask"], None):
-        gi, goff, gmask = op(
+    for mask, scale in ((meta["mask"], None), (None, torch.ones((), device="meta"))):
+        gi, gi_fixed, goff, gmask = op(
             meta["grad_output"], meta["input"], meta["weight"], meta["offset"], mask,
-            a["stride"], a["padding"], a["dilation"],
+            a["stride"], a["padding"], a["dilation"], scale,
         )  # fmt: skip
         assert gi.shape == a["input"].shape and gi.dtype == torch.float32
         assert gi.is_contiguous(memory_format=torch.channels_last)
+        if scale is None:
+            assert gi_fixed.shape == (0,)
+        else:
+            assert gi_fixed.shape == gi.shape and gi_fixed.dtype == torch.int64
+            assert gi_fixed.is_contiguous(memory_format=torch.channels_last)
         assert goff.shape == a["offset"].shape and goff.dtype == torch.float32
         assert gmask.shape == (a["mask"].shape if mask is not None else (0,))

@@ -48,17 +48,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
           bias.has_value() ? at::empty_symint(bias->sym_sizes(), bias->options()) : none()};
 }
 
-// The fused input side's results: float32 grad_input in channels-last storage, float32
-// contiguous grad_offset / grad_mask (grad_mask empty when mask is None).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_meta(
+// The fused input side's results: float32 grad_input in channels-last storage, int64
+// grad_input_fixed like it with a fixed-point scale (else empty), float32 contiguous
+// grad_offset / grad_mask (grad_mask empty when mask is None).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_input_side_meta(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& offset, const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t /*channels_per_split*/) {
+    at::IntArrayRef padding, at::IntArrayRef dilation,
+    const c10::optional<at::Tensor>& fixed_point_scale, int64_t /*channels_per_split*/) {
   const SymConvGeometry geo = check_deform_conv2d_args_sym(input, weight, offset, mask,
                                                            c10::nullopt, stride, padding, dilation);
   check_grad_output(grad_output, input, geo);
   const auto f32 = input.options().dtype(at::kFloat);
-  return {at::empty_symint(input.sym_sizes(), f32.memory_format(at::MemoryFormat::ChannelsLast)),
+  const auto i64 = input.options().dtype(at::kLong);
+  const auto channels_last = at::MemoryFormat::ChannelsLast;
+  return {at::empty_symint(input.sym_sizes(), f32.memory_format(channels_last)),
+          fixed_point_scale.has_value()
+              ? at::empty_symint(input.sym_sizes(), i64.memory_format(channels_last))
+              : at::empty({0}, i64),
           at::empty_symint(offset.sym_sizes(), f32),
           mask.has_value() ? at::empty_symint(mask->sym_sizes(), f32) : at::empty({0}, f32)};
 }

@@ -57,15 +57,20 @@ at::Tensor fused_weight_grad_cuda(const at::Tensor& grad_output, const at::Tenso
                                   at::IntArrayRef padding, at::IntArrayRef dilation);
 
 // deformconv::_fused_input_side (16-bit data, sm_80+): (grad_input as float32 Tensor[N, C_in, H,
-// W] in channels-last storage, grad_offset and grad_mask as float32 contiguous tensors of
-// offset's / mask's shape; grad_mask empty (shape [0]) when mask is None). grad_input is summed
-// with float atomics (its bits may differ between runs); grad_offset and grad_mask are
-// deterministic. channels_per_split: 0 splits an offset group's channels automatically when the
-// pixel tiles give few thread blocks, else a multiple of 32 (tests).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
+// W] in channels-last storage, grad_input_fixed, grad_offset and grad_mask as float32
+// contiguous tensors of offset's / mask's shape; grad_mask empty (shape [0]) when mask is None).
+// Without fixed_point_scale, grad_input is summed with float atomics (its bits may differ
+// between runs) and grad_input_fixed is empty. With it (a float32 power of two S, one element):
+// grad_input_fixed (int64, grad_input's shape and layout) holds the sum of the finite terms
+// times S, deterministic, and grad_input the sum of the non-finite ones; the caller combines
+// them. grad_offset and grad_mask are deterministic. channels_per_split: 0 splits an offset
+// group's channels automatically when the pixel tiles give few thread blocks, else a multiple
+// of 32 (tests).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_input_side_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& offset, const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t channels_per_split);
+    at::IntArrayRef padding, at::IntArrayRef dilation,
+    const c10::optional<at::Tensor>& fixed_point_scale, int64_t channels_per_split);
 
 }  // namespace cuda
 }  // namespace deformconv

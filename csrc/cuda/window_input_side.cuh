@@ -21,8 +21,20 @@
 // After the taps of a channel block the window is added to grad_input with global atomics
 // (far fewer than one per corner and channel) and cleared. After all channel blocks,
 // grad_mask = sum_j w_j t_j and grad_offset = mask * (sum_j dw_j/dy t_j, sum_j dw_j/dx t_j) per
-// (tap, pixel), each written once: grad_offset and grad_mask are deterministic, grad_input
-// (float atomics) is not.
+// (tap, pixel), each written once: grad_offset and grad_mask are deterministic; grad_input
+// (float atomics) is not, unless it is summed in fixed point.
+//
+// Fixed point (grad_input_fixed given): each finite term times a power of two, rounded to the
+// nearest integer, is added as an int32 to the window (native shared-memory integer atomics;
+// the float ones are compare-and-swap loops) or, outside the window, as an int64 to
+// grad_input_fixed; the window's sums go to grad_input_fixed scaled up by 2^fixed_shift.
+// The caller's scale S bounds every finite term t by |t| S <= 2^62 / count, count = H_out W_out
+// taps (the most terms of one element); the window uses S / 2^fixed_shift with fixed_shift =
+// max(0, 32 - floor(log2(count))), so one term is below 2^30 + 1 there. A window element may
+// still pass the int32 range: the thread whose add crosses it (atomicAdd returns the old value)
+// adds the 2^32 the element wrapped by to grad_input_fixed. Integer sums do not depend on the
+// order, so grad_input_fixed is deterministic. Non-finite terms (inf, NaN) go to the float32
+// grad_input, whose sum of only such values is the same in any order.
 //
 // Layouts: input and grad_output channels-last contiguous (NHWC), weight [groups, taps, C_og,
 // C_g] contiguous, offset / mask float32 in any strides, grad_input float32 NHWC, grad_offset /
@@ -31,6 +43,7 @@
 // in one weight group and one offset group, and its 16-byte loads are aligned), sm_80+.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "common/bilinear.h"
@@ -63,8 +76,31 @@ struct WindowArgs {
   int32_t margin_h, margin_w;        // window rows / columns before the tile's footprint
   int32_t vector_grad_out;           // C_out and C_og multiples of 8: grad_output read 8 at a time
   int32_t split_channels;            // channels of an offset group per split (blockIdx.z)
+  int32_t fixed_shift;               // fixed point: log2(global scale / the window's scale)
   int64_t offset_numel, mask_numel;  // a split's stride in the grad_offset / grad_mask partials
 };
+
+// One term of grad_input in fixed point: times `scale` (a power of two), rounded to the nearest
+// integer (see the header: the caller's scale keeps every sum within range). False for a
+// non-finite term, which the caller adds to the float32 grad_input instead.
+__device__ __forceinline__ bool fixed_point_term(float term, float scale, long long& q) {
+  if (!(fabsf(term) < INFINITY)) return false;  // inf or NaN
+  q = __float2ll_rn(term * scale);
+  return true;
+}
+
+// Adds q (|q| <= 2^30 + 1) to the int32 window element `cell`; when the sum leaves the int32
+// range (it wraps by 2^32), adds the 2^32 it lost, times `shift_up` (the window's scale to the
+// global one), to `global` (the element's grad_input_fixed).
+__device__ __forceinline__ void add_to_fixed_window(int32_t* cell, int32_t q,
+                                                    unsigned long long* global,
+                                                    long long shift_up) {
+  const long long sum = static_cast<long long>(atomicAdd(cell, q)) + q;
+  const long long wrapped = sum > INT32_MAX ? 1 : sum < INT32_MIN ? -1 : 0;
+  if (wrapped != 0) {
+    atomicAdd(global, static_cast<unsigned long long>(wrapped * (1ll << 32) * shift_up));
+  }
+}
 
 // Byte offsets of the shared-memory regions (each 128-byte aligned) and the total.
 struct WindowSmem {
@@ -85,13 +121,15 @@ __host__ __device__ inline WindowSmem window_smem(int64_t k_pad, int64_t taps, i
 }
 
 template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kWindowThreads)
+__global__ void __launch_bounds__(kWindowThreads, 2)
     window_input_side_kernel(const SamplingArgs<index_t> a, const WindowArgs wa,
                              const scalar_t* __restrict__ input,
                              const scalar_t* __restrict__ grad_out,
                              const scalar_t* __restrict__ weight, const float* __restrict__ offset,
                              const float* __restrict__ mask, float* __restrict__ grad_input,
-                             float* __restrict__ grad_offset, float* __restrict__ grad_mask) {
+                             unsigned long long* __restrict__ grad_input_fixed,
+                             const float* __restrict__ fixed_scale, float* __restrict__ grad_offset,
+                             float* __restrict__ grad_mask) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   namespace wmma = nvcuda::wmma;
   using mma_t = typename backend::MmaElement<scalar_t>::type;
@@ -101,6 +139,7 @@ __global__ void __launch_bounds__(kWindowThreads)
   scalar_t* w_s = reinterpret_cast<scalar_t*>(smem + L.w);          // [k_pad][kWLd]
   float* gc_s = reinterpret_cast<float*>(smem + L.gc);              // [64][kGcLd]
   float* win_s = reinterpret_cast<float*>(smem + L.win);            // [kWindow^2][kWinLd]
+  int32_t* win_fixed = reinterpret_cast<int32_t*>(smem + L.win);    // the same, in fixed point
   float* t_s = reinterpret_cast<float*>(smem + L.t);                // [taps][64][4]
   int32_t* cell_yx = reinterpret_cast<int32_t*>(smem + L.cell_yx);  // y0, x0, defined: [3][64]
   float* cell_f = reinterpret_cast<float*>(smem + L.cell_f);        // ly, lx, mask: [3][64]
@@ -119,6 +158,11 @@ __global__ void __launch_bounds__(kWindowThreads)
   // The window's first input row and column.
   const index_t win_y0 = th * kWindowTile * a.stride_h - a.pad_h - wa.margin_h;
   const index_t win_x0 = tw * kWindowTile * a.stride_w - a.pad_w - wa.margin_w;
+  // Fixed point: the global scale, and the window's (2^fixed_shift times smaller).
+  const bool fixed = grad_input_fixed != nullptr;
+  const float scale_global = fixed ? *fixed_scale : 0.f;
+  const float scale_window = fixed ? ldexpf(scale_global, -wa.fixed_shift) : 0.f;
+  const long long shift_up = 1ll << wa.fixed_shift;
 
   for (int i = tid; i < taps * kWindowPixels * 4; i += kWindowThreads) t_s[i] = 0.f;
   for (int i = tid; i < kWindow * kWindow * kWinLd; i += kWindowThreads) win_s[i] = 0.f;
@@ -241,11 +285,36 @@ __global__ void __launch_bounds__(kWindowThreads)
             const float coef = m * w[c4];
             const index_t wy = y - win_y0;
             const index_t wx = x - win_x0;
-            float* dst = (wy >= 0 && wy < kWindow && wx >= 0 && wx < kWindow)
-                             ? win_s + (wy * kWindow + wx) * kWinLd + q * kWindowVec
-                             : grad_input + at;
+            const bool in_window = wy >= 0 && wy < kWindow && wx >= 0 && wx < kWindow;
+            const index_t win_at = (wy * kWindow + wx) * kWinLd + q * kWindowVec;
+            if (fixed && in_window) {
 #pragma unroll
-            for (int j = 0; j < kWindowVec; ++j) atomicAdd(dst + j, gc[j] * coef);
+              for (int j = 0; j < kWindowVec; ++j) {
+                const float term = gc[j] * coef;
+                long long fx;
+                if (fixed_point_term(term, scale_window, fx)) {
+                  add_to_fixed_window(win_fixed + win_at + j, static_cast<int32_t>(fx),
+                                      grad_input_fixed + at + j, shift_up);
+                } else {
+                  atomicAdd(grad_input + at + j, term);
+                }
+              }
+            } else if (fixed) {
+#pragma unroll
+              for (int j = 0; j < kWindowVec; ++j) {
+                const float term = gc[j] * coef;
+                long long fx;
+                if (fixed_point_term(term, scale_global, fx)) {
+                  atomicAdd(grad_input_fixed + at + j, static_cast<unsigned long long>(fx));
+                } else {
+                  atomicAdd(grad_input + at + j, term);
+                }
+              }
+            } else {
+              float* dst = in_window ? win_s + win_at : grad_input + at;
+#pragma unroll
+              for (int j = 0; j < kWindowVec; ++j) atomicAdd(dst + j, gc[j] * coef);
+            }
           }
         }
 #pragma unroll
@@ -263,13 +332,23 @@ __global__ void __launch_bounds__(kWindowThreads)
       for (int i = tid; i < kWindow * kWindow * kWindowChannels; i += kWindowThreads) {
         const int pos = i / kWindowChannels;
         const int c = i % kWindowChannels;
-        float* cell = win_s + pos * kWinLd + c;
-        const float v = *cell;
-        if (v != 0.f) {  // only corners inside the image were added (NaN != 0 passes)
-          const index_t y = win_y0 + pos / kWindow;
-          const index_t x = win_x0 + pos % kWindow;
-          atomicAdd(grad_input + ((n * a.height + y) * a.width + x) * a.channels + cb + c, v);
-          *cell = 0.f;
+        const index_t y = win_y0 + pos / kWindow;
+        const index_t x = win_x0 + pos % kWindow;
+        const index_t at = ((n * a.height + y) * a.width + x) * a.channels + cb + c;
+        // Only corners inside the image were added (NaN != 0 passes).
+        if (fixed) {
+          int32_t* cell = win_fixed + pos * kWinLd + c;
+          if (*cell != 0) {
+            atomicAdd(grad_input_fixed + at,
+                      static_cast<unsigned long long>(static_cast<long long>(*cell) * shift_up));
+            *cell = 0;
+          }
+        } else {
+          float* cell = win_s + pos * kWinLd + c;
+          if (*cell != 0.f) {
+            atomicAdd(grad_input + at, *cell);
+            *cell = 0.f;
+          }
         }
       }
     }

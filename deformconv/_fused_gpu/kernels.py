@@ -155,7 +155,7 @@ def _gather(x_ptr, p00, in00, in01, in10, in11, w00, w01, w10, w11, ci, seg, W, 
 def _fixed_point_add(gx_ptr, gxi_ptr, offs, ok, term, fx_scale):
     """Deterministic grad_input adds: each finite term, times fx_scale, truncated to int64 and
     added to gxi (integer adds give the same sum in any order; fx_scale keeps every sum far
-    from overflow, see op._fixed_point_scale); each non-finite term (inf, NaN) added to the
+    from overflow, see fixed_point.fixed_point_scale); each non-finite term (inf, NaN) added to the
     float32 gx instead, whose sum of only non-finite values does not depend on the order
     either (inf, -inf, or NaN by which kinds occur)."""
     finite = tl.abs(term) < float("inf")  # NaN fails

@@ -37,6 +37,7 @@ from .kernels import (
     fused_forward_kernel,
 )
 from .config import block_config, cdiv, channel_splits, weight_splits
+from .fixed_point import add_fixed_point, fixed_point_scale
 
 _DUMMY_STRIDES = (0, 0, 0, 0)
 
@@ -229,35 +230,11 @@ def _weight_side(call: _BackwardCall, weight: Tensor) -> Tensor:
     return part.sum(0)
 
 
-def _finite_abs(t: Tensor) -> Tensor:
-    """|t| with its non-finite elements made 0."""
-    a = t.abs()
-    return torch.where(torch.isfinite(a), a, 0)
-
-
-def _finite_abs_max(t: Tensor) -> Tensor:
-    """max |t| over t's finite elements (0 if none), float64, on t's device (no sync)."""
-    return _finite_abs(t).amax().double()
-
-
-def _fixed_point_scale(call: _BackwardCall, w: Tensor) -> Tensor:
-    """The power of two (float32 scalar on the device) by which the deterministic input side
-    turns grad_input's terms into int64 (kernels._fixed_point_add).
-
-    A finite term is gc * mask * corner weight with gc = sum over co of grad_out * W, so
-    |term| <= B = max|grad_out| * max over (tap, c) of sum over co of |W| * max|mask| (finite
-    elements; corner weights are at most 1), and one element of grad_input gets at most
-    H_out*W_out*kh*kw terms. The scale is the largest power of two with B * count * scale <=
-    2**62: no sum can overflow int64, the scaling is exact, and each term loses at most
-    1 / scale to the truncation (B * count * 2**-62 or less)."""
+def _fixed_point_scale(call: _BackwardCall, weight: Tensor) -> Tensor:
+    """fixed_point.fixed_point_scale for this call (weight: the op's)."""
     geo = call.geo
-    col = _finite_abs(w).float().sum(-1).amax().double()
-    bound = _finite_abs_max(call.go) * col
-    if call.mask is not None:
-        bound = bound * _finite_abs_max(call.mask)
-    count = geo.ho * geo.wo * geo.kh * geo.kw
-    room = 2.0**62 / (bound * count).clamp(min=2.0**-100)
-    return torch.exp2(torch.floor(torch.log2(room))).clamp(max=2.0**100).float()
+    terms = geo.ho * geo.wo * geo.kh * geo.kw
+    return fixed_point_scale(call.go, weight, call.mask, geo.groups, terms)
 
 
 def _input_side(
@@ -265,15 +242,19 @@ def _input_side(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """(grad_input as float32 NHWC Tensor[N, H, W, C_in], grad_offset, grad_mask like goff and
     gmask, which are zeros on entry): the CUDA kernel where
-    selection.cuda_input_side_applies, else fused_backward_data_kernel (_triton_input_side)."""
+    selection.cuda_input_side_applies, else fused_backward_data_kernel (_triton_input_side).
+    ``fixed``: grad_input summed in fixed point (deterministic); the CUDA kernel also sums so
+    where selection.CUDA_INPUT_SIDE_FIXED_POINT."""
     geo = call.geo
-    if selection.cuda_input_side_applies(
-        call.x, geo.c_g, geo.c_pog, geo.c_og, geo.kh * geo.kw, fixed
-    ):
-        gx, off, msk = torch.ops.deformconv._fused_input_side(
+    if selection.cuda_input_side_applies(call.x, geo.c_g, geo.c_pog, geo.c_og, geo.kh * geo.kw):
+        fixed = fixed or selection.CUDA_INPUT_SIDE_FIXED_POINT
+        scale = _fixed_point_scale(call, weight) if fixed else None
+        gx, gxi, off, msk = torch.ops.deformconv._fused_input_side(
             call.go, call.x.permute(0, 3, 1, 2), weight, call.offset, call.mask,
-            *_conv_lists(geo),
+            *_conv_lists(geo), scale,
         )  # fmt: skip
+        if fixed:
+            add_fixed_point(gx, gxi, scale)
         return gx.permute(0, 2, 3, 1), off.to(goff.dtype), msk.to(gmask.dtype)
     gx = torch.zeros((geo.n, geo.h, geo.w, geo.c), dtype=torch.float32, device=call.x.device)
     return (gx, *_triton_input_side(call, weight, gx, goff, gmask, fixed))
@@ -311,7 +292,7 @@ def _triton_input_side(
         consts["IDX64"] = call.idx64 or _needs_int64(off_out, msk_out)
     grid = (tiles, geo.offset_groups, splits)
     gxi = torch.zeros(gx.shape, dtype=torch.int64, device=gx.device) if fixed else gx
-    scale = _fixed_point_scale(call, w) if fixed else gx
+    scale = _fixed_point_scale(call, weight) if fixed else gx
     # One launch does both; TWO_PASSES launches the scatter and the reduction apart.
     passes = ((True, False), (False, True)) if cfg.get("TWO_PASSES") else ((True, True),)
     for scatter, reduce in passes:
@@ -323,8 +304,8 @@ def _triton_input_side(
                 split_c, goff.numel(), 0 if call.mask is None else gmask.numel(),
                 SCATTER=scatter, REDUCE=reduce, FIXED=fixed, **consts, **_launch_options(cfg),
             )  # fmt: skip
-    if fixed:  # a non-finite sum where there is one, else the fixed-point sum (exact scaling)
-        gx.copy_(torch.where(gx != 0, gx, gxi.to(torch.float32) / scale))
+    if fixed:
+        add_fixed_point(gx, gxi, scale)
     if splits > 1:
         return off_out.sum(0).to(goff.dtype), msk_out.sum(0).to(gmask.dtype)
     return goff, gmask

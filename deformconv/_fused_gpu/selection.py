@@ -25,7 +25,7 @@ CHOICES = ("auto", "fused", "columns")
 AUTO_USES_FUSED = False
 # What the fused path's backward does in deterministic mode (torch.use_deterministic_algorithms):
 # False runs the column path's deterministic backward; True keeps the fused kernels, summing
-# grad_input's finite terms in int64 fixed point (op._fixed_point_scale). False until a GPU run
+# grad_input's finite terms in int64 fixed point (fixed_point.fixed_point_scale). False until a GPU run
 # has timed the fixed-point sums.
 DETERMINISTIC_FUSED_BACKWARD = False
 # Whether the fused forward runs the CUDA C++ kernel of the extension
@@ -41,8 +41,13 @@ CUDA_WEIGHT_SIDE = False
 # Whether the fused backward's input side (grad_input, grad_offset, grad_mask) runs the CUDA C++
 # kernel of the extension (torch.ops.deformconv._fused_input_side: grad_input summed in a
 # shared-memory window, far fewer global atomics) instead of the Triton kernel, where
-# cuda_input_side_applies. False until a GPU run has timed it.
+# cuda_input_side_applies. False until a GPU run has timed it. In the fixed-point deterministic
+# backward (DETERMINISTIC_FUSED_BACKWARD) it sums grad_input in fixed point.
 CUDA_INPUT_SIDE = False
+# Whether that CUDA kernel sums grad_input in fixed point outside deterministic mode too: its
+# window then adds int32 (native shared-memory atomics) instead of float32 (compare-and-swap
+# loops), and grad_input is deterministic. False until a GPU run has timed both.
+CUDA_INPUT_SIDE_FIXED_POINT = False
 # The CUDA input side's reach: 16-bit data; C_in/groups and C_in/offset_groups multiples of 8;
 # at most 9 taps and 512 output channels per group, which keeps its shared memory (grad_output
 # rows and the tap's weights of a group, the window, per-tap corner sums) within 158 KiB; GPUs
@@ -143,15 +148,13 @@ def cuda_weight_side_applies(input: Tensor, c_g: int, c_pog: int) -> bool:
     )
 
 
-def cuda_input_side_applies(
-    input: Tensor, c_g: int, c_pog: int, c_og: int, taps: int, deterministic: bool
-) -> bool:
+def cuda_input_side_applies(input: Tensor, c_g: int, c_pog: int, c_og: int, taps: int) -> bool:
     """Whether the fused backward's input side runs the CUDA kernel for a call whose data
-    (``input``, NHWC or NCHW) is on a CUDA device: :data:`CUDA_INPUT_SIDE`, outside the
-    fixed-point deterministic backward, 16-bit data, ``c_g`` (C_in/groups) and ``c_pog``
-    (C_in/offset_groups) multiples of 8, ``taps`` <= 9, ``c_og`` (C_out/groups) <= 512, a GPU
-    with 158 KiB of shared memory per block, and the extension built with CUDA."""
-    if not (CUDA_INPUT_SIDE and not deterministic and _cuda_16bit_channels(input, c_g, c_pog)):
+    (``input``, NHWC or NCHW) is on a CUDA device: :data:`CUDA_INPUT_SIDE`, 16-bit data,
+    ``c_g`` (C_in/groups) and ``c_pog`` (C_in/offset_groups) multiples of 8, ``taps`` <= 9,
+    ``c_og`` (C_out/groups) <= 512, a GPU with 158 KiB of shared memory per block, and the
+    extension built with CUDA."""
+    if not (CUDA_INPUT_SIDE and _cuda_16bit_channels(input, c_g, c_pog)):
         return False
     if taps > _CUDA_INPUT_SIDE_MAX_TAPS or c_og > _CUDA_INPUT_SIDE_MAX_C_OG:
         return False

@@ -11,6 +11,9 @@
 // meet). Dynamic shared memory (launch_kernel_shared) is one buffer for the block, filled
 // with 0xFF bytes (NaN in every float type) before each block, so a read of shared memory
 // the block never wrote shows up. atomicAdd is a plain add (one host thread).
+// DEFORMCONV_EMULATION_ORDER=reverse runs the blocks, and the threads within each round, in
+// reverse order: the GPU fixes neither, so a result that must not depend on it can be
+// compared between the two orders.
 // Slow-ish and only for small shapes: it checks indexing, layouts, chunking and reduction
 // order without a GPU, not races or performance.
 #pragma once
@@ -21,6 +24,7 @@
 
 #include <ucontext.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -72,9 +76,16 @@ inline void fiber_entry() {
 }
 
 // Runs body() as kernel <<<grid, block, shared_bytes>>>: blocks in order, threads as fibers.
+// Whether DEFORMCONV_EMULATION_ORDER=reverse (read at each launch).
+inline bool reverse_order() {
+  const char* order = std::getenv("DEFORMCONV_EMULATION_ORDER");
+  return order != nullptr && std::strcmp(order, "reverse") == 0;
+}
+
 inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body,
                      size_t shared_bytes = 0) {
   const unsigned threads = block.x * block.y * block.z;
+  const bool reverse = reverse_order();
   std::unique_ptr<unsigned char, decltype(&std::free)> shared(
       static_cast<unsigned char*>(std::aligned_alloc(128, (shared_bytes + 127) / 128 * 128 + 128)),
       &std::free);
@@ -91,54 +102,58 @@ inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body,
   g_block_dim = block;
   g_grid_dim = grid;
   g_body = &body;
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        g_block_idx = dim3(bx, by, bz);
-        if (shared_bytes != 0) std::memset(shared.get(), 0xFF, shared_bytes);
-        for (Fiber& f : fibers) {
-          getcontext(&f.context);
-          f.context.uc_stack.ss_sp = f.stack.get();
-          f.context.uc_stack.ss_size = kStackBytes;
-          f.context.uc_link = &g_scheduler;
-          makecontext(&f.context, fiber_entry, 0);
-          f.done = false;
-          f.shuffles = 0;
-        }
-        // Rounds: every live fiber runs to its next shuffle or to its end.
-        for (bool live = true; live;) {
-          live = false;
-          unsigned waiting = 0, finished_now = 0, at_barrier = 0;
-          for (Fiber& f : fibers) {
-            if (f.done) continue;
-            f.waiting = false;
-            g_current = &f;
-            g_thread_idx = f.thread_idx;
-            swapcontext(&g_scheduler, &f.context);
-            if (f.done) {
-              ++finished_now;
-            } else {
-              ++waiting;
-              at_barrier += f.at_barrier ? 1 : 0;
-              live = true;
-            }
-          }
-          if (at_barrier != 0 && at_barrier != waiting) {
-            std::fprintf(stderr,
-                         "cuda_shim: in block (%u,%u,%u) %u threads wait in __syncthreads "
-                         "while %u wait in a shuffle\n",
-                         bx, by, bz, at_barrier, waiting - at_barrier);
-            std::abort();
-          }
-          if (waiting != 0 && finished_now != 0) {
-            std::fprintf(stderr,
-                         "cuda_shim: %u threads of block (%u,%u,%u) wait in a shuffle "
-                         "that %u finished threads never reach\n",
-                         waiting, bx, by, bz, finished_now);
-            std::abort();
-          }
+  const size_t blocks = size_t(grid.x) * grid.y * grid.z;
+  for (size_t i = 0; i < blocks; ++i) {
+    const size_t b = reverse ? blocks - 1 - i : i;
+    const unsigned bx = static_cast<unsigned>(b % grid.x);
+    const unsigned by = static_cast<unsigned>(b / grid.x % grid.y);
+    const unsigned bz = static_cast<unsigned>(b / (size_t(grid.x) * grid.y));
+    g_block_idx = dim3(bx, by, bz);
+    if (shared_bytes != 0) std::memset(shared.get(), 0xFF, shared_bytes);
+    for (Fiber& f : fibers) {
+      getcontext(&f.context);
+      f.context.uc_stack.ss_sp = f.stack.get();
+      f.context.uc_stack.ss_size = kStackBytes;
+      f.context.uc_link = &g_scheduler;
+      makecontext(&f.context, fiber_entry, 0);
+      f.done = false;
+      f.shuffles = 0;
+    }
+    // Rounds: every live fiber runs to its next shuffle or to its end.
+    for (bool live = true; live;) {
+      live = false;
+      unsigned waiting = 0, finished_now = 0, at_barrier = 0;
+      for (unsigned t = 0; t < threads; ++t) {
+        Fiber& f = fibers[reverse ? threads - 1 - t : t];
+        if (f.done) continue;
+        f.waiting = false;
+        g_current = &f;
+        g_thread_idx = f.thread_idx;
+        swapcontext(&g_scheduler, &f.context);
+        if (f.done) {
+          ++finished_now;
+        } else {
+          ++waiting;
+          at_barrier += f.at_barrier ? 1 : 0;
+          live = true;
         }
       }
+      if (at_barrier != 0 && at_barrier != waiting) {
+        std::fprintf(stderr,
+                     "cuda_shim: in block (%u,%u,%u) %u threads wait in __syncthreads "
+                     "while %u wait in a shuffle\n",
+                     bx, by, bz, at_barrier, waiting - at_barrier);
+        std::abort();
+      }
+      if (waiting != 0 && finished_now != 0) {
+        std::fprintf(stderr,
+                     "cuda_shim: %u threads of block (%u,%u,%u) wait in a shuffle "
+                     "that %u finished threads never reach\n",
+                     waiting, bx, by, bz, finished_now);
+        std::abort();
+      }
+    }
+  }
   g_current = nullptr;
   g_dynamic_shared = nullptr;
   g_dynamic_shared_bytes = 0;
@@ -185,6 +200,19 @@ inline double atomicAdd(double* address, double value) {
   *address = old + value;
   return old;
 }
+inline int atomicAdd(int* address, int value) {
+  const int old = *address;
+  *address = static_cast<int>(static_cast<unsigned>(old) + static_cast<unsigned>(value));
+  return old;
+}
+inline unsigned long long atomicAdd(unsigned long long* address, unsigned long long value) {
+  const unsigned long long old = *address;
+  *address = old + value;
+  return old;
+}
+
+// float to integer, rounded to the nearest (ties to even), as the CUDA intrinsic.
+inline long long __float2ll_rn(float x) { return std::llrint(x); }
 
 // Pack accesses must be aligned on the GPU (else "misaligned address"): checked here.
 #define DEFORMCONV_ASSERT_ALIGNED(ptr, bytes)                                    \

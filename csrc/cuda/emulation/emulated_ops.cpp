@@ -71,12 +71,14 @@ at::Tensor fused_weight_grad(const at::Tensor& grad_output, const at::Tensor& in
                                                   padding, dilation);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_input_side(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_input_side(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& offset, const c10::optional<at::Tensor>& mask, std::vector<int64_t> stride,
-    std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t channels_per_split) {
+    std::vector<int64_t> padding, std::vector<int64_t> dilation,
+    const c10::optional<at::Tensor>& fixed_point_scale, int64_t channels_per_split) {
   return deformconv::cuda::fused_input_side_cuda(grad_output, input, weight, offset, mask, stride,
-                                                 padding, dilation, channels_per_split);
+                                                 padding, dilation, fixed_point_scale,
+                                                 channels_per_split);
 }
 
 }  // namespace
@@ -94,5 +96,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("grad_output"), pybind11::arg("input"), pybind11::arg("weight"),
         pybind11::arg("offset"), pybind11::arg("mask"), pybind11::arg("stride"),
         pybind11::arg("padding"), pybind11::arg("dilation"),
+        pybind11::arg("fixed_point_scale") = pybind11::none(),
         pybind11::arg("channels_per_split") = 0);
 }
