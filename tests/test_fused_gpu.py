@@ -124,6 +124,27 @@ def test_cuda_input_side_rule(monkeypatch):
     assert not selection.cuda_input_side_applies(*ok)
 
 
+def test_fixed_point_scale():
+    """fixed_point.fixed_point_scale: the largest power of two S with B * terms * S <= 2**62
+    (B = max|grad_output| * max over (tap, c) of sum over co of |W| * max|mask|, finite
+    elements only), kept within [2**-100, 2**100]; weights whose column sums overflow float32
+    still give a bound."""
+    from deformconv._fused_gpu.fixed_point import fixed_point_scale
+
+    go = torch.tensor([[[[0.5, -3.0]]], [[[float("inf"), 1.0]]]])  # [2, 1, 1, 2]
+    w = torch.tensor([[[[2.0]], [[-1.0]]], [[[4.0]], [[float("nan")]]]])  # [2, 2, 1, 1], 2 groups
+    mask = torch.tensor([0.25, 0.5]).reshape(1, 1, 1, 2)
+    s = fixed_point_scale(go, w, mask, 2, 12)
+    bound = 3.0 * 4.0 * 0.5  # |go| 3, group 1's column sum 4 (NaN left out), mask 0.5
+    assert s.dtype == torch.float32 and s.numel() == 1
+    assert bound * 12 * s.item() <= 2.0**62 < 2 * bound * 12 * s.item()
+    assert float(torch.log2(s)) == int(torch.log2(s))  # a power of two
+    huge = torch.full((512, 1, 3, 3), 3e38, dtype=torch.bfloat16)  # column sums past float32
+    s = fixed_point_scale(torch.full((1, 1, 2, 2), 3e38), huge, None, 1, 36).item()
+    assert s == 2.0**-100
+    assert fixed_point_scale(go[:0], w, None, 2, 12).item() == 2.0**100  # no terms
+
+
 @pytest.mark.parametrize(
     "rule, flag, op",
     [

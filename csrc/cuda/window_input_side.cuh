@@ -90,15 +90,17 @@ __device__ __forceinline__ bool fixed_point_term(float term, float scale, long l
 }
 
 // Adds q (|q| <= 2^30 + 1) to the int32 window element `cell`; when the sum leaves the int32
-// range (it wraps by 2^32), adds the 2^32 it lost, times `shift_up` (the window's scale to the
-// global one), to `global` (the element's grad_input_fixed).
+// range (it wraps by 2^32), adds the +-2^32 it lost, times `shift_up` (the window's scale to
+// the global one), to `global` (the element's grad_input_fixed). The int64 sums are computed
+// modulo 2^64 (unsigned), which is exact since their true values fit in int64.
 __device__ __forceinline__ void add_to_fixed_window(int32_t* cell, int32_t q,
                                                     unsigned long long* global,
-                                                    long long shift_up) {
+                                                    unsigned long long shift_up) {
   const long long sum = static_cast<long long>(atomicAdd(cell, q)) + q;
-  const long long wrapped = sum > INT32_MAX ? 1 : sum < INT32_MIN ? -1 : 0;
-  if (wrapped != 0) {
-    atomicAdd(global, static_cast<unsigned long long>(wrapped * (1ll << 32) * shift_up));
+  if (sum > INT32_MAX) {
+    atomicAdd(global, (1ull << 32) * shift_up);
+  } else if (sum < INT32_MIN) {
+    atomicAdd(global, (0ull - (1ull << 32)) * shift_up);
   }
 }
 
@@ -162,7 +164,7 @@ __global__ void __launch_bounds__(kWindowThreads, 2)
   const bool fixed = grad_input_fixed != nullptr;
   const float scale_global = fixed ? *fixed_scale : 0.f;
   const float scale_window = fixed ? ldexpf(scale_global, -wa.fixed_shift) : 0.f;
-  const long long shift_up = 1ll << wa.fixed_shift;
+  const unsigned long long shift_up = 1ull << wa.fixed_shift;  // fixed_shift <= 32
 
   for (int i = tid; i < taps * kWindowPixels * 4; i += kWindowThreads) t_s[i] = 0.f;
   for (int i = tid; i < kWindow * kWindow * kWinLd; i += kWindowThreads) win_s[i] = 0.f;
@@ -340,7 +342,7 @@ __global__ void __launch_bounds__(kWindowThreads, 2)
           int32_t* cell = win_fixed + pos * kWinLd + c;
           if (*cell != 0) {
             atomicAdd(grad_input_fixed + at,
-                      static_cast<unsigned long long>(static_cast<long long>(*cell) * shift_up));
+                      static_cast<unsigned long long>(static_cast<long long>(*cell)) * shift_up);
             *cell = 0;
           }
         } else {

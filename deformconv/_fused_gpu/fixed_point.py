@@ -44,17 +44,20 @@ def fixed_point_scale(
     |term| <= B = max|grad_out| * max over (tap, c) of sum over co of |W| * max|mask| (finite
     elements; corner weights are at most 1). The scale is the largest power of two with
     B * terms * scale <= 2**62: no sum can overflow int64, the scaling is exact, and each term
-    loses at most 1 / scale to the rounding (B * terms * 2**-62 or less). Device-side
-    reductions only: no synchronization.
+    loses at most 1 / scale to the rounding (B * terms * 2**-62 or less). B is computed in
+    float64, so it does not overflow. The scale is kept within [2**-100, 2**100], a float32
+    range: below 2**-100 (B * terms > 2**162) the finite float32 terms, below 2**128, still sum
+    within int64 for fewer than 2**34 terms per element. Device-side reductions only: no
+    synchronization.
     """
     c_out, c_g, kh, kw = weight.shape
-    per_column = _finite_abs(weight).float().reshape(groups, c_out // groups, c_g * kh * kw)
+    per_column = _finite_abs(weight).double().reshape(groups, c_out // groups, c_g * kh * kw)
     col = _finite_abs_max(per_column.sum(1))
     bound = _finite_abs_max(grad_output) * col
     if mask is not None:
         bound = bound * _finite_abs_max(mask)
     room = 2.0**62 / (bound * terms).clamp(min=2.0**-100)
-    return torch.exp2(torch.floor(torch.log2(room))).clamp(max=2.0**100).float()
+    return torch.exp2(torch.floor(torch.log2(room))).clamp(2.0**-100, 2.0**100).float()
 
 
 def add_fixed_point(gx: Tensor, gxi: Tensor, scale: Tensor) -> None:
