@@ -7,8 +7,9 @@
 //      (pixel p = tid / 4, channels q*8 .. q*8+7 with q = tid % 4): mask * (sum_j w_j v_j) in
 //      float32 (the column path's order), rounded once to the data dtype, stored to a_s[buf]; and stores the weight slice it
 //      loaded into w_s[buf] (W[k][c][co] for the block's 32 channels and the tile's 64 outputs);
-//   2. loads the next step's sample point (load_sample_point: the op's boundary rule), its four
-//      corners (one 16-byte access each) and its weight slice into registers;
+//   2. loads the next step's four corners (one 16-byte access each) and its weight slice into
+//      registers; the sample point (load_sample_point: the op's boundary rule) is computed once
+//      per tap and offset group and kept in registers for the tap's other channel blocks;
 //   3. waits at the block's barrier and multiplies a_s[buf] by w_s[buf] (wmma 16x16x16, float32
 //      accumulators; warp w owns the 16x16 tiles (w / 2, 2 * (w % 2) + {0, 1})).
 // Two buffers make one barrier per step enough: a step writes the buffer the step before last
@@ -115,14 +116,26 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
   const int wr = tid / (kGemmOut / kGemmVec);
   const int wc = (tid % (kGemmOut / kGemmVec)) * kGemmVec;
 
+  // This thread's pixel's sample point of tap point_k in offset group point_o: the channel
+  // blocks of one tap reuse it while their offset group stays the same.
+  SamplePoint<float, index_t> point;
+  point.in_range = false;
+  index_t point_k = -1, point_o = -1;
+
   // Step s = k * blocks + b: tap k, channels g*cpg + b*32 .. (the block's nch <= 32 of them).
   auto load_step = [&](index_t s, GemmStepLoads<scalar_t>& ld) {
     const index_t k = s / blocks;
     const index_t cb = g * cpg + (s % blocks) * kGemmChannels;
     const index_t nch = cpg - (cb - g * cpg) < kGemmChannels ? cpg - (cb - g * cpg) : kGemmChannels;
     const index_t c0 = cb + q * kGemmVec;
-    load_sample_pack(a, input, offset, mask, px, c0 / a.channels_per_offset_group, k, c0,
-                     pixel_in && q * kGemmVec < nch, ld.sample);
+    const index_t o = c0 / a.channels_per_offset_group;
+    const bool active = pixel_in && q * kGemmVec < nch;
+    if (active && (k != point_k || o != point_o)) {
+      point = load_sample_point<float>(a, offset, mask, px, o, k);
+      point_k = k;
+      point_o = o;
+    }
+    load_corner_pack(a, input, point, px.n, c0, active, ld.sample);
 #pragma unroll
     for (int j = 0; j < kGemmVec; ++j) ld.weight.v[j] = scalar_t(0.f);
     const index_t co = co0 + wc;

@@ -20,13 +20,13 @@ struct SampleLoads {
   float mask;
 };
 
-// Loads the sample of tap k of offset group o for output pixel px, channels c0 .. c0+7 of the
+// Loads the sample at point sp (load_sample_point) of image n, channels c0 .. c0+7 of the
 // channels-last input (C_in a multiple of 8, c0 too); all zeros unless `active`.
 template <typename scalar_t, typename index_t>
-__device__ __forceinline__ void load_sample_pack(const SamplingArgs<index_t>& a,
-                                                 const scalar_t* input, const float* offset,
-                                                 const float* mask, const OutPixel<index_t>& px,
-                                                 index_t o, index_t k, index_t c0, bool active,
+__device__ __forceinline__ void load_corner_pack(const SamplingArgs<index_t>& a,
+                                                 const scalar_t* input,
+                                                 const SamplePoint<float, index_t>& sp, index_t n,
+                                                 index_t c0, bool active,
                                                  SampleLoads<scalar_t>& ld) {
 #pragma unroll
   for (int c4 = 0; c4 < 4; ++c4) {
@@ -35,11 +35,9 @@ __device__ __forceinline__ void load_sample_pack(const SamplingArgs<index_t>& a,
     for (int j = 0; j < kSampleVec; ++j) ld.corner[c4].v[j] = scalar_t(0.f);
   }
   ld.mask = 0.f;
-  if (!active) return;
-  const SamplePoint<float, index_t> sp = load_sample_point<float>(a, offset, mask, px, o, k);
-  if (!sp.in_range) return;
+  if (!active || !sp.in_range) return;
   ld.mask = sp.mask;
-  const scalar_t* base = input + px.n * a.height * a.width * a.channels + c0;
+  const scalar_t* base = input + n * a.height * a.width * a.channels + c0;
 #pragma unroll
   for (int c4 = 0; c4 < 4; ++c4) {
     if (sp.corners.inside[c4]) {
@@ -47,6 +45,20 @@ __device__ __forceinline__ void load_sample_pack(const SamplingArgs<index_t>& a,
       ld.w[c4] = sp.w[c4];
     }
   }
+}
+
+// Loads the sample of tap k of offset group o for output pixel px, channels c0 .. c0+7 of the
+// channels-last input (C_in a multiple of 8, c0 too); all zeros unless `active`.
+template <typename scalar_t, typename index_t>
+__device__ __forceinline__ void load_sample_pack(const SamplingArgs<index_t>& a,
+                                                 const scalar_t* input, const float* offset,
+                                                 const float* mask, const OutPixel<index_t>& px,
+                                                 index_t o, index_t k, index_t c0, bool active,
+                                                 SampleLoads<scalar_t>& ld) {
+  SamplePoint<float, index_t> sp;
+  sp.in_range = false;
+  if (active) sp = load_sample_point<float>(a, offset, mask, px, o, k);
+  load_corner_pack(a, input, sp, px.n, c0, active, ld);
 }
 
 // The loaded sample: mask * (sum_j w_j v_j) per channel in float32 (the column path's order,
