@@ -150,6 +150,16 @@ def put_edge_offsets(a):
         a["mask"][0, 0, 2, 2] = float("nan")
 
 
+def strided_positions(a):
+    """make_args' dict with offset and mask (N, C, H_out, W_out) replaced by views of the same
+    values in other strides (W_out-major offset, channels-last mask): the kernels read them
+    through their strides."""
+    b = dict(a)
+    b["offset"] = a["offset"].transpose(2, 3).contiguous().transpose(2, 3)
+    b["mask"] = a["mask"].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    return b
+
+
 def misaligned_channels_last(t):
     """t's values as a channels-last tensor whose data starts one element past an aligned
     address (a view with an odd storage offset): the kernels' 16-byte accesses need a copy."""
