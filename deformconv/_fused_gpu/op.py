@@ -81,6 +81,8 @@ class _Geometry:
         self.wo = output_size(self.w, self.kw, stride[1], padding[1], dilation[1])
         self.m = self.n * self.ho * self.wo
         self.conv = (*stride, *padding, *dilation)
+        # (stride, padding, dilation) as the op schemas take them: the CUDA kernels' ops.
+        self.conv_lists = (list(stride), list(padding), list(dilation))
 
     def sizes(self):
         return (self.m, self.c, self.h, self.w, self.ho, self.wo, self.c_g, self.c_og, self.c_pog)
@@ -210,7 +212,7 @@ def _weight_side(call: _BackwardCall, weight: Tensor) -> Tensor:
     geo = call.geo
     if selection.cuda_weight_side_applies(call.x, geo.c_g, geo.c_pog):
         return torch.ops.deformconv._fused_weight_grad(
-            call.go, call.x.permute(0, 3, 1, 2), weight, call.offset, call.mask, *_conv_lists(geo)
+            call.go, call.x.permute(0, 3, 1, 2), weight, call.offset, call.mask, *geo.conv_lists
         )
     cfg = block_config("backward_weight", call.x.dtype, geo.c_g, geo.c_og)
     k_blocks = geo.kh * geo.kw * cdiv(geo.c_g, cfg["BLOCK_K"])
@@ -251,19 +253,13 @@ def _input_side(
         scale = _fixed_point_scale(call, weight) if fixed else None
         gx, gxi, off, msk = torch.ops.deformconv._fused_input_side(
             call.go, call.x.permute(0, 3, 1, 2), weight, call.offset, call.mask,
-            *_conv_lists(geo), scale,
+            *geo.conv_lists, scale,
         )  # fmt: skip
         if fixed:
             add_fixed_point(gx, gxi, scale)
         return gx.permute(0, 2, 3, 1), off.to(goff.dtype), msk.to(gmask.dtype)
     gx = torch.zeros((geo.n, geo.h, geo.w, geo.c), dtype=torch.float32, device=call.x.device)
     return (gx, *_triton_input_side(call, weight, gx, goff, gmask, fixed))
-
-
-def _conv_lists(geo: _Geometry) -> Tuple[List[int], List[int], List[int]]:
-    """(stride, padding, dilation) of the call as lists."""
-    c = geo.conv
-    return [c[0], c[1]], [c[2], c[3]], [c[4], c[5]]
 
 
 def _triton_input_side(
