@@ -1,4 +1,4 @@
-# NumPy oracle for modulated deformable convolution (DCNv2): slow, float64, obviously correct.
+# NumPy oracles for DCNv2 (deform_conv2d) and the DCNv3 / DCNv4 core ops: slow, float64, obviously correct.
 """Reference implementation used as the test oracle for ``deformconv``.
 
 This module depends on NumPy only (no torch, no compiled extension: ``import deformconv.reference``
@@ -32,6 +32,9 @@ Example::
     >>> off = np.zeros((1, 2, 4, 4)); off[:, 1] = 0.5       # shift every sample right by 0.5 px
     >>> deform_conv2d_np(x, off, None, w)[0, 0, 0]
     array([0.5, 1.5, 2.5, 1.5])
+
+The DCNv3 / DCNv4 core ops (:func:`dcnv3_np`, :func:`dcnv4_np`) use the same sampling rule on a
+channels-last input; their semantics are in :func:`dcnv3_np`'s docstring.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import numpy as np
 
 from ._geometry import output_size, pair
 
-__all__ = ["bilinear_interpolate", "deform_conv2d_np"]
+__all__ = ["bilinear_interpolate", "deform_conv2d_np", "dcnv3_np", "dcnv4_np"]
 
 
 def bilinear_interpolate(feature_map, y, x) -> float:
@@ -237,3 +240,219 @@ def deform_conv2d_np(
                                 acc += wgt[co, ci - g0, i, j] * m[n, ch, ho, wo] * value
                     output[n, co, ho, wo] = acc
     return output
+
+
+def _family_points(kh: int, kw: int, remove_center: bool) -> list[tuple[int, int]]:
+    """The taps (ih, iw) of a DCNv3 / DCNv4 kernel in their order: w outer, h inner (ih fastest),
+    the centre (kh // 2, kw // 2) left out with ``remove_center``."""
+    return [
+        (ih, iw)
+        for iw in range(kw)
+        for ih in range(kh)
+        if not (remove_center and (ih, iw) == (kh // 2, kw // 2))
+    ]
+
+
+def _family_geometry(x, kernel_size, stride, padding, dilation, group, offset_scale, remove_center):
+    """Checked static arguments and sizes shared by :func:`dcnv3_np` and :func:`dcnv4_np`:
+    ((kh, kw), (sh, sw), (ph, pw), (dh, dw), group, group_channels, (Ho, Wo), taps, scale)."""
+    if x.ndim != 4:
+        raise ValueError(f"input must be 4-D (N, H, W, C): got {x.ndim}-D shape {x.shape}")
+    kh, kw = _param(kernel_size, "kernel_size", 1)
+    sh, sw = _param(stride, "stride", 1)
+    ph, pw = _param(padding, "padding", 0)
+    dh, dw = _param(dilation, "dilation", 1)
+    if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+        raise ValueError(f"group must be an int >= 1: got {group!r}")
+    scale = float(offset_scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"offset_scale must be finite: got {offset_scale!r}")
+    if remove_center and (kh % 2 == 0 or kw % 2 == 0):
+        raise ValueError(f"remove_center needs odd kernel sides: got kernel_size {(kh, kw)}")
+    _, height, width, channels = x.shape
+    if channels % group != 0:
+        raise ValueError(
+            f"input.shape[3] ({channels}) is not divisible by group ({group}): expected "
+            "group * group_channels"
+        )
+    h_out = output_size(height, kh, sh, ph, dh)
+    w_out = output_size(width, kw, sw, pw, dw)
+    if h_out <= 0 or w_out <= 0:
+        raise ValueError(
+            f"output size is not positive: got ({h_out}, {w_out}) from input {height}x{width}, "
+            f"kernel {kh}x{kw}, stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)}"
+        )
+    taps = _family_points(kh, kw, bool(remove_center))
+    return (
+        (kh, kw),
+        (sh, sw),
+        (ph, pw),
+        (dh, dw),
+        group,
+        channels // group,
+        (h_out, w_out),
+        taps,
+        scale,
+    )
+
+
+def _family_np(x, offset_of, mask_of, geometry) -> np.ndarray:
+    """The DCNv3 / DCNv4 sum; ``offset_of(n, ho, wo, g, p)`` gives (dx, dy), ``mask_of`` the weight."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), group, depth, (h_out, w_out), taps, scale = geometry
+    half_h = dh * (kh - 1) // 2
+    half_w = dw * (kw - 1) // 2
+    output = np.zeros((x.shape[0], h_out, w_out, group * depth), dtype=np.float64)
+    for n in range(x.shape[0]):
+        for ho in range(h_out):
+            for wo in range(w_out):
+                for g in range(group):
+                    for p, (ih, iw) in enumerate(taps):
+                        dx, dy = offset_of(n, ho, wo, g, p)
+                        # Pixel coordinates before padding; offset_scale scales the kernel grid too.
+                        sample_x = wo * sw - pw + half_w + (iw * dw - half_w + dx) * scale
+                        sample_y = ho * sh - ph + half_h + (ih * dh - half_h + dy) * scale
+                        weight = mask_of(n, ho, wo, g, p)
+                        for c in range(g * depth, (g + 1) * depth):
+                            value = bilinear_interpolate(x[n, :, :, c], sample_y, sample_x)
+                            output[n, ho, wo, c] += weight * value
+    return output
+
+
+def dcnv3_np(
+    input,
+    offset,
+    mask,
+    kernel_size,
+    stride=1,
+    padding=0,
+    dilation=1,
+    group=1,
+    offset_scale=1.0,
+    remove_center=False,
+) -> np.ndarray:
+    """The DCNv3 core op (InternImage's CUDA kernel semantics) by nested loops.
+
+    No weights and no bias (the module's softmax over the points is not part of the op). With
+    ``P`` points per output pixel and group (``kh*kw``, less the centre with ``remove_center``),
+    tap ``p`` runs over kernel positions ``(ih, iw)`` with **w outer, h inner** (``ih`` fastest)::
+
+        out[n, ho, wo, g*D + d] = sum_p mask[n, ho, wo, g*P + p] * X~[n, :, :, g*D + d](y, x)
+        x = wo*sw - pw + hw + (iw*dw - hw + offset[n, ho, wo, 2*(g*P + p)]    ) * s
+        y = ho*sh - ph + hh + (ih*dh - hh + offset[n, ho, wo, 2*(g*P + p) + 1]) * s
+        hw = dw*(kw - 1) // 2,  hh = dh*(kh - 1) // 2,  s = offset_scale
+
+    ``X~`` is :func:`bilinear_interpolate` (the package's zero-padded rule). ``s`` scales the
+    kernel grid as well as the offsets; ``pad_h`` pads H and ``pad_w`` pads W, as in the CUDA
+    kernels (InternImage's ``dcnv3_core_pytorch`` swaps them).
+
+    Args:
+        input: ``[N, H, W, G*D]`` (channels-last).
+        offset: ``[N, Ho, Wo, G*P*2]``, (x, y) pairs per group and tap.
+        mask: ``[N, Ho, Wo, G*P]``.
+        kernel_size, stride, padding, dilation: int or ``(h, w)`` pair.
+        group: ``G``, dividing the channels.
+        offset_scale: ``s`` above, finite.
+        remove_center: leave out the centre tap (odd kernel sides only).
+
+    Returns:
+        float64 array ``[N, Ho, Wo, G*D]``.
+
+    Raises:
+        ValueError: on any inconsistent shape or parameter, naming the argument.
+
+    Example::
+
+        >>> x = np.arange(9.0).reshape(1, 3, 3, 1)
+        >>> off = np.zeros((1, 3, 3, 18)); off[..., 0::2] = 0.5    # every tap 0.5 px right
+        >>> mask = np.zeros((1, 3, 3, 9)); mask[..., 4] = 1.0      # the centre tap only
+        >>> dcnv3_np(x, off, mask, 3, padding=1)[0, :, :, 0]
+        array([[0.5, 1.5, 1. ],
+               [3.5, 4.5, 2.5],
+               [6.5, 7.5, 4. ]])
+    """
+    x = np.asarray(input, dtype=np.float64)
+    geometry = _family_geometry(
+        x, kernel_size, stride, padding, dilation, group, offset_scale, remove_center
+    )
+    group, (h_out, w_out), taps = geometry[4], geometry[6], geometry[7]
+    points = len(taps)
+    off = np.asarray(offset, dtype=np.float64)
+    m = np.asarray(mask, dtype=np.float64)
+    expected_off = (x.shape[0], h_out, w_out, group * points * 2)
+    if off.shape != expected_off:
+        raise ValueError(f"offset shape is not valid: got {off.shape}, expected {expected_off}")
+    expected_mask = (x.shape[0], h_out, w_out, group * points)
+    if m.shape != expected_mask:
+        raise ValueError(f"mask shape is not valid: got {m.shape}, expected {expected_mask}")
+
+    def offset_of(n, ho, wo, g, p):
+        k = 2 * (g * points + p)
+        return off[n, ho, wo, k], off[n, ho, wo, k + 1]
+
+    def mask_of(n, ho, wo, g, p):
+        return m[n, ho, wo, g * points + p]
+
+    return _family_np(x, offset_of, mask_of, geometry)
+
+
+def dcnv4_np(
+    input,
+    offset_mask,
+    kernel_size,
+    stride=1,
+    padding=0,
+    dilation=1,
+    group=1,
+    offset_scale=1.0,
+    remove_center=False,
+) -> np.ndarray:
+    """The DCNv4 core op by nested loops: :func:`dcnv3_np` with offset and mask in one tensor.
+
+    Per group ``g`` the last dimension holds ``2P`` offsets ((x, y) pairs in tap order) then ``P``
+    mask weights: offset ``(dx, dy)`` of tap ``p`` at ``g*3P + 2p`` and ``+1``, its weight at
+    ``g*3P + 2P + p``. The length is ``L = G*3P`` rounded up to a multiple of 8; the entries past
+    ``G*3P`` are ignored. There is no softmax.
+
+    Args:
+        input: ``[N, H, W, G*D]`` (channels-last).
+        offset_mask: ``[N, Ho, Wo, L]``.
+        kernel_size, stride, padding, dilation, group, offset_scale, remove_center: as in
+            :func:`dcnv3_np`.
+
+    Returns:
+        float64 array ``[N, Ho, Wo, G*D]``.
+
+    Raises:
+        ValueError: on any inconsistent shape or parameter, naming the argument.
+
+    Example::
+
+        >>> x = np.ones((1, 4, 4, 2))
+        >>> om = np.zeros((1, 4, 4, 32)); om[..., 18:27] = 1.0 / 9   # group 0: the 9 weights
+        >>> dcnv4_np(x, om, 3, padding=1)[0, 1:3, 1:3, 0]
+        array([[1., 1.],
+               [1., 1.]])
+    """
+    x = np.asarray(input, dtype=np.float64)
+    geometry = _family_geometry(
+        x, kernel_size, stride, padding, dilation, group, offset_scale, remove_center
+    )
+    group, (h_out, w_out), taps = geometry[4], geometry[6], geometry[7]
+    points = len(taps)
+    om = np.asarray(offset_mask, dtype=np.float64)
+    length = (group * 3 * points + 7) // 8 * 8
+    expected = (x.shape[0], h_out, w_out, length)
+    if om.shape != expected:
+        raise ValueError(
+            f"offset_mask shape is not valid: got {om.shape}, expected {expected} (last dim "
+            f"G*3P = {group * 3 * points} rounded up to a multiple of 8)"
+        )
+
+    def offset_of(n, ho, wo, g, p):
+        k = g * 3 * points + 2 * p
+        return om[n, ho, wo, k], om[n, ho, wo, k + 1]
+
+    def mask_of(n, ho, wo, g, p):
+        return om[n, ho, wo, g * 3 * points + 2 * points + p]
+
+    return _family_np(x, offset_of, mask_of, geometry)
