@@ -53,8 +53,8 @@ DEFORMCONV_HOST_DEVICE int64_t num_points(int64_t kernel_h, int64_t kernel_w, bo
 }
 
 // Output size along one dimension (the convolution formula).
-DEFORMCONV_HOST_DEVICE int64_t output_size(int64_t in, int64_t kernel, int64_t stride,
-                                           int64_t pad, int64_t dilation) {
+DEFORMCONV_HOST_DEVICE int64_t output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad,
+                                           int64_t dilation) {
   return (in + 2 * pad - (dilation * (kernel - 1) + 1)) / stride + 1;
 }
 

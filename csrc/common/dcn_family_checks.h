@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
 #include <c10/util/ArrayRef.h>
 
 #include "common/dcn_family.h"
@@ -19,9 +20,9 @@ struct Sizes {
 // The static arguments, checked (kernel_size, stride and dilation >= 1, padding >= 0,
 // group >= 1, a finite offset_scale, remove_center only with odd kernel sides). Each
 // sequence has two values, (h, w).
-Params make_params(c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
-                   c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t group,
-                   double offset_scale, bool remove_center, const char* op_name);
+Params make_params(c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                   c10::IntArrayRef dilation, int64_t group, double offset_scale,
+                   bool remove_center, const char* op_name);
 
 // input (N, H, W, G*D), offset (N, Ho, Wo, G*P*2), mask (N, Ho, Wo, G*P): ranks, sizes,
 // devices, dtypes (16-bit input takes float32 or its own dtype for offset and mask; other
@@ -36,6 +37,23 @@ Sizes check_dcnv4_args(const at::Tensor& input, const at::Tensor& offset_mask,
 // grad_output (N, Ho, Wo, G*D) of the call with these sizes, on input's device and dtype.
 void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input, const Sizes& sizes,
                        const char* op_name);
+
+// The same sizes as SymInts, for the meta kernels (fake tensors, torch.compile, torch.export),
+// where the batch and spatial sizes may be symbolic.
+struct SymSizes {
+  c10::SymInt batch, height, width, channels, group_channels;
+  c10::SymInt out_h, out_w;
+  int64_t points;
+};
+
+// The checks of check_dcnv3_args / check_dcnv4_args / check_grad_output written once on SymInt:
+// the int64 versions call these with concrete sizes.
+SymSizes check_dcnv3_args_sym(const at::Tensor& input, const at::Tensor& offset,
+                              const at::Tensor& mask, const Params& params);
+SymSizes check_dcnv4_args_sym(const at::Tensor& input, const at::Tensor& offset_mask,
+                              const Params& params);
+void check_grad_output_sym(const at::Tensor& grad_output, const at::Tensor& input,
+                           const SymSizes& sizes, const char* op_name);
 
 }  // namespace family
 }  // namespace deformconv
