@@ -10,10 +10,13 @@ x·x are 0, the cross term is not, and every derivative is 0 where a sample is d
 
 Example::
 
+    >>> from deformconv import DeformConv2dPack
     >>> x = torch.randn(1, 4, 8, 8, requires_grad=True)
-    >>> layer = deformconv.DeformConv2dPack(4, 4, 3, padding=1)
+    >>> layer = DeformConv2dPack(4, 4, 3, padding=1)
     >>> (gx,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
     >>> gx.pow(2).sum().backward()  # the gradient penalty reaches every parameter
+    >>> layer.conv_offset.weight.grad is not None
+    True
 """
 
 import torch

@@ -6,8 +6,13 @@ call of :func:`deform_conv2d_fused` does. See ``docs/fused_gpu.md``.
 
 Example::
 
-    >>> if fused_chosen(x, w, off, m):
-    ...     y = deform_conv2d_fused(x, off, w, b, stride=1, padding=1, mask=m)
+    >>> import torch
+    >>> x, w = torch.randn(1, 4, 8, 8), torch.randn(4, 4, 3, 3)
+    >>> off, m = torch.zeros(1, 18, 8, 8), torch.ones(1, 9, 8, 8)
+    >>> fused_chosen(x, w, off, m)  # CPU tensors (and, by default, every call) take the column path
+    False
+    >>> gpu_path(x, w, off, m)
+    'columns'
 """
 
 from .entry import deform_conv2d_fused
