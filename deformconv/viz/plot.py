@@ -62,6 +62,18 @@ def plot_sampling_locations(
     Returns:
         A ``matplotlib.figure.Figure`` (no pyplot state, nothing to close), or None with a
         ``RuntimeWarning`` when matplotlib is not installed.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from deformconv import DeformConv2dPack
+        >>> from deformconv import viz
+        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
+        >>> images = torch.randn(2, 3, 8, 8)
+        >>> fig = viz.plot_sampling_locations(model, images, "sampling.png")  # needs matplotlib
+        >>> len(fig.axes)  # one row per image: the fixed grid, then the learned points
+        4
     """
     try:
         from matplotlib.figure import Figure

@@ -25,6 +25,18 @@ class SamplingLocations:
         positions: ``Tensor[N, P, 2]`` ``(row, col)`` in the output grid of ``layer``.
         layer: name of the top deformable layer.
         layers: names of the deformable layers composed, input side first.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from deformconv import DeformConv2dPack
+        >>> from deformconv import viz
+        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
+        >>> images = torch.randn(2, 3, 8, 8)
+        >>> loc = viz.sampling_locations(model, images, positions=torch.tensor([[4, 4]]))
+        >>> loc.layer, loc.layers, tuple(loc.points.shape), tuple(loc.weights.shape)
+        ('1', ('0', '1'), (2, 1, 81, 2), (2, 1, 81))
     """
 
     points: Tensor
@@ -157,6 +169,21 @@ def compose_sampling(
         (it reads only zero padding) is NaN.
 
     Cost: ``3 * K`` float64 maps of each stage's size per image.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from deformconv import DeformConv2dPack
+        >>> from deformconv import viz
+        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
+        >>> images = torch.randn(2, 3, 8, 8)
+        >>> stages = viz.record_stages(model, images)
+        >>> points, weights = viz.compose_sampling(stages, torch.tensor([[4, 4]]))
+        >>> points[0, 0, :3].tolist()  # a fresh Pack has zero offsets: the fixed 5x5 window
+        [[2.0, 2.0], [2.0, 3.0], [2.0, 4.0]]
+        >>> weights[0, 0, 0].item()  # the product of two masks sigmoid(0) = 0.5
+        0.25
     """
     top = _top_index(stages, layer)
     chain = list(stages[: top + 1])
@@ -216,6 +243,20 @@ def sampling_locations(
 
     Returns:
         :class:`SamplingLocations` (points, weights, the fixed grid, positions, layer names).
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from deformconv import DeformConv2dPack
+        >>> from deformconv import viz
+        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
+        >>> images = torch.randn(2, 3, 8, 8)
+        >>> loc = viz.sampling_locations(model, images)  # default: 2 positions per image
+        >>> tuple(loc.points.shape)  # Tensor[N, P, K, 2], K = 9 * 9 taps of two 3x3 layers
+        (2, 2, 81, 2)
+        >>> torch.allclose(loc.points, loc.grid_points, equal_nan=True)  # zero offsets: the grid
+        True
     """
     stages = record_stages(model, images)
     top = _top_index(stages, layer)

@@ -24,6 +24,18 @@ class Stage:
         mask: deformable only: ``Tensor[N, og*kh*kw, H_out, W_out]`` or None (all ones).
         response: deformable only: ``Tensor[N, H_out, W_out]``, L2 norm of its output over
             channels (where the layer responds most).
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from deformconv import DeformConv2dPack
+        >>> from deformconv import viz
+        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
+        >>> images = torch.randn(2, 3, 8, 8)
+        >>> stage = viz.record_stages(model, images)[0]
+        >>> stage.kernel_size, stage.padding, tuple(stage.offset.shape)
+        ((3, 3), (1, 1), (2, 18, 8, 8))
     """
 
     name: str
@@ -106,6 +118,17 @@ def record_stages(model: nn.Module, images: Tensor) -> list[Stage]:
 
     Returns:
         The stages in the order they ran.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from deformconv import DeformConv2dPack
+        >>> from deformconv import viz
+        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
+        >>> images = torch.randn(2, 3, 8, 8)
+        >>> [(s.name, s.deformable, s.out_size) for s in viz.record_stages(model, images)]
+        [('0', True, (8, 8)), ('1', True, (8, 8))]
     """
     if not torch.is_tensor(images) or images.dim() != 4:
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__

@@ -48,6 +48,18 @@ def offset_statistics(model: nn.Module, images: Tensor) -> dict[str, dict[str, f
         the layer's input map), ``mask_mean`` (1.0 without a mask), ``outside`` (share of
         samples whose point lies outside the layer's input, beyond its pixels' squares) and
         ``outside_grid`` (the same share with zero offsets: what the padding alone gives).
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from deformconv import DeformConv2dPack
+        >>> from deformconv import viz
+        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
+        >>> images = torch.randn(2, 3, 8, 8)
+        >>> stats = viz.offset_statistics(model, images)
+        >>> list(stats), stats["0"]["offset_mean"], stats["0"]["mask_mean"]
+        (['0', '1'], 0.0, 0.5)
     """
     result: dict[str, dict[str, float]] = {}
     for stage in record_stages(model, images):
