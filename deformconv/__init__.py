@@ -25,6 +25,7 @@ from ._extension import HAS_OPS
 if HAS_OPS:
     from . import _autograd, _double_backward  # noqa: F401  (autograd; meta kernels are in C++)
 from .convert import convert_to_deformable
+from .dcn_family import dcnv3, dcnv4
 from .modules import DeformConv2d, DeformConv2dPack
 from .ops import deform_conv2d
 
@@ -33,6 +34,8 @@ __all__ = [
     "DeformConv2d",
     "DeformConv2dPack",
     "convert_to_deformable",
+    "dcnv3",
+    "dcnv4",
     "deform_conv2d",
     "has_cuda_kernels",
 ]

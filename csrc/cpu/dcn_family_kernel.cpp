@@ -1,0 +1,307 @@
+// CPU forward and backward of the DCN family ops (dcnv3, dcnv4): one kernel template over OffsetMaskLayout, every dtype, multithreaded and deterministic.
+//
+// Forward: tasks own ranges of (n, output row); each (pixel, group) sums its P taps into a run
+// of D accumulators (acc_t = float for 16-bit data), each point's corners and weights computed
+// once for the group's D contiguous channels. Backward: tasks own (n, group): the scatter into
+// grad_input touches only that image's group channels, and grad_offset / grad_mask of (n, group)
+// come from the same pass, so no two tasks write one element and every sum runs in a fixed
+// (pixel, tap, channel-lane) order whatever the thread count: bitwise reproducible, no atomics.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "common/bilinear.h"
+#include "common/dcn_family.h"
+#include "common/dcn_family_checks.h"
+#include "common/opmath.h"
+#include "cpu/channel_loops.h"
+#include "cpu/dcn_family_loops.h"
+
+namespace deformconv {
+namespace cpu {
+namespace family {
+namespace {
+
+using deformconv::family::OffsetMaskLayout;
+using deformconv::family::Params;
+using deformconv::family::Sizes;
+
+// One call's data: input (N, H, W, C) contiguous, offset / mask in acc_t at their layout's
+// strides (mask already advanced by the layout's mask_start), and each tap's kernel position.
+template <typename scalar_t, typename acc_t>
+struct Call {
+  const scalar_t* input;
+  const acc_t* offset;
+  const acc_t* mask;
+  OffsetMaskLayout layout;
+  Params q;
+  Sizes s;
+  std::vector<int64_t> tap_h, tap_w;
+};
+
+// The point of tap p of output pixel (ho, wo) in one group (offsets at `offset`, mask value m,
+// the group's channels of the image at `image`): false when the sample is 0 (outside the
+// sampling range, or a non-finite coordinate). Else its cell, bilinear weights w and corners
+// (zeros for a corner outside the image, weight m * w).
+template <typename scalar_t, typename acc_t>
+DEFORMCONV_CPU_INLINE bool locate_point(const Call<scalar_t, acc_t>& k, int64_t ho, int64_t wo,
+                                        int64_t p, const acc_t* offset, acc_t m,
+                                        const scalar_t* image, const scalar_t* zeros,
+                                        BilinearCell<acc_t>* cell, acc_t w[4],
+                                        CellCorners<int64_t>* corners,
+                                        PointCorners<scalar_t, acc_t>* pc) {
+  acc_t y, x;
+  sample_point(k.q, ho, wo, k.tap_h[p], k.tap_w[p], offset[2 * p], offset[2 * p + 1], &y, &x);
+  if (!in_sampling_range(y, x, k.s.height, k.s.width)) return false;
+  *cell = locate_cell(y, x);
+  bilinear_weights(cell->ly, cell->lx, w);
+  *corners =
+      cell_corners<int64_t>(*cell, k.s.height, k.s.width, k.s.width * k.s.channels, k.s.channels);
+  for (int c = 0; c < 4; ++c) {
+    pc->value[c] = corners->inside[c] ? image + corners->offset[c] : zeros;
+    pc->weight[c] = m * w[c];
+  }
+  return true;
+}
+
+// Output rows [row_begin, row_end) of (N * Ho), all pixels and groups of each.
+template <typename scalar_t, typename acc_t>
+DEFORMCONV_CPU_CLONES void forward_rows(const Call<scalar_t, acc_t>& k, scalar_t* out,
+                                        int64_t row_begin, int64_t row_end) {
+  const Sizes& s = k.s;
+  const OffsetMaskLayout& L = k.layout;
+  const int64_t D = s.group_channels;
+  const int64_t C = s.channels;
+  std::vector<acc_t> acc(D);
+  const std::vector<scalar_t> zeros(D, scalar_t(0));
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t n = row / s.out_h;
+    const int64_t ho = row % s.out_h;
+    const scalar_t* image = k.input + n * s.height * s.width * C;
+    for (int64_t wo = 0; wo < s.out_w; ++wo) {
+      const int64_t r = row * s.out_w + wo;  // the pixel's row in (N, Ho, Wo, ...)
+      for (int64_t g = 0; g < k.q.group; ++g) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        const acc_t* offset = k.offset + r * L.offset_row + g * L.offset_group;
+        const acc_t* mask = k.mask + r * L.mask_row + g * L.mask_group;
+        for (int64_t p = 0; p < s.points; ++p) {
+          BilinearCell<acc_t> cell;
+          acc_t w[4];
+          CellCorners<int64_t> corners;
+          PointCorners<scalar_t, acc_t> pc;
+          if (!locate_point(k, ho, wo, p, offset, mask[p], image + g * D, zeros.data(), &cell, w,
+                            &corners, &pc)) {
+            continue;
+          }
+          accumulate_sample(pc, acc.data(), D);
+        }
+        scalar_t* o = out + r * C + g * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d]);
+      }
+    }
+  }
+}
+
+// Every gradient of image n, group g: grad_input (acc_t, (N, H, W, C)) of the group's channels,
+// and grad_offset / grad_mask (acc_t, at the call's layout) of its pixels and taps.
+template <typename scalar_t, typename acc_t>
+DEFORMCONV_CPU_CLONES void backward_task(const Call<scalar_t, acc_t>& k,
+                                         const scalar_t* grad_output, acc_t* grad_input,
+                                         acc_t* grad_offset, acc_t* grad_mask, int64_t n,
+                                         int64_t g) {
+  const Sizes& s = k.s;
+  const OffsetMaskLayout& L = k.layout;
+  const int64_t D = s.group_channels;
+  const int64_t C = s.channels;
+  const acc_t scale = static_cast<acc_t>(k.q.offset_scale);
+  const std::vector<scalar_t> zeros(D, scalar_t(0));
+  std::vector<acc_t> sink(4 * D);  // scatter target of corners outside the image (never read)
+  std::vector<acc_t> go_buffer(D);
+  const scalar_t* image = k.input + n * s.height * s.width * C + g * D;
+  acc_t* grad_image = grad_input + n * s.height * s.width * C + g * D;
+  for (int64_t ho = 0; ho < s.out_h; ++ho) {
+    for (int64_t wo = 0; wo < s.out_w; ++wo) {
+      const int64_t r = (n * s.out_h + ho) * s.out_w + wo;
+      const scalar_t* go_in = grad_output + r * C + g * D;
+      const acc_t* go;
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        go = go_in;
+      } else {
+        for (int64_t d = 0; d < D; ++d) go_buffer[d] = static_cast<acc_t>(go_in[d]);
+        go = go_buffer.data();
+      }
+      const acc_t* offset = k.offset + r * L.offset_row + g * L.offset_group;
+      const acc_t* mask = k.mask + r * L.mask_row + g * L.mask_group;
+      acc_t* g_offset = grad_offset + r * L.offset_row + g * L.offset_group;
+      acc_t* g_mask = grad_mask + r * L.mask_row + g * L.mask_group;
+      for (int64_t p = 0; p < s.points; ++p) {
+        BilinearCell<acc_t> cell;
+        acc_t w[4];
+        CellCorners<int64_t> corners;
+        PointCorners<scalar_t, acc_t> pc;
+        const acc_t m = mask[p];
+        if (!locate_point(k, ho, wo, p, offset, m, image, zeros.data(), &cell, w, &corners, &pc)) {
+          // The sample is the constant 0 here: every derivative is 0.
+          g_offset[2 * p] = acc_t(0);
+          g_offset[2 * p + 1] = acc_t(0);
+          g_mask[p] = acc_t(0);
+          continue;
+        }
+        acc_t* grad_corner[4];
+        for (int c = 0; c < 4; ++c) {
+          grad_corner[c] = corners.inside[c] ? grad_image + corners.offset[c] : sink.data() + c * D;
+        }
+        acc_t dots[4];
+        scatter_and_dots(pc, grad_corner, go, D, dots);
+        // d/d(mask) = the sample; d/d(dx) = m * s * d(sample)/dx (likewise y).
+        g_mask[p] = w[0] * dots[0] + w[1] * dots[1] + w[2] * dots[2] + w[3] * dots[3];
+        acc_t d_dy, d_dx;
+        bilinear_coordinate_grad(dots, cell.ly, cell.lx, &d_dy, &d_dx);
+        g_offset[2 * p] = m * scale * d_dx;
+        g_offset[2 * p + 1] = m * scale * d_dy;
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+Call<scalar_t, acc_t> make_call(const at::Tensor& input, const at::Tensor& offset,
+                                const at::Tensor& mask, const OffsetMaskLayout& layout,
+                                const Params& q, const Sizes& s) {
+  Call<scalar_t, acc_t> k{input.data_ptr<scalar_t>(),
+                          offset.data_ptr<acc_t>(),
+                          mask.data_ptr<acc_t>() + layout.mask_start,
+                          layout,
+                          q,
+                          s,
+                          std::vector<int64_t>(s.points),
+                          std::vector<int64_t>(s.points)};
+  for (int64_t p = 0; p < s.points; ++p) {
+    deformconv::family::tap_position(p, q.kernel_h, q.kernel_w, q.remove_center, &k.tap_h[p],
+                                     &k.tap_w[p]);
+  }
+  return k;
+}
+
+// The forward of either op. input contiguous (N, H, W, C); offset / mask contiguous in opmath
+// (for DCNv4 both are offset_mask; layout says where each value lives).
+at::Tensor forward(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask,
+                   const OffsetMaskLayout& layout, const Params& q, const Sizes& s) {
+  at::Tensor out = at::empty({s.batch, s.out_h, s.out_w, s.channels}, input.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Call<scalar_t, acc_t> k = make_call<scalar_t, acc_t>(input, offset, mask, layout, q, s);
+    scalar_t* out_ptr = out.data_ptr<scalar_t>();
+    const int64_t row_work = std::max<int64_t>(1, s.out_w * s.channels * s.points);
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / row_work);
+    at::parallel_for(0, s.batch * s.out_h, grain,
+                     [&](int64_t begin, int64_t end) { forward_rows(k, out_ptr, begin, end); });
+  });
+  return out;
+}
+
+// The backward of either op: returns grad_input in input's dtype and fills grad_offset /
+// grad_mask (opmath, zeroed, shaped like offset / mask; for DCNv4 one tensor, as offset_mask).
+at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
+                    const at::Tensor& offset, const at::Tensor& mask,
+                    const OffsetMaskLayout& layout, const Params& q, const Sizes& s,
+                    at::Tensor& grad_offset, at::Tensor& grad_mask) {
+  const auto opmath = input.options().dtype(opmath_dtype(input.scalar_type()));
+  at::Tensor grad_input = at::zeros(input.sizes(), opmath);
+  if (grad_output.numel() == 0 || input.numel() == 0) return grad_input.to(input.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Call<scalar_t, acc_t> k = make_call<scalar_t, acc_t>(input, offset, mask, layout, q, s);
+    const scalar_t* go = grad_output.data_ptr<scalar_t>();
+    acc_t* gi = grad_input.data_ptr<acc_t>();
+    acc_t* g_offset = grad_offset.data_ptr<acc_t>();
+    acc_t* g_mask = grad_mask.data_ptr<acc_t>() + layout.mask_start;
+    at::parallel_for(0, s.batch * q.group, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        backward_task(k, go, gi, g_offset, g_mask, t / q.group, t % q.group);
+      }
+    });
+  });
+  return grad_input.to(input.scalar_type());
+}
+
+at::Tensor position_arg(const at::Tensor& t) { return to_opmath(t).contiguous(); }
+
+at::Tensor dcnv3_cpu(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask,
+                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                     at::IntArrayRef dilation, int64_t group, double offset_scale,
+                     bool remove_center) {
+  const Params q = deformconv::family::make_params(kernel_size, stride, padding, dilation, group,
+                                                   offset_scale, remove_center, "dcnv3");
+  const Sizes s = deformconv::family::check_dcnv3_args(input, offset, mask, q);
+  return forward(input.contiguous(), position_arg(offset), position_arg(mask),
+                 deformconv::family::dcnv3_layout(group, s.points), q, s);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+    const at::Tensor& mask, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t group, double offset_scale,
+    bool remove_center) {
+  const Params q = deformconv::family::make_params(kernel_size, stride, padding, dilation, group,
+                                                   offset_scale, remove_center, "_dcnv3_backward");
+  const Sizes s = deformconv::family::check_dcnv3_args(input, offset, mask, q);
+  deformconv::family::check_grad_output(grad_output, input, s, "_dcnv3_backward");
+  const at::Tensor offset_c = position_arg(offset);
+  const at::Tensor mask_c = position_arg(mask);
+  at::Tensor grad_offset = at::zeros_like(offset_c);
+  at::Tensor grad_mask = at::zeros_like(mask_c);
+  at::Tensor grad_input =
+      backward(grad_output.contiguous(), input.contiguous(), offset_c, mask_c,
+               deformconv::family::dcnv3_layout(group, s.points), q, s, grad_offset, grad_mask);
+  return {grad_input, grad_offset.to(offset.scalar_type()), grad_mask.to(mask.scalar_type())};
+}
+
+at::Tensor dcnv4_cpu(const at::Tensor& input, const at::Tensor& offset_mask,
+                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                     at::IntArrayRef dilation, int64_t group, double offset_scale,
+                     bool remove_center) {
+  const Params q = deformconv::family::make_params(kernel_size, stride, padding, dilation, group,
+                                                   offset_scale, remove_center, "dcnv4");
+  const Sizes s = deformconv::family::check_dcnv4_args(input, offset_mask, q);
+  const at::Tensor om = position_arg(offset_mask);
+  return forward(input.contiguous(), om, om, deformconv::family::dcnv4_layout(group, s.points), q,
+                 s);
+}
+
+std::tuple<at::Tensor, at::Tensor> dcnv4_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset_mask,
+    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t group, double offset_scale, bool remove_center) {
+  const Params q = deformconv::family::make_params(kernel_size, stride, padding, dilation, group,
+                                                   offset_scale, remove_center, "_dcnv4_backward");
+  const Sizes s = deformconv::family::check_dcnv4_args(input, offset_mask, q);
+  deformconv::family::check_grad_output(grad_output, input, s, "_dcnv4_backward");
+  const at::Tensor om = position_arg(offset_mask);
+  at::Tensor grad_om = at::zeros_like(om);  // the padding columns stay 0
+  at::Tensor grad_input =
+      backward(grad_output.contiguous(), input.contiguous(), om, om,
+               deformconv::family::dcnv4_layout(group, s.points), q, s, grad_om, grad_om);
+  return {grad_input, grad_om.to(offset_mask.scalar_type())};
+}
+
+}  // namespace
+}  // namespace family
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(deformconv, CPU, m) {
+  m.impl("dcnv3", &cpu::family::dcnv3_cpu);
+  m.impl("_dcnv3_backward", &cpu::family::dcnv3_backward_cpu);
+  m.impl("dcnv4", &cpu::family::dcnv4_cpu);
+  m.impl("_dcnv4_backward", &cpu::family::dcnv4_backward_cpu);
+}
+
+}  // namespace deformconv
