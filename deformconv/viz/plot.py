@@ -66,12 +66,9 @@ def plot_sampling_locations(
     Example::
 
         >>> import torch
-        >>> from torch import nn
-        >>> from deformconv import DeformConv2dPack
-        >>> from deformconv import viz
-        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
-        >>> images = torch.randn(2, 3, 8, 8)
-        >>> fig = viz.plot_sampling_locations(model, images, "sampling.png")  # needs matplotlib
+        >>> from deformconv import DeformConv2dPack, viz
+        >>> model = torch.nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3))
+        >>> fig = viz.plot_sampling_locations(model, torch.randn(2, 3, 8, 8), "dcn.png")  # matplotlib
         >>> len(fig.axes)  # one row per image: the fixed grid, then the learned points
         4
     """

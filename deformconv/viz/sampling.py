@@ -29,12 +29,9 @@ class SamplingLocations:
     Example::
 
         >>> import torch
-        >>> from torch import nn
-        >>> from deformconv import DeformConv2dPack
-        >>> from deformconv import viz
-        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
-        >>> images = torch.randn(2, 3, 8, 8)
-        >>> loc = viz.sampling_locations(model, images, positions=torch.tensor([[4, 4]]))
+        >>> from deformconv import DeformConv2dPack, viz
+        >>> model = torch.nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3))
+        >>> loc = viz.sampling_locations(model, torch.randn(2, 3, 8, 8), torch.tensor([[3, 3]]))
         >>> loc.layer, loc.layers, tuple(loc.points.shape), tuple(loc.weights.shape)
         ('1', ('0', '1'), (2, 1, 81, 2), (2, 1, 81))
     """
@@ -173,13 +170,10 @@ def compose_sampling(
     Example::
 
         >>> import torch
-        >>> from torch import nn
-        >>> from deformconv import DeformConv2dPack
-        >>> from deformconv import viz
-        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
-        >>> images = torch.randn(2, 3, 8, 8)
-        >>> stages = viz.record_stages(model, images)
-        >>> points, weights = viz.compose_sampling(stages, torch.tensor([[4, 4]]))
+        >>> from deformconv import DeformConv2dPack, viz
+        >>> model = torch.nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3))
+        >>> stages = viz.record_stages(model, torch.randn(1, 3, 8, 8))
+        >>> points, weights = viz.compose_sampling(stages, torch.tensor([[3, 3]]))
         >>> points[0, 0, :3].tolist()  # a fresh Pack has zero offsets: the fixed 5x5 window
         [[2.0, 2.0], [2.0, 3.0], [2.0, 4.0]]
         >>> weights[0, 0, 0].item()  # the product of two masks sigmoid(0) = 0.5
@@ -247,12 +241,9 @@ def sampling_locations(
     Example::
 
         >>> import torch
-        >>> from torch import nn
-        >>> from deformconv import DeformConv2dPack
-        >>> from deformconv import viz
-        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
-        >>> images = torch.randn(2, 3, 8, 8)
-        >>> loc = viz.sampling_locations(model, images)  # default: 2 positions per image
+        >>> from deformconv import DeformConv2dPack, viz
+        >>> model = torch.nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3))
+        >>> loc = viz.sampling_locations(model, torch.randn(2, 3, 8, 8))  # 2 positions per image
         >>> tuple(loc.points.shape)  # Tensor[N, P, K, 2], K = 9 * 9 taps of two 3x3 layers
         (2, 2, 81, 2)
         >>> torch.allclose(loc.points, loc.grid_points, equal_nan=True)  # zero offsets: the grid

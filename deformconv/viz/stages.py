@@ -28,12 +28,9 @@ class Stage:
     Example::
 
         >>> import torch
-        >>> from torch import nn
-        >>> from deformconv import DeformConv2dPack
-        >>> from deformconv import viz
-        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
-        >>> images = torch.randn(2, 3, 8, 8)
-        >>> stage = viz.record_stages(model, images)[0]
+        >>> from deformconv import DeformConv2dPack, viz
+        >>> model = torch.nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3))
+        >>> stage = viz.record_stages(model, torch.randn(2, 3, 8, 8))[0]
         >>> stage.kernel_size, stage.padding, tuple(stage.offset.shape)
         ((3, 3), (1, 1), (2, 18, 8, 8))
     """
@@ -122,13 +119,11 @@ def record_stages(model: nn.Module, images: Tensor) -> list[Stage]:
     Example::
 
         >>> import torch
-        >>> from torch import nn
-        >>> from deformconv import DeformConv2dPack
-        >>> from deformconv import viz
-        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
-        >>> images = torch.randn(2, 3, 8, 8)
-        >>> [(s.name, s.deformable, s.out_size) for s in viz.record_stages(model, images)]
-        [('0', True, (8, 8)), ('1', True, (8, 8))]
+        >>> from deformconv import DeformConv2dPack, viz
+        >>> model = torch.nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3))
+        >>> stages = viz.record_stages(model, torch.randn(1, 3, 8, 8))
+        >>> [(s.name, s.deformable, s.out_size) for s in stages]
+        [('0', True, (8, 8)), ('1', True, (6, 6))]
     """
     if not torch.is_tensor(images) or images.dim() != 4:
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__

@@ -52,12 +52,9 @@ def offset_statistics(model: nn.Module, images: Tensor) -> dict[str, dict[str, f
     Example::
 
         >>> import torch
-        >>> from torch import nn
-        >>> from deformconv import DeformConv2dPack
-        >>> from deformconv import viz
-        >>> model = nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
-        >>> images = torch.randn(2, 3, 8, 8)
-        >>> stats = viz.offset_statistics(model, images)
+        >>> from deformconv import DeformConv2dPack, viz
+        >>> model = torch.nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), DeformConv2dPack(4, 4, 3))
+        >>> stats = viz.offset_statistics(model, torch.randn(2, 3, 8, 8))
         >>> list(stats), stats["0"]["offset_mean"], stats["0"]["mask_mean"]
         (['0', '1'], 0.0, 0.5)
     """
