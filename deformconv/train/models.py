@@ -68,6 +68,13 @@ def _channels(width: float) -> tuple[int, int, int, int]:
     return tuple(max(1, round(c * width)) for c in (64, 128, 256, 512))  # type: ignore
 
 
+def _feature_side(image_size: int) -> int:
+    """Side of the last conv block's map: three 2x2 pools divide ``image_size`` by 8."""
+    if image_size < 8 or image_size % 8:
+        raise ValueError(f"image_size must be a multiple of 8 (>= 8), got {image_size}")
+    return image_size // 8
+
+
 def _he_init(*convs: nn.Module) -> None:
     """He (Kaiming-normal, fan-in, ReLU gain) weights and zero biases for the main 3x3 convs.
 
@@ -100,8 +107,9 @@ class CustomCNN(nn.Module):
         width: channel multiplier (1.0 = 64/128/256 channels, fc1 4096 -> 512).
         deformable: ``False``, ``True`` or an iterable of conv indices in {1, 2, 3}.
         dropout: dropout probability before ``fc2``.
+        image_size: side ``S`` of the square input, a multiple of 8 (32: the quiz's).
 
-    Shapes: ``x: Tensor[N, 3, 32, 32]`` -> ``Tensor[N, num_classes]`` logits.
+    Shapes: ``x: Tensor[N, 3, S, S]`` -> ``Tensor[N, num_classes]`` logits.
     """
 
     def __init__(
@@ -110,16 +118,18 @@ class CustomCNN(nn.Module):
         width: float = 1.0,
         deformable: DeformSpec = False,
         dropout: float = 0.5,
+        image_size: int = 32,
     ) -> None:
         super().__init__()
         c1, c2, c3, hidden = _channels(width)
+        side = _feature_side(image_size)
         self.deform_layers = _deform_layers(deformable)
         self.conv1 = _conv3x3(3, c1, 1 in self.deform_layers)
         self.conv2 = _conv3x3(c1, c2, 2 in self.deform_layers)
         self.conv3 = _conv3x3(c2, c3, 3 in self.deform_layers)
         self.pool = nn.MaxPool2d(2, 2)
         # 32x32 input, three 2x2 pools: 32 -> 16 -> 8 -> 4, so c3 * 4 * 4 features.
-        self.fc1 = nn.Linear(c3 * 4 * 4, hidden)
+        self.fc1 = nn.Linear(c3 * side * side, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
         self.dropout = nn.Dropout(dropout)
         _he_init(self.conv1, self.conv2, self.conv3)
@@ -141,7 +151,7 @@ class CNNWithBatchNorm(nn.Module):
     In ``eval()`` mode BatchNorm uses its running statistics, so a sample's output does
     not depend on the rest of its batch; in ``train()`` mode it uses batch statistics.
 
-    Shapes: ``x: Tensor[N, 3, 32, 32]`` -> ``Tensor[N, num_classes]`` logits.
+    Shapes: ``x: Tensor[N, 3, S, S]`` -> ``Tensor[N, num_classes]`` logits.
     """
 
     def __init__(
@@ -150,9 +160,11 @@ class CNNWithBatchNorm(nn.Module):
         width: float = 1.0,
         deformable: DeformSpec = False,
         dropout: float = 0.0,
+        image_size: int = 32,
     ) -> None:
         super().__init__()
         c1, c2, c3, hidden = _channels(width)
+        side = _feature_side(image_size)
         self.deform_layers = _deform_layers(deformable)
         self.conv1 = _conv3x3(3, c1, 1 in self.deform_layers)
         self.bn1 = nn.BatchNorm2d(c1)
@@ -161,7 +173,7 @@ class CNNWithBatchNorm(nn.Module):
         self.conv3 = _conv3x3(c2, c3, 3 in self.deform_layers)
         self.bn3 = nn.BatchNorm2d(c3)
         self.pool = nn.MaxPool2d(2, 2)
-        self.fc1 = nn.Linear(c3 * 4 * 4, hidden)
+        self.fc1 = nn.Linear(c3 * side * side, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
         self.dropout = nn.Dropout(dropout)
         _he_init(self.conv1, self.conv2, self.conv3)
@@ -185,8 +197,9 @@ class DeformableCNN(CustomCNN):
         width: float = 1.0,
         deform_layers: Iterable[int] = DEFAULT_DEFORM_LAYERS,
         dropout: float = 0.5,
+        image_size: int = 32,
     ) -> None:
-        super().__init__(num_classes, width, deformable=tuple(deform_layers), dropout=dropout)
+        super().__init__(num_classes, width, tuple(deform_layers), dropout, image_size)
 
 
 class DeformableCNNWithBatchNorm(CNNWithBatchNorm):
@@ -198,8 +211,9 @@ class DeformableCNNWithBatchNorm(CNNWithBatchNorm):
         width: float = 1.0,
         deform_layers: Iterable[int] = DEFAULT_DEFORM_LAYERS,
         dropout: float = 0.0,
+        image_size: int = 32,
     ) -> None:
-        super().__init__(num_classes, width, deformable=tuple(deform_layers), dropout=dropout)
+        super().__init__(num_classes, width, tuple(deform_layers), dropout, image_size)
 
 
 def build_model(
@@ -207,21 +221,23 @@ def build_model(
     num_classes: int = 100,
     width: float = 1.0,
     deform_layers: Iterable[int] = DEFAULT_DEFORM_LAYERS,
+    image_size: int = 32,
 ) -> nn.Module:
-    """Model by CLI name: ``plain``, ``batchnorm``, ``deformable`` or ``deformable-bn``.
+    """Model by CLI name: ``plain``, ``batchnorm``, ``deformable`` or ``deformable-bn``,
+    for square ``image_size`` inputs (a multiple of 8).
 
     Raises:
         ValueError: unknown ``name`` (the message lists the valid names).
     """
     layers = tuple(deform_layers)
     if name == "plain":
-        return CustomCNN(num_classes, width)
+        return CustomCNN(num_classes, width, image_size=image_size)
     if name == "batchnorm":
-        return CNNWithBatchNorm(num_classes, width)
+        return CNNWithBatchNorm(num_classes, width, image_size=image_size)
     if name == "deformable":
-        return DeformableCNN(num_classes, width, layers)
+        return DeformableCNN(num_classes, width, layers, image_size=image_size)
     if name == "deformable-bn":
-        return DeformableCNNWithBatchNorm(num_classes, width, layers)
+        return DeformableCNNWithBatchNorm(num_classes, width, layers, image_size=image_size)
     raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
 
 

@@ -176,7 +176,9 @@ def generate_shapes(
     noise: float = 0.05,
     chunk: int = 2048,
     variant: str = "shapes",
-) -> tuple[Tensor, Tensor]:
+    scale: tuple[float, float] | None = None,
+    return_geometry: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Generate ``num_samples`` deformed-shape images.
 
     Args:
@@ -188,16 +190,33 @@ def generate_shapes(
         noise: standard deviation of the additive pixel noise (pixels are in [0, 1]).
         chunk: images generated per vectorised batch (bounds peak memory).
         variant: a key of :data:`VARIANTS` (``"shapes"`` or ``"warped"``).
+        scale: ``(lo, hi)``: one overall size per image, uniform in it, for both axes
+            (the shape's own size is about half the image at 1.0), in place of the
+            variant's scale range; the variant's aspect ratio, if any, still applies.
+            None: the variant's.
+        return_geometry: also return the per-image geometry.
 
     Returns:
         ``(images, labels)``: ``images`` is ``Tensor[N, 3, 32, 32]`` float32 with raw
         pixel values in [0, 1] (not normalised); ``labels`` is ``Tensor[N]`` int64 in
         ``[0, num_classes)``, balanced (label ``i`` is ``perm[i] % num_classes``).
+        With ``return_geometry``, a third item ``{"scale": Tensor[N, 2], "shift":
+        Tensor[N, 2]}`` float32: the (x, y) scale factors and the (x, y) translation
+        (1.0 = half the image) of each image's shape.
+
+    Example::
+
+        >>> images, labels, geo = generate_shapes(4, seed=1, scale=(0.5, 0.5),
+        ...                                       return_geometry=True)
+        >>> images.shape, labels.shape, geo["scale"].tolist()[0]
+        (torch.Size([4, 3, 32, 32]), torch.Size([4]), [0.5, 0.5])
     """
     spec = _variant(variant)
     if not 2 <= num_classes <= len(spec.classes):
         raise ValueError(f"num_classes must be in [2, {len(spec.classes)}], got {num_classes}")
     elastic = spec.elastic if elastic is None else float(elastic)
+    if scale is not None and not 0 < scale[0] <= scale[1]:
+        raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi, got {scale}")
     sdfs = tuple(_SDF_BY_NAME[name] for name in spec.classes)
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
@@ -205,6 +224,8 @@ def generate_shapes(
     labels = torch.arange(num_samples) % num_classes
     labels = labels[torch.randperm(num_samples, generator=g)]
     images = torch.empty((num_samples, 3, _SIZE, _SIZE))
+    scales = torch.empty((num_samples, 2))
+    shifts = torch.empty((num_samples, 2))
 
     lin = (torch.arange(_SIZE, dtype=torch.float32) + 0.5) / _SIZE * 2 - 1
     gy, gx = torch.meshgrid(lin, lin, indexing="ij")
@@ -216,13 +237,15 @@ def generate_shapes(
         # Random affine (inverse map: image coordinates -> shape coordinates).
         rot_max = math.radians(spec.rotation_deg)
         theta = _uniform(g, n, -rot_max, rot_max)
-        if spec.aspect is None:
-            scale = _uniform(g, n, *spec.scale, 2)
+        if spec.aspect is None and scale is None:
+            axes = _uniform(g, n, *spec.scale, 2)
         else:
-            size = _uniform(g, n, *spec.scale)
-            log_aspect = _uniform(g, n, *(math.log(a) for a in spec.aspect))
-            root = torch.exp(0.5 * log_aspect)
-            scale = torch.stack([size * root, size / root], dim=-1)
+            size = _uniform(g, n, *(spec.scale if scale is None else scale))
+            root = torch.ones(n)
+            if spec.aspect is not None:
+                log_aspect = _uniform(g, n, *(math.log(a) for a in spec.aspect))
+                root = torch.exp(0.5 * log_aspect)
+            axes = torch.stack([size * root, size / root], dim=-1)
         shear = _uniform(g, n, -spec.shear, spec.shear)
         shift = _uniform(g, n, -spec.shift, spec.shift, 2)
         cos, sin = torch.cos(theta), torch.sin(theta)
@@ -231,7 +254,9 @@ def generate_shapes(
         shear_m[:, 0, 0] = 1
         shear_m[:, 1, 1] = 1
         shear_m[:, 0, 1] = shear
-        forward = rot @ shear_m @ torch.diag_embed(scale)  # [n, 2, 2]
+        forward = rot @ shear_m @ torch.diag_embed(axes)  # [n, 2, 2]
+        scales[start : start + n] = axes
+        shifts[start : start + n] = shift
         inverse = torch.linalg.inv(forward)
         warp = elastic * _smooth_field(g, n, 2, 4).permute(0, 2, 3, 1)  # [n, 32, 32, 2]
         pts = grid.unsqueeze(0) + warp - shift[:, None, None, :]
@@ -256,6 +281,8 @@ def generate_shapes(
         img = alpha * fg[:, :, None, None] + (1 - alpha) * background
         img = img + noise * torch.randn(img.shape, generator=g)
         images[start : start + n] = img.clamp(0, 1)
+    if return_geometry:
+        return images, labels, {"scale": scales, "shift": shifts}
     return images, labels
 
 
@@ -272,6 +299,19 @@ class SyntheticShapes(Dataset):
         num_classes: number of shape classes (2..10).
         transform: optional callable applied to each normalised image tensor.
         variant: ``"shapes"`` or ``"warped"`` (see :data:`VARIANTS`).
+        scale: ``(lo, hi)`` overall size range in place of the variant's (see
+            :func:`generate_shapes`).
+
+    Attributes:
+        geometry: ``{"scale": Tensor[N, 2], "shift": Tensor[N, 2]}``, each image's (x, y)
+            scale factors and translation (see :func:`generate_shapes`).
+
+    Example::
+
+        >>> ds = SyntheticShapes(8, seed=0, num_classes=4, scale=(0.6, 0.6))
+        >>> image, label = ds[0]
+        >>> image.shape, 0 <= label < 4, ds.geometry["scale"].shape
+        (torch.Size([3, 32, 32]), True, torch.Size([8, 2]))
     """
 
     def __init__(
@@ -281,9 +321,15 @@ class SyntheticShapes(Dataset):
         num_classes: int = 10,
         transform: Callable[[Tensor], Tensor] | None = None,
         variant: str = "shapes",
+        scale: tuple[float, float] | None = None,
     ) -> None:
-        images, labels = generate_shapes(
-            num_samples, seed=seed, num_classes=num_classes, variant=variant
+        images, labels, self.geometry = generate_shapes(
+            num_samples,
+            seed=seed,
+            num_classes=num_classes,
+            variant=variant,
+            scale=scale,
+            return_geometry=True,
         )
         mean = torch.tensor(SHAPES_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(SHAPES_STD).view(1, 3, 1, 1)
