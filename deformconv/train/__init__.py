@@ -15,11 +15,15 @@ torchvision nor matplotlib until they are used):
 * :mod:`~deformconv.train.offsets`: per-epoch offset statistics and sampling pictures
   (:mod:`deformconv.viz` in the training loop).
 * :mod:`~deformconv.train.study`: the multi-seed plain-vs-deformable study.
+* :mod:`~deformconv.train.transfer`: the scale-transfer experiment (offsets-only
+  fine-tuning of a converted plain CNN on rescaled images, against two plain controls).
+* :mod:`~deformconv.train.mnist`, :mod:`~deformconv.train.imagefolder`: MNIST through
+  torchvision and a user's own ``train/`` / ``test/`` image folders.
 * :mod:`~deformconv.train.charrnn`: the quiz's hand-written character RNN.
 * :mod:`~deformconv.train.checkpoint`, :mod:`~deformconv.train.distributed`,
   :mod:`~deformconv.train.reporting`, :mod:`~deformconv.train.cli`.
 
-Command line: ``python -m deformconv.train {cifar,study,charrnn} --help``.
+Command line: ``python -m deformconv.train {cifar,study,transfer,charrnn} --help``.
 """
 
 import importlib
@@ -32,12 +36,15 @@ _SUBMODULES = (
     "data",
     "distributed",
     "engine",
+    "imagefolder",
     "metrics",
+    "mnist",
     "models",
     "offsets",
     "reporting",
     "study",
     "synthetic",
+    "transfer",
 )
 
 _EXPORTS = {

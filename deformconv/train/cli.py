@@ -1,8 +1,9 @@
-# Command line: `python -m deformconv.train {cifar,study,charrnn} ...` / `deformconv-train` (torchrun-ready).
+# Command line: `python -m deformconv.train {cifar,study,transfer,charrnn} ...` / `deformconv-train` (torchrun-ready).
 """Command-line interface.
 
 ``cifar``: train and compare CNNs (plain / batchnorm / deformable / deformable-bn) on the
-embedded ``shapes`` dataset (default, offline), its ``warped`` variant or CIFAR-100, with
+embedded ``shapes`` dataset (default, offline), its ``warped`` variant, CIFAR-100 or the
+user's own image folders (``--dataset imagefolder``, see :mod:`deformconv.train.imagefolder`), with
 progress bars, per-epoch metrics (JSON + CSV, with the deformable layers' offset
 statistics), loss/accuracy/offset plots (PNG), the deformable models' sampling points
 (PNG), an atomic checkpoint per epoch, ``--resume``, and a final top-1/top-5 +
@@ -11,6 +12,10 @@ rank 0 prints and writes).
 
 ``study``: plain vs deformable CNNs, with and without BatchNorm, 3 seeds each, on the
 ``warped`` shapes with hyperparameters fixed in advance (see :mod:`deformconv.train.study`).
+
+``transfer``: the scale-transfer experiment: a plain CNN trained at one object scale
+against its deformable twin with offsets-only fine-tuning on rescaled images, and two plain
+controls (see :mod:`deformconv.train.transfer`).
 
 ``charrnn``: train the quiz's hand-written character RNN on a text (default
 "Deep_Learning") and generate from a seed character.
@@ -50,7 +55,7 @@ from .reporting import format_comparison, format_report, plot_history, write_his
 
 __all__ = ["build_parser", "main"]
 
-DATASETS = ("shapes", "warped", "cifar100")
+DATASETS = ("shapes", "warped", "cifar100", "imagefolder")
 #: Images whose offsets are measured after every epoch (the first of the validation set).
 PROBE_IMAGES = 200
 #: Test images drawn in sampling.png (one per class where possible).
@@ -96,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="plain vs deformable, 3 seeds, with and without BatchNorm: "
         "python -m deformconv.train study",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{cifar,study,charrnn}")
+    sub = parser.add_subparsers(dest="command", metavar="{cifar,study,transfer,charrnn}")
     sub.required = True
 
     c = sub.add_parser(
@@ -110,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="shapes",
         help="'shapes': embedded procedurally generated dataset (offline); 'warped': its "
         "variant with strongly varying rotation, scale, aspect and warp; "
-        "'cifar100': torchvision's CIFAR-100 under --data-root",
+        "'cifar100': torchvision's CIFAR-100 under --data-root; 'imagefolder': your own "
+        "images, DIR/train and DIR/test in ImageFolder layout (--data-root DIR)",
     )
     c.add_argument(
         "--model",
@@ -178,14 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-size", type=_positive_int, default=600, help="validation images")
     g.add_argument("--test-size", type=_positive_int, default=1000, help="test images")
     g.add_argument("--num-classes", type=int, default=10, help="2..10 shape classes")
-    g = c.add_argument_group("cifar100 dataset")
-    g.add_argument("--data-root", default="./data", help="folder holding cifar-100-python/")
+    g = c.add_argument_group("cifar100 and imagefolder datasets")
+    g.add_argument(
+        "--data-root",
+        default="./data",
+        help="folder holding cifar-100-python/ (cifar100) or train/ and test/ (imagefolder)",
+    )
     g.add_argument("--download", action="store_true", help="download CIFAR-100 if absent")
     g.add_argument(
         "--val-fraction",
         type=float,
         default=0.2,
-        help="share of the training file held out for validation",
+        help="share of the training images held out for validation",
+    )
+    g.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=32,
+        help="imagefolder: side the images are resized to (a multiple of 8); 32 otherwise",
     )
     g.add_argument(
         "--limit",
@@ -201,8 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     from .study import add_study_parser
+    from .transfer import add_transfer_parser
 
     add_study_parser(sub, _HelpFormatter)
+    add_transfer_parser(sub, _HelpFormatter)
 
     r = sub.add_parser(
         "charrnn",
@@ -248,21 +266,35 @@ def _config(args: argparse.Namespace, model_name: str, ctx: DistContext) -> dict
         "test_size",
         "val_fraction",
         "limit",
+        "image_size",
     )
     cfg = {k: getattr(args, k) for k in keys}
     cfg["deform_layers"] = list(args.deform_layers)
     cfg["model"] = model_name
     cfg["device"] = str(ctx.device)
     cfg["world_size"] = ctx.world_size
-    if args.dataset == "cifar100":
+    if args.dataset in ("cifar100", "imagefolder"):
         for k in ("train_size", "val_size", "test_size"):
             cfg[k] = None
+        if args.dataset == "imagefolder":
+            cfg["limit"] = None
     else:
         cfg["val_fraction"] = cfg["limit"] = None
     return cfg
 
 
 def _loaders(args: argparse.Namespace):
+    if args.dataset == "imagefolder":
+        from .imagefolder import imagefolder_loaders
+
+        return imagefolder_loaders(
+            args.data_root,
+            args.batch_size,
+            args.val_fraction,
+            args.seed,
+            args.image_size,
+            args.num_workers,
+        )
     if args.dataset == "cifar100":
         return cifar100_loaders(
             args.data_root,
@@ -290,6 +322,10 @@ def _normalisation(dataset: str):
     """Per-channel ``(mean, std)`` the dataset's images carry (undone for pictures)."""
     if dataset == "cifar100":
         return CIFAR100_MEAN, CIFAR100_STD
+    if dataset == "imagefolder":
+        from .imagefolder import IMAGEFOLDER_MEAN, IMAGEFOLDER_STD
+
+        return IMAGEFOLDER_MEAN, IMAGEFOLDER_STD
     from .synthetic import SHAPES_MEAN, SHAPES_STD
 
     return SHAPES_MEAN, SHAPES_STD
@@ -316,7 +352,9 @@ def _train_one(
     log = print if ctx.is_main else (lambda _m: None)
 
     torch.manual_seed(args.seed)  # identical initial weights on every rank and every rerun
-    model = build_model(model_name, args.num_classes, args.width, args.deform_layers)
+    model = build_model(
+        model_name, args.num_classes, args.width, args.deform_layers, args.image_size
+    )
     n_params = count_parameters(model)
     deformable = has_deformable(model)
     probe = probe_images(val_loader.dataset, PROBE_IMAGES)[0] if deformable else None
@@ -422,8 +460,14 @@ def _train_one(
 
 def run_cifar(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Train every ``--model`` on the chosen dataset; returns ``{model: {history, report}}``."""
+    if args.dataset != "imagefolder" and args.image_size != 32:
+        raise ValueError(f"--image-size applies to imagefolder only ({args.dataset} is 32 px)")
     if args.dataset == "cifar100":
         args.num_classes = 100
+    elif args.dataset == "imagefolder":
+        from .imagefolder import find_classes
+
+        args.num_classes = len(find_classes(os.path.join(args.data_root, "train")))
     elif not 2 <= args.num_classes <= 10:
         raise ValueError(
             f"--num-classes must be in 2..10 for {args.dataset}, got {args.num_classes}"
@@ -486,7 +530,7 @@ def comparison_note(args: argparse.Namespace, models: Sequence[str], out: str) -
 
     with_bn = [m for m in models if m.endswith("bn") or m == "batchnorm"]
     without_bn = [m for m in models if m not in with_bn]
-    size = f"{args.train_size} " if args.dataset != "cifar100" else ""
+    size = f"{args.train_size} " if args.dataset in ("shapes", "warped") else ""
     lines = [
         f"What this comparison is: each model above trained {args.epochs} epoch(s) from one "
         f"seed ({args.seed}) on {size}{args.dataset} images; between two single runs a gap "
@@ -575,6 +619,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .study import run_study_command
 
             run_study_command(args)
+        elif args.command == "transfer":
+            from .transfer import run_transfer_command
+
+            run_transfer_command(args)
         else:
             run_charrnn(args)
     except (DataNotFoundError, CheckpointMismatchError, ValueError, KeyError) as exc:

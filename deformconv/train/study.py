@@ -27,7 +27,7 @@ import shlex
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -60,6 +60,9 @@ class StudySettings:
     step_size: int = 6
     gamma: float = 0.1
     deform_layers: tuple[int, ...] = (2, 3)
+    #: ``imagefolder`` only: where ``train/`` and ``test/`` are, and the image side.
+    data_root: str | None = None
+    image_size: int = 32
 
 
 #: The study's settings, fixed before any result was seen: the cifar command's defaults
@@ -94,6 +97,20 @@ def add_study_parser(sub, formatter_class) -> argparse.ArgumentParser:
         "time, and draw one comparison figure.",
         formatter_class=formatter_class,
     )
+    s.add_argument(
+        "--dataset",
+        choices=("warped", "imagefolder"),
+        default="warped",
+        help="'warped': the embedded shapes; 'imagefolder': your own images, DIR/train and "
+        "DIR/test in ImageFolder layout (--data-root DIR), validation split 0.2 of train",
+    )
+    s.add_argument("--data-root", default="./data", help="imagefolder: the folder DIR")
+    s.add_argument(
+        "--image-size",
+        type=int,
+        default=32,
+        help="imagefolder: side the images are resized to (a multiple of 8)",
+    )
     s.add_argument("--output-dir", default="runs/study", help="where outputs go")
     s.add_argument(
         "--small",
@@ -114,6 +131,9 @@ def add_study_parser(sub, formatter_class) -> argparse.ArgumentParser:
 
 def _cifar_argv(settings: StudySettings, model: str, seed: int, out: str) -> list[str]:
     """The ``cifar`` command line of one run."""
+    folder = []
+    if settings.dataset == "imagefolder":
+        folder = ["--data-root", str(settings.data_root), "--image-size", str(settings.image_size)]
     return [
         "cifar",
         "--dataset",
@@ -148,6 +168,7 @@ def _cifar_argv(settings: StudySettings, model: str, seed: int, out: str) -> lis
         str(settings.gamma),
         "--deform-layers",
         *(str(i) for i in settings.deform_layers),
+        *folder,
         "--output-dir",
         out,
     ]
@@ -195,9 +216,11 @@ def format_study(result: dict[str, Any]) -> str:
     """The printed table: mean ± std over seeds, then paired differences and offsets."""
     st = result["settings"]
     seeds = result["seeds"]
+    sizes = f"{st['train_size']}/{st['val_size']}/{st['test_size']} images"
+    if st.get("dataset") == "imagefolder":
+        sizes = f"images of {st['data_root']}, {st['image_size']} px"
     lines = [
-        f"study on '{st['dataset']}' ({st['num_classes']} classes, "
-        f"{st['train_size']}/{st['val_size']}/{st['test_size']} images), width {st['width']}, "
+        f"study on '{st['dataset']}' ({st['num_classes']} classes, {sizes}), width {st['width']}, "
         f"{st['epochs']} epochs, seeds {', '.join(map(str, seeds))}; mean ± std over seeds "
         "(std: n-1)",
         f"{'model':<15}{'BatchNorm':<11}{'params':>9}  {'test top-1 %':>15}  "
@@ -333,15 +356,22 @@ def run_study(
     start = time.perf_counter()
     for seed in seeds:
         out = os.path.join(output_dir, f"seed{seed}")
-        loaders = shapes_loaders(
-            settings.batch_size,
-            settings.train_size,
-            settings.val_size,
-            settings.test_size,
-            seed,
-            settings.num_classes,
-            variant=settings.dataset,
-        )
+        if settings.dataset == "imagefolder":
+            from .imagefolder import imagefolder_loaders
+
+            loaders = imagefolder_loaders(
+                str(settings.data_root), settings.batch_size, 0.2, seed, settings.image_size
+            )
+        else:
+            loaders = shapes_loaders(
+                settings.batch_size,
+                settings.train_size,
+                settings.val_size,
+                settings.test_size,
+                seed,
+                settings.num_classes,
+                variant=settings.dataset,
+            )
         class_names = getattr(loaders[2].dataset, "classes", None)
         for model in STUDY_MODELS:
             argv = _cifar_argv(settings, model, seed, out)
@@ -392,6 +422,17 @@ def run_study(
 def run_study_command(args: argparse.Namespace) -> dict[str, Any]:
     """The ``study`` subcommand: run, print the table, say where the outputs are."""
     settings = SMALL if args.small else DEFAULT
+    if args.dataset == "imagefolder":
+        from .imagefolder import find_classes
+
+        classes = find_classes(os.path.join(args.data_root, "train"))
+        settings = replace(
+            settings,
+            dataset="imagefolder",
+            data_root=args.data_root,
+            image_size=args.image_size,
+            num_classes=len(classes),
+        )
     result = run_study(settings, args.output_dir, args.device, args.progress, not args.no_plot)
     print(format_study(result))
     if args.small:
