@@ -35,6 +35,9 @@ def load_emulation():
             str(CSRC / "common" / "geometry.cpp"),
             # The double backward's GEMMs: at::mm per weight group, shared with the CPU kernels.
             str(CSRC / "common" / "grouped_gemm.cpp"),
+            # The DCNv3 / DCNv4 kernels and their argument checks.
+            str(CSRC / "cuda" / "emulation" / "dcn_family_host.cpp"),
+            str(CSRC / "common" / "dcn_family_checks.cpp"),
         ],
         extra_include_paths=[str(CSRC)],
         extra_cflags=["-O1", "-DDEFORMCONV_HOST_EMULATION"],

@@ -211,8 +211,9 @@ inline unsigned long long atomicAdd(unsigned long long* address, unsigned long l
   return old;
 }
 
-// float to integer, rounded to the nearest (ties to even), as the CUDA intrinsic.
+// float / double to integer, rounded to the nearest (ties to even), as the CUDA intrinsics.
 inline long long __float2ll_rn(float x) { return std::llrint(x); }
+inline long long __double2ll_rn(double x) { return std::llrint(x); }
 
 // Pack accesses must be aligned on the GPU (else "misaligned address"): checked here.
 #define DEFORMCONV_ASSERT_ALIGNED(ptr, bytes)                                    \

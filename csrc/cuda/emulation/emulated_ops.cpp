@@ -5,7 +5,8 @@
 // -DDEFORMCONV_HOST_EMULATION: cuda/deform_conv2d_kernel.cpp, cuda/launch.cu (through
 // launch_host.cpp), cuda/window_input_side.cu,
 // cuda/implicit_gemm_forward.cu and cuda/implicit_gemm_weight.cu (through *_host.cpp), cuda/double_backward.cpp, cuda/double_backward_kernels.cu (through
-// double_backward_host.cpp), common/geometry.cpp and common/grouped_gemm.cpp, plus this file. Everything that differs from the
+// double_backward_host.cpp), cuda/dcn_family.cu (through dcn_family_host.cpp),
+// common/geometry.cpp, common/grouped_gemm.cpp and common/dcn_family_checks.cpp, plus this file. Everything that differs from the
 // CUDA build is in cuda/backend.h; cuda/register.cpp is not compiled, so nothing is
 // registered with the dispatcher. The entry points then run on CPU tensors: chunking,
 // layouts, index math, the GEMMs (ATen on the CPU), the deterministic sort + gather and the
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "cuda/backend.h"
+#include "cuda/dcn_family_entry_points.h"
 #include "cuda/entry_points.h"
 
 static_assert(deformconv::cuda::backend::kEmulated,
@@ -98,4 +100,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("padding"), pybind11::arg("dilation"),
         pybind11::arg("fixed_point_scale") = pybind11::none(),
         pybind11::arg("channels_per_split") = 0);
+  // The DCNv3 / DCNv4 core ops (dcn_family.cu), with the ops' schemas' arguments.
+  m.def("dcnv3", &deformconv::cuda::dcnv3_cuda,
+        "deformconv::dcnv3 on the CUDA backend, host-emulated");
+  m.def("dcnv3_backward", &deformconv::cuda::dcnv3_backward_cuda,
+        "deformconv::_dcnv3_backward on the CUDA backend, host-emulated");
+  m.def("dcnv4", &deformconv::cuda::dcnv4_cuda,
+        "deformconv::dcnv4 on the CUDA backend, host-emulated");
+  m.def("dcnv4_backward", &deformconv::cuda::dcnv4_backward_cuda,
+        "deformconv::_dcnv4_backward on the CUDA backend, host-emulated");
 }
