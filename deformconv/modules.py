@@ -64,6 +64,11 @@ class DeformConv2d(nn.Module):
         ``Tensor[N, C_out, H_out, W_out]``; ``og`` (offset groups) is read from the
         offset's shape.
 
+    Dtypes:
+        input float32, float64, float16 or bfloat16, with the parameters in the input's
+        dtype (``.to(dtype)`` the layer); offset and mask in the input's dtype or, for 16-bit
+        input, float32. The output has the input's dtype and memory format.
+
     ``torch.jit.script`` and ``torch.jit.trace`` compile it (and DeformConv2dPack, and models
     holding either). Under ``torch.fx`` (``symbolic_trace``, torchvision's
     ``get_graph_node_names`` and ``create_feature_extractor``) a layer inside the traced
@@ -177,6 +182,10 @@ class DeformConv2dPack(DeformConv2d):
 
     Shapes:
         input ``Tensor[N, C_in, H, W]`` -> output ``Tensor[N, C_out, H_out, W_out]``.
+
+    Dtypes:
+        as :class:`DeformConv2d`: the input's dtype for the input and the parameters, and
+        the output in the input's dtype and memory format.
 
     Example::
 
