@@ -2,16 +2,18 @@
 # One-shot check on a lent GPU machine (no network): build, CUDA tests, GPU timings vs torchvision and cuDNN, compute-sanitizer; short table last; <= 8 min.
 #
 # Usage (repository root or anywhere):  bash benchmarks/device_check.sh
-# Results go to $OUT (default /tmp/deformconv_device_check): gpu_bench.json, extras.json and
-# logs.tgz (every step's log, the profile and the short tables; few files, since a device run
+# Results go to $OUT (default /tmp/deformconv_device_check): gpu_bench.json, extras.json,
+# dcn_family_gpu.json and logs.tgz (every step's log, the profile and the short tables; few files, since a device run
 # returns at most 8). Every step runs under
 # `timeout`, capped by what is left of an 8-minute deadline; a failing step does not stop
 # the later ones (except a failed build), and the summary at the end lists each step's
 # exit status. Environment: TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (16),
 # CUDA_HOME (/usr/local/cuda), DEADLINE_S (480), FUSED_BUDGET_S (200: the fused check's own budget),
 # FUSED_TESTS (1; 0 skips the fused part's pytest run), FUSED_SECTIONS (fused_gpu_check.py's
-# --sections; default all), PARTS (default "fused cpu gpu", run in
-# that order: fused = the fused GPU kernels (tests, check, an Nsight Compute profile) and the ResNet-50 training step; cpu = the CPU tests and timings on this host's
+# --sections; default all), FAMILY_BUDGET_S (60: the DCNv3/DCNv4 check's own budget), PARTS
+# (default "family fused cpu gpu", run in that order: family = the DCNv3/DCNv4 CUDA kernels
+# (correctness against the CPU op, determinism, timings at InternImage-T's stages, memcheck);
+# fused = the fused GPU kernels (tests, check, an Nsight Compute profile) and the ResNet-50 training step; cpu = the CPU tests and timings on this host's
 # CPU, which on H100/H200 servers has AMX; gpu = the column path's CUDA tests, timings and
 # sanitizer), e.g. PARTS="cpu" bash benchmarks/device_check.sh. All three do not fit the
 # deadline together: the later ones are then skipped.
@@ -38,7 +40,7 @@ export PYTHONUNBUFFERED=1
 if [[ -x /usr/bin/g++ && -x /usr/bin/gcc ]]; then
   export CXX=/usr/bin/g++ CC=/usr/bin/gcc
 fi
-PARTS="${PARTS:-fused cpu gpu}"
+PARTS="${PARTS:-family fused cpu gpu}"
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 # The host-emulation tests (tests/test_cuda_emulated.py) are for GPU-less CI; the real kernels run here.
 export DEFORMCONV_SKIP_EMULATION=1
@@ -117,6 +119,21 @@ x = torch.randn(1, 4, 5, 5, device='cuda'); w = torch.randn(3, 4, 3, 3, device='
 off = torch.randn(1, 18, 5, 5, device='cuda')
 print(deformconv.deform_conv2d(x, off, w, padding=1).shape)
 "
+
+# 1b. The DCNv3 / DCNv4 CUDA kernels: benchmarks/dcn_family_gpu_check.py (both ops against the
+#     CPU op in float64, every dtype, bf16 backward included; deterministic mode bitwise;
+#     forward and forward+backward at InternImage-T's stages, batch 64, fp16 / bf16, against the
+#     grid_sample formulation and a depthwise 3x3 conv) -> $OUT/dcn_family_gpu.json; then
+#     memcheck on its correctness section (never run on a GPU before).
+if part family; then
+  TAIL=30 step family $((${FAMILY_BUDGET_S:-60} + 40)) python3 benchmarks/dcn_family_gpu_check.py \
+    --out "$OUT/dcn_family_gpu.json" --budget-s "${FAMILY_BUDGET_S:-60}"
+  if command -v compute-sanitizer >/dev/null; then
+    TAIL=8 step family_memcheck 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer \
+      --tool memcheck --error-exitcode 9 python3 benchmarks/dcn_family_gpu_check.py \
+      --sections correct --dtypes float32,bfloat16 --out "$LOG/family_memcheck.json"
+  fi
+fi  # part family
 
 # 2. The fused Triton path (opt-in: DEFORMCONV_GPU_PATH=fused): its tests (kernels under Triton's
 #    interpreter on CPU, ahead-of-time compiles, selection) and the GPU check on the real kernels
