@@ -291,7 +291,7 @@ class DCNv4(nn.Module):
         self.without_pointwise = bool(without_pointwise)
         self.K = group * (kernel_size * kernel_size - self.remove_center)
 
-        self.offset_mask_dw: Optional[nn.Conv2d] = None
+        self.offset_mask_dw = None
         if dw_kernel_size is not None:
             self.offset_mask_dw = nn.Conv2d(
                 channels,
@@ -302,8 +302,8 @@ class DCNv4(nn.Module):
                 groups=channels,
             )
         self.offset_mask = nn.Linear(channels, math.ceil(self.K * 3 / 8) * 8)
-        self.value_proj: Optional[nn.Linear] = None
-        self.output_proj: Optional[nn.Linear] = None
+        self.value_proj = None
+        self.output_proj = None
         if not without_pointwise:
             self.value_proj = nn.Linear(channels, channels)
             self.output_proj = nn.Linear(channels, channels, bias=output_bias)
