@@ -141,6 +141,15 @@ def test_small_transfer_runs_every_arm_and_seed(tmp_path, capsys):
             values = [r[key] for r in res["runs"] if r["arm"] == arm]
             assert s[f"{key}_mean"] == pytest.approx(statistics.fmean(values))
             assert s[f"{key}_std"] == pytest.approx(statistics.stdev(values))
+    # Accuracy by object scale: the bins' sample-weighted mean is the rescaled accuracy.
+    edges = torch.tensor(res["scale_bins"])
+    assert res["scale_bins"] == pytest.approx(T.scale_bins(T.SMALL))
+    for r in res["runs"]:
+        scales = torch.tensor(res["fields"][r["seed"]]["scales"])
+        counts = torch.histc(scales, bins=5, min=float(edges[0]), max=float(edges[-1]))
+        weighted = sum(c * (v or 0.0) for c, v in zip(counts.tolist(), r["rescaled_by_scale"]))
+        assert weighted / len(scales) == pytest.approx(r["rescaled"])
+        assert all((v is None) == (c == 0) for c, v in zip(counts, r["rescaled_by_scale"]))
     field = res["fields"][0]
     assert len(field["scales"]) == len(field["spread"]) == T.SMALL.test_size
     assert -1.0 <= field["correlation"] <= 1.0 and set(field["offsets"]) == {"conv2", "conv3"}

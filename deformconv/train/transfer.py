@@ -63,6 +63,7 @@ __all__ = [
     "offset_branch_names",
     "receptive_field_spread",
     "run_transfer",
+    "scale_bins",
     "transfer_data",
 ]
 
@@ -517,13 +518,47 @@ def _loaders(data: TransferData, batch_size: int, seed: int) -> dict[str, DataLo
     }
 
 
-def _evaluate(model: nn.Module, loaders: dict[str, DataLoader]) -> dict[str, float]:
-    from .engine import validate
+def scale_bins(settings: TransferSettings, count: int = 5) -> list[float]:
+    """Edges of ``count`` equal bins over the rescaled test set's object scales (relative to
+    the middle of the training scale), for the accuracy by object scale.
 
-    criterion = nn.CrossEntropyLoss()
+    Example::
+
+        >>> from deformconv.train.transfer import DEFAULT, scale_bins
+        >>> [round(e, 2) for e in scale_bins(DEFAULT)]
+        [0.5, 0.7, 0.9, 1.1, 1.3, 1.5]
+    """
+    middle = sum(settings.train_scale) / 2
+    lo, hi = (s / middle for s in settings.test_scale)
+    return [lo + (hi - lo) * i / count for i in range(count + 1)]
+
+
+def _hits(model: nn.Module, loader: DataLoader) -> Tensor:
+    """``Tensor[N]`` bool: whether the model's top-1 is right, per sample, in loader order."""
+    from .engine import model_device
+
+    device = model_device(model)
+    model.eval()
+    hits = []
+    with torch.no_grad():
+        for images, labels in loader:
+            hits.append(model(images.to(device)).argmax(dim=1).cpu() == labels)
+    return torch.cat(hits)
+
+
+def _evaluate(
+    model: nn.Module, loaders: dict[str, DataLoader], scales: Tensor, edges: Sequence[float]
+) -> dict[str, Any]:
+    """Top-1 % on both test sets, and on the rescaled one per object-scale bin (None: empty)."""
+    test, rescaled = _hits(model, loaders["test"]), _hits(model, loaders["test_rescaled"])
+    by_scale = []
+    for i, (lo, hi) in enumerate(zip(edges, edges[1:])):
+        inside = (scales >= lo) & ((scales < hi) if i < len(edges) - 2 else (scales <= hi))
+        by_scale.append(100.0 * float(rescaled[inside].double().mean()) if inside.any() else None)
     return {
-        "test": validate(model, loaders["test"], criterion)[1],
-        "rescaled": validate(model, loaders["test_rescaled"], criterion)[1],
+        "test": 100.0 * float(test.double().mean()),
+        "rescaled": 100.0 * float(rescaled.double().mean()),
+        "rescaled_by_scale": by_scale,
     }
 
 
@@ -585,14 +620,15 @@ def run_seed(
     seconds = time.perf_counter() - t0
     trainable = sum(p.numel() for p in plain.parameters())
     rows = [{"arm": "plain", "seed": seed, "trainable": trainable, "seconds": seconds}]
-    rows[0].update(_evaluate(plain, loaders))
+    edges = scale_bins(st)
+    rows[0].update(_evaluate(plain, loaders, data.test_scales, edges))
     models = {}
     for arm in ARMS[1:]:
         log(f"== transfer: {arm}, seed {seed}")
         model, trainable, seconds = _finetune(arm, plain, st, loaders, seed, log)
         models[arm] = model
         row = {"arm": arm, "seed": seed, "trainable": trainable, "seconds": seconds}
-        row.update(_evaluate(model, loaders))
+        row.update(_evaluate(model, loaders, data.test_scales, edges))
         rows.append(row)
     deformable = models["deformable"]
     field = _measure_field(deformable, data, max(st.deform_layers))
@@ -620,6 +656,13 @@ def summarise(rows: Sequence[dict[str, Any]], fields: Sequence[dict[str, Any]]) 
         entry: dict[str, Any] = {"n": len(mine), "trainable": mine[0]["trainable"]}
         for key in ("test", "rescaled"):
             entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std([r[key] for r in mine])
+        columns = zip(*(r["rescaled_by_scale"] for r in mine))
+        entry["rescaled_by_scale_mean"] = [
+            statistics.fmean(v for v in col if v is not None)
+            if any(v is not None for v in col)
+            else None
+            for col in columns
+        ]
         arms[arm] = entry
     keys = (
         "correlation",
@@ -657,6 +700,14 @@ def format_transfer(result: dict[str, Any]) -> str:
             f"{arm:<16}{s['trainable']:>11,}  {s['test_mean']:>7.2f} ± {s['test_std']:<5.2f}  "
             f"{s['rescaled_mean']:>7.2f} ± {s['rescaled_std']:<5.2f}"
         )
+    edges = result["scale_bins"]
+    bins = ", ".join(f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(edges, edges[1:]))
+    lines.append(f"rescaled test top-1 % by object scale ({bins}), mean over seeds:")
+    for arm, s in summary["arms"].items():
+        values = " ".join(
+            f"{v:6.1f}" if v is not None else "     -" for v in s["rescaled_by_scale_mean"]
+        )
+        lines.append(f"  {arm:<16}{values}")
     lines.append(
         "published (MNIST): "
         + "; ".join(
@@ -689,7 +740,7 @@ def plot_transfer(result: dict[str, Any], path: str) -> str | None:
     plt = _import_pyplot()
     if plt is None:
         return None
-    fig, (ax_bar, ax_rf) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_bar, ax_bins, ax_rf) = plt.subplots(1, 3, figsize=(15, 4.2))
     summary = result["summary"]["arms"]
     for k, (key, label) in enumerate((("test", "test set"), ("rescaled", "rescaled test set"))):
         xs = [i + (k - 0.5) * 0.38 for i in range(len(ARMS))]
@@ -704,6 +755,19 @@ def plot_transfer(result: dict[str, Any], path: str) -> str | None:
     ax_bar.set_title("test top-1: mean ± std, dots = seeds", fontsize=10)
     ax_bar.legend(fontsize=8)
     ax_bar.grid(alpha=0.3, axis="y")
+    edges = result["scale_bins"]
+    centres = [(lo + hi) / 2 for lo, hi in zip(edges, edges[1:])]
+    for arm in ARMS:
+        values = summary[arm]["rescaled_by_scale_mean"]
+        ax_bins.plot(centres, [math.nan if v is None else v for v in values], "o-", label=arm)
+    middle = sum(result["settings"]["train_scale"]) / 2
+    lo, hi = (s / middle for s in result["settings"]["train_scale"])
+    ax_bins.axvspan(lo, hi, color="k", alpha=0.08, label="training scale")
+    ax_bins.set_xlabel("object scale (1 = training scale)")
+    ax_bins.set_ylabel("rescaled test top-1 (%), mean over seeds")
+    ax_bins.set_title("accuracy by object scale", fontsize=10)
+    ax_bins.legend(fontsize=7)
+    ax_bins.grid(alpha=0.3)
     for f in result["fields"]:
         ax_rf.plot(f["scales"], f["spread"], ".", ms=2, alpha=0.5, label=f"seed {f['seed']}")
     grid = result["summary"]["field"]["grid_spread_mean_mean"]
@@ -778,6 +842,7 @@ def run_transfer(
         "runs": rows,
         "fields": fields,
         "summary": summarise(rows, fields),
+        "scale_bins": scale_bins(settings),
         "published": PUBLISHED,
         "wall_seconds": time.perf_counter() - start,
         "machine": _machine(),
