@@ -1,5 +1,5 @@
-# Registers the ONNX translation when torch.onnx loads onnxscript's torch_lib ops; never imports onnxscript eagerly.
-"""Lazy registration of :mod:`deformconv.onnx`'s translation.
+# Registers the ONNX translations when torch.onnx loads onnxscript's torch_lib ops; never imports onnxscript eagerly.
+"""Lazy registration of :mod:`deformconv.onnx`'s translations (deform_conv2d, dcnv3, dcnv4).
 
 ``torch.onnx.export(..., dynamo=True)`` builds its registry on every export from the ops in
 ``onnxscript.function_libs.torch_lib`` (imported on the first export). A one-shot import hook
