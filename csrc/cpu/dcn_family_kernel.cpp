@@ -1,11 +1,14 @@
 // CPU forward and backward of the DCN family ops (dcnv3, dcnv4): one kernel template over OffsetMaskLayout, every dtype, multithreaded and deterministic.
 //
-// Forward: tasks own ranges of (n, output row); each (pixel, group) sums its P taps into a run
-// of D accumulators (acc_t = float for 16-bit data), each point's corners and weights computed
-// once for the group's D contiguous channels. Backward: tasks own (n, group): the scatter into
-// grad_input touches only that image's group channels, and grad_offset / grad_mask of (n, group)
-// come from the same pass, so no two tasks write one element and every sum runs in a fixed
-// (pixel, tap, channel-lane) order whatever the thread count: bitwise reproducible, no atomics.
+// Both read the input as an opmath copy with a one-pixel zero border, so a point's four corners
+// are a base and two steps with no per-corner test. Forward: tasks own ranges of (n, output
+// row); each (pixel, group) finds its in-range points and their corner weights (bilinear weight
+// times mask) once, then sums them over the group's D contiguous channels in vector registers
+// (acc_t = float for 16-bit data, rounded once on store). Backward: tasks own (n, group): the
+// scatter into grad_input touches only that image's group channels, and grad_offset / grad_mask
+// of (n, group) come from the same pass, so no two tasks write one element and every sum runs in
+// a fixed (pixel, tap, channel-lane) order whatever the thread count: bitwise reproducible, no
+// atomics.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -21,6 +24,7 @@
 #include "common/dcn_family.h"
 #include "common/dcn_family_checks.h"
 #include "common/opmath.h"
+#include "common/tensor_layouts.h"
 #include "cpu/channel_loops.h"
 #include "cpu/dcn_family_loops.h"
 
@@ -33,99 +37,103 @@ using deformconv::family::OffsetMaskLayout;
 using deformconv::family::Params;
 using deformconv::family::Sizes;
 
-// One call's data: input (N, H, W, C) contiguous, offset / mask in acc_t at their layout's
-// strides (mask already advanced by the layout's mask_start), and each tap's kernel position.
-template <typename scalar_t, typename acc_t>
+// One call's data: the input as opmath (N, H+2, W+2, C) with a zero border (bordered_nhwc),
+// so every corner of an in-range point lies inside it and a point's four corners are one base
+// and two steps; offset / mask in acc_t at their layout's strides (mask already advanced by the
+// layout's mask_start); each tap's kernel position.
+template <typename acc_t>
 struct Call {
-  const scalar_t* input;
+  const acc_t* bordered;
   const acc_t* offset;
   const acc_t* mask;
   OffsetMaskLayout layout;
   Params q;
   Sizes s;
   std::vector<int64_t> tap_h, tap_w;
+  int64_t image_len;  // (H+2) * (W+2) * C
+  CornerSteps steps;  // C, (W+2) * C
 };
 
-// The point of tap p of output pixel (ho, wo) in one group (offsets at `offset`, mask value m,
-// the group's channels of the image at `image`): false when the sample is 0 (outside the
-// sampling range, or a non-finite coordinate). Else its cell, bilinear weights w and corners
-// (zeros for a corner outside the image, weight m * w).
-template <typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_INLINE bool locate_point(const Call<scalar_t, acc_t>& k, int64_t ho, int64_t wo,
-                                        int64_t p, const acc_t* offset, acc_t m,
-                                        const scalar_t* image, const scalar_t* zeros,
-                                        BilinearCell<acc_t>* cell, acc_t w[4],
-                                        CellCorners<int64_t>* corners,
-                                        PointCorners<scalar_t, acc_t>* pc) {
+// Tap (ih, iw) of output pixel (ho, wo) with offsets (dx, dy): false when the sample is 0
+// (outside the sampling range, or a non-finite coordinate); else its cell's fractions
+// (ly, lx) and the bordered element offset of its top-left corner (channel 0).
+template <typename acc_t>
+DEFORMCONV_CPU_INLINE bool locate_point(const Params& q, const Sizes& s, CornerSteps steps,
+                                        int64_t ho, int64_t wo, int64_t ih, int64_t iw, acc_t dx,
+                                        acc_t dy, acc_t* ly, acc_t* lx, int64_t* base) {
   acc_t y, x;
-  sample_point(k.q, ho, wo, k.tap_h[p], k.tap_w[p], offset[2 * p], offset[2 * p + 1], &y, &x);
-  if (!in_sampling_range(y, x, k.s.height, k.s.width)) return false;
-  *cell = locate_cell(y, x);
-  bilinear_weights(cell->ly, cell->lx, w);
-  *corners =
-      cell_corners<int64_t>(*cell, k.s.height, k.s.width, k.s.width * k.s.channels, k.s.channels);
-  for (int c = 0; c < 4; ++c) {
-    pc->value[c] = corners->inside[c] ? image + corners->offset[c] : zeros;
-    pc->weight[c] = m * w[c];
-  }
+  sample_point(q, ho, wo, ih, iw, dx, dy, &y, &x);
+  if (!in_sampling_range(y, x, s.height, s.width)) return false;
+  const BilinearCell<acc_t> cell = locate_cell(y, x);
+  *ly = cell.ly;
+  *lx = cell.lx;
+  *base = (cell.y0 + 1) * steps.row_step + (cell.x0 + 1) * steps.col_step;
   return true;
 }
 
-// Output rows [row_begin, row_end) of (N * Ho), all pixels and groups of each.
+// Output rows [row_begin, row_end) of (N * Ho), all pixels and groups of each: per (pixel,
+// group) the in-range points first, then their sum over the group's channels.
 template <typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_CLONES void forward_rows(const Call<scalar_t, acc_t>& k, scalar_t* out,
-                                        int64_t row_begin, int64_t row_end) {
-  const Sizes& s = k.s;
-  const OffsetMaskLayout& L = k.layout;
+DEFORMCONV_CPU_CLONES void forward_rows(const Call<acc_t>& k, scalar_t* out, int64_t row_begin,
+                                        int64_t row_end) {
+  const Params q = k.q;
+  const Sizes s = k.s;
+  const OffsetMaskLayout L = k.layout;
+  const CornerSteps steps = k.steps;
   const int64_t D = s.group_channels;
   const int64_t C = s.channels;
-  std::vector<acc_t> acc(D);
-  const std::vector<scalar_t> zeros(D, scalar_t(0));
+  std::vector<PointRef<acc_t>> points(s.points);
+  std::vector<acc_t> sums(D);  // 16-bit output: the sums before their one rounding
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / s.out_h;
     const int64_t ho = row % s.out_h;
-    const scalar_t* image = k.input + n * s.height * s.width * C;
+    const acc_t* image = k.bordered + n * k.image_len;
     for (int64_t wo = 0; wo < s.out_w; ++wo) {
       const int64_t r = row * s.out_w + wo;  // the pixel's row in (N, Ho, Wo, ...)
-      for (int64_t g = 0; g < k.q.group; ++g) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t g = 0; g < q.group; ++g) {
         const acc_t* offset = k.offset + r * L.offset_row + g * L.offset_group;
         const acc_t* mask = k.mask + r * L.mask_row + g * L.mask_group;
+        int64_t count = 0;
         for (int64_t p = 0; p < s.points; ++p) {
-          BilinearCell<acc_t> cell;
-          acc_t w[4];
-          CellCorners<int64_t> corners;
-          PointCorners<scalar_t, acc_t> pc;
-          if (!locate_point(k, ho, wo, p, offset, mask[p], image + g * D, zeros.data(), &cell, w,
-                            &corners, &pc)) {
+          acc_t ly, lx, w[4];
+          int64_t base;
+          if (!locate_point(q, s, steps, ho, wo, k.tap_h[p], k.tap_w[p], offset[2 * p],
+                            offset[2 * p + 1], &ly, &lx, &base)) {
             continue;
           }
-          accumulate_sample(pc, acc.data(), D);
+          bilinear_weights(ly, lx, w);
+          PointRef<acc_t>& point = points[count++];
+          point.base = base + g * D;
+          for (int c = 0; c < 4; ++c) point.w[c] = mask[p] * w[c];
         }
         scalar_t* o = out + r * C + g * D;
-        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d]);
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          sum_points(image, steps, points.data(), count, o, D);
+        } else {
+          sum_points(image, steps, points.data(), count, sums.data(), D);
+          for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(sums[d]);
+        }
       }
     }
   }
 }
 
-// Every gradient of image n, group g: grad_input (acc_t, (N, H, W, C)) of the group's channels,
-// and grad_offset / grad_mask (acc_t, at the call's layout) of its pixels and taps.
+// Every gradient of image n, group g: grad_bordered (acc_t, bordered like the input) of the
+// group's channels, and grad_offset / grad_mask (acc_t, at the call's layout) of its pixels.
 template <typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_CLONES void backward_task(const Call<scalar_t, acc_t>& k,
-                                         const scalar_t* grad_output, acc_t* grad_input,
-                                         acc_t* grad_offset, acc_t* grad_mask, int64_t n,
-                                         int64_t g) {
-  const Sizes& s = k.s;
-  const OffsetMaskLayout& L = k.layout;
+DEFORMCONV_CPU_CLONES void backward_task(const Call<acc_t>& k, const scalar_t* grad_output,
+                                         acc_t* grad_bordered, acc_t* grad_offset, acc_t* grad_mask,
+                                         int64_t n, int64_t g) {
+  const Params q = k.q;
+  const Sizes s = k.s;
+  const OffsetMaskLayout L = k.layout;
+  const CornerSteps steps = k.steps;
   const int64_t D = s.group_channels;
   const int64_t C = s.channels;
-  const acc_t scale = static_cast<acc_t>(k.q.offset_scale);
-  const std::vector<scalar_t> zeros(D, scalar_t(0));
-  std::vector<acc_t> sink(4 * D);  // scatter target of corners outside the image (never read)
+  const acc_t scale = static_cast<acc_t>(q.offset_scale);
   std::vector<acc_t> go_buffer(D);
-  const scalar_t* image = k.input + n * s.height * s.width * C + g * D;
-  acc_t* grad_image = grad_input + n * s.height * s.width * C + g * D;
+  const acc_t* image = k.bordered + n * k.image_len + g * D;
+  acc_t* grad_image = grad_bordered + n * k.image_len + g * D;
   for (int64_t ho = 0; ho < s.out_h; ++ho) {
     for (int64_t wo = 0; wo < s.out_w; ++wo) {
       const int64_t r = (n * s.out_h + ho) * s.out_w + wo;
@@ -142,28 +150,27 @@ DEFORMCONV_CPU_CLONES void backward_task(const Call<scalar_t, acc_t>& k,
       acc_t* g_offset = grad_offset + r * L.offset_row + g * L.offset_group;
       acc_t* g_mask = grad_mask + r * L.mask_row + g * L.mask_group;
       for (int64_t p = 0; p < s.points; ++p) {
-        BilinearCell<acc_t> cell;
-        acc_t w[4];
-        CellCorners<int64_t> corners;
-        PointCorners<scalar_t, acc_t> pc;
-        const acc_t m = mask[p];
-        if (!locate_point(k, ho, wo, p, offset, m, image, zeros.data(), &cell, w, &corners, &pc)) {
+        acc_t ly, lx, w[4];
+        int64_t base;
+        if (!locate_point(q, s, steps, ho, wo, k.tap_h[p], k.tap_w[p], offset[2 * p],
+                          offset[2 * p + 1], &ly, &lx, &base)) {
           // The sample is the constant 0 here: every derivative is 0.
           g_offset[2 * p] = acc_t(0);
           g_offset[2 * p + 1] = acc_t(0);
           g_mask[p] = acc_t(0);
           continue;
         }
-        acc_t* grad_corner[4];
-        for (int c = 0; c < 4; ++c) {
-          grad_corner[c] = corners.inside[c] ? grad_image + corners.offset[c] : sink.data() + c * D;
-        }
+        const acc_t m = mask[p];
+        bilinear_weights(ly, lx, w);
+        const acc_t wm[4] = {m * w[0], m * w[1], m * w[2], m * w[3]};
+        // grad_input: each corner += m * w_c * grad_output (a corner in the border is dropped
+        // with it); dots_c = <grad_output, corner c> for the offset and mask gradients.
         acc_t dots[4];
-        scatter_and_dots(pc, grad_corner, go, D, dots);
+        scatter_and_dots(image + base, grad_image + base, steps, wm, go, D, dots);
         // d/d(mask) = the sample; d/d(dx) = m * s * d(sample)/dx (likewise y).
         g_mask[p] = w[0] * dots[0] + w[1] * dots[1] + w[2] * dots[2] + w[3] * dots[3];
         acc_t d_dy, d_dx;
-        bilinear_coordinate_grad(dots, cell.ly, cell.lx, &d_dy, &d_dx);
+        bilinear_coordinate_grad(dots, ly, lx, &d_dy, &d_dx);
         g_offset[2 * p] = m * scale * d_dx;
         g_offset[2 * p + 1] = m * scale * d_dy;
       }
@@ -171,23 +178,30 @@ DEFORMCONV_CPU_CLONES void backward_task(const Call<scalar_t, acc_t>& k,
   }
 }
 
-template <typename scalar_t, typename acc_t>
-Call<scalar_t, acc_t> make_call(const at::Tensor& input, const at::Tensor& offset,
-                                const at::Tensor& mask, const OffsetMaskLayout& layout,
-                                const Params& q, const Sizes& s) {
-  Call<scalar_t, acc_t> k{input.data_ptr<scalar_t>(),
-                          offset.data_ptr<acc_t>(),
-                          mask.data_ptr<acc_t>() + layout.mask_start,
-                          layout,
-                          q,
-                          s,
-                          std::vector<int64_t>(s.points),
-                          std::vector<int64_t>(s.points)};
+template <typename acc_t>
+Call<acc_t> make_call(const at::Tensor& bordered, const at::Tensor& offset, const at::Tensor& mask,
+                      const OffsetMaskLayout& layout, const Params& q, const Sizes& s) {
+  const int64_t row_step = (s.width + 2) * s.channels;
+  Call<acc_t> k{bordered.data_ptr<acc_t>(),
+                offset.data_ptr<acc_t>(),
+                mask.data_ptr<acc_t>() + layout.mask_start,
+                layout,
+                q,
+                s,
+                std::vector<int64_t>(s.points),
+                std::vector<int64_t>(s.points),
+                (s.height + 2) * row_step,
+                CornerSteps{s.channels, row_step}};
   for (int64_t p = 0; p < s.points; ++p) {
     deformconv::family::tap_position(p, q.kernel_h, q.kernel_w, q.remove_center, &k.tap_h[p],
                                      &k.tap_w[p]);
   }
   return k;
+}
+
+// The input (N, H, W, C) as opmath (N, H+2, W+2, C) with a zero border.
+at::Tensor bordered_input(const at::Tensor& input) {
+  return bordered_nhwc(input.permute({0, 3, 1, 2}));
 }
 
 // The forward of either op. input contiguous (N, H, W, C); offset / mask contiguous in opmath
@@ -198,7 +212,8 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& offset, const at::
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Call<scalar_t, acc_t> k = make_call<scalar_t, acc_t>(input, offset, mask, layout, q, s);
+    const at::Tensor bordered = bordered_input(input);
+    const Call<acc_t> k = make_call<acc_t>(bordered, offset, mask, layout, q, s);
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     const int64_t row_work = std::max<int64_t>(1, s.out_w * s.channels * s.points);
     const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / row_work);
@@ -214,23 +229,26 @@ at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
                     const at::Tensor& offset, const at::Tensor& mask,
                     const OffsetMaskLayout& layout, const Params& q, const Sizes& s,
                     at::Tensor& grad_offset, at::Tensor& grad_mask) {
-  const auto opmath = input.options().dtype(opmath_dtype(input.scalar_type()));
-  at::Tensor grad_input = at::zeros(input.sizes(), opmath);
-  if (grad_output.numel() == 0 || input.numel() == 0) return grad_input.to(input.scalar_type());
+  if (grad_output.numel() == 0 || input.numel() == 0) return at::zeros_like(input);
+  const at::Tensor bordered = bordered_input(input);
+  at::Tensor grad_bordered = at::zeros_like(bordered);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Call<scalar_t, acc_t> k = make_call<scalar_t, acc_t>(input, offset, mask, layout, q, s);
+    const Call<acc_t> k = make_call<acc_t>(bordered, offset, mask, layout, q, s);
     const scalar_t* go = grad_output.data_ptr<scalar_t>();
-    acc_t* gi = grad_input.data_ptr<acc_t>();
+    acc_t* gi = grad_bordered.data_ptr<acc_t>();
     acc_t* g_offset = grad_offset.data_ptr<acc_t>();
     acc_t* g_mask = grad_mask.data_ptr<acc_t>() + layout.mask_start;
     at::parallel_for(0, s.batch * q.group, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
-        backward_task(k, go, gi, g_offset, g_mask, t / q.group, t % q.group);
+        backward_task<scalar_t, acc_t>(k, go, gi, g_offset, g_mask, t / q.group, t % q.group);
       }
     });
   });
-  return grad_input.to(input.scalar_type());
+  return grad_bordered.narrow(1, 1, s.height)
+      .narrow(2, 1, s.width)
+      .to(input.scalar_type())
+      .contiguous();
 }
 
 at::Tensor position_arg(const at::Tensor& t) { return to_opmath(t).contiguous(); }

@@ -1,7 +1,9 @@
-// Innermost CPU loops of the DCN family ops over a group's D contiguous channels sharing one sample point.
+// Innermost CPU loops of the DCN family ops over a group's D contiguous channels: the forward's sum over a pixel's points, the backward's scatter and corner dot products.
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "cpu/channel_loops.h"
 
@@ -9,81 +11,138 @@ namespace deformconv {
 namespace cpu {
 namespace family {
 
-// A point's four corners for one group's channels: where each corner's D channels are read
-// (a zero run for a corner outside the image) and the corner's weight (bilinear weight times
-// the mask value).
-template <typename scalar_t, typename acc_t>
-struct PointCorners {
-  const scalar_t* value[4];
-  acc_t weight[4];
+// One in-range sample point of a (pixel, group): where its cell's top-left corner lies in the
+// bordered input (element offset of the group's channel 0) and its four corner weights, in the
+// order of bilinear_weights. The corners are at base, base + col_step, base + row_step and
+// base + row_step + col_step: the border makes every one of them an element of the buffer.
+template <typename T>
+struct PointRef {
+  int64_t base;
+  T w[4];
 };
 
-// acc[d] += sum_c weight[c] * value[c][d] for d < n, in acc_t (16-bit values converted once per
-// element as they are loaded).
-template <typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_INLINE void accumulate_sample(const PointCorners<scalar_t, acc_t>& pc,
-                                             acc_t* __restrict acc, int64_t n) {
-  const scalar_t* __restrict v0 = pc.value[0];
-  const scalar_t* __restrict v1 = pc.value[1];
-  const scalar_t* __restrict v2 = pc.value[2];
-  const scalar_t* __restrict v3 = pc.value[3];
-  const acc_t w0 = pc.weight[0], w1 = pc.weight[1], w2 = pc.weight[2], w3 = pc.weight[3];
-  for (int64_t d = 0; d < n; ++d) {
-    acc[d] += w0 * static_cast<acc_t>(v0[d]) + w1 * static_cast<acc_t>(v1[d]) +
-              w2 * static_cast<acc_t>(v2[d]) + w3 * static_cast<acc_t>(v3[d]);
+#ifdef DEFORMCONV_CPU_VECTOR_EXT
+// float loops use 8-lane vectors: one ymm register with AVX2 / AVX-512 (GCC keeps wider generic
+// vectors in memory on AVX2, which stalls on store forwarding).
+DEFORMCONV_CPU_INLINE void load8(f32x8* v, const float* p) { std::memcpy(v, p, sizeof(*v)); }
+DEFORMCONV_CPU_INLINE void store8(float* p, const f32x8& v) { std::memcpy(p, &v, sizeof(v)); }
+
+DEFORMCONV_CPU_INLINE f32x8 corner_sum8(const float* c00, CornerSteps s, const float w[4]) {
+  f32x8 v0, v1, v2, v3;
+  load8(&v0, c00);
+  load8(&v1, c00 + s.col_step);
+  load8(&v2, c00 + s.row_step);
+  load8(&v3, c00 + s.row_step + s.col_step);
+  return w[0] * v0 + w[1] * v1 + w[2] * v2 + w[3] * v3;
+}
+
+// The 8 lanes summed in a fixed order (4 + 4, then pairs).
+DEFORMCONV_CPU_INLINE float sum8(const f32x8& a) {
+  f32x4 lo, hi;
+  std::memcpy(&lo, &a, sizeof(lo));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&a) + sizeof(lo), sizeof(hi));
+  const f32x4 s4 = lo + hi;
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+#endif
+
+// out[d] = sum_i (sum_c points[i].w[c] * corner_c(points[i])[d]) for d < n: each output element
+// sums its points in order; float keeps 16 channels in two vector registers over all points.
+template <typename T>
+DEFORMCONV_CPU_INLINE void sum_points(const T* image, CornerSteps s, const PointRef<T>* points,
+                                      int64_t count, T* out, int64_t n) {
+  int64_t d = 0;
+#ifdef DEFORMCONV_CPU_VECTOR_EXT
+  if constexpr (std::is_same_v<T, float>) {
+    for (; d + 16 <= n; d += 16) {
+      f32x8 a = {}, b = {};
+      for (int64_t i = 0; i < count; ++i) {
+        const float* c00 = image + points[i].base + d;
+        a += corner_sum8(c00, s, points[i].w);
+        b += corner_sum8(c00 + 8, s, points[i].w);
+      }
+      store8(out + d, a);
+      store8(out + d + 8, b);
+    }
+    for (; d + 8 <= n; d += 8) {
+      f32x8 a = {};
+      for (int64_t i = 0; i < count; ++i)
+        a += corner_sum8(image + points[i].base + d, s, points[i].w);
+      store8(out + d, a);
+    }
+  }
+#endif
+  for (; d < n; ++d) {
+    T acc = T(0);
+    for (int64_t i = 0; i < count; ++i) {
+      const T* c00 = image + points[i].base + d;
+      const T* w = points[i].w;
+      acc += w[0] * c00[0] + w[1] * c00[s.col_step] + w[2] * c00[s.row_step] +
+             w[3] * c00[s.row_step + s.col_step];
+    }
+    out[d] = acc;
   }
 }
 
-// The backward of one point in one pass over its channels:
-//   grad[c][d] += weight[c] * go[d]           (the scatter into the input gradient)
-//   dots[c]     = sum_d go[d] * value[c][d]   (for the offset and mask gradients)
-// grad[c] are four distinct runs (a scratch run for a corner outside the image). The dots sum
-// kLanes lane-wise partials, then the lanes in order: a fixed order, bitwise reproducible.
-template <typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_INLINE void scatter_and_dots(const PointCorners<scalar_t, acc_t>& pc,
-                                            acc_t* const grad[4], const acc_t* __restrict go,
-                                            int64_t n, acc_t dots[4]) {
+// The backward of one point over n channels, in one pass:
+//   grad corner c [d] += w[c] * go[d]     (the scatter into the bordered input gradient)
+//   dots[c] = sum_d go[d] * corner c [d]  (for the offset and mask gradients)
+// The dots sum 8 lane-wise partials, then the lanes and the tail in a fixed order: bitwise
+// reproducible.
+template <typename T>
+DEFORMCONV_CPU_INLINE void scatter_and_dots(const T* c00, T* g00, CornerSteps s, const T w[4],
+                                            const T* go, int64_t n, T dots[4]) {
+  const int64_t step[4] = {0, s.col_step, s.row_step, s.row_step + s.col_step};
+  int64_t d = 0;
+#ifdef DEFORMCONV_CPU_VECTOR_EXT
+  if constexpr (std::is_same_v<T, float>) {
+    f32x8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (; d + 8 <= n; d += 8) {
+      f32x8 g, v0, v1, v2, v3, g0, g1, g2, g3;
+      load8(&g, go + d);
+      load8(&v0, c00 + d);
+      load8(&v1, c00 + step[1] + d);
+      load8(&v2, c00 + step[2] + d);
+      load8(&v3, c00 + step[3] + d);
+      a0 += g * v0;
+      a1 += g * v1;
+      a2 += g * v2;
+      a3 += g * v3;
+      load8(&g0, g00 + d);
+      store8(g00 + d, g0 + w[0] * g);
+      load8(&g1, g00 + step[1] + d);
+      store8(g00 + step[1] + d, g1 + w[1] * g);
+      load8(&g2, g00 + step[2] + d);
+      store8(g00 + step[2] + d, g2 + w[2] * g);
+      load8(&g3, g00 + step[3] + d);
+      store8(g00 + step[3] + d, g3 + w[3] * g);
+    }
+    float tail[4] = {0.f, 0.f, 0.f, 0.f};  // the last n % 8 channels, summed after the lanes
+    for (; d < n; ++d) {
+      for (int c = 0; c < 4; ++c) {
+        tail[c] += go[d] * c00[step[c] + d];
+        g00[step[c] + d] += w[c] * go[d];
+      }
+    }
+    dots[0] = sum8(a0) + tail[0];
+    dots[1] = sum8(a1) + tail[1];
+    dots[2] = sum8(a2) + tail[2];
+    dots[3] = sum8(a3) + tail[3];
+    return;
+  }
+#endif
   constexpr int kLanes = 8;
-  const scalar_t* __restrict v0 = pc.value[0];
-  const scalar_t* __restrict v1 = pc.value[1];
-  const scalar_t* __restrict v2 = pc.value[2];
-  const scalar_t* __restrict v3 = pc.value[3];
-  acc_t* __restrict g0 = grad[0];
-  acc_t* __restrict g1 = grad[1];
-  acc_t* __restrict g2 = grad[2];
-  acc_t* __restrict g3 = grad[3];
-  const acc_t w0 = pc.weight[0], w1 = pc.weight[1], w2 = pc.weight[2], w3 = pc.weight[3];
-  acc_t a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {}, a3[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const acc_t g = go[i + l];
-      a0[l] += g * static_cast<acc_t>(v0[i + l]);
-      a1[l] += g * static_cast<acc_t>(v1[i + l]);
-      a2[l] += g * static_cast<acc_t>(v2[i + l]);
-      a3[l] += g * static_cast<acc_t>(v3[i + l]);
-      g0[i + l] += w0 * g;
-      g1[i + l] += w1 * g;
-      g2[i + l] += w2 * g;
-      g3[i + l] += w3 * g;
+  T a[4][kLanes] = {};
+  for (int l = 0; d < n; ++d, l = (l + 1) % kLanes) {
+    for (int c = 0; c < 4; ++c) {
+      a[c][l] += go[d] * c00[step[c] + d];
+      g00[step[c] + d] += w[c] * go[d];
     }
   }
-  for (int l = 0; i < n; ++i, ++l) {
-    const acc_t g = go[i];
-    a0[l] += g * static_cast<acc_t>(v0[i]);
-    a1[l] += g * static_cast<acc_t>(v1[i]);
-    a2[l] += g * static_cast<acc_t>(v2[i]);
-    a3[l] += g * static_cast<acc_t>(v3[i]);
-    g0[i] += w0 * g;
-    g1[i] += w1 * g;
-    g2[i] += w2 * g;
-    g3[i] += w3 * g;
-  }
-  acc_t* const lanes[4] = {a0, a1, a2, a3};
   for (int c = 0; c < 4; ++c) {
-    acc_t s = acc_t(0);
-    for (int l = 0; l < kLanes; ++l) s += lanes[c][l];
-    dots[c] = s;
+    T sum = T(0);
+    for (int l = 0; l < kLanes; ++l) sum += a[c][l];
+    dots[c] = sum;
   }
 }
 
