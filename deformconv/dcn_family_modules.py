@@ -50,26 +50,69 @@ def _activation(act_layer: str) -> nn.Module:
     raise ValueError(f"act_layer must be 'ReLU', 'SiLU' or 'GELU': got {act_layer!r}")
 
 
-def _check_channels(channels: int, group: int) -> None:
-    if group <= 0 or channels <= 0 or channels % group != 0:
-        raise ValueError(
-            f"channels ({channels}) must be a positive multiple of group ({group}): "
-            "channels = group * group_channels"
+class _DeformableAggregation(nn.Module):
+    """What DCNv3 and DCNv4 share: the core op's arguments, kept under the authors' attribute
+    names, and the optional centre feature scale gate (``center_feature_scale_proj_weight``
+    ``Tensor[G, C]``, ``center_feature_scale_proj_bias`` ``Tensor[G]``, zero-initialised)."""
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        stride: int,
+        pad: int,
+        dilation: int,
+        group: int,
+        offset_scale: float,
+        center_feature_scale: bool,
+        remove_center: bool,
+    ):
+        super().__init__()
+        if group <= 0 or channels <= 0 or channels % group != 0:
+            raise ValueError(
+                f"channels ({channels}) must be a positive multiple of group ({group}): "
+                "channels = group * group_channels"
+            )
+        if remove_center and kernel_size % 2 == 0:
+            raise ValueError(f"remove_center needs an odd kernel_size: got {kernel_size}")
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.pad = pad
+        self.dilation = dilation
+        self.group = group
+        self.group_channels = channels // group
+        self.offset_scale = float(offset_scale)
+        self.center_feature_scale = bool(center_feature_scale)
+        self.remove_center = int(bool(remove_center))
+        self.points = kernel_size * kernel_size - self.remove_center
+        if center_feature_scale:
+            self.center_feature_scale_proj_weight = nn.Parameter(torch.zeros(group, channels))
+            self.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
+        else:
+            self.register_parameter("center_feature_scale_proj_weight", None)
+            self.register_parameter("center_feature_scale_proj_bias", None)
+
+    def _blend(self, x: Tensor, query: Tensor, x_proj: Tensor) -> Tensor:
+        """With the gate, ``s = sigmoid(query @ weight.T + bias)`` per group (``[N, H, W, G]``),
+        repeated over each group's channels, gives ``x * (1 - s) + x_proj * s``; else ``x``."""
+        weight, bias = self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias
+        if weight is None or bias is None:
+            return x
+        scale = F.linear(query, weight, bias).sigmoid()
+        scale = scale.unsqueeze(-1).expand(-1, -1, -1, -1, self.group_channels).flatten(-2)
+        return x * (1 - scale) + x_proj * scale
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"pad={self.pad}, dilation={self.dilation}, group={self.group}, "
+            f"offset_scale={self.offset_scale}, center_feature_scale={self.center_feature_scale}, "
+            f"remove_center={bool(self.remove_center)}"
         )
 
 
-def _center_feature_scale(
-    x: Tensor, query: Tensor, x_proj: Tensor, weight: Tensor, bias: Tensor, group_channels: int
-) -> Tensor:
-    """The authors' centre feature scale: ``s = sigmoid(query @ weight.T + bias)`` per group
-    (``Tensor[N, H, W, G]``), repeated over each group's channels; returns
-    ``x * (1 - s) + x_proj * s``."""
-    scale = F.linear(query, weight, bias).sigmoid()  # [N, H, W, G]
-    scale = scale.unsqueeze(-1).expand(-1, -1, -1, -1, group_channels).flatten(-2)
-    return x * (1 - scale) + x_proj * scale
-
-
-class DCNv3(nn.Module):
+class DCNv3(_DeformableAggregation):
     """InternImage's DCNv3 layer (``ops_dcnv3.modules.DCNv3``) on :func:`deformconv.dcnv3`.
 
     ``x = input_proj(input)``; the offsets and mask come from the input through ``dw_conv``
@@ -126,23 +169,13 @@ class DCNv3(nn.Module):
         center_feature_scale: bool = False,
         remove_center: bool = False,
     ):
-        super().__init__()
-        _check_channels(channels, group)
-        if remove_center and kernel_size % 2 == 0:
-            raise ValueError(f"remove_center needs an odd kernel_size: got {kernel_size}")
+        super().__init__(
+            channels, kernel_size, stride, pad, dilation, group, offset_scale,
+            center_feature_scale, remove_center,
+        )  # fmt: skip
         dw_kernel_size = dw_kernel_size if dw_kernel_size is not None else kernel_size
-        self.channels = channels
-        self.kernel_size = kernel_size
         self.dw_kernel_size = dw_kernel_size
-        self.stride = stride
-        self.pad = pad
-        self.dilation = dilation
-        self.group = group
-        self.group_channels = channels // group
-        self.offset_scale = float(offset_scale)
-        self.center_feature_scale = bool(center_feature_scale)
-        self.remove_center = int(bool(remove_center))
-        points = kernel_size * kernel_size - self.remove_center
+        points = self.points
 
         self.dw_conv = nn.Sequential(
             nn.Conv2d(
@@ -161,12 +194,6 @@ class DCNv3(nn.Module):
         self.input_proj = nn.Linear(channels, channels)
         self.output_proj = nn.Linear(channels, channels)
         self._reset_parameters()
-        if center_feature_scale:
-            self.center_feature_scale_proj_weight = nn.Parameter(torch.zeros(group, channels))
-            self.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
-        else:
-            self.register_parameter("center_feature_scale_proj_weight", None)
-            self.register_parameter("center_feature_scale_proj_bias", None)
 
     def _reset_parameters(self) -> None:
         """The authors' init: offset and mask linears zero, projections Xavier-uniform, bias 0."""
@@ -198,21 +225,10 @@ class DCNv3(nn.Module):
             self.offset_scale,
             bool(self.remove_center),
         )
-        weight, bias = self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias
-        if weight is not None and bias is not None:
-            x = _center_feature_scale(x, x1, x_proj, weight, bias, self.group_channels)
-        return self.output_proj(x)
-
-    def extra_repr(self) -> str:
-        return (
-            f"channels={self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"pad={self.pad}, dilation={self.dilation}, group={self.group}, "
-            f"offset_scale={self.offset_scale}, center_feature_scale={self.center_feature_scale}, "
-            f"remove_center={bool(self.remove_center)}"
-        )
+        return self.output_proj(self._blend(x, x1, x_proj))
 
 
-class DCNv4(nn.Module):
+class DCNv4(_DeformableAggregation):
     """The DCNv4 layer (FlashInternImage's ``DCNv4.modules.DCNv4``) on :func:`deformconv.dcnv4`.
 
     ``x = value_proj(input)``; ``offset_mask`` (a linear, after the optional depthwise conv
@@ -271,25 +287,15 @@ class DCNv4(nn.Module):
         without_pointwise: bool = False,
         **kwargs,
     ):
-        super().__init__()
-        _check_channels(channels, group)
-        if remove_center and kernel_size % 2 == 0:
-            raise ValueError(f"remove_center needs an odd kernel_size: got {kernel_size}")
+        super().__init__(
+            channels, kernel_size, stride, pad, dilation, group, offset_scale,
+            center_feature_scale, remove_center,
+        )  # fmt: skip
         if kwargs:
             warnings.warn(f"DCNv4 ignores the arguments {sorted(kwargs)}", stacklevel=2)
-        self.channels = channels
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.pad = pad
-        self.dilation = dilation
-        self.group = group
-        self.group_channels = channels // group
-        self.offset_scale = float(offset_scale)
         self.dw_kernel_size = dw_kernel_size
-        self.center_feature_scale = bool(center_feature_scale)
-        self.remove_center = int(bool(remove_center))
         self.without_pointwise = bool(without_pointwise)
-        self.K = group * (kernel_size * kernel_size - self.remove_center)
+        self.K = group * self.points
 
         self.offset_mask_dw = None
         if dw_kernel_size is not None:
@@ -308,12 +314,6 @@ class DCNv4(nn.Module):
             self.value_proj = nn.Linear(channels, channels)
             self.output_proj = nn.Linear(channels, channels, bias=output_bias)
         self._reset_parameters()
-        if center_feature_scale:
-            self.center_feature_scale_proj_weight = nn.Parameter(torch.zeros(group, channels))
-            self.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
-        else:
-            self.register_parameter("center_feature_scale_proj_weight", None)
-            self.register_parameter("center_feature_scale_proj_bias", None)
 
     def _reset_parameters(self) -> None:
         """The authors' init: offset_mask zero, projections Xavier-uniform with zero bias."""
@@ -359,19 +359,13 @@ class DCNv4(nn.Module):
             self.offset_scale,
             bool(self.remove_center),
         )
-        weight, bias = self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias
-        if weight is not None and bias is not None:
-            x = _center_feature_scale(x, x, x_proj, weight, bias, self.group_channels)
-        x = x.reshape(n, -1, x.shape[-1])
+        x = self._blend(x, x, x_proj).reshape(n, -1, x.shape[-1])
         if self.output_proj is not None:
             x = self.output_proj(x)
         return x
 
     def extra_repr(self) -> str:
         return (
-            f"channels={self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"pad={self.pad}, dilation={self.dilation}, group={self.group}, "
-            f"offset_scale={self.offset_scale}, dw_kernel_size={self.dw_kernel_size}, "
-            f"center_feature_scale={self.center_feature_scale}, "
-            f"remove_center={bool(self.remove_center)}, without_pointwise={self.without_pointwise}"
+            f"{super().extra_repr()}, dw_kernel_size={self.dw_kernel_size}, "
+            f"without_pointwise={self.without_pointwise}"
         )

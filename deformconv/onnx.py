@@ -35,7 +35,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from ._geometry import output_size
+from .reference import _family_points
 
 try:
     import onnxscript
@@ -140,12 +140,7 @@ def _family_grid_constants(
     pixels: ``x = wo*sw - pw + hw + (iw*dw - hw)*s``, taps w outer, h inner (the op's rule)."""
     kh, kw = kernel
     half_h, half_w = dilation[0] * (kh - 1) // 2, dilation[1] * (kw - 1) // 2
-    taps = [
-        (ih, iw)
-        for iw in range(kw)
-        for ih in range(kh)
-        if not (remove_center and (ih, iw) == (kh // 2, kw // 2))
-    ]
+    taps = _family_points(kh, kw, bool(remove_center))
     tap_y = np.array([(ih * dilation[0] - half_h) * offset_scale for ih, _ in taps])
     tap_x = np.array([(iw * dilation[1] - half_w) * offset_scale for _, iw in taps])
     ref_y = np.arange(h_out) * stride[0] - padding[0] + half_h
@@ -172,23 +167,31 @@ def _normalised(coord, base, offset_scale: float, size: int, dtype):
     return op.Add(op.Mul(pixels, _constant(2.0 / size, dtype)), _constant(1.0 / size - 1.0, dtype))
 
 
-def _family_onnx(input, offset_xy, mask, dims, params, op_name: str):
-    """The DCNv3 / DCNv4 sum as standard ops. offset_xy ``[N, Ho, Wo, G, P, 2]`` (x, y pairs) and
-    mask ``[N, Ho, Wo, G, P]``; input ``[N, H, W, C]`` -> ``[N, Ho, Wo, C]``."""
+def _family_onnx(input, offset, mask, params, op_name: str):
+    """The DCNv3 / DCNv4 sum as standard ops: input ``[N, H, W, C]`` -> ``[N, Ho, Wo, C]``.
+    DCNv3: offset ``[N, Ho, Wo, G*P*2]`` and mask ``[N, Ho, Wo, G*P]``; DCNv4 (mask None):
+    offset is offset_mask ``[N, Ho, Wo, L]``, per group 2P offsets then P weights."""
     op = opset18
-    _, height, width, channels = dims
+    _, height, width, channels = _static_dims(input, "input", op_name)
+    _, h_out, w_out, _ = _static_dims(
+        offset, "offset" if mask is not None else "offset_mask", op_name
+    )
     kernel, stride, padding, dilation, group, offset_scale, remove_center = params
     if group <= 0 or channels % group:
         raise ValueError(
             f"ONNX export of {op_name}: group {group} does not divide {channels} channels"
         )
     depth = channels // group
-    h_out = output_size(height, kernel[0], stride[0], padding[0], dilation[0])
-    w_out = output_size(width, kernel[1], stride[1], padding[1], dilation[1])
     base_x, base_y = _family_grid_constants(
         kernel, stride, padding, dilation, offset_scale, remove_center, h_out, w_out
     )
     points = base_x.shape[-1]
+    if mask is None:  # DCNv4: drop the padding, split each group's 3P values
+        packed = op.Slice(offset, [0], [group * 3 * points], [3])
+        packed = op.Reshape(packed, [-1, h_out, w_out, group, 3 * points])
+        offset = op.Slice(packed, [0], [2 * points], [4])
+        mask = op.Slice(packed, [2 * points], [3 * points], [4])
+    offset_xy = op.Reshape(offset, [-1, h_out, w_out, group, points, 2])
     # Coordinates in float32 (float64 for a float64 input), as the kernels' opmath.
     coord_type = ir.DataType.DOUBLE if input.dtype == ir.DataType.DOUBLE else ir.DataType.FLOAT
     offset_xy = op.Cast(offset_xy, to=coord_type)
@@ -225,13 +228,8 @@ def dcnv3_onnx(
 ) -> TFloat:
     """deformconv::dcnv3 as standard ONNX ops (traced by onnxscript): input ``[N, H, W, G*D]``,
     offset ``[N, Ho, Wo, G*P*2]``, mask ``[N, Ho, Wo, G*P]`` -> ``[N, Ho, Wo, G*D]``."""
-    dims = _static_dims(input, "input", DCNV3_OP_NAME)
     params = (kernel_size, stride, padding, dilation, group, offset_scale, remove_center)
-    points = kernel_size[0] * kernel_size[1] - int(bool(remove_center))
-    _, h_out, w_out, _ = _static_dims(offset, "offset", DCNV3_OP_NAME)
-    offset_xy = opset18.Reshape(offset, [-1, h_out, w_out, group, points, 2])
-    mask = opset18.Reshape(mask, [-1, h_out, w_out, group, points])
-    return _family_onnx(input, offset_xy, mask, dims, params, DCNV3_OP_NAME)
+    return _family_onnx(input, offset, mask, params, DCNV3_OP_NAME)
 
 
 def dcnv4_onnx(
@@ -247,18 +245,8 @@ def dcnv4_onnx(
 ) -> TFloat:
     """deformconv::dcnv4 as standard ONNX ops: offset_mask ``[N, Ho, Wo, L]`` holds per group
     2P offsets then P mask weights (L = G*3P rounded up to 8, the rest ignored)."""
-    op = opset18
-    dims = _static_dims(input, "input", DCNV4_OP_NAME)
     params = (kernel_size, stride, padding, dilation, group, offset_scale, remove_center)
-    points = kernel_size[0] * kernel_size[1] - int(bool(remove_center))
-    _, h_out, w_out, _ = _static_dims(offset_mask, "offset_mask", DCNV4_OP_NAME)
-    packed = op.Slice(offset_mask, [0], [group * 3 * points], [3])
-    packed = op.Reshape(packed, [-1, h_out, w_out, group, 3 * points])
-    offset_xy = op.Reshape(
-        op.Slice(packed, [0], [2 * points], [4]), [-1, h_out, w_out, group, points, 2]
-    )
-    mask = op.Slice(packed, [2 * points], [3 * points], [4])
-    return _family_onnx(input, offset_xy, mask, dims, params, DCNV4_OP_NAME)
+    return _family_onnx(input, offset_mask, None, params, DCNV4_OP_NAME)
 
 
 #: The onnxscript (trace-only) functions that translate the DCNv3 / DCNv4 core ops.

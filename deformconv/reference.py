@@ -40,6 +40,7 @@ channels-last input; their semantics are in :func:`dcnv3_np`'s docstring.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -253,9 +254,25 @@ def _family_points(kh: int, kw: int, remove_center: bool) -> list[tuple[int, int
     ]
 
 
-def _family_geometry(x, kernel_size, stride, padding, dilation, group, offset_scale, remove_center):
-    """Checked static arguments and sizes shared by :func:`dcnv3_np` and :func:`dcnv4_np`:
-    ((kh, kw), (sh, sw), (ph, pw), (dh, dw), group, group_channels, (Ho, Wo), taps, scale)."""
+class _FamilyCall(NamedTuple):
+    """A checked DCNv3 / DCNv4 call: the float64 input, the (h, w) pairs, the group count and
+    channels, the output size, the taps in order and the offset scale."""
+
+    x: np.ndarray
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    group: int
+    depth: int
+    out_size: tuple
+    taps: list
+    scale: float
+
+
+def _family_call(input, kernel_size, stride, padding, dilation, group, offset_scale, remove_center):
+    """The checks and sizes shared by :func:`dcnv3_np` and :func:`dcnv4_np`."""
+    x = np.asarray(input, dtype=np.float64)
     if x.ndim != 4:
         raise ValueError(f"input must be 4-D (N, H, W, C): got {x.ndim}-D shape {x.shape}")
     kh, kw = _param(kernel_size, "kernel_size", 1)
@@ -283,22 +300,15 @@ def _family_geometry(x, kernel_size, stride, padding, dilation, group, offset_sc
             f"kernel {kh}x{kw}, stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)}"
         )
     taps = _family_points(kh, kw, bool(remove_center))
-    return (
-        (kh, kw),
-        (sh, sw),
-        (ph, pw),
-        (dh, dw),
-        group,
-        channels // group,
-        (h_out, w_out),
-        taps,
+    return _FamilyCall(
+        x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), group, channels // group, (h_out, w_out), taps,
         scale,
-    )
+    )  # fmt: skip
 
 
-def _family_np(x, offset_of, mask_of, geometry) -> np.ndarray:
+def _family_np(call: _FamilyCall, offset_of, mask_of) -> np.ndarray:
     """The DCNv3 / DCNv4 sum; ``offset_of(n, ho, wo, g, p)`` gives (dx, dy), ``mask_of`` the weight."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), group, depth, (h_out, w_out), taps, scale = geometry
+    x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), group, depth, (h_out, w_out), taps, scale = call
     half_h = dh * (kh - 1) // 2
     half_w = dw * (kw - 1) // 2
     output = np.zeros((x.shape[0], h_out, w_out, group * depth), dtype=np.float64)
@@ -370,18 +380,16 @@ def dcnv3_np(
                [3.5, 4.5, 2.5],
                [6.5, 7.5, 4. ]])
     """
-    x = np.asarray(input, dtype=np.float64)
-    geometry = _family_geometry(
-        x, kernel_size, stride, padding, dilation, group, offset_scale, remove_center
+    call = _family_call(
+        input, kernel_size, stride, padding, dilation, group, offset_scale, remove_center
     )
-    group, (h_out, w_out), taps = geometry[4], geometry[6], geometry[7]
-    points = len(taps)
+    n, (h_out, w_out), points = call.x.shape[0], call.out_size, len(call.taps)
     off = np.asarray(offset, dtype=np.float64)
     m = np.asarray(mask, dtype=np.float64)
-    expected_off = (x.shape[0], h_out, w_out, group * points * 2)
+    expected_off = (n, h_out, w_out, group * points * 2)
     if off.shape != expected_off:
         raise ValueError(f"offset shape is not valid: got {off.shape}, expected {expected_off}")
-    expected_mask = (x.shape[0], h_out, w_out, group * points)
+    expected_mask = (n, h_out, w_out, group * points)
     if m.shape != expected_mask:
         raise ValueError(f"mask shape is not valid: got {m.shape}, expected {expected_mask}")
 
@@ -392,7 +400,7 @@ def dcnv3_np(
     def mask_of(n, ho, wo, g, p):
         return m[n, ho, wo, g * points + p]
 
-    return _family_np(x, offset_of, mask_of, geometry)
+    return _family_np(call, offset_of, mask_of)
 
 
 def dcnv4_np(
@@ -433,15 +441,13 @@ def dcnv4_np(
         array([[1., 1.],
                [1., 1.]])
     """
-    x = np.asarray(input, dtype=np.float64)
-    geometry = _family_geometry(
-        x, kernel_size, stride, padding, dilation, group, offset_scale, remove_center
+    call = _family_call(
+        input, kernel_size, stride, padding, dilation, group, offset_scale, remove_center
     )
-    group, (h_out, w_out), taps = geometry[4], geometry[6], geometry[7]
-    points = len(taps)
+    n, (h_out, w_out), points = call.x.shape[0], call.out_size, len(call.taps)
     om = np.asarray(offset_mask, dtype=np.float64)
     length = (group * 3 * points + 7) // 8 * 8
-    expected = (x.shape[0], h_out, w_out, length)
+    expected = (n, h_out, w_out, length)
     if om.shape != expected:
         raise ValueError(
             f"offset_mask shape is not valid: got {om.shape}, expected {expected} (last dim "
@@ -455,4 +461,4 @@ def dcnv4_np(
     def mask_of(n, ho, wo, g, p):
         return om[n, ho, wo, g * 3 * points + 2 * points + p]
 
-    return _family_np(x, offset_of, mask_of, geometry)
+    return _family_np(call, offset_of, mask_of)

@@ -6,13 +6,12 @@ from torch import nn
 from deformconv.dcn_family import dcnv3, dcnv4
 from deformconv.dcn_family_modules import DCNv3, DCNv4
 
-REL_TOL = 1e-4  # ORT vs eager: max |difference| relative to max |eager output|
-EXPORT_BATCH, RUN_BATCHES = 2, (1, 3)
+# deform_conv2d's ONNX test helpers: the dynamic-batch export, the onnxruntime run, the comparison.
+from test_onnx import EXPORT_BATCH, RUN_BATCHES, _assert_close_relative, _export, _run
 
 
 @pytest.fixture(scope="module")
 def ort():
-    pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     return pytest.importorskip("onnxruntime")
 
@@ -103,34 +102,6 @@ CASES = {
         _tokens(12),
     ),
 }
-
-
-def _export(model, args, **kwargs):
-    batch = torch.export.Dim("batch")
-    return torch.onnx.export(
-        model,
-        args,
-        dynamo=True,
-        verbose=False,
-        dynamic_shapes=tuple({0: batch} for _ in args),
-        **kwargs,
-    )
-
-
-def _run(ort, program, args):
-    session = ort.InferenceSession(
-        program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"]
-    )
-    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), args)}
-    return torch.from_numpy(session.run(None, feeds)[0])
-
-
-def _assert_close_relative(actual, expected, rel=REL_TOL):
-    error = (actual.double() - expected.double()).abs().max().item()
-    scale = expected.abs().max().item()
-    assert error <= rel * scale, (
-        f"max |ORT - eager| = {error:.3g}, {error / scale:.3g} of max |eager| {scale:.3g}"
-    )
 
 
 @pytest.mark.filterwarnings("ignore:# The axis name")  # several inputs share the batch Dim
