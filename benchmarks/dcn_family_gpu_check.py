@@ -35,14 +35,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from bench_deform_conv2d import median_ms
+from fused_gpu_check import Report
 from torch_reference import dcnv3_grid_sample
 
 import deformconv
@@ -115,23 +113,6 @@ CALLS = {
 
 # InternImage-T's stages (H = W, C, groups), as in the CPU benchmark.
 STAGES = {"stage1": (56, 64, 4), "stage2": (28, 128, 8), "stage3": (14, 256, 16)}
-
-
-class Report:
-    """Rows of dicts, written to ``path`` after each one; a time budget for the whole run."""
-
-    def __init__(self, path: str, budget_s: float):
-        self.path, self.budget_s, self.t0, self.rows = Path(path), budget_s, time.time(), []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def over_budget(self) -> bool:
-        return time.time() - self.t0 > self.budget_s
-
-    def add(self, section: str, **row):
-        row = {"section": section, **row}
-        self.rows.append(row)
-        print(json.dumps(row, default=str), flush=True)
-        self.path.write_text(json.dumps(self.rows, indent=1, default=str))
 
 
 def make(call: Call, dtype, position_dtype, device, seed=0):

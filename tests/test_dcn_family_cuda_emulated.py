@@ -243,3 +243,29 @@ def test_deterministic_non_finite_grad_output(emu, monkeypatch):
     fixed = deterministic_backward(emu, call, tensors, go, monkeypatch, "forward")[0]
     assert torch.isinf(fixed).any() and torch.isnan(fixed).any()
     torch.testing.assert_close(fixed, default, equal_nan=True, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("v4", [False, True], ids=["dcnv3", "dcnv4"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_cpu_op(emu, dtype, v4):
+    """The emulated CUDA kernels against the package's CPU kernels in the same dtype (both
+    round each result once from opmath): within two roundings of the largest value."""
+    ops = torch.ops.deformconv
+    for call in (SWEEP["d16"], SWEEP["remove_center_5x3"]):
+        x, offset, mask = aligned_tensors(call, dtype)
+        go = torch.randn(call.n, *call.out_hw, call.group * call.depth, dtype=torch.float64)
+        go = go.to(dtype)
+        got = emulated(emu, call, x, offset, mask, go, v4)
+        args = static_args(call)
+        if v4:
+            om = call.pack(offset, mask)
+            cpu_gx, cpu_gom = ops._dcnv4_backward(go, x, om, *args)
+            cpu = (ops.dcnv4(x, om, *args), cpu_gx, *call.unpack(cpu_gom))
+        else:
+            cpu = (
+                ops.dcnv3(x, offset, mask, *args),
+                *ops._dcnv3_backward(go, x, offset, mask, *args),
+            )
+        for g, c in zip(got, cpu):
+            assert g.dtype == c.dtype and g.shape == c.shape
+            assert rel_error(g, c.double()) <= 2 * TOL[g.dtype]
