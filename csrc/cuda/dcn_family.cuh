@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/bilinear.h"
 #include "common/dcn_family.h"
@@ -152,6 +153,30 @@ __device__ __forceinline__ void add_grad_input(acc_t* grad_input, unsigned long 
   }
 }
 
+// Adds the terms of kVec consecutive channels from `index` on. On sm_90+, float sums (not in
+// fixed point) of whole 4-channel runs use the vector atomics (one instruction per 4 floats;
+// the caller guarantees 16-byte alignment when kVec > 1: channel counts and bases are multiples
+// of 8).
+template <typename acc_t, int kVec>
+__device__ __forceinline__ void add_grad_input_pack(acc_t* grad_input, unsigned long long* fixed,
+                                                    acc_t scale, int64_t index,
+                                                    const acc_t (&term)[kVec]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (std::is_same_v<acc_t, float> && kVec % 4 == 0) {
+    if (fixed == nullptr) {
+#pragma unroll
+      for (int j = 0; j < kVec; j += 4) {
+        atomicAdd(reinterpret_cast<float4*>(grad_input + index + j),
+                  make_float4(term[j], term[j + 1], term[j + 2], term[j + 3]));
+      }
+      return;
+    }
+  }
+#endif
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) add_grad_input(grad_input, fixed, scale, index + j, term[j]);
+}
+
 // grad_input / grad_input_fixed: input's shape (N, H, W, G*D) contiguous; grad_offset /
 // grad_mask acc_t with offset's / mask's layout (grad_mask advanced by mask_start); every
 // (pixel, group, tap) entry of them is written. fixed_scale is null unless in fixed point.
@@ -193,14 +218,16 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int c4 = 0; c4 < 4; ++c4) {
             const acc_t wm = s.mask * s.w[c4];
-            const int64_t dst = int64_t(image_base) + s.corners.offset[c4] + c0;
+            acc_t term[kVec];
 #pragma unroll
             for (int j = 0; j < kVec; ++j) {
               const acc_t g = static_cast<acc_t>(gp.v[j]);
               t[c4] += g * v[c4][j];
-              if (s.corners.inside[c4]) {
-                add_grad_input(grad_input, grad_input_fixed, scale, dst + j, g * wm);
-              }
+              term[j] = g * wm;
+            }
+            if (s.corners.inside[c4]) {
+              add_grad_input_pack(grad_input, grad_input_fixed, scale,
+                                  int64_t(image_base) + s.corners.offset[c4] + c0, term);
             }
           }
         }
