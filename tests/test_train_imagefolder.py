@@ -109,6 +109,7 @@ def test_image_read_failure_after_the_scan_names_the_file(folder, tmp_path):
 
 def test_cifar_study_and_transfer_run_on_an_image_folder(folder, tmp_path, capsys):
     common = ["--dataset", "imagefolder", "--data-root", folder, "--image-size", "16"]
+    common += ["--device", "cpu"]
     out = tmp_path / "cifar"
     argv = ["cifar", *common, "--model", "plain", "deformable", "--epochs", "1", "--width"]
     argv += ["0.125", "--batch-size", "8", "--no-plot", "--no-progress"]

@@ -85,6 +85,7 @@ def test_small_transfer_on_mnist_files(mnist_root, tmp_path, capsys):
     root, _ = mnist_root
     out = tmp_path / "out"
     argv = ["transfer", "--dataset", "mnist", "--data-root", root, "--small", "--no-plot"]
+    argv += ["--device", "cpu"]
     assert main([*argv, "--output-dir", str(out)]) == 0
     res = json.loads((out / "transfer.json").read_text())
     st = res["settings"]

@@ -491,7 +491,7 @@ def _measure_field(
         spread.append(receptive_field_spread(model, images, centres, layer_index))
         grid.append(receptive_field_spread(model, images, centres, layer_index, plain=True))
         start += images.shape[0]
-    spread_t, grid_t = torch.cat(spread), torch.cat(grid)
+    spread_t, grid_t = torch.cat(spread).cpu(), torch.cat(grid).cpu()
     scales = data.test_scales.double()
     order = scales.argsort()
     third = max(1, len(order) // 3)
@@ -590,8 +590,10 @@ def run_seed(
     seed: int,
     data: TransferData,
     log=print,
+    device: torch.device | str = "cpu",
 ) -> tuple[list[dict[str, Any]], dict[str, Any], nn.Module]:
-    """One seed: train plain, fine-tune the three arms, evaluate, measure the receptive field.
+    """One seed: train plain, fine-tune the three arms, evaluate, measure the receptive field
+    (every model on ``device``).
 
     Returns ``(rows, field, deformable_model)``: one row per arm of :data:`ARMS` (``arm``,
     ``seed``, ``trainable`` parameters, ``test``/``rescaled`` top-1 %, ``seconds``), the
@@ -603,6 +605,7 @@ def run_seed(
     loaders = _loaders(data, st.batch_size, seed)
     torch.manual_seed(seed)
     plain = build_model("batchnorm", st.num_classes, st.width, image_size=data.image_size)
+    plain.to(device)
     optimizer = make_optimizer(plain, st.lr, st.weight_decay)
     scheduler = make_scheduler(optimizer, st.step_size, st.gamma)
     log(f"== transfer: plain, seed {seed}")
@@ -813,23 +816,29 @@ def run_transfer(
     download: bool = False,
     plot: bool = True,
     log=print,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Run the experiment for seeds ``0 .. settings.seeds-1`` on the CPU or the default device.
+    """Run the experiment for seeds ``0 .. settings.seeds-1`` on ``device`` (``auto``: the
+    GPU when there is one).
 
     Returns the dict written to ``transfer.json``: ``settings``, ``seeds``, ``runs`` (one
     row per seed and arm), ``fields`` (per seed: receptive-field correlation, spreads,
     offsets), ``summary`` (:func:`summarise`), ``published``, ``wall_seconds``, ``machine``.
     """
+    from .distributed import init_distributed
     from .reporting import write_json
     from .study import _machine
 
+    ctx = init_distributed(device)
+    if ctx.distributed:
+        raise ValueError("the transfer experiment runs in one process: start it without torchrun")
     seeds = list(range(settings.seeds))
     rows: list[dict[str, Any]] = []
     fields: list[dict[str, Any]] = []
     start = time.perf_counter()
     for seed in seeds:
         data = transfer_data(settings, seed, data_root, download)
-        seed_rows, field, model = run_seed(settings, seed, data, log)
+        seed_rows, field, model = run_seed(settings, seed, data, log, ctx.device)
         rows += seed_rows
         fields.append(field)
         if plot and seed == seeds[0]:
@@ -846,6 +855,7 @@ def run_transfer(
         "published": PUBLISHED,
         "wall_seconds": time.perf_counter() - start,
         "machine": _machine(),
+        "device": str(ctx.device),
     }
     write_json(os.path.join(output_dir, "transfer.json"), result)
     if plot:
@@ -876,6 +886,7 @@ def add_transfer_parser(sub, formatter_class) -> argparse.ArgumentParser:
     t.add_argument(
         "--image-size", type=int, default=32, help="imagefolder: images resized to this side"
     )
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--output-dir", default="runs/transfer", help="where outputs go")
     t.add_argument(
         "--small",
@@ -903,7 +914,12 @@ def run_transfer_command(args: argparse.Namespace) -> dict[str, Any]:
     if args.dataset != "shapes":
         settings = replace(settings, num_classes=_count_classes(settings, args))
     result = run_transfer(
-        settings, args.output_dir, args.data_root, args.download, not args.no_plot
+        settings,
+        args.output_dir,
+        args.data_root,
+        args.download,
+        not args.no_plot,
+        device=args.device,
     )
     print(format_transfer(result))
     if args.small:
