@@ -69,7 +69,7 @@ def test_validation_split_gets_no_augmentation(folder):
     assert images.shape == (8, 3, 16, 16) and labels.dtype == torch.int64
 
 
-def test_bad_inputs_name_the_folder_or_file(folder, tmp_path):
+def test_bad_inputs_name_the_folder_or_file(folder, tmp_path, capsys):
     missing = tmp_path / "nowhere"
     with pytest.raises(DataNotFoundError, match=str(missing / "train")):
         load_image_folder(str(missing), "train")
@@ -94,6 +94,12 @@ def test_bad_inputs_name_the_folder_or_file(folder, tmp_path):
         imagefolder_loaders(str(root), image_size=16)
     # The CLI reports them as errors (exit 2), not tracebacks.
     assert main(["cifar", "--dataset", "imagefolder", "--data-root", str(missing)]) == 2
+    # --image-size: a multiple of 8 for the models, and only for image folders.
+    argv = ["cifar", "--dataset", "imagefolder", "--data-root", folder, "--image-size", "12"]
+    assert main(argv) == 2
+    assert "image_size must be a multiple of 8" in capsys.readouterr().err
+    assert main(["cifar", "--dataset", "shapes", "--image-size", "64"]) == 2
+    assert "--image-size applies to imagefolder only" in capsys.readouterr().err
 
 
 def test_image_read_failure_after_the_scan_names_the_file(folder, tmp_path):
