@@ -128,7 +128,7 @@ class CustomCNN(nn.Module):
         self.conv2 = _conv3x3(c1, c2, 2 in self.deform_layers)
         self.conv3 = _conv3x3(c2, c3, 3 in self.deform_layers)
         self.pool = nn.MaxPool2d(2, 2)
-        # 32x32 input, three 2x2 pools: 32 -> 16 -> 8 -> 4, so c3 * 4 * 4 features.
+        # Three 2x2 pools: 32 -> 16 -> 8 -> 4 (S -> S/8), so c3 * 4 * 4 features at S = 32.
         self.fc1 = nn.Linear(c3 * side * side, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
         self.dropout = nn.Dropout(dropout)

@@ -10,6 +10,9 @@ so no model gets tuned alone, and the seeds are ``0 .. n-1``, never picked. A se
 the data (the three splits) and the initial weights, so each plain model is paired with a
 deformable one trained on the same images.
 
+``--dataset imagefolder --data-root DIR`` runs the same study on a user's own images
+(``DIR/train``, ``DIR/test``; see :mod:`deformconv.train.imagefolder`), with the same settings.
+
 Each run is exactly ``python -m deformconv.train cifar`` with the arguments saved in its row
 of ``study.json`` (``command``). Outputs (``--output-dir OUT``, default ``runs/study``)::
 
