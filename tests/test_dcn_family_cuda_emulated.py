@@ -269,3 +269,17 @@ def test_matches_cpu_op(emu, dtype, v4):
         for g, c in zip(got, cpu):
             assert g.dtype == c.dtype and g.shape == c.shape
             assert rel_error(g, c.double()) <= 2 * TOL[g.dtype]
+
+
+@pytest.mark.parametrize("magnitude", [1e-33, 1e30], ids=["tiny", "huge"])
+def test_deterministic_gradient_scales(emu, monkeypatch, magnitude):
+    """Gradients near float32's smallest normal and near its largest finite sums: the
+    fixed-point scale follows them (no underflow to 0, no int64 overflow)."""
+    call = Call(h=5, w=6, group=2, depth=8)
+    tensors = aligned_tensors(call, torch.float32)
+    go = torch.randn(call.n, *call.out_hw, call.group * call.depth, dtype=torch.float64)
+    go = (go * magnitude).float()
+    default = emu.dcnv3_backward(go, *tensors, *static_args(call))[0]
+    fixed = deterministic_backward(emu, call, tensors, go, monkeypatch, "forward")[0]
+    assert torch.isfinite(fixed).all() and fixed.abs().max() > 0
+    assert rel_error(fixed, default.double()) <= 1e-5

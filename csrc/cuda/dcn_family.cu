@@ -9,8 +9,9 @@
 // (the most terms one element receives: one per output pixel and tap). No sum leaves int64,
 // scaling by S is exact, and each term is rounded to the nearest multiple of 1 / S, so an
 // element's sum is off by at most terms / (2 S) < B * terms^2 * 2^-62 (S > 2^61 / (B * terms))
-// before the opmath conversion; fixed_point_scale's clamp bounds it by terms * 2^-101 when B
-// is tiny. Non-finite terms go to the opmath buffer, where they decide the element.
+// before the opmath conversion; where fixed_point_scale's upper clamp applies (tiny B) it is
+// at most terms * 2^-127 (float32) or terms * 2^-1001 (float64). Non-finite terms go to the
+// opmath buffer, where they decide the element.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
@@ -181,16 +182,18 @@ at::Tensor finite_abs_max(const at::Tensor& t) {
 }
 
 // The fixed-point scale (see the file comment), in opmath, one element on the device. Kept
-// within [2^-100, 2^100] for float32 (finite float32 terms are below 2^128, so up to 2^34 terms
-// of them still sum within int64) and [2^-1000, 2^1000] for float64.
+// within [2^-100, 2^126] for float32 (below 2^-100, B * terms > 2^162: the finite float32 terms,
+// below 2^128, still sum within int64 for fewer than 2^34 terms; 2^126 keeps tiny gradients
+// exact down to float32's smallest normal) and [2^-1000, 2^1000] for float64.
 at::Tensor fixed_point_scale(const FamilyCall& c, const at::Tensor& grad_output) {
   const bool f64 = c.x.scalar_type() == at::kDouble;
-  const double limit = f64 ? 1000.0 : 100.0;
+  const int low = f64 ? -1000 : -100;
+  const int high = f64 ? 1000 : 126;
   const int64_t terms = std::max<int64_t>(1, c.s.out_h * c.s.out_w * c.s.points);
   const at::Tensor bound = finite_abs_max(grad_output) * finite_abs_max(c.mask_values);
   const at::Tensor room = std::ldexp(1.0, 62) / (bound * terms).clamp_min(std::ldexp(1.0, -1000));
   return at::exp2(at::floor(at::log2(room)))
-      .clamp(std::ldexp(1.0, -static_cast<int>(limit)), std::ldexp(1.0, static_cast<int>(limit)))
+      .clamp(std::ldexp(1.0, low), std::ldexp(1.0, high))
       .to(opmath_dtype(c.x.scalar_type()));
 }
 
