@@ -120,8 +120,8 @@ off = torch.randn(1, 18, 5, 5, device='cuda')
 print(deformconv.deform_conv2d(x, off, w, padding=1).shape)
 "
 
-# 1b. The DCNv3 / DCNv4 CUDA kernels: benchmarks/dcn_family_gpu_check.py (both ops against the
-#     CPU op in float64, every dtype, bf16 backward included; deterministic mode bitwise;
+# 1b. The DCNv3 / DCNv4 CUDA kernels: benchmarks/dcn_family_gpu_check.py (both ops against
+#     float64 (grid_sample formulation + autograd), every dtype, bf16 backward included; deterministic mode bitwise;
 #     forward and forward+backward at InternImage-T's stages, batch 64, fp16 / bf16, against the
 #     grid_sample formulation and a depthwise 3x3 conv) -> $OUT/dcn_family_gpu.json; then
 #     memcheck on its correctness section (never run on a GPU before).
@@ -131,7 +131,7 @@ if part family; then
   if command -v compute-sanitizer >/dev/null; then
     TAIL=8 step family_memcheck 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer \
       --tool memcheck --error-exitcode 9 python3 benchmarks/dcn_family_gpu_check.py \
-      --sections correct --dtypes float32,bfloat16 --out "$LOG/family_memcheck.json"
+      --sections correct --dtypes float32,bfloat16 --budget-s 60 --out "$LOG/family_memcheck.json"
   fi
 fi  # part family
 
