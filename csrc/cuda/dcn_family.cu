@@ -207,11 +207,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const FamilyCall& c,
   const at::Tensor go = grad_output.contiguous();
   const auto acc_opts = c.off.options();
   const bool shared = c.msk.is_same(c.off);
-  at::Tensor grad_offset = at::zeros(c.off.sizes(), acc_opts);
-  at::Tensor grad_mask = shared ? grad_offset : at::zeros(c.msk.sizes(), acc_opts);
+  const bool launch =
+      items_of(c) != 0 && c.s.group_channels != 0 && c.s.height != 0 && c.s.width != 0;
+  // The kernel writes every (pixel, group, tap) entry of grad_offset and grad_mask; DCNv4's
+  // padding columns (one buffer for both) must start at 0.
+  const auto buffer = [&](const at::Tensor& like) {
+    return launch && !shared ? at::empty(like.sizes(), acc_opts)
+                             : at::zeros(like.sizes(), acc_opts);
+  };
+  at::Tensor grad_offset = buffer(c.off);
+  at::Tensor grad_mask = shared ? grad_offset : buffer(c.msk);
   at::Tensor grad_input = at::zeros(c.x.sizes(), c.x.options().dtype(acc_opts.dtype()));
-  const int64_t items = items_of(c);
-  if (items == 0 || c.s.group_channels == 0 || c.s.height == 0 || c.s.width == 0) {
+  if (!launch) {
     return std::make_tuple(grad_input.to(c.x.scalar_type()), grad_offset, grad_mask);
   }
   const bool fixed = at::globalContext().deterministicAlgorithms();
