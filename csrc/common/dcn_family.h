@@ -78,6 +78,32 @@ DEFORMCONV_HOST_DEVICE void tap_position(int64_t p, int64_t kernel_h, int64_t ke
   *ih = p - *iw * kernel_h;
 }
 
+// sample_point in parts, for loops that hoist them: the output pixel's origin and the tap's
+// grid position (each an exact integer, converted once), and their combination with an offset.
+template <typename acc_t>
+DEFORMCONV_HOST_DEVICE void sample_origin(const Params& q, int64_t ho, int64_t wo, acc_t* y0,
+                                          acc_t* x0) {
+  const int64_t half_w = q.dilation_w * (q.kernel_w - 1) / 2;
+  const int64_t half_h = q.dilation_h * (q.kernel_h - 1) / 2;
+  *x0 = static_cast<acc_t>(wo * q.stride_w - q.pad_w + half_w);
+  *y0 = static_cast<acc_t>(ho * q.stride_h - q.pad_h + half_h);
+}
+
+template <typename acc_t>
+DEFORMCONV_HOST_DEVICE void tap_grid(const Params& q, int64_t ih, int64_t iw, acc_t* ty,
+                                     acc_t* tx) {
+  const int64_t half_w = q.dilation_w * (q.kernel_w - 1) / 2;
+  const int64_t half_h = q.dilation_h * (q.kernel_h - 1) / 2;
+  *tx = static_cast<acc_t>(iw * q.dilation_w - half_w);
+  *ty = static_cast<acc_t>(ih * q.dilation_h - half_h);
+}
+
+// origin + (tap + offset) * s: one coordinate of a sample point.
+template <typename acc_t>
+DEFORMCONV_HOST_DEVICE acc_t sample_coordinate(acc_t origin, acc_t tap, acc_t offset, acc_t s) {
+  return origin + (tap + offset) * s;
+}
+
 // Where tap (ih, iw) of output pixel (ho, wo) samples, in input pixels (integer = pixel index,
 // before padding), given its offset pair (dx, dy):
 //   x = wo*sw - pw + hw + (iw*dw - hw + dx) * s,   hw = dw*(kw-1)/2
@@ -86,13 +112,12 @@ DEFORMCONV_HOST_DEVICE void tap_position(int64_t p, int64_t kernel_h, int64_t ke
 template <typename acc_t>
 DEFORMCONV_HOST_DEVICE void sample_point(const Params& q, int64_t ho, int64_t wo, int64_t ih,
                                          int64_t iw, acc_t dx, acc_t dy, acc_t* y, acc_t* x) {
-  const int64_t half_w = q.dilation_w * (q.kernel_w - 1) / 2;
-  const int64_t half_h = q.dilation_h * (q.kernel_h - 1) / 2;
+  acc_t y0, x0, ty, tx;
+  sample_origin(q, ho, wo, &y0, &x0);
+  tap_grid(q, ih, iw, &ty, &tx);
   const acc_t s = static_cast<acc_t>(q.offset_scale);
-  *x = static_cast<acc_t>(wo * q.stride_w - q.pad_w + half_w) +
-       (static_cast<acc_t>(iw * q.dilation_w - half_w) + dx) * s;
-  *y = static_cast<acc_t>(ho * q.stride_h - q.pad_h + half_h) +
-       (static_cast<acc_t>(ih * q.dilation_h - half_h) + dy) * s;
+  *x = sample_coordinate(x0, tx, dx, s);
+  *y = sample_coordinate(y0, ty, dy, s);
 }
 
 }  // namespace family

@@ -35,12 +35,14 @@ namespace {
 
 using deformconv::family::OffsetMaskLayout;
 using deformconv::family::Params;
+using deformconv::family::sample_coordinate;
+using deformconv::family::sample_origin;
 using deformconv::family::Sizes;
 
 // One call's data: the input as opmath (N, H+2, W+2, C) with a zero border (bordered_nhwc),
 // so every corner of an in-range point lies inside it and a point's four corners are one base
 // and two steps; offset / mask in acc_t at their layout's strides (mask already advanced by the
-// layout's mask_start); each tap's kernel position.
+// layout's mask_start); each tap's grid position.
 template <typename acc_t>
 struct Call {
   const acc_t* bordered;
@@ -49,20 +51,21 @@ struct Call {
   OffsetMaskLayout layout;
   Params q;
   Sizes s;
-  std::vector<int64_t> tap_h, tap_w;
-  int64_t image_len;  // (H+2) * (W+2) * C
-  CornerSteps steps;  // C, (W+2) * C
+  std::vector<acc_t> tap_y, tap_x;  // each tap's grid position (family::tap_grid)
+  int64_t image_len;                // (H+2) * (W+2) * C
+  CornerSteps steps;                // C, (W+2) * C
 };
 
-// Tap (ih, iw) of output pixel (ho, wo) with offsets (dx, dy): false when the sample is 0
-// (outside the sampling range, or a non-finite coordinate); else its cell's fractions
-// (ly, lx) and the bordered element offset of its top-left corner (channel 0).
+// The point (origin + (tap + offset) * scale, family::sample_point in parts): false when the
+// sample is 0 (outside the sampling range, or a non-finite coordinate); else its cell's
+// fractions (ly, lx) and the bordered element offset of its top-left corner (channel 0).
 template <typename acc_t>
-DEFORMCONV_CPU_INLINE bool locate_point(const Params& q, const Sizes& s, CornerSteps steps,
-                                        int64_t ho, int64_t wo, int64_t ih, int64_t iw, acc_t dx,
-                                        acc_t dy, acc_t* ly, acc_t* lx, int64_t* base) {
-  acc_t y, x;
-  sample_point(q, ho, wo, ih, iw, dx, dy, &y, &x);
+DEFORMCONV_CPU_INLINE bool locate_point(const Sizes& s, CornerSteps steps, acc_t origin_y,
+                                        acc_t origin_x, acc_t tap_y, acc_t tap_x, acc_t dy,
+                                        acc_t dx, acc_t scale, acc_t* ly, acc_t* lx,
+                                        int64_t* base) {
+  const acc_t y = sample_coordinate(origin_y, tap_y, dy, scale);
+  const acc_t x = sample_coordinate(origin_x, tap_x, dx, scale);
   if (!in_sampling_range(y, x, s.height, s.width)) return false;
   const BilinearCell<acc_t> cell = locate_cell(y, x);
   *ly = cell.ly;
@@ -82,6 +85,9 @@ DEFORMCONV_CPU_CLONES void forward_rows(const Call<acc_t>& k, scalar_t* out, int
   const CornerSteps steps = k.steps;
   const int64_t D = s.group_channels;
   const int64_t C = s.channels;
+  const acc_t scale = static_cast<acc_t>(q.offset_scale);
+  const acc_t* tap_y = k.tap_y.data();
+  const acc_t* tap_x = k.tap_x.data();
   std::vector<PointRef<acc_t>> points(s.points);
   std::vector<acc_t> sums(D);  // 16-bit output: the sums before their one rounding
   for (int64_t row = row_begin; row < row_end; ++row) {
@@ -90,6 +96,8 @@ DEFORMCONV_CPU_CLONES void forward_rows(const Call<acc_t>& k, scalar_t* out, int
     const acc_t* image = k.bordered + n * k.image_len;
     for (int64_t wo = 0; wo < s.out_w; ++wo) {
       const int64_t r = row * s.out_w + wo;  // the pixel's row in (N, Ho, Wo, ...)
+      acc_t origin_y, origin_x;
+      sample_origin(q, ho, wo, &origin_y, &origin_x);
       for (int64_t g = 0; g < q.group; ++g) {
         const acc_t* offset = k.offset + r * L.offset_row + g * L.offset_group;
         const acc_t* mask = k.mask + r * L.mask_row + g * L.mask_group;
@@ -97,8 +105,8 @@ DEFORMCONV_CPU_CLONES void forward_rows(const Call<acc_t>& k, scalar_t* out, int
         for (int64_t p = 0; p < s.points; ++p) {
           acc_t ly, lx, w[4];
           int64_t base;
-          if (!locate_point(q, s, steps, ho, wo, k.tap_h[p], k.tap_w[p], offset[2 * p],
-                            offset[2 * p + 1], &ly, &lx, &base)) {
+          if (!locate_point(s, steps, origin_y, origin_x, tap_y[p], tap_x[p], offset[2 * p + 1],
+                            offset[2 * p], scale, &ly, &lx, &base)) {
             continue;
           }
           bilinear_weights(ly, lx, w);
@@ -131,12 +139,16 @@ DEFORMCONV_CPU_CLONES void backward_task(const Call<acc_t>& k, const scalar_t* g
   const int64_t D = s.group_channels;
   const int64_t C = s.channels;
   const acc_t scale = static_cast<acc_t>(q.offset_scale);
+  const acc_t* tap_y = k.tap_y.data();
+  const acc_t* tap_x = k.tap_x.data();
   std::vector<acc_t> go_buffer(D);
   const acc_t* image = k.bordered + n * k.image_len + g * D;
   acc_t* grad_image = grad_bordered + n * k.image_len + g * D;
   for (int64_t ho = 0; ho < s.out_h; ++ho) {
     for (int64_t wo = 0; wo < s.out_w; ++wo) {
       const int64_t r = (n * s.out_h + ho) * s.out_w + wo;
+      acc_t origin_y, origin_x;
+      sample_origin(q, ho, wo, &origin_y, &origin_x);
       const scalar_t* go_in = grad_output + r * C + g * D;
       const acc_t* go;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
@@ -152,8 +164,8 @@ DEFORMCONV_CPU_CLONES void backward_task(const Call<acc_t>& k, const scalar_t* g
       for (int64_t p = 0; p < s.points; ++p) {
         acc_t ly, lx, w[4];
         int64_t base;
-        if (!locate_point(q, s, steps, ho, wo, k.tap_h[p], k.tap_w[p], offset[2 * p],
-                          offset[2 * p + 1], &ly, &lx, &base)) {
+        if (!locate_point(s, steps, origin_y, origin_x, tap_y[p], tap_x[p], offset[2 * p + 1],
+                          offset[2 * p], scale, &ly, &lx, &base)) {
           // The sample is the constant 0 here: every derivative is 0.
           g_offset[2 * p] = acc_t(0);
           g_offset[2 * p + 1] = acc_t(0);
@@ -188,13 +200,14 @@ Call<acc_t> make_call(const at::Tensor& bordered, const at::Tensor& offset, cons
                 layout,
                 q,
                 s,
-                std::vector<int64_t>(s.points),
-                std::vector<int64_t>(s.points),
+                std::vector<acc_t>(s.points),
+                std::vector<acc_t>(s.points),
                 (s.height + 2) * row_step,
                 CornerSteps{s.channels, row_step}};
   for (int64_t p = 0; p < s.points; ++p) {
-    deformconv::family::tap_position(p, q.kernel_h, q.kernel_w, q.remove_center, &k.tap_h[p],
-                                     &k.tap_w[p]);
+    int64_t ih, iw;
+    deformconv::family::tap_position(p, q.kernel_h, q.kernel_w, q.remove_center, &ih, &iw);
+    deformconv::family::tap_grid(q, ih, iw, &k.tap_y[p], &k.tap_x[p]);
   }
   return k;
 }
