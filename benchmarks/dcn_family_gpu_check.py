@@ -11,9 +11,13 @@ Sections (``--sections``, default all, in this order):
    grid_sample formulation differentiated by autograd). ``ok``: every result within ``TOL``
    of the largest float64 value (16-bit results are rounded once), bf16 backward included.
    ``cpu_err`` is the CPU op's error in the same dtype, for comparison.
-3. ``determinism``: under ``torch.use_deterministic_algorithms(True)`` the backward twice
+3. ``accuracy``: the issue's accuracy target at InternImage-T's stages (batch 2), offsets in +-2 px
+   and of 8-16 px, float32 / float16 / bfloat16 (float32 offset / mask): dcnv3's output and
+   gradients against float64 (``err``) and the grid_sample formulation's in the same dtype on
+   the same device (``grid_err``); ``ok``: every ``err`` <= 2 ``grid_err`` + 1e-6.
+4. ``determinism``: under ``torch.use_deterministic_algorithms(True)`` the backward twice
    (bitwise equal: ``ok``) and against the default mode's gradients (``max_rel``).
-4. ``timing``: InternImage-T's stages at batch 64 (``--batch``), float16 and bfloat16 (float32
+5. ``timing``: InternImage-T's stages at batch 64 (``--batch``), float16 and bfloat16 (float32
    offset / mask), medians of CUDA events: ``dcnv3`` and ``dcnv4`` (the ops, with autograd),
    ``grid_sample`` (benchmarks/torch_reference.py's formulation of DCNv3) and ``dwconv``
    (a depthwise 3x3 ``F.conv2d`` of the same input, channels_last), forward (``fwd_ms``) and
@@ -53,7 +57,7 @@ DTYPES = {
 }
 # Largest |error| / max |float64 result| per result dtype.
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-SECTIONS = ("env", "correct", "determinism", "timing")
+SECTIONS = ("env", "correct", "accuracy", "determinism", "timing")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,9 +132,13 @@ def make(call: Call, dtype, position_dtype, device, seed=0):
         sign = torch.randint(0, 2, offset.shape, generator=g).double() * 2 - 1
         offset = (offset.abs() * 4 + 8) * sign
     if position_dtype.itemsize == 2:
-        # Keep 16-bit offsets off whole numbers (cell edges, where the derivative jumps).
-        frac = offset - offset.floor()
-        offset = torch.where((frac < 1 / 32) | (frac > 31 / 32), offset + 0.5, offset)
+        # Keep 16-bit offsets' sample points off cell edges, where the derivative jumps (with a
+        # whole offset_scale s, the point's fraction is that of s * offset).
+        offset = offset.to(position_dtype).double()  # judged after the rounding
+        scaled = offset * call.offset_scale
+        frac = scaled - scaled.floor()
+        near = (frac < 1 / 32) | (frac > 31 / 32)
+        offset = torch.where(near, offset + 0.5 / call.offset_scale, offset)
     mask = torch.rand(call.n, ho, wo, gp, generator=g, dtype=torch.double)
     go = torch.randn(call.n, ho, wo, call.group * call.depth, generator=g, dtype=torch.double)
     return (
@@ -223,6 +231,37 @@ def section_correct(rep: Report, dev: str, dtypes):
                     rep.add("correct", call=name, op="dcnv4" if v4 else "dcnv3",
                             dtype=str(dtype), position_dtype=str(position_dtype), ok=ok,
                             err=errs, cpu_err=cpu_errs)  # fmt: skip
+
+
+def grid_sample_results(call: Call, x, offset, mask, go):
+    """(output, grad_input, grad_offset, grad_mask) of the grid_sample formulation (autograd)
+    in the tensors' dtypes and device."""
+    leaves = [t.detach().clone().requires_grad_() for t in (x, offset, mask)]
+    out = dcnv3_grid_sample(*leaves, kernel_size=call.kernel, stride=call.stride,
+                            padding=call.padding, dilation=call.dilation, group=call.group,
+                            offset_scale=call.offset_scale, remove_center=call.remove_center)  # fmt: skip
+    out.backward(go)
+    return (out.detach(), *(t.grad for t in leaves))
+
+
+def section_accuracy(rep: Report, dev: str, dtypes):
+    names = ("output", "grad_input", "grad_offset", "grad_mask")
+    for stage, (h, c, groups) in STAGES.items():
+        for large in (False, True):
+            for dtype in dtypes:
+                if dtype == torch.float64 or rep.over_budget():
+                    continue
+                call = Call(n=2, h=h, w=h, group=groups, depth=c // groups, large=large)
+                t = make(call, dtype, torch.float32, dev)
+                ref = reference_results(call, *t)
+                ours = {
+                    k: rel_err(a, r) for k, a, r in zip(names, op_results(call, False, *t), ref)
+                }
+                grid = grid_sample_results(call, *t)
+                theirs = {k: rel_err(a, r) for k, a, r in zip(names, grid, ref)}
+                ok = all(ours[k] <= 2 * theirs[k] + 1e-6 for k in names)
+                rep.add("accuracy", stage=stage, offsets="8-16px" if large else "+-2px",
+                        dtype=str(dtype), ok=ok, err=ours, grid_err=theirs)  # fmt: skip
 
 
 def deterministic_backward(call, t):
@@ -354,6 +393,8 @@ def main(argv=None) -> int:
         section_env(rep, dev)
     if "correct" in sections:
         section_correct(rep, dev, dtypes)
+    if "accuracy" in sections:
+        section_accuracy(rep, dev, dtypes)
     if "determinism" in sections:
         section_determinism(rep, dev, dtypes)
     if "timing" in sections:

@@ -15,7 +15,14 @@ def test_gpu_check_cpu_smoke_runs_every_section(tmp_path):
     result = run_python(args, cwd="/", timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = json.loads(out.read_text())
-    assert {r["section"] for r in rows} == {"env", "correct", "determinism", "timing", "ratio"}
+    assert {r["section"] for r in rows} == {
+        "env",
+        "correct",
+        "accuracy",
+        "determinism",
+        "timing",
+        "ratio",
+    }
     assert all(r["ok"] for r in rows if "ok" in r)
     correct = [r for r in rows if r["section"] == "correct"]
     # every call, both ops, bf16 with float32 and bf16 positions, bf16 backward included
