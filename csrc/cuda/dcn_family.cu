@@ -131,20 +131,27 @@ bool index32_fits(const FamilyCall& c) {
                      c.s.batch * c.s.out_h * c.s.out_w * c.s.channels, items_of(c)});
 }
 
-// Calls f(scalar_t{}, index_t{}, std::integral_constant<int, kVec>{}) for the call's dtype,
-// index width and pack width (`wide_fits(scalar_t{})`).
-template <typename WideFits, typename F>
-void dispatch(const FamilyCall& c, WideFits&& wide_fits, F&& f) {
+dim3 family_block(int team) { return dim3(team, kThreads / team); }
+
+// Calls f(scalar_t{}, std::integral_constant<int, kVec>{}, FamilyArgs<index_t>) for the call's
+// dtype, index width and pack width (kFamilyVec when the input and `data`, the other scalar_t
+// tensor the kernel reads or writes in packs, allow it).
+template <typename F>
+void dispatch(const FamilyCall& c, const at::Tensor& data, F&& f) {
   const bool index32 = index32_fits(c);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, c.x.scalar_type(), "deformconv_dcn_family_cuda", [&] {
+        const bool w = wide<scalar_t>(c, {c.x.const_data_ptr(), data.const_data_ptr()});
+        const auto run = [&](auto index_tag, auto vec) {
+          using index_t = decltype(index_tag);
+          f(scalar_t{}, vec, family_args<index_t>(c, decltype(vec)::value));
+        };
         using Wide = std::integral_constant<int, kFamilyVec>;
         using Narrow = std::integral_constant<int, 1>;
-        const bool w = wide_fits(scalar_t{});
         if (index32) {
-          w ? f(scalar_t{}, int32_t{}, Wide{}) : f(scalar_t{}, int32_t{}, Narrow{});
+          w ? run(int32_t{}, Wide{}) : run(int32_t{}, Narrow{});
         } else {
-          w ? f(scalar_t{}, int64_t{}, Wide{}) : f(scalar_t{}, int64_t{}, Narrow{});
+          w ? run(int64_t{}, Wide{}) : run(int64_t{}, Narrow{});
         }
       });
 }
@@ -154,23 +161,16 @@ at::Tensor forward(const FamilyCall& c) {
   at::Tensor out = at::empty({c.s.batch, c.s.out_h, c.s.out_w, c.s.channels}, c.x.options());
   if (out.numel() == 0) return out;
   if (c.s.height == 0 || c.s.width == 0) return out.zero_();
-  dispatch(
-      c,
-      [&](auto tag) {
-        using scalar_t = decltype(tag);
-        return wide<scalar_t>(c, {c.x.const_data_ptr(), out.const_data_ptr()});
-      },
-      [&](auto scalar_tag, auto index_tag, auto vec) {
-        using scalar_t = decltype(scalar_tag);
-        using index_t = decltype(index_tag);
-        using acc_t = at::opmath_type<scalar_t>;
-        const FamilyArgs<index_t> a = family_args<index_t>(c, decltype(vec)::value);
-        launch_kernel(dcn_family_forward_kernel<scalar_t, acc_t, index_t, decltype(vec)::value>,
-                      family_grid(a), dim3(a.team, kThreads / a.team), backend::current_stream(), a,
-                      c.x.const_data_ptr<scalar_t>(), c.off.const_data_ptr<acc_t>(),
-                      c.msk.const_data_ptr<acc_t>() + c.layout.mask_start,
-                      out.mutable_data_ptr<scalar_t>());
-      });
+  dispatch(c, out, [&](auto scalar_tag, auto vec, const auto& a) {
+    using scalar_t = decltype(scalar_tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    using index_t = decltype(a.height);
+    launch_kernel(dcn_family_forward_kernel<scalar_t, acc_t, index_t, decltype(vec)::value>,
+                  family_grid(a), family_block(a.team), backend::current_stream(), a,
+                  c.x.const_data_ptr<scalar_t>(), c.off.const_data_ptr<acc_t>(),
+                  c.msk.const_data_ptr<acc_t>() + c.layout.mask_start,
+                  out.mutable_data_ptr<scalar_t>());
+  });
   return out;
 }
 
@@ -227,28 +227,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const FamilyCall& c,
     grad_input_fixed = at::zeros(c.x.sizes(), c.x.options().dtype(at::kLong));
     scale = fixed_point_scale(c, go);
   }
-  dispatch(
-      c,
-      [&](auto tag) {
-        using scalar_t = decltype(tag);
-        return wide<scalar_t>(c, {c.x.const_data_ptr(), go.const_data_ptr()});
-      },
-      [&](auto scalar_tag, auto index_tag, auto vec) {
-        using scalar_t = decltype(scalar_tag);
-        using index_t = decltype(index_tag);
-        using acc_t = at::opmath_type<scalar_t>;
-        const FamilyArgs<index_t> a = family_args<index_t>(c, decltype(vec)::value);
-        launch_kernel(
-            dcn_family_backward_kernel<scalar_t, acc_t, index_t, decltype(vec)::value>,
-            family_grid(a), dim3(a.team, kThreads / a.team), backend::current_stream(), a,
-            c.x.const_data_ptr<scalar_t>(), c.off.const_data_ptr<acc_t>(),
-            c.msk.const_data_ptr<acc_t>() + c.layout.mask_start, go.const_data_ptr<scalar_t>(),
-            grad_input.mutable_data_ptr<acc_t>(),
-            fixed ? reinterpret_cast<unsigned long long*>(grad_input_fixed.data_ptr<int64_t>())
-                  : nullptr,
-            fixed ? scale.const_data_ptr<acc_t>() : nullptr, grad_offset.mutable_data_ptr<acc_t>(),
-            grad_mask.mutable_data_ptr<acc_t>() + c.layout.mask_start);
-      });
+  dispatch(c, go, [&](auto scalar_tag, auto vec, const auto& a) {
+    using scalar_t = decltype(scalar_tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    using index_t = decltype(a.height);
+    launch_kernel(
+        dcn_family_backward_kernel<scalar_t, acc_t, index_t, decltype(vec)::value>, family_grid(a),
+        family_block(a.team), backend::current_stream(), a, c.x.const_data_ptr<scalar_t>(),
+        c.off.const_data_ptr<acc_t>(), c.msk.const_data_ptr<acc_t>() + c.layout.mask_start,
+        go.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<acc_t>(),
+        fixed ? reinterpret_cast<unsigned long long*>(grad_input_fixed.data_ptr<int64_t>())
+              : nullptr,
+        fixed ? scale.const_data_ptr<acc_t>() : nullptr, grad_offset.mutable_data_ptr<acc_t>(),
+        grad_mask.mutable_data_ptr<acc_t>() + c.layout.mask_start);
+  });
   if (fixed) {
     // A non-finite sum where there is one, else the integer sum / S (a power of two: exact).
     grad_input =
