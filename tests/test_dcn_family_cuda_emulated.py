@@ -203,18 +203,27 @@ def test_non_finite_offsets(emu, torch_reference, v4):
         assert rel_error(g, r) <= TOL[torch.float32]
 
 
-def deterministic_backward(emu, call, tensors, go, monkeypatch, order):
+def deterministic_backward(emu, call, tensors, go, monkeypatch, order, v4=False):
+    """(grad_input, grad_offset, grad_mask) in deterministic mode, the emulation running blocks
+    and threads in `order`; for DCNv4 with 1e30 in offset_mask's padding (which the fixed-point
+    scale must ignore)."""
     monkeypatch.setenv("DEFORMCONV_EMULATION_ORDER", order)
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        return emu.dcnv3_backward(go, *tensors, *static_args(call))
+        if not v4:
+            return emu.dcnv3_backward(go, *tensors, *static_args(call))
+        x, offset, mask = tensors
+        om = call.pack(offset, mask, garbage=1e30)
+        gx, gom = emu.dcnv4_backward(go, x, om, *static_args(call))
+        return (gx, *call.unpack(gom))
     finally:
         torch.use_deterministic_algorithms(before)
 
 
+@pytest.mark.parametrize("v4", [False, True], ids=["dcnv3", "dcnv4"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_deterministic_fixed_point(emu, torch_reference, dtype, monkeypatch):
+def test_deterministic_fixed_point(emu, torch_reference, dtype, v4, monkeypatch):
     """Deterministic mode: grad_input summed in fixed point has the same bits whichever order
     the blocks and threads run in (the float atomics' sum need not), and is as accurate as the
     float sums."""
@@ -222,8 +231,8 @@ def test_deterministic_fixed_point(emu, torch_reference, dtype, monkeypatch):
     position_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     tensors = aligned_tensors(call, dtype, position_dtype=position_dtype)
     go = torch.randn(call.n, *call.out_hw, call.group * call.depth, dtype=torch.float64).to(dtype)
-    forward = deterministic_backward(emu, call, tensors, go, monkeypatch, "forward")
-    reverse = deterministic_backward(emu, call, tensors, go, monkeypatch, "reverse")
+    forward = deterministic_backward(emu, call, tensors, go, monkeypatch, "forward", v4)
+    reverse = deterministic_backward(emu, call, tensors, go, monkeypatch, "reverse", v4)
     for a, b in zip(forward, reverse):
         assert torch.equal(a, b)
     ref = oracle(torch_reference, call, *tensors, go)[1:]
