@@ -80,10 +80,12 @@ class Call:
 
     @property
     def points(self) -> int:
+        """P: kh*kw, less the centre with remove_center."""
         return self.kernel[0] * self.kernel[1] - int(self.remove_center)
 
     @property
     def out_hw(self):
+        """(H_out, W_out)."""
         return tuple(
             (size + 2 * p - (d * (k - 1) + 1)) // s + 1
             for size, k, s, p, d in zip(
@@ -161,6 +163,7 @@ def pack(call: Call, offset, mask):
 
 
 def unpack(call: Call, om):
+    """The inverse of :func:`pack`: (offset, mask) views of an offset_mask-shaped tensor."""
     n, ho, wo, _ = om.shape
     g, p = call.group, call.points
     packed = om[..., : 3 * g * p].reshape(n, ho, wo, g, 3 * p)
@@ -197,12 +200,14 @@ def reference_results(call: Call, x, offset, mask, go):
 
 
 def rel_err(got, ref) -> float:
+    """max |got - ref| / max |ref| in float64 (ref float64 on the CPU; 0 when empty)."""
     if ref.numel() == 0:
         return 0.0
     return ((got.double().cpu() - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
 
 
 def section_env(rep: Report, dev: str):
+    """The run's torch, CUDA and GPU."""
     row = dict(torch=torch.__version__, cuda=torch.version.cuda, device=dev)
     if dev == "cuda":
         row.update(gpu=torch.cuda.get_device_name(), capability=torch.cuda.get_device_capability())
@@ -210,6 +215,7 @@ def section_env(rep: Report, dev: str):
 
 
 def section_correct(rep: Report, dev: str, dtypes):
+    """Section 2 of the module docstring: every CALLS entry, dtype, position dtype and op."""
     names = ("output", "grad_input", "grad_offset", "grad_mask")
     for name, call in CALLS.items():
         for dtype in dtypes:
@@ -245,6 +251,7 @@ def grid_sample_results(call: Call, x, offset, mask, go):
 
 
 def section_accuracy(rep: Report, dev: str, dtypes):
+    """Section 3: dcnv3 against the grid_sample formulation's error at the stage shapes."""
     names = ("output", "grad_input", "grad_offset", "grad_mask")
     for stage, (h, c, groups) in STAGES.items():
         for large in (False, True):
@@ -265,6 +272,7 @@ def section_accuracy(rep: Report, dev: str, dtypes):
 
 
 def deterministic_backward(call, t):
+    """dcnv3's (grad_input, grad_offset, grad_mask) under torch.use_deterministic_algorithms."""
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
@@ -274,6 +282,7 @@ def deterministic_backward(call, t):
 
 
 def section_determinism(rep: Report, dev: str, dtypes):
+    """Section 4: two deterministic backwards bitwise equal, and close to the default one."""
     call = Call(n=2, h=28, w=28, group=8, depth=16, offset_scale=0.5)
     for dtype in dtypes:
         if rep.over_budget():
@@ -327,6 +336,7 @@ def time_fwd_bwd(fn, leaves, go, reps, dev):
 
 
 def section_timing(rep: Report, dev: str, dtypes, batch: int, reps: int):
+    """Section 5: forward and forward+backward medians per stage, dtype and implementation."""
     for stage, (h, c, groups) in STAGES.items():
         for dtype in dtypes:
             if dtype.itemsize != 2 and dev == "cuda":
@@ -356,6 +366,7 @@ def section_timing(rep: Report, dev: str, dtypes, batch: int, reps: int):
 
 
 def parse_args(argv=None):
+    """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -374,6 +385,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    """Runs the chosen sections; exit status 1 when a row is not ok."""
     args = parse_args(argv)
     dev = "cpu" if args.cpu_smoke else "cuda"
     if dev == "cuda" and not torch.cuda.is_available():
