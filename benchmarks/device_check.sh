@@ -129,9 +129,9 @@ if part family; then
   TAIL=30 step family $((${FAMILY_BUDGET_S:-60} + 40)) python3 benchmarks/dcn_family_gpu_check.py \
     --out "$OUT/dcn_family_gpu.json" --budget-s "${FAMILY_BUDGET_S:-60}"
   if command -v compute-sanitizer >/dev/null; then
-    TAIL=8 step family_memcheck 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer \
+    TAIL=8 step family_memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer \
       --tool memcheck --error-exitcode 9 python3 benchmarks/dcn_family_gpu_check.py \
-      --sections correct --dtypes float32,bfloat16 --budget-s 60 --out "$LOG/family_memcheck.json"
+      --sections correct --dtypes float32,bfloat16 --budget-s 30 --out "$LOG/family_memcheck.json"
   fi
 fi  # part family
 
