@@ -244,7 +244,14 @@ at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
                     at::Tensor& grad_offset, at::Tensor& grad_mask) {
   if (grad_output.numel() == 0 || input.numel() == 0) return at::zeros_like(input);
   const at::Tensor bordered = bordered_input(input);
-  at::Tensor grad_bordered = at::zeros_like(bordered);
+  // grad_bordered starts kGradShift elements into its buffer: the input and its gradient are
+  // allocated alike, and without the shift a corner's load from the input and the previous
+  // point's store to the same corner's gradient lie a multiple of 4 KiB apart, which the
+  // CPU's store-to-load forwarding check mistakes for a dependence (4K aliasing).
+  constexpr int64_t kGradShift = 80;  // 320 bytes in float32
+  at::Tensor grad_bordered = at::zeros({bordered.numel() + kGradShift}, bordered.options())
+                                 .narrow(0, kGradShift, bordered.numel())
+                                 .view(bordered.sizes());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Call<acc_t> k = make_call<acc_t>(bordered, offset, mask, layout, q, s);
