@@ -11,7 +11,7 @@ Sections (``--sections``, default all, in this order):
    grid_sample formulation differentiated by autograd). ``ok``: every result within ``TOL``
    of the largest float64 value (16-bit results are rounded once), bf16 backward included.
    ``cpu_err`` is the CPU op's error in the same dtype, for comparison.
-3. ``accuracy``: the issue's accuracy target at InternImage-T's stages (batch 2), offsets in +-2 px
+3. ``accuracy``: the accuracy target at InternImage-T's stages (batch 2), offsets in +-2 px
    and of 8-16 px, float32 / float16 / bfloat16 (float32 offset / mask): dcnv3's output and
    gradients against float64 (``err``) and the grid_sample formulation's in the same dtype on
    the same device (``grid_err``); ``ok``: every ``err`` <= 2 ``grid_err`` + 1e-6.

@@ -64,7 +64,7 @@ def exact_in(args: dict, dtype) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Accuracy targets (the issue's): smooth input, offsets in 8-16 px and in +-2 px.
+# Accuracy targets (the package's): smooth input, offsets in 8-16 px and in +-2 px.
 
 
 def check_error_targets(problem, dtype, mode, device="cpu", forward=OP, backward=BWD):
