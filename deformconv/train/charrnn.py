@@ -52,6 +52,14 @@ class CharRNNParams(NamedTuple):
     Shapes (``H`` hidden size, ``V`` vocabulary size): ``W_xh [H, V]``, ``W_hh [H, H]``,
     ``b_xh [H]``, ``b_hh [H]``, ``W_hy [V, H]``, ``b_y [V]``. Being a tuple it unpacks
     into :func:`rnn_forward`: ``rnn_forward(inputs, *params, hidden_size)``.
+
+    Example::
+
+        >>> params = init_params(vocab_size=5, hidden_size=3)
+        >>> [tuple(t.shape) for t in params]
+        [(3, 5), (3, 3), (3,), (3,), (5, 3), (5,)]
+        >>> all(t.is_leaf and t.requires_grad for t in params)
+        True
     """
 
     W_xh: Tensor
@@ -63,7 +71,14 @@ class CharRNNParams(NamedTuple):
 
 
 def build_vocab(text: str) -> tuple[list[str], dict[str, int], dict[int, str]]:
-    """``(chars, char2idx, idx2char)``: sorted distinct characters and both index maps."""
+    """``(chars, char2idx, idx2char)``: sorted distinct characters and both index maps.
+
+    Example::
+
+        >>> chars, char2idx, idx2char = build_vocab("hello")
+        >>> chars, char2idx["l"], idx2char[3]
+        (['e', 'h', 'l', 'o'], 2, 'o')
+    """
     if not text:
         raise ValueError("text must not be empty")
     chars = sorted(set(text))
@@ -77,6 +92,12 @@ def char_to_onehot(char: str, char2idx: dict[str, int], vocab_size: int | None =
 
     Raises:
         KeyError: ``char`` is not in the vocabulary (the message lists it).
+
+    Example::
+
+        >>> _, char2idx, _ = build_vocab("hello")
+        >>> char_to_onehot("l", char2idx)
+        tensor([0., 0., 1., 0.])
     """
     if char not in char2idx:
         raise KeyError(f"character {char!r} is not in the vocabulary {sorted(char2idx)}")
@@ -87,7 +108,15 @@ def char_to_onehot(char: str, char2idx: dict[str, int], vocab_size: int | None =
 
 def make_sequences(text: str, char2idx: dict[str, int]) -> tuple[list[Tensor], Tensor]:
     """Next-character pairs: inputs ``text[:-1]`` as one-hot ``Tensor[V]`` each, targets
-    ``text[1:]`` as ``Tensor[T-1]`` int64 indices."""
+    ``text[1:]`` as ``Tensor[T-1]`` int64 indices.
+
+    Example::
+
+        >>> _, char2idx, _ = build_vocab("hello")
+        >>> inputs, targets = make_sequences("hello", char2idx)
+        >>> len(inputs), inputs[0].shape, targets
+        (4, torch.Size([4]), tensor([0, 2, 2, 3]))
+    """
     if len(text) < 2:
         raise ValueError("text needs at least 2 characters to have a next character")
     inputs = [char_to_onehot(ch, char2idx) for ch in text[:-1]]
@@ -103,6 +132,14 @@ def init_params(
     Weights are ``N(0, 1) * scale`` drawn from a private ``torch.Generator(seed)``; the
     scaling happens *before* ``requires_grad_()``, so every tensor is a leaf whose
     ``.grad`` is populated by ``backward()``.
+
+    Example::
+
+        >>> params = init_params(vocab_size=4, hidden_size=8, seed=0)
+        >>> params.W_xh.shape, params.W_xh.is_leaf, params.W_xh.requires_grad
+        (torch.Size([8, 4]), True, True)
+        >>> bool(params.W_xh.abs().max() < 0.1), params.b_y.abs().sum().item()
+        (True, 0.0)
     """
     g = torch.Generator().manual_seed(int(seed))
     H, V = hidden_size, vocab_size
@@ -141,6 +178,15 @@ def rnn_forward(
 
     Returns:
         ``(outputs, h)``: ``T`` logits ``Tensor[V]`` and the last hidden state ``Tensor[H]``.
+
+    Example::
+
+        >>> _, char2idx, _ = build_vocab("hello")
+        >>> inputs, _ = make_sequences("hello", char2idx)
+        >>> params = init_params(len(char2idx), hidden_size=8)
+        >>> outputs, h = rnn_forward(inputs, *params, hidden_size=8)
+        >>> len(outputs), outputs[0].shape, h.shape
+        (4, torch.Size([4]), torch.Size([8]))
     """
     h = torch.zeros(hidden_size, dtype=W_xh.dtype, device=W_xh.device) if h0 is None else h0
     outputs: list[Tensor] = []
@@ -154,6 +200,13 @@ def sequence_loss(outputs: Sequence[Tensor], targets: Tensor) -> Tensor:
     """Mean next-character NLL: ``nll_loss(log_softmax(stack(outputs), dim=1), targets)``.
 
     ``outputs``: ``T`` logits ``Tensor[V]``; ``targets``: ``Tensor[T]`` int64. Scalar result.
+
+    Example::
+
+        >>> import math
+        >>> loss = sequence_loss([torch.zeros(4)] * 3, torch.tensor([0, 2, 3]))
+        >>> round(loss.item(), 4), round(math.log(4), 4)  # uniform logits: log(V)
+        (1.3863, 1.3863)
     """
     log_probs = F.log_softmax(torch.stack(list(outputs)), dim=1)  # [T, V]
     return F.nll_loss(log_probs, targets)
@@ -167,6 +220,16 @@ def compute_gradients(
     Returns one gradient tensor per parameter, each shaped like it (a
     :class:`CharRNNParams` of gradients when ``params`` is one). Set ``retain_graph``
     only if the graph is needed again afterwards.
+
+    Example::
+
+        >>> _, char2idx, _ = build_vocab("hello")
+        >>> inputs, targets = make_sequences("hello", char2idx)
+        >>> params = init_params(len(char2idx), hidden_size=8)
+        >>> loss = sequence_loss(rnn_forward(inputs, *params, hidden_size=8)[0], targets)
+        >>> grads = compute_gradients(loss, params)
+        >>> type(grads).__name__, grads.W_hy.shape == params.W_hy.shape
+        ('CharRNNParams', True)
     """
     grads = torch.autograd.grad(loss, list(params), retain_graph=retain_graph)
     if isinstance(params, CharRNNParams):
@@ -175,7 +238,16 @@ def compute_gradients(
 
 
 def next_char_accuracy(params: CharRNNParams, inputs: Sequence[Tensor], targets: Tensor) -> float:
-    """Percent of positions where the arg-max prediction is the next character."""
+    """Percent of positions where the arg-max prediction is the next character.
+
+    Example::
+
+        >>> _, char2idx, _ = build_vocab("hello")
+        >>> inputs, targets = make_sequences("hello", char2idx)
+        >>> params = init_params(len(char2idx), hidden_size=8, scale=0.0)  # every logit 0: predicts 'e'
+        >>> next_char_accuracy(params, inputs, targets)  # 'e' is right for one of "ello"
+        25.0
+    """
     with torch.no_grad():
         outputs, _ = rnn_forward(inputs, *params, params.W_hh.shape[0])
         preds = torch.stack(outputs).argmax(dim=1)
@@ -195,6 +267,13 @@ def generate(
 
     ``temperature == 0`` picks the arg-max (deterministic); otherwise samples from
     ``softmax(logits / temperature)`` with ``generator``.
+
+    Example::
+
+        >>> chars, char2idx, idx2char = build_vocab("hello")
+        >>> params = init_params(len(chars), hidden_size=8, scale=0.0)  # every logit 0: arg-max 'e'
+        >>> generate(params, char2idx, idx2char, "h", length=3)
+        'heee'
     """
     hidden = params.W_hh.shape[0]
     out = [seed_char]
@@ -215,7 +294,14 @@ def generate(
 
 @dataclass
 class CharRNNResult:
-    """Outcome of :func:`train_charrnn`; ``history`` holds floats per step."""
+    """Outcome of :func:`train_charrnn`; ``history`` holds floats per step.
+
+    Example::
+
+        >>> result = train_charrnn("hello", hidden_size=8, steps=2)
+        >>> result.chars, result.steps, len(result.history["loss"])
+        (['e', 'h', 'l', 'o'], 2, 2)
+    """
 
     params: CharRNNParams
     chars: list[str]
@@ -251,6 +337,14 @@ def train_charrnn(
     Returns:
         :class:`CharRNNResult` (final accuracy in percent, history of ``step``,
         ``loss``, ``accuracy`` as floats).
+
+    Example::
+
+        >>> result = train_charrnn("hello", hidden_size=8, steps=3)
+        >>> result.steps, result.history["step"]
+        (3, [1.0, 2.0, 3.0])
+        >>> result.history["loss"][-1] < result.history["loss"][0]
+        True
     """
     chars, char2idx, idx2char = build_vocab(text)
     inputs, targets = make_sequences(text, char2idx)

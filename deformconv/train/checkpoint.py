@@ -37,16 +37,58 @@ CHECKPOINT_FORMAT = 1
 
 
 class CheckpointMismatchError(ValueError):
-    """The checkpoint was written by a run with a different configuration."""
+    """The checkpoint was written by a run with a different configuration.
+
+    Example::
+
+        >>> from torch import nn
+        >>> state = make_checkpoint(1, nn.Linear(2, 1), None, None, {}, config={"lr": 0.1})
+        >>> restore_checkpoint(state, nn.Linear(2, 1), config={"lr": 0.2}, must_match=["lr"])
+        Traceback (most recent call last):
+        ...
+        deformconv.train.checkpoint.CheckpointMismatchError: cannot resume: ... (lr: checkpoint 0.1 vs now 0.2). ...
+    """
 
 
 def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
-    """Atomically ``torch.save(state, path)`` (temporary file + fsync + ``os.replace``)."""
+    """Atomically ``torch.save(state, path)`` (temporary file + fsync + ``os.replace``).
+
+    Example::
+
+        >>> import os, tempfile
+        >>> from torch import nn
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "last.pt")
+        >>> save_checkpoint(path, make_checkpoint(1, nn.Linear(2, 1), None, None, {"loss": [0.5]}))
+        >>> os.listdir(tmp.name)  # no temporary file left behind
+        ['last.pt']
+        >>> load_checkpoint(path)["history"]
+        {'loss': [0.5]}
+        >>> tmp.cleanup()
+    """
     atomic_write(path, lambda f: torch.save(dict(state), f), binary=True)
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Example::
+
+        >>> import os, tempfile
+        >>> from torch import nn
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "last.pt")
+        >>> save_checkpoint(path, make_checkpoint(3, nn.Linear(2, 1), None, None, {}))
+        >>> state = load_checkpoint(path)
+        >>> state["format"], state["epoch"], sorted(state["model"])
+        (1, 3, ['bias', 'weight'])
+        >>> torch.save({"weights": torch.zeros(2)}, path)
+        >>> load_checkpoint(path)
+        Traceback (most recent call last):
+        ...
+        ValueError: ...last.pt is not a deformconv.train checkpoint (format 1)
+        >>> tmp.cleanup()
+    """
     state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
@@ -63,7 +105,19 @@ def make_checkpoint(
     history: Mapping[str, Any],
     config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """State dict of a run after ``epoch`` completed epochs (DDP wrappers are unwrapped)."""
+    """State dict of a run after ``epoch`` completed epochs (DDP wrappers are unwrapped).
+
+    Example::
+
+        >>> from torch import nn
+        >>> model = nn.Linear(2, 1)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> state = make_checkpoint(2, model, optimizer, None, {"loss": (0.9, 0.7)}, {"lr": 0.1})
+        >>> sorted(state)
+        ['config', 'epoch', 'format', 'history', 'model', 'optimizer', 'scheduler']
+        >>> state["epoch"], state["history"], state["scheduler"]
+        (2, {'loss': [0.9, 0.7]}, None)
+    """
     return {
         "format": CHECKPOINT_FORMAT,
         "epoch": int(epoch),
@@ -95,6 +149,18 @@ def restore_checkpoint(
 
     Raises:
         CheckpointMismatchError: a ``must_match`` key differs.
+
+    Example::
+
+        >>> from torch import nn
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> trained, fresh = nn.Linear(2, 1), nn.Linear(2, 1)
+        >>> state = make_checkpoint(2, trained, None, None, {"loss": [0.9, 0.7]}, {"lr": 0.1})
+        >>> restore_checkpoint(state, fresh, config={"lr": 0.1}, must_match=["lr"])
+        (2, {'loss': [0.9, 0.7]})
+        >>> torch.equal(fresh.weight, trained.weight)
+        True
     """
     saved = state.get("config", {})
     if config is not None:

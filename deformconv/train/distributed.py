@@ -39,7 +39,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DistContext:
-    """Where this process stands: ``rank`` of ``world_size``, its ``device``."""
+    """Where this process stands: ``rank`` of ``world_size``, its ``device``.
+
+    Example::
+
+        >>> ctx = init_distributed("cpu")  # not launched by torchrun: one process
+        >>> ctx
+        DistContext(rank=0, world_size=1, local_rank=0, device=device(type='cpu'))
+        >>> ctx.is_main, ctx.distributed
+        (True, False)
+    """
 
     rank: int
     world_size: int
@@ -56,20 +65,46 @@ class DistContext:
 
 
 def is_distributed() -> bool:
-    """True when a default process group is initialised."""
+    """True when a default process group is initialised.
+
+    Example::
+
+        >>> is_distributed()  # no process group in a plain python process
+        False
+    """
     return dist.is_available() and dist.is_initialized()
 
 
 def get_rank() -> int:
+    """This process's rank in the default process group; 0 when not distributed.
+
+    Example::
+
+        >>> get_rank()  # not distributed: the only process
+        0
+    """
     return dist.get_rank() if is_distributed() else 0
 
 
 def get_world_size() -> int:
+    """The number of processes in the default process group; 1 when not distributed.
+
+    Example::
+
+        >>> get_world_size()  # not distributed: one process
+        1
+    """
     return dist.get_world_size() if is_distributed() else 1
 
 
 def is_main_process() -> bool:
-    """Rank 0 (or the only process): the one that prints progress and writes files."""
+    """Rank 0 (or the only process): the one that prints progress and writes files.
+
+    Example::
+
+        >>> is_main_process()
+        True
+    """
     return get_rank() == 0
 
 
@@ -78,6 +113,17 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 
     Raises:
         ValueError: for a CUDA device when CUDA is unavailable, or an unparsable name.
+
+    Example::
+
+        >>> resolve_device("cpu")
+        device(type='cpu')
+        >>> resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        True
+        >>> resolve_device("gpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown device 'gpu': use 'auto', 'cpu', 'cuda' or 'cuda:N'
     """
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -98,6 +144,12 @@ def init_distributed(device: str = "auto") -> DistContext:
 
     Picks the backend from the device: ``nccl`` for CUDA, ``gloo`` otherwise. With no
     launcher variables it returns a single-process context and initialises nothing.
+
+    Example::
+
+        >>> ctx = init_distributed("cpu")  # no WORLD_SIZE: a single-process context
+        >>> ctx.rank, ctx.world_size, ctx.device, is_distributed()
+        (0, 1, device(type='cpu'), False)
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -114,12 +166,27 @@ def init_distributed(device: str = "auto") -> DistContext:
 
 
 def cleanup_distributed() -> None:
-    """Destroy the process group if one is initialised."""
+    """Destroy the process group if one is initialised.
+
+    Example::
+
+        >>> cleanup_distributed()  # no process group: nothing to destroy
+        >>> is_distributed()
+        False
+    """
     if is_distributed():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
+    """Wait until every rank reaches this call (``dist.barrier``); a no-op when not distributed.
+
+    Example::
+
+        >>> barrier()  # single process: returns at once
+        >>> is_distributed()
+        False
+    """
     if is_distributed():
         dist.barrier()
 
@@ -133,6 +200,11 @@ def all_reduce_sums(values: Sequence[float], device: torch.device | str = "cpu")
 
     Returns:
         The summed values as Python floats, identical on every rank.
+
+    Example::
+
+        >>> all_reduce_sums([12.5, 3, 4])  # one process: the values themselves, as floats
+        [12.5, 3.0, 4.0]
     """
     if not is_distributed():
         return [float(v) for v in values]
@@ -142,7 +214,15 @@ def all_reduce_sums(values: Sequence[float], device: torch.device | str = "cpu")
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper."""
+    """The bare module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper.
+
+    Example::
+
+        >>> from torch import nn
+        >>> layer = nn.Linear(2, 1)
+        >>> unwrap_model(nn.DataParallel(layer)) is layer, unwrap_model(layer) is layer
+        (True, True)
+    """
     return getattr(model, "module", model)
 
 
@@ -152,6 +232,13 @@ class ShardSampler(Sampler[int]):
     Rank ``r`` of ``w`` gets indices ``r, r + w, r + 2w, ...``: every sample is seen by
     exactly one rank, so summed evaluation metrics are exact (``DistributedSampler``
     pads with duplicates to equalise shard sizes, which would bias them).
+
+    Example::
+
+        >>> list(ShardSampler(7, rank=1, world_size=3)), len(ShardSampler(7, rank=1, world_size=3))
+        ([1, 4], 2)
+        >>> [list(ShardSampler(5, rank=r, world_size=2)) for r in range(2)]
+        [[0, 2, 4], [1, 3]]
     """
 
     def __init__(self, dataset_len: int, rank: int | None = None, world_size: int | None = None):

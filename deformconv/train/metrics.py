@@ -33,6 +33,12 @@ def topk_correct(outputs: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) ->
 
     Returns:
         ``[count_k for k in ks]`` as Python ints.
+
+    Example::
+
+        >>> outputs = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]])
+        >>> topk_correct(outputs, torch.tensor([2, 1]), ks=(1, 2, 3))
+        [0, 2, 2]
     """
     if outputs.dim() != 2 or labels.dim() != 1 or outputs.size(0) != labels.size(0):
         raise ValueError(
@@ -58,6 +64,13 @@ def calculate_topk_accuracy(outputs: Tensor, labels: Tensor, k: int = 5) -> floa
 
     Returns:
         ``100 * correct / N`` as a float (0.0 for an empty batch).
+
+    Example::
+
+        >>> outputs = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]])
+        >>> labels = torch.tensor([1, 1])
+        >>> calculate_topk_accuracy(outputs, labels, k=1), calculate_topk_accuracy(outputs, labels, k=2)
+        (50.0, 100.0)
     """
     n = labels.size(0)
     if n == 0:
@@ -70,14 +83,26 @@ topk_accuracy = calculate_topk_accuracy
 
 
 def accuracy_percent(correct: float, total: float) -> float:
-    """``100 * correct / total`` over *samples* (0.0 when ``total`` is 0)."""
+    """``100 * correct / total`` over *samples* (0.0 when ``total`` is 0).
+
+    Example::
+
+        >>> accuracy_percent(3, 4), accuracy_percent(0, 0)
+        (75.0, 0.0)
+    """
     return 100.0 * float(correct) / float(total) if total else 0.0
 
 
 def per_class_accuracy(
     class_correct: Sequence[float], class_total: Sequence[float]
 ) -> list[float | None]:
-    """Per-class accuracy in percent; ``None`` for classes with no samples."""
+    """Per-class accuracy in percent; ``None`` for classes with no samples.
+
+    Example::
+
+        >>> per_class_accuracy([1, 0, 2], [2, 0, 2])
+        [50.0, None, 100.0]
+    """
     return [
         (100.0 * float(c) / float(t)) if t else None for c, t in zip(class_correct, class_total)
     ]
@@ -93,6 +118,12 @@ def best_and_worst_classes(
     Returns:
         ``{"best": [{"class": i, "name": str, "accuracy": float}, ...], "worst": [...]}``;
         ties are broken by class index.
+
+    Example::
+
+        >>> best_and_worst_classes([50.0, None, 100.0], ["cat", "dog", "owl"], n=1)
+        {'best': [{'class': 2, 'name': 'owl', 'accuracy': 100.0}],
+         'worst': [{'class': 0, 'name': 'cat', 'accuracy': 50.0}]}
     """
     rows = [
         {"class": i, "name": class_names[i] if class_names else str(i), "accuracy": acc}

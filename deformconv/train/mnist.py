@@ -66,6 +66,18 @@ def load_mnist(root: str, train: bool, download: bool = False) -> MNISTImages:
     Raises:
         DataNotFoundError: the files are missing or unreadable, or the download failed; the
             message names the folder searched and how to get the data.
+
+    Example::
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     load_mnist(root, train=False)  # an empty folder: the error says how to get the data
+        Traceback (most recent call last):
+        ...
+        deformconv.train.data.DataNotFoundError: MNIST was not found or is unreadable: looked for .../MNIST/raw/...
+        >>> test = load_mnist("data", train=False, download=True)  # doctest: +SKIP
+        >>> len(test), test[0][0].shape  # doctest: +SKIP
+        (10000, torch.Size([3, 32, 32]))
     """
     from torchvision import datasets
 

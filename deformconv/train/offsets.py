@@ -22,7 +22,17 @@ HISTORY_STATS: tuple[str, ...] = ("offset_mean", "offset_p95", "mask_mean", "out
 
 
 def has_deformable(model: nn.Module) -> bool:
-    """Whether ``model`` holds a ``DeformConv2d`` (or ``DeformConv2dPack``)."""
+    """Whether ``model`` holds a ``DeformConv2d`` (or ``DeformConv2dPack``).
+
+    Example::
+
+        >>> from torch import nn
+        >>> from deformconv import DeformConv2dPack
+        >>> has_deformable(nn.Sequential(DeformConv2dPack(3, 4, 3, padding=1), nn.ReLU()))
+        True
+        >>> has_deformable(nn.Conv2d(3, 4, 3))
+        False
+    """
     from deformconv import DeformConv2d
 
     return any(isinstance(m, DeformConv2d) for m in model.modules())
@@ -33,7 +43,18 @@ def probe_images(
 ) -> tuple[Tensor, list[int]]:
     """``(Tensor[n, C, H, W], labels)``: the first ``count`` images of ``dataset``; with
     ``one_per_class``, the first image of each class in label order, as far as ``count``
-    reaches (then the first images of any class fill up)."""
+    reaches (then the first images of any class fill up).
+
+    Example::
+
+        >>> from torch.utils.data import TensorDataset
+        >>> dataset = TensorDataset(torch.zeros(6, 1, 4, 4), torch.tensor([1, 1, 0, 2, 0, 1]))
+        >>> images, labels = probe_images(dataset, 3, one_per_class=True)
+        >>> images.shape, labels
+        (torch.Size([3, 1, 4, 4]), [0, 1, 2])
+        >>> probe_images(dataset, 2)[1]
+        [1, 1]
+    """
     count = min(count, len(dataset))
     chosen: list[int] = []
     if one_per_class:
@@ -53,7 +74,19 @@ def probe_images(
 
 def offset_row(model: nn.Module, images: Tensor) -> dict[str, float]:
     """``{"<layer>.<stat>": value}`` for every deformable layer of ``model`` and every
-    stat of :data:`HISTORY_STATS`, measured on ``images: Tensor[N, C, H, W]``."""
+    stat of :data:`HISTORY_STATS`, measured on ``images: Tensor[N, C, H, W]``.
+
+    Example::
+
+        >>> from torch import nn
+        >>> from deformconv import DeformConv2dPack
+        >>> model = nn.Sequential(DeformConv2dPack(1, 2, 3, padding=1))
+        >>> row = offset_row(model, torch.randn(2, 1, 8, 8))
+        >>> sorted(row)
+        ['0.mask_mean', '0.offset_mean', '0.offset_p95', '0.outside']
+        >>> row["0.offset_mean"], row["0.mask_mean"]  # a fresh Pack: zero offsets, masks 0.5
+        (0.0, 0.5)
+    """
     from deformconv.viz import offset_statistics
 
     stats = offset_statistics(model, images)
@@ -69,7 +102,21 @@ def write_sampling_png(
     titles: Sequence[str] | None = None,
 ) -> str | None:
     """Draw :func:`deformconv.viz.plot_sampling_locations` for ``images: Tensor[n, C, H, W]``
-    into ``path``; returns ``path``, or None (with a warning) without matplotlib."""
+    into ``path``; returns ``path``, or None (with a warning) without matplotlib.
+
+    Example::
+
+        >>> import os, tempfile
+        >>> from torch import nn
+        >>> from deformconv import DeformConv2dPack
+        >>> model = nn.Sequential(DeformConv2dPack(1, 2, 3, padding=1))
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "sampling.png")
+        >>> result = write_sampling_png(model, torch.rand(1, 1, 8, 8), path)  # None without matplotlib
+        >>> result is None or (result == path and os.path.getsize(path) > 0)
+        True
+        >>> tmp.cleanup()
+    """
     from deformconv.viz import plot_sampling_locations
 
     fig = plot_sampling_locations(model, images, path, mean=mean, std=std, titles=titles)
