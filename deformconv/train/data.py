@@ -50,11 +50,31 @@ Loaders = tuple[DataLoader, DataLoader, DataLoader]
 
 
 class DataNotFoundError(FileNotFoundError):
-    """The dataset is not on disk (and could not be downloaded); the message says what to do."""
+    """The dataset is not on disk (and could not be downloaded); the message says what to do.
+
+    Example::
+
+        >>> import tempfile
+        >>> issubclass(DataNotFoundError, FileNotFoundError)
+        True
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     load_cifar100(root, train=True)  # an empty folder
+        Traceback (most recent call last):
+        ...
+        deformconv.train.data.DataNotFoundError: CIFAR-100 was not found or is corrupted: ...
+    """
 
 
 def cifar100_train_transform() -> Callable:
-    """PIL image -> ``Tensor[3, 32, 32]``: crop(pad 4), flip, rotate 10 deg, jitter, normalise."""
+    """PIL image -> ``Tensor[3, 32, 32]``: crop(pad 4), flip, rotate 10 deg, jitter, normalise.
+
+    Example::
+
+        >>> from PIL import Image
+        >>> image = cifar100_train_transform()(Image.new("RGB", (32, 32), "white"))
+        >>> image.shape, image.dtype
+        (torch.Size([3, 32, 32]), torch.float32)
+    """
     from torchvision import transforms
 
     return transforms.Compose(
@@ -70,7 +90,15 @@ def cifar100_train_transform() -> Callable:
 
 
 def cifar100_test_transform() -> Callable:
-    """PIL image -> ``Tensor[3, 32, 32]``: ToTensor + Normalize, no augmentation."""
+    """PIL image -> ``Tensor[3, 32, 32]``: ToTensor + Normalize, no augmentation.
+
+    Example::
+
+        >>> from PIL import Image
+        >>> image = cifar100_test_transform()(Image.new("RGB", (32, 32), "white"))
+        >>> image.shape, round(image[0, 0, 0].item(), 4)  # (1 - 0.5071) / 0.2675
+        (torch.Size([3, 32, 32]), 1.8426)
+    """
     from torchvision import transforms
 
     return transforms.Compose(
@@ -84,6 +112,14 @@ class TransformSubset(Dataset):
     ``base`` must return ``(sample, label)`` untransformed; each view applies its own
     transform, so a train view and a validation view can share one loaded dataset.
     ``classes`` is forwarded from ``base`` when it has one.
+
+    Example::
+
+        >>> from torch.utils.data import TensorDataset
+        >>> base = TensorDataset(torch.arange(5.0), torch.tensor([0, 1, 0, 1, 0]))
+        >>> view = TransformSubset(base, [4, 1], transform=lambda x: 10 * x)
+        >>> len(view), view[0], view[1]
+        (2, (tensor(40.), tensor(0)), (tensor(10.), tensor(1)))
     """
 
     def __init__(self, base: Dataset, indices: Sequence[int], transform: Callable | None = None):
@@ -107,6 +143,14 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
 
     Uses a private ``torch.Generator``; the same ``(n, val_fraction, seed)`` always gives
     the same disjoint split.
+
+    Example::
+
+        >>> train, val = split_indices(10, 0.2, seed=0)
+        >>> len(train), len(val), sorted(train + val) == list(range(10))
+        (8, 2, True)
+        >>> split_indices(10, 0.2, seed=0) == (train, val)  # the same seed, the same split
+        True
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -126,6 +170,14 @@ def make_loader(
 
     In a process group: ``DistributedSampler(shuffle=True, seed=seed)`` for training
     (the engine calls ``set_epoch``), :class:`ShardSampler` for evaluation.
+
+    Example::
+
+        >>> from torch.utils.data import TensorDataset
+        >>> dataset = TensorDataset(torch.zeros(10, 3), torch.arange(10))
+        >>> loader = make_loader(dataset, batch_size=4, train=False)  # no shuffle
+        >>> [labels.tolist() for _, labels in loader]
+        [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -194,6 +246,18 @@ def load_cifar100(
     Raises:
         DataNotFoundError: the files are missing/corrupted or the download failed; the
             message names the folder searched and how to obtain the data.
+
+    Example::
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     load_cifar100(root, train=False)  # an empty folder: the error says how to get the data
+        Traceback (most recent call last):
+        ...
+        deformconv.train.data.DataNotFoundError: CIFAR-100 was not found ...: looked for .../cifar-100-python/...
+        >>> test = load_cifar100("data", train=False, download=True)  # doctest: +SKIP
+        >>> len(test), test.classes[:2]  # doctest: +SKIP
+        (10000, ['apple', 'aquarium_fish'])
     """
     cls = _cifar100_class(verify)
     try:
@@ -226,6 +290,15 @@ def cifar100_loaders(
         seed: split seed (and DistributedSampler seed).
         num_workers: DataLoader worker processes.
         limit: keep only the first ``limit`` training and test images (smoke runs).
+
+    Example::
+
+        >>> train, val, test = cifar100_loaders("data", batch_size=64, download=True)  # doctest: +SKIP
+        >>> len(train.dataset), len(val.dataset), len(test.dataset)  # doctest: +SKIP
+        (40000, 10000, 10000)
+        >>> images, labels = next(iter(train))  # doctest: +SKIP
+        >>> images.shape, labels.dtype  # doctest: +SKIP
+        (torch.Size([64, 3, 32, 32]), torch.int64)
     """
     if download and is_distributed() and not is_main_process():
         barrier()  # let rank 0 download first
@@ -264,6 +337,16 @@ def shapes_loaders(
     The three splits are generated from distinct seeds derived from ``seed``, so they
     never share an image. Batches are ``(Tensor[B, 3, 32, 32] float32, Tensor[B] int64)``.
     ``variant`` is ``"shapes"`` or ``"warped"`` (see :data:`~deformconv.train.synthetic.VARIANTS`).
+
+    Example::
+
+        >>> train, val, test = shapes_loaders(batch_size=4, num_train=8, num_val=4, num_test=4,
+        ...                                   num_classes=3)
+        >>> len(train.dataset), len(val.dataset), len(test.dataset)
+        (8, 4, 4)
+        >>> images, labels = next(iter(train))
+        >>> images.shape, images.dtype, labels.dtype
+        (torch.Size([4, 3, 32, 32]), torch.float32, torch.int64)
     """
     s_train, s_val, s_test = split_seeds(seed, 3)
     train_ds = SyntheticShapes(num_train, s_train, num_classes, variant=variant)

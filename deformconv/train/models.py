@@ -110,6 +110,14 @@ class CustomCNN(nn.Module):
         image_size: side ``S`` of the square input, a multiple of 8 (32: the quiz's).
 
     Shapes: ``x: Tensor[N, 3, S, S]`` -> ``Tensor[N, num_classes]`` logits.
+
+    Example::
+
+        >>> model = CustomCNN(num_classes=10, width=0.125).eval()  # 8/16/32 channels
+        >>> model(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+        >>> model.fc1  # 32 channels x 4 x 4 after three 2x2 pools
+        Linear(in_features=512, out_features=64, bias=True)
     """
 
     def __init__(
@@ -152,6 +160,15 @@ class CNNWithBatchNorm(nn.Module):
     not depend on the rest of its batch; in ``train()`` mode it uses batch statistics.
 
     Shapes: ``x: Tensor[N, 3, S, S]`` -> ``Tensor[N, num_classes]`` logits.
+
+    Example::
+
+        >>> model = CNNWithBatchNorm(num_classes=10, width=0.125, image_size=16).eval()
+        >>> x = torch.randn(3, 3, 16, 16)
+        >>> model(x).shape
+        torch.Size([3, 10])
+        >>> torch.allclose(model(x[:1]), model(x)[:1], atol=1e-6)  # eval(): running statistics
+        True
     """
 
     def __init__(
@@ -189,7 +206,16 @@ class CNNWithBatchNorm(nn.Module):
 
 
 class DeformableCNN(CustomCNN):
-    """:class:`CustomCNN` with ``deform_layers`` (default conv2, conv3) deformable."""
+    """:class:`CustomCNN` with ``deform_layers`` (default conv2, conv3) deformable.
+
+    Example::
+
+        >>> model = DeformableCNN(num_classes=10, width=0.125).eval()
+        >>> [type(c).__name__ for c in (model.conv1, model.conv2, model.conv3)]
+        ['Conv2d', 'DeformConv2dPack', 'DeformConv2dPack']
+        >>> model(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
 
     def __init__(
         self,
@@ -203,7 +229,16 @@ class DeformableCNN(CustomCNN):
 
 
 class DeformableCNNWithBatchNorm(CNNWithBatchNorm):
-    """:class:`CNNWithBatchNorm` with ``deform_layers`` (default conv2, conv3) deformable."""
+    """:class:`CNNWithBatchNorm` with ``deform_layers`` (default conv2, conv3) deformable.
+
+    Example::
+
+        >>> model = DeformableCNNWithBatchNorm(num_classes=5, width=0.125, deform_layers=(3,)).eval()
+        >>> [type(c).__name__ for c in (model.conv1, model.conv2, model.conv3)]
+        ['Conv2d', 'Conv2d', 'DeformConv2dPack']
+        >>> model(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 5])
+    """
 
     def __init__(
         self,
@@ -228,6 +263,16 @@ def build_model(
 
     Raises:
         ValueError: unknown ``name`` (the message lists the valid names).
+
+    Example::
+
+        >>> model = build_model("deformable", num_classes=10, width=0.125, image_size=16).eval()
+        >>> type(model).__name__, model(torch.randn(1, 3, 16, 16)).shape
+        ('DeformableCNN', torch.Size([1, 10]))
+        >>> build_model("resnet")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown model 'resnet': choose one of plain, batchnorm, deformable, deformable-bn
     """
     layers = tuple(deform_layers)
     if name == "plain":
@@ -242,5 +287,13 @@ def build_model(
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
+    """Number of trainable parameters.
+
+    Example::
+
+        >>> count_parameters(nn.Linear(4, 2))  # 4 * 2 weights + 2 biases
+        10
+        >>> count_parameters(CustomCNN())  # the quiz's P6 model
+        2519780
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

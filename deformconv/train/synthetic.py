@@ -134,6 +134,14 @@ class ShapeVariant:
         shear: shear factor uniform in ``[-shear, shear]``.
         shift: translation uniform in ``[-shift, shift]`` (1.0 = half the image).
         elastic: default amplitude of the elastic warp (1.0 = half the image).
+
+    Example::
+
+        >>> shapes = VARIANTS["shapes"]
+        >>> shapes.classes[:3], shapes.rotation_deg, shapes.scale, shapes.aspect
+        (('disk', 'plus', 'L'), 15.0, (0.75, 1.25), None)
+        >>> VARIANTS["warped"].aspect
+        (0.6, 1.67)
     """
 
     classes: tuple[str, ...]
