@@ -36,13 +36,27 @@ DEFORMCONV_CPU_INLINE f32x8 corner_sum8(const float* c00, CornerSteps s, const f
   return w[0] * v0 + w[1] * v1 + w[2] * v2 + w[3] * v3;
 }
 
-// The 8 lanes summed in a fixed order (4 + 4, then pairs).
-DEFORMCONV_CPU_INLINE float sum8(const f32x8& a) {
-  f32x4 lo, hi;
-  std::memcpy(&lo, &a, sizeof(lo));
-  std::memcpy(&hi, reinterpret_cast<const char*>(&a) + sizeof(lo), sizeof(hi));
-  const f32x4 s4 = lo + hi;
-  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+// The lane sums of four vectors, {sum a0, sum a1, sum a2, sum a3}, each in a fixed order
+// (lanes l and l + 4, then neighbouring pairs): a few shuffles for all four.
+DEFORMCONV_CPU_INLINE void sum8x4(const f32x8& a0, const f32x8& a1, const f32x8& a2,
+                                  const f32x8& a3, float sums[4]) {
+#if defined(__clang__) || __GNUC__ >= 12
+  const f32x8 t01 = __builtin_shufflevector(a0, a1, 0, 1, 2, 3, 8, 9, 10, 11) +
+                    __builtin_shufflevector(a0, a1, 4, 5, 6, 7, 12, 13, 14, 15);
+  const f32x8 t23 = __builtin_shufflevector(a2, a3, 0, 1, 2, 3, 8, 9, 10, 11) +
+                    __builtin_shufflevector(a2, a3, 4, 5, 6, 7, 12, 13, 14, 15);
+  const f32x8 u = __builtin_shufflevector(t01, t23, 0, 2, 4, 6, 8, 10, 12, 14) +
+                  __builtin_shufflevector(t01, t23, 1, 3, 5, 7, 9, 11, 13, 15);
+  const f32x4 v =
+      __builtin_shufflevector(u, u, 0, 2, 4, 6) + __builtin_shufflevector(u, u, 1, 3, 5, 7);
+  std::memcpy(sums, &v, sizeof(v));
+#else
+  const f32x8* a[4] = {&a0, &a1, &a2, &a3};
+  for (int c = 0; c < 4; ++c) {
+    const f32x8& x = *a[c];
+    sums[c] = ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
+  }
+#endif
 }
 #endif
 
@@ -124,10 +138,8 @@ DEFORMCONV_CPU_INLINE void scatter_and_dots(const T* c00, T* g00, CornerSteps s,
         g00[step[c] + d] += w[c] * go[d];
       }
     }
-    dots[0] = sum8(a0) + tail[0];
-    dots[1] = sum8(a1) + tail[1];
-    dots[2] = sum8(a2) + tail[2];
-    dots[3] = sum8(a3) + tail[3];
+    sum8x4(a0, a1, a2, a3, dots);
+    for (int c = 0; c < 4; ++c) dots[c] += tail[c];
     return;
   }
 #endif
