@@ -58,7 +58,13 @@ HISTORY_KEYS: tuple[str, ...] = (
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (CPU for a parameterless model)."""
+    """Device of the model's first parameter (CPU for a parameterless model).
+
+    Example::
+
+        >>> model_device(nn.Linear(2, 2)), model_device(nn.ReLU())
+        (device(type='cpu'), device(type='cpu'))
+    """
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
@@ -92,6 +98,19 @@ def train_epoch(
     Returns:
         ``(avg_loss, accuracy)``: sample-weighted mean loss and top-1 accuracy in
         percent of samples, both reduced over ranks.
+
+    Example::
+
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> model = nn.Linear(4, 3)
+        >>> _ = [nn.init.zeros_(p) for p in model.parameters()]  # equal logits: predicts class 0
+        >>> data = TensorDataset(torch.ones(4, 4), torch.tensor([0, 0, 1, 2]))
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> loss, acc = train_epoch(model, DataLoader(data, batch_size=4), optimizer, nn.CrossEntropyLoss())
+        >>> round(loss, 4), acc  # log(3) and 2 of 4 samples, measured before the step
+        (1.0986, 50.0)
+        >>> bool(model.weight.abs().sum() > 0), model.training  # one step taken, train mode
+        (True, True)
     """
     dev = _device(model, device)
     model.train()
@@ -125,6 +144,16 @@ def validate(
     Returns:
         ``(avg_loss, accuracy)`` over all samples (all ranks). ``model`` is left in
         eval mode and no parameter's ``.grad`` is touched.
+
+    Example::
+
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> model = nn.Linear(4, 3)
+        >>> _ = [nn.init.zeros_(p) for p in model.parameters()]  # equal logits: predicts class 0
+        >>> data = TensorDataset(torch.ones(4, 4), torch.tensor([0, 1, 1, 2]))
+        >>> loss, acc = validate(model, DataLoader(data, batch_size=3), nn.CrossEntropyLoss())
+        >>> round(loss, 4), acc, model.training, model.weight.grad
+        (1.0986, 25.0, False, None)
     """
     dev = _device(model, device)
     model.eval()
@@ -158,6 +187,18 @@ def evaluate_model(
         class with no samples), ``class_correct``, ``class_total`` (``List[int]``),
         ``best`` and ``worst`` (5 classes each, see
         :func:`~deformconv.train.metrics.best_and_worst_classes`).
+
+    Example::
+
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> model = nn.Linear(4, 3)
+        >>> _ = [nn.init.zeros_(p) for p in model.parameters()]  # equal logits: predicts class 0
+        >>> data = TensorDataset(torch.ones(4, 4), torch.tensor([0, 0, 1, 2]))
+        >>> report = evaluate_model(model, DataLoader(data, batch_size=3), num_classes=3)
+        >>> report["top1"], report["top5"], report["num_samples"], report["per_class"]
+        (50.0, 100.0, 4, [100.0, 0.0, 0.0])
+        >>> report["class_total"], [row["class"] for row in report["worst"]]
+        ([2, 1, 1], [1, 2, 0])
     """
     dev = _device(model, device)
     model.eval()
@@ -198,6 +239,13 @@ def offset_parameters(model: nn.Module) -> list[nn.Parameter]:
 
     A ``DeformConv2dPack`` owns ``weight``/``bias``; everything in its child modules is its
     offset + mask predictor.
+
+    Example::
+
+        >>> from deformconv import DeformConv2dPack
+        >>> model = nn.Sequential(DeformConv2dPack(2, 4, 3), nn.ReLU())
+        >>> [tuple(p.shape) for p in offset_parameters(model)]  # 27 = 3 * 3 * (2 offsets + 1 mask)
+        [(27, 2, 3, 3), (27,)]
     """
     from deformconv import DeformConv2dPack
 
@@ -218,6 +266,14 @@ def make_optimizer(
     second parameter group with learning rate ``lr * offset_lr_mult`` (the usual DCN
     practice; 0.1 by default): at full rate the offsets move early, before the features
     are useful, and measurably slow down the first epochs. Group 0 holds everything else.
+
+    Example::
+
+        >>> from deformconv import DeformConv2dPack
+        >>> model = nn.Sequential(DeformConv2dPack(2, 4, 3), nn.Conv2d(4, 4, 1))
+        >>> optimizer = make_optimizer(model, lr=0.01, offset_lr_mult=0.5)
+        >>> [(len(g["params"]), g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
+        [(4, 0.01, 0.0001), (2, 0.005, 0.0001)]
     """
     offsets = offset_parameters(model)
     ids = {id(p) for p in offsets}
@@ -231,12 +287,31 @@ def make_optimizer(
 def make_scheduler(
     optimizer: torch.optim.Optimizer, step_size: int = 7, gamma: float = 0.1
 ) -> torch.optim.lr_scheduler.StepLR:
-    """StepLR: multiply the learning rate by ``gamma`` every ``step_size`` epochs (P7, P12)."""
+    """StepLR: multiply the learning rate by ``gamma`` every ``step_size`` epochs (P7, P12).
+
+    Example::
+
+        >>> optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+        >>> scheduler = make_scheduler(optimizer, step_size=2, gamma=0.5)
+        >>> lrs = []
+        >>> for epoch in range(4):
+        ...     optimizer.step()
+        ...     scheduler.step()
+        ...     lrs.append(scheduler.get_last_lr()[0])
+        >>> lrs
+        [1.0, 0.5, 0.5, 0.25]
+    """
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """Seed of the global RNG at the start of ``epoch``: makes resumed runs reproducible."""
+    """Seed of the global RNG at the start of ``epoch``: makes resumed runs reproducible.
+
+    Example::
+
+        >>> epoch_seed(0, 0), epoch_seed(0, 1), epoch_seed(0, 1, rank=1), epoch_seed(1, 0)
+        (0, 7919, 112648, 1000003)
+    """
     return (int(seed) * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**63 - 1)
 
 
@@ -284,6 +359,19 @@ def train_model(
 
     Returns:
         ``history``: dict of :data:`HISTORY_KEYS` -> list of Python floats, one per epoch.
+
+    Example::
+
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> model = nn.Linear(4, 3)
+        >>> _ = [nn.init.zeros_(p) for p in model.parameters()]  # equal logits: predicts class 0
+        >>> loader = DataLoader(TensorDataset(torch.ones(4, 4), torch.tensor([0, 0, 1, 2])), batch_size=4)
+        >>> history = train_model(model, loader, loader, num_epochs=2, lr=0.1, step_size=1, gamma=0.5,
+        ...                       seed=0, log=lambda line: None)
+        >>> list(history) == list(HISTORY_KEYS), history["epoch"], history["lr"]
+        (True, [1.0, 2.0], [0.1, 0.05])
+        >>> round(history["train_loss"][0], 4)  # the first step starts from equal logits: log(3)
+        1.0986
     """
     dev = _device(model, device)
     model.to(dev)

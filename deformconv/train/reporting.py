@@ -40,6 +40,17 @@ class ProgressBar:
 
     On a terminal it redraws one line; elsewhere (CI logs, files) it prints at most
     ~10 lines per loop. Written to ``stream`` (default ``sys.stderr``).
+
+    Example::
+
+        >>> import io
+        >>> stream = io.StringIO()  # not a terminal: one line per tenth of the loop
+        >>> list(ProgressBar(range(3), desc="demo", stream=stream))
+        [0, 1, 2]
+        >>> [line.split(" [")[0] for line in stream.getvalue().splitlines()]
+        ['demo  1/3', 'demo  2/3', 'demo  3/3']
+        >>> stream.getvalue().splitlines()[-1].split("]")[0]
+        'demo  3/3 [========================'
     """
 
     def __init__(
@@ -104,7 +115,17 @@ def progress_bar(
     total: int | None = None,
     stream: TextIO | None = None,
 ) -> Iterable:
-    """``iterable`` wrapped in a :class:`ProgressBar` when ``enable``, else unchanged."""
+    """``iterable`` wrapped in a :class:`ProgressBar` when ``enable``, else unchanged.
+
+    Example::
+
+        >>> import io
+        >>> items = [1, 2]
+        >>> progress_bar(items, enable=False) is items
+        True
+        >>> list(progress_bar(items, desc="x", stream=io.StringIO()))
+        [1, 2]
+    """
     return ProgressBar(iterable, desc, total, stream) if enable else iterable
 
 
@@ -128,7 +149,19 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = False) -
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`).
+
+    Example::
+
+        >>> import os, tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "notes.txt")
+        >>> atomic_write_text(path, "first")
+        >>> atomic_write_text(path, "second")
+        >>> open(path).read(), os.listdir(tmp.name)  # the new text, no temporary file left
+        ('second', ['notes.txt'])
+        >>> tmp.cleanup()
+    """
     atomic_write(path, lambda f: f.write(text))
 
 
@@ -145,12 +178,40 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json(path: str, data: Any) -> None:
-    """Atomically write ``data`` as indented JSON (non-finite floats become ``null``)."""
+    """Atomically write ``data`` as indented JSON (non-finite floats become ``null``).
+
+    Example::
+
+        >>> import os, tempfile, torch
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "report.json")
+        >>> write_json(path, {"top1": torch.tensor(50.0), "loss": float("nan")})
+        >>> print(open(path).read())
+        {
+          "top1": 50.0,
+          "loss": null
+        }
+        >>> tmp.cleanup()
+    """
     atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
 
 
 def write_history_csv(path: str, history: Mapping[str, Sequence[float]]) -> None:
-    """Atomically write the per-epoch history as CSV, one row per epoch, one column per key."""
+    """Atomically write the per-epoch history as CSV, one row per epoch, one column per key.
+
+    Example::
+
+        >>> import os, tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "history.csv")
+        >>> write_history_csv(path, {"epoch": [1.0, 2.0], "val_acc": [40.5, 52.25]})
+        >>> print(open(path).read())
+        epoch,val_acc
+        1.0,40.5
+        2.0,52.25
+        <BLANKLINE>
+        >>> tmp.cleanup()
+    """
     keys = list(history.keys())
     rows = max((len(v) for v in history.values()), default=0)
     buf = io.StringIO()
@@ -186,7 +247,18 @@ def _whole_epochs(ax) -> None:
 
 
 def save_figure(fig, path: str) -> str:
-    """Write ``fig`` as a PNG atomically (see :func:`atomic_write`) and close it."""
+    """Write ``fig`` as a PNG atomically (see :func:`atomic_write`) and close it.
+
+    Example::
+
+        >>> import os, tempfile
+        >>> from matplotlib.figure import Figure
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = save_figure(Figure(figsize=(2, 2)), os.path.join(tmp.name, "empty.png"))
+        >>> open(path, "rb").read(4)[1:]  # the PNG signature
+        b'PNG'
+        >>> tmp.cleanup()
+    """
     import matplotlib.pyplot as plt
 
     try:
@@ -196,7 +268,14 @@ def save_figure(fig, path: str) -> str:
 
 
 def offset_layers(history: Mapping[str, Sequence[float]]) -> list[str]:
-    """Layer names with offset statistics in a history, in key order."""
+    """Layer names with offset statistics in a history, in key order.
+
+    Example::
+
+        >>> offset_layers({"epoch": [1.0], "conv2.offset_mean": [0.4], "conv2.offset_p95": [1.2],
+        ...                "conv3.offset_mean": [0.7]})
+        ['conv2', 'conv3']
+    """
     return [k[: -len(".offset_mean")] for k in history if k.endswith(".offset_mean")]
 
 
@@ -254,6 +333,17 @@ def plot_history(
 
     Returns:
         ``path``, or ``None`` (with a warning) when matplotlib is not installed.
+
+    Example::
+
+        >>> import os, tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> history = {"epoch": [1.0, 2.0], "train_loss": [2.1, 1.7], "val_loss": [2.0, 1.8],
+        ...            "train_acc": [20.0, 35.0], "val_acc": [22.0, 31.0]}
+        >>> path = plot_history({"plain": history}, os.path.join(tmp.name, "curves.png"))
+        >>> os.path.basename(path), os.path.getsize(path) > 0
+        ('curves.png', True)
+        >>> tmp.cleanup()
     """
     plt = _import_pyplot()
     if plt is None:
@@ -309,7 +399,18 @@ def plot_history(
 
 
 def format_report(name: str, report: Mapping[str, Any]) -> str:
-    """Human-readable final report: top-1/top-5 and the best and worst classes."""
+    """Human-readable final report: top-1/top-5 and the best and worst classes.
+
+    Example::
+
+        >>> report = {"top1": 62.5, "top5": 90.0, "num_samples": 40,
+        ...           "best": [{"name": "disk", "accuracy": 100.0}],
+        ...           "worst": [{"name": "ring", "accuracy": 25.0}]}
+        >>> print(format_report("deformable", report))
+        [deformable] test top-1 62.50%  top-5 90.00%  (40 samples)
+          best  classes: disk 100.0%
+          worst classes: ring 25.0%
+    """
     lines: list[str] = [
         (
             f"[{name}] test top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
@@ -323,7 +424,17 @@ def format_report(name: str, report: Mapping[str, Any]) -> str:
 
 
 def format_comparison(reports: Mapping[str, dict[str, Any]]) -> str:
-    """Table of final numbers for several models: name, params, val/test accuracy, time."""
+    """Table of final numbers for several models: name, params, val/test accuracy, time.
+
+    Example::
+
+        >>> reports = {"plain": {"params": 1234, "best_val_acc": 50.0, "top1": 48.5, "top5": 90.0,
+        ...                      "train_seconds": 12.3}}
+        >>> print(format_comparison(reports))
+        model               params  best val  test top1  test top5  train s
+        -------------------------------------------------------------------
+        plain                1,234    50.00%     48.50%     90.00%     12.3
+    """
     header = (
         f"{'model':<16}{'params':>10}{'best val':>10}{'test top1':>11}{'test top5':>11}"
         f"{'train s':>9}"
