@@ -85,7 +85,7 @@ class Shape:
         return f"{self.name} {self.n},{self.c_in},{self.h},{self.w}→{self.c_out}{extra}"
 
 
-# CPU shapes: the rows of the README's "Performance (CPU)" table.
+# CPU shapes: the rows of the CPU tables in docs/performance.md (and of the README's summary).
 CPU_SHAPES = [
     Shape("small", 2, 16, 32, 32, 32),
     Shape("resnet-stage", 4, 64, 56, 56, 64),

@@ -4,7 +4,7 @@
 ``F.grid_sample`` (bilinear, ``padding_mode="zeros"``) samples the input at every deformed tap,
 the samples are multiplied by the mask and contracted with the weight by ``einsum``. Autograd
 gives the backward. It is the "pure PyTorch (grid_sample + einsum)" column of the benchmarks
-(README, "Performance") and follows the semantics of ``deformconv/reference.py`` (torchvision's layout):
+(docs/performance.md) and follows the semantics of ``deformconv/reference.py`` (torchvision's layout):
 
     py = ho*sh - ph + i*dh + offset[n, 2*(g*kh*kw + k), ho, wo]        (dy first, then dx)
 

@@ -220,7 +220,8 @@ class _Functional(nn.Module):
 
 @pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-12), (torch.float16, 5e-3)])
 def test_deformconv_node_runs_in_float64_and_float16(ort, dtype, rel):
-    """ORT's DeformConv has float64 and float16 kernels (a Pack's float64 nn.Conv2d does not: see README)."""
+    """ORT's DeformConv has float64 and float16 kernels (a Pack's float64 nn.Conv2d does not:
+    see docs/deployment.md)."""
     a = make_args(n=2, c_in=4, h=9, w=8, dtype=dtype, seed=1)
     args = (a["input"], a["offset"], a["weight"], a["mask"])
     model = _Functional().eval()

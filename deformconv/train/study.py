@@ -84,8 +84,8 @@ def study_command_hint() -> str:
         "A fair comparison: `python -m deformconv.train study` trains plain and deformable "
         "models of equal width, with and without BatchNorm, 3 seeds each, with the same fixed "
         f"settings, on the 'warped' shapes (12 runs of {DEFAULT.epochs} epochs: about 6 minutes "
-        "on an idle 2-core CPU), and prints mean ± std; the README's 'Training toolkit' section "
-        "has its table."
+        "on an idle 2-core CPU), and prints mean ± std; docs/training.md ('Plain vs deformable "
+        "study') has its table."
     )
 
 
