@@ -46,7 +46,16 @@ PAIRS: tuple[tuple[str, str], ...] = (("plain", "deformable"), ("batchnorm", "de
 
 @dataclass(frozen=True)
 class StudySettings:
-    """Everything a study run is trained with (shared by all models and seeds)."""
+    """Everything a study run is trained with (shared by all models and seeds).
+
+    Example::
+
+        >>> from dataclasses import replace
+        >>> SMALL.epochs, SMALL.train_size, SMALL.width, DEFAULT.deform_layers
+        (2, 96, 0.125, (2, 3))
+        >>> replace(DEFAULT, seeds=5).seeds, DEFAULT.seeds  # frozen: replace() makes a new one
+        (5, 3)
+    """
 
     dataset: str = "warped"
     seeds: int = 3
@@ -90,7 +99,17 @@ def study_command_hint() -> str:
 
 
 def add_study_parser(sub, formatter_class) -> argparse.ArgumentParser:
-    """The ``study`` subcommand on the CLI's subparsers."""
+    """The ``study`` subcommand on the CLI's subparsers.
+
+    Example::
+
+        >>> import argparse
+        >>> parser = argparse.ArgumentParser(prog="train")
+        >>> _ = add_study_parser(parser.add_subparsers(dest="command"), argparse.HelpFormatter)
+        >>> args = parser.parse_args(["study", "--small"])
+        >>> args.command, args.small, args.dataset, args.output_dir, args.image_size
+        ('study', True, 'warped', 'runs/study', 32)
+    """
     s = sub.add_parser(
         "study",
         help="plain vs deformable, with and without BatchNorm, 3 seeds each (fixed settings)",
@@ -185,7 +204,22 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per model: ``n``, ``params``, ``{top1,top5,train_seconds}_{mean,std}`` and, for the
-    deformable models, the mean over seeds of each layer's final offset statistics."""
+    deformable models, the mean over seeds of each layer's final offset statistics.
+
+    Example::
+
+        >>> rows = [
+        ...     {"model": "plain", "seed": 0, "params": 900, "top1": 50.0, "top5": 90.0,
+        ...      "train_seconds": 2.0},
+        ...     {"model": "plain", "seed": 1, "params": 900, "top1": 60.0, "top5": 94.0,
+        ...      "train_seconds": 4.0},
+        ... ]
+        >>> plain = summarise(rows)["plain"]
+        >>> plain["n"], plain["params"], plain["top1_mean"], round(plain["top1_std"], 4)
+        (2, 900, 55.0, 7.0711)
+        >>> plain["top5_mean"], plain["train_seconds_mean"]
+        (92.0, 3.0)
+    """
     summary: dict[str, dict[str, Any]] = {}
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
@@ -344,6 +378,16 @@ def run_study(
     val_acc per epoch, final offsets and their per-epoch mean, command), ``summary``
     (:func:`summarise`), ``paired_top1`` (:func:`paired_differences`), ``wall_seconds``
     and ``machine``.
+
+    Example::
+
+        >>> len(STUDY_MODELS) * SMALL.seeds  # runs of a SMALL study
+        12
+        >>> result = run_study(SMALL, "runs/study-small", plot=False)  # doctest: +SKIP
+        >>> [row["model"] for row in result["runs"][:4]]  # doctest: +SKIP
+        ['plain', 'deformable', 'batchnorm', 'deformable-bn']
+        >>> sorted(result)  # doctest: +SKIP
+        ['machine', 'paired_top1', 'runs', 'seeds', 'settings', 'summary', 'wall_seconds']
     """
     from .cli import _train_one, build_parser
     from .data import shapes_loaders

@@ -237,6 +237,17 @@ class TransferData:
     normalised with ``mean``/``std``. ``test_scales: Tensor[N]`` is each rescaled test
     object's size relative to the training scale's middle, ``test_centres: Tensor[N, 2]``
     its centre ``(y, x)`` in pixels (pixel centres at integers).
+
+    Example::
+
+        >>> data = transfer_data(SMALL, seed=0)
+        >>> len(data.train), len(data.val), len(data.test), data.image_size
+        (64, 32, 48, 32)
+        >>> data.classes, data.test_centres.shape, data.test_scales.dtype
+        (['disk', 'plus', 'L', 'two_dots'], torch.Size([48, 2]), torch.float32)
+        >>> image, label = data.test_rescaled[0]
+        >>> image.shape, image.dtype
+        (torch.Size([3, 32, 32]), torch.float32)
     """
 
     train: Dataset
@@ -823,7 +834,19 @@ def run_transfer(
 
     Returns the dict written to ``transfer.json``: ``settings``, ``seeds``, ``runs`` (one
     row per seed and arm), ``fields`` (per seed: receptive-field correlation, spreads,
-    offsets), ``summary`` (:func:`summarise`), ``published``, ``wall_seconds``, ``machine``.
+    offsets), ``summary`` (:func:`summarise`), ``scale_bins`` (:func:`scale_bins`),
+    ``published``, ``wall_seconds``, ``machine`` and ``device`` (where it ran).
+
+    Example::
+
+        >>> SMALL.seeds, ARMS  # a SMALL run: 3 seeds, each arm once per seed (about a minute)
+        (3, ('plain', 'deformable', 'all-weights', 'matched-params'))
+        >>> result = run_transfer(SMALL, "runs/transfer-small", plot=False)  # doctest: +SKIP
+        >>> sorted(result)  # doctest: +SKIP
+        ['device', 'fields', 'machine', 'published', 'runs', 'scale_bins', 'seeds', 'settings',
+         'summary', 'wall_seconds']
+        >>> [row["arm"] for row in result["runs"][:4]]  # doctest: +SKIP
+        ['plain', 'deformable', 'all-weights', 'matched-params']
     """
     from .distributed import init_distributed
     from .reporting import write_json
@@ -864,7 +887,17 @@ def run_transfer(
 
 
 def add_transfer_parser(sub, formatter_class) -> argparse.ArgumentParser:
-    """The ``transfer`` subcommand on the CLI's subparsers."""
+    """The ``transfer`` subcommand on the CLI's subparsers.
+
+    Example::
+
+        >>> import argparse
+        >>> parser = argparse.ArgumentParser(prog="train")
+        >>> _ = add_transfer_parser(parser.add_subparsers(dest="command"), argparse.HelpFormatter)
+        >>> args = parser.parse_args(["transfer", "--small", "--dataset", "mnist"])
+        >>> args.command, args.small, args.dataset, args.data_root, args.download
+        ('transfer', True, 'mnist', './data', False)
+    """
     t = sub.add_parser(
         "transfer",
         help="scale transfer: plain CNN vs offsets-only fine-tuned DCN on rescaled images",
