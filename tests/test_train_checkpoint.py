@@ -123,3 +123,26 @@ def test_resume_with_nothing_left_and_mismatch(tmp_path, capsys):
     # different width: refused with a clear message, exit code 2
     assert main(TINY + ["--epochs", "2", "--output-dir", out, "--resume", "--width", "0.25"]) == 2
     assert "different run configuration" in capsys.readouterr().err
+
+
+def test_restore_names_the_option_and_both_values_and_fills_old_keys():
+    model = torch.nn.Linear(3, 2)
+    state = C.make_checkpoint(1, model, None, None, {}, {"model": "plain"})  # no image_size
+    keys, defaults = ("model", "image_size"), {"image_size": 32}
+    config = {"model": "plain", "image_size": 32}
+    assert C.restore_checkpoint(state, model, None, None, config, keys, defaults)[0] == 1
+    with pytest.raises(C.CheckpointMismatchError, match="--image-size: checkpoint 32 vs now 64"):
+        C.restore_checkpoint(state, model, None, None, {**config, "image_size": 64}, keys, defaults)
+
+
+def test_a_checkpoint_written_before_image_size_existed_resumes(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(TINY + ["--epochs", "1", "--output-dir", out]) == 0
+    path = os.path.join(out, "plain", "checkpoint.pt")
+    state = C.load_checkpoint(path)
+    del state["config"]["image_size"]  # as written before --image-size existed: 32 px
+    C.save_checkpoint(path, state)
+    capsys.readouterr()
+    assert main(TINY + ["--epochs", "2", "--output-dir", out, "--resume"]) == 0
+    assert "1 epoch(s) done" in capsys.readouterr().out
+    assert C.load_checkpoint(path)["history"]["epoch"] == [1.0, 2.0]

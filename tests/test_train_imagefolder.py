@@ -113,6 +113,27 @@ def test_image_read_failure_after_the_scan_names_the_file(folder, tmp_path):
         images[0]
 
 
+def test_resume_with_another_image_size_names_the_option_and_both_sizes(folder, tmp_path, capsys):
+    from deformconv.train.checkpoint import load_checkpoint, save_checkpoint
+
+    out = str(tmp_path / "run")
+    argv = ["cifar", "--dataset", "imagefolder", "--data-root", folder, "--model", "plain"]
+    argv += ["--width", "0.125", "--batch-size", "8", "--no-plot", "--no-progress"]
+    argv += ["--device", "cpu", "--output-dir", out]
+    assert main([*argv, "--image-size", "16", "--epochs", "1"]) == 0
+    capsys.readouterr()
+    # The model's fc1 depends on the image size: refused before any weight is loaded.
+    assert main([*argv, "--image-size", "24", "--epochs", "2", "--resume"]) == 2
+    assert "--image-size: checkpoint 16 vs now 24" in capsys.readouterr().err
+    # A checkpoint from before --image-size existed was trained on 32-px images.
+    path = os.path.join(out, "plain", "checkpoint.pt")
+    state = load_checkpoint(path)
+    del state["config"]["image_size"]
+    save_checkpoint(path, state)
+    assert main([*argv, "--image-size", "16", "--epochs", "2", "--resume"]) == 2
+    assert "--image-size: checkpoint 32 vs now 16" in capsys.readouterr().err
+
+
 def test_cifar_study_and_transfer_run_on_an_image_folder(folder, tmp_path, capsys):
     common = ["--dataset", "imagefolder", "--data-root", folder, "--image-size", "16"]
     common += ["--device", "cpu"]

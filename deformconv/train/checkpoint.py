@@ -46,7 +46,7 @@ class CheckpointMismatchError(ValueError):
         >>> restore_checkpoint(state, nn.Linear(2, 1), config={"lr": 0.2}, must_match=["lr"])
         Traceback (most recent call last):
         ...
-        deformconv.train.checkpoint.CheckpointMismatchError: cannot resume: ... (lr: checkpoint 0.1 vs now 0.2). ...
+        deformconv.train.checkpoint.CheckpointMismatchError: cannot resume: ... (--lr: checkpoint 0.1 vs now 0.2). ...
     """
 
 
@@ -136,12 +136,16 @@ def restore_checkpoint(
     scheduler: Any | None = None,
     config: Mapping[str, Any] | None = None,
     must_match: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
 ) -> tuple[int, dict[str, list]]:
     """Load ``state`` into model / optimizer / scheduler.
 
     Args:
         config, must_match: when given, each key in ``must_match`` must have the same
-            value in ``config`` and in the checkpoint's config.
+            value in ``config`` and in the checkpoint's config. The error names each
+            differing key as its command-line option (``image_size``: ``--image-size``).
+        defaults: the value a checkpoint's config stands for when it lacks a key (it was
+            written before the key existed), e.g. ``{"image_size": 32}``.
 
     Returns:
         ``(epochs_completed, history)``: continue training at epoch index
@@ -161,11 +165,17 @@ def restore_checkpoint(
         (2, {'loss': [0.9, 0.7]})
         >>> torch.equal(fresh.weight, trained.weight)
         True
+        >>> # a key the checkpoint lacks (written before it existed) takes its default
+        >>> restore_checkpoint(state, fresh, config={"lr": 0.1, "image_size": 64},
+        ...                    must_match=["lr", "image_size"], defaults={"image_size": 32})
+        Traceback (most recent call last):
+        ...
+        deformconv.train.checkpoint.CheckpointMismatchError: ... (--image-size: checkpoint 32 vs now 64). ...
     """
-    saved = state.get("config", {})
+    saved = {**(defaults or {}), **state.get("config", {})}
     if config is not None:
         diffs = [
-            f"{k}: checkpoint {saved.get(k)!r} vs now {config.get(k)!r}"
+            f"--{k.replace('_', '-')}: checkpoint {saved.get(k)!r} vs now {config.get(k)!r}"
             for k in must_match
             if saved.get(k) != config.get(k)
         ]

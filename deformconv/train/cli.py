@@ -75,7 +75,11 @@ RESUME_KEYS = (
     "train_size",
     "val_size",
     "test_size",
+    "image_size",
 )
+#: What a checkpoint's config stands for when it lacks a key of :data:`RESUME_KEYS`, written
+#: before that option existed: the value the code used then (every image was 32 px).
+RESUME_DEFAULTS = {"image_size": 32}
 
 
 def _positive_int(text: str) -> int:
@@ -365,7 +369,7 @@ def _train_one(
     if args.resume and os.path.exists(ckpt_path):
         state = load_checkpoint(ckpt_path, map_location=ctx.device)
         start_epoch, history = restore_checkpoint(
-            state, model, optimizer, scheduler, cfg, RESUME_KEYS
+            state, model, optimizer, scheduler, cfg, RESUME_KEYS, RESUME_DEFAULTS
         )
         log(f"[{model_name}] resuming from {ckpt_path}: {start_epoch} epoch(s) done")
     elif args.resume:
