@@ -45,7 +45,20 @@ _onnx_hook.install()  # torch.onnx.export(dynamo=True) translates the op; onnxsc
 
 
 def has_cuda_kernels() -> bool:
-    """True when this build of the extension registered CUDA kernels for the op."""
+    """True when this build of the extension registered CUDA kernels for the op.
+
+    False without the extension, and for a CPU-only build (``USE_CUDA=0``) even on a machine
+    with a GPU; whether a GPU is present is ``torch.cuda.is_available()``.
+
+    Example::
+
+        >>> isinstance(has_cuda_kernels(), bool)
+        True
+        >>> device = "cuda" if has_cuda_kernels() and torch.cuda.is_available() else "cpu"
+        >>> layer = DeformConv2dPack(2, 2, kernel_size=3, padding=1).to(device)
+        >>> layer(torch.randn(1, 2, 5, 5, device=device)).device.type == device
+        True
+    """
     if not HAS_OPS:
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key("deformconv::deform_conv2d", "CUDA")

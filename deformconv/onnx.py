@@ -266,7 +266,18 @@ _TRANSLATIONS = {
 def custom_translation_table() -> Dict[Callable, Callable]:
     """``{torch.ops.deformconv.deform_conv2d.default: translation, ...dcnv3...: dcnv3_translation,
     ...dcnv4...: dcnv4_translation}`` (the ops this build registers) for
-    ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)``."""
+    ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)`` (an export with it:
+    docs/deployment.md).
+
+    Example::
+
+        >>> import torch
+        >>> table = custom_translation_table()
+        >>> table[torch.ops.deformconv.deform_conv2d.default] is translation
+        True
+        >>> sorted(str(op) for op in table)
+        ['deformconv.dcnv3.default', 'deformconv.dcnv4.default', 'deformconv.deform_conv2d.default']
+    """
     table = {}
     for name, function in _TRANSLATIONS.items():
         packet = getattr(torch.ops.deformconv, name.split("::")[1], None)
@@ -279,7 +290,16 @@ def register() -> None:
     """Register :data:`translation`, :data:`dcnv3_translation` and :data:`dcnv4_translation` in
     onnxscript's torch_lib registry (idempotent), so that a plain
     ``torch.onnx.export(..., dynamo=True)`` translates the ops. ``import deformconv`` calls
-    it when torch.onnx loads the torch_lib ops; call it yourself only if that hook did not run."""
+    it when torch.onnx loads the torch_lib ops; call it yourself only if that hook did not run.
+
+    Example::
+
+        >>> from onnxscript.function_libs.torch_lib import registration
+        >>> register()
+        >>> register()  # idempotent: each op is registered once
+        >>> [name in registration.default_registry for name in (OP_NAME, DCNV3_OP_NAME)]
+        [True, True]
+    """
     from onnxscript.function_libs.torch_lib import registration
 
     for name, function in _TRANSLATIONS.items():

@@ -99,6 +99,20 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m deformconv.train``: subcommands ``cifar``, ``study``,
+    ``transfer`` and ``charrnn``, each with its options and their defaults (``--help``
+    lists them).
+
+    Example::
+
+        >>> parser = build_parser()
+        >>> args = parser.parse_args(["cifar", "--model", "plain", "deformable", "--epochs", "2"])
+        >>> args.command, args.model, args.epochs, args.dataset, args.image_size, args.batch_size
+        ('cifar', ['plain', 'deformable'], 2, 'shapes', 32, None)
+        >>> args = parser.parse_args(["charrnn", "--text", "hello"])
+        >>> args.text, args.steps, args.hidden_size
+        ('hello', 300, 16)
+    """
     parser = argparse.ArgumentParser(
         prog="python -m deformconv.train",
         description="Train CNNs with deformable layers and the quiz's character RNN.",
@@ -613,6 +627,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m deformconv.train`` and the ``deformconv-train`` script.
 
     Returns 0 on success and 2 on a usage / data / configuration error (message on stderr).
+
+    Example::
+
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> main(["charrnn", "--text", "hello", "--steps", "2", "--no-plot", "--output-dir", tmp.name])
+        char-RNN on 'hello': 2 steps, loss ..., next-char accuracy ...% (...s)
+        generated from 'h': ...
+        outputs in ...
+        0
+        >>> main(["cifar", "--num-classes", "11"])  # a configuration error: message on stderr
+        2
+        >>> tmp.cleanup()
     """
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
