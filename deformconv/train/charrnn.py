@@ -127,7 +127,7 @@ def make_sequences(text: str, char2idx: dict[str, int]) -> tuple[list[Tensor], T
 def init_params(
     vocab_size: int, hidden_size: int = 16, seed: int = 0, scale: float = 0.01
 ) -> CharRNNParams:
-    """Small random weights and zero biases as **leaf** tensors (quiz P8 fixed).
+    """Small random weights and zero biases as **leaf** float32 tensors (quiz P8 fixed).
 
     Weights are ``N(0, 1) * scale`` drawn from a private ``torch.Generator(seed)``; the
     scaling happens *before* ``requires_grad_()``, so every tensor is a leaf whose
@@ -177,7 +177,8 @@ def rnn_forward(
         h0: initial hidden state ``Tensor[H]``; zeros (no grad needed) by default.
 
     Returns:
-        ``(outputs, h)``: ``T`` logits ``Tensor[V]`` and the last hidden state ``Tensor[H]``.
+        ``(outputs, h)``: ``T`` logits ``Tensor[V]`` and the last hidden state ``Tensor[H]``,
+        in the parameters' dtype.
 
     Example::
 

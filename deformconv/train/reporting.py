@@ -38,8 +38,9 @@ __all__ = [
 class ProgressBar:
     """Minimal progress bar over an iterable: ``desc  37/120 [=====>    ] 4.1 it/s eta 0:20``.
 
-    On a terminal it redraws one line; elsewhere (CI logs, files) it prints at most
-    ~10 lines per loop. Written to ``stream`` (default ``sys.stderr``).
+    On a terminal it redraws one line; elsewhere (CI logs, files) it prints a line every
+    tenth of the loop (at most ~10 lines; every item when the length is unknown). Written
+    to ``stream`` (default ``sys.stderr``).
 
     Example::
 
