@@ -157,8 +157,6 @@ def restore_checkpoint(
     Example::
 
         >>> from torch import nn
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
         >>> trained, fresh = nn.Linear(2, 1), nn.Linear(2, 1)
         >>> state = make_checkpoint(2, trained, None, None, {"loss": [0.9, 0.7]}, {"lr": 0.1})
         >>> restore_checkpoint(state, fresh, config={"lr": 0.1}, must_match=["lr"])
