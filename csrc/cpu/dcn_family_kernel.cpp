@@ -82,12 +82,8 @@ DEFORMCONV_CPU_CLONES void forward_rows(const Call<acc_t>& k, scalar_t* out, int
   const Params q = k.q;
   const Sizes s = k.s;
   const OffsetMaskLayout L = k.layout;
-  const CornerSteps steps = k.steps;
-  const int64_t D = s.group_channels;
-  const int64_t C = s.channels;
+  const int64_t D = s.group_channels, C = s.channels;
   const acc_t scale = static_cast<acc_t>(q.offset_scale);
-  const acc_t* tap_y = k.tap_y.data();
-  const acc_t* tap_x = k.tap_x.data();
   std::vector<PointRef<acc_t>> points(s.points);
   std::vector<acc_t> sums(D);  // 16-bit output: the sums before their one rounding
   for (int64_t row = row_begin; row < row_end; ++row) {
@@ -105,8 +101,8 @@ DEFORMCONV_CPU_CLONES void forward_rows(const Call<acc_t>& k, scalar_t* out, int
         for (int64_t p = 0; p < s.points; ++p) {
           acc_t ly, lx, w[4];
           int64_t base;
-          if (!locate_point(s, steps, origin_y, origin_x, tap_y[p], tap_x[p], offset[2 * p + 1],
-                            offset[2 * p], scale, &ly, &lx, &base)) {
+          if (!locate_point(s, k.steps, origin_y, origin_x, k.tap_y[p], k.tap_x[p],
+                            offset[2 * p + 1], offset[2 * p], scale, &ly, &lx, &base)) {
             continue;
           }
           bilinear_weights(ly, lx, w);
@@ -116,9 +112,9 @@ DEFORMCONV_CPU_CLONES void forward_rows(const Call<acc_t>& k, scalar_t* out, int
         }
         scalar_t* o = out + r * C + g * D;
         if constexpr (std::is_same_v<scalar_t, acc_t>) {
-          sum_points(image, steps, points.data(), count, o, D);
+          sum_points(image, k.steps, points.data(), count, o, D);
         } else {
-          sum_points(image, steps, points.data(), count, sums.data(), D);
+          sum_points(image, k.steps, points.data(), count, sums.data(), D);
           for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(sums[d]);
         }
       }
@@ -135,12 +131,8 @@ DEFORMCONV_CPU_CLONES void backward_task(const Call<acc_t>& k, const scalar_t* g
   const Params q = k.q;
   const Sizes s = k.s;
   const OffsetMaskLayout L = k.layout;
-  const CornerSteps steps = k.steps;
-  const int64_t D = s.group_channels;
-  const int64_t C = s.channels;
+  const int64_t D = s.group_channels, C = s.channels;
   const acc_t scale = static_cast<acc_t>(q.offset_scale);
-  const acc_t* tap_y = k.tap_y.data();
-  const acc_t* tap_x = k.tap_x.data();
   std::vector<acc_t> go_buffer(D);
   const acc_t* image = k.bordered + n * k.image_len + g * D;
   acc_t* grad_image = grad_bordered + n * k.image_len + g * D;
@@ -164,7 +156,7 @@ DEFORMCONV_CPU_CLONES void backward_task(const Call<acc_t>& k, const scalar_t* g
       for (int64_t p = 0; p < s.points; ++p) {
         acc_t ly, lx, w[4];
         int64_t base;
-        if (!locate_point(s, steps, origin_y, origin_x, tap_y[p], tap_x[p], offset[2 * p + 1],
+        if (!locate_point(s, k.steps, origin_y, origin_x, k.tap_y[p], k.tap_x[p], offset[2 * p + 1],
                           offset[2 * p], scale, &ly, &lx, &base)) {
           // The sample is the constant 0 here: every derivative is 0.
           g_offset[2 * p] = acc_t(0);
@@ -178,7 +170,7 @@ DEFORMCONV_CPU_CLONES void backward_task(const Call<acc_t>& k, const scalar_t* g
         // grad_input: each corner += m * w_c * grad_output (a corner in the border is dropped
         // with it); dots_c = <grad_output, corner c> for the offset and mask gradients.
         acc_t dots[4];
-        scatter_and_dots(image + base, grad_image + base, steps, wm, go, D, dots);
+        scatter_and_dots(image + base, grad_image + base, k.steps, wm, go, D, dots);
         // d/d(mask) = the sample; d/d(dx) = m * s * d(sample)/dx (likewise y).
         g_mask[p] = w[0] * dots[0] + w[1] * dots[1] + w[2] * dots[2] + w[3] * dots[3];
         acc_t d_dy, d_dx;
