@@ -3,10 +3,11 @@
 
 Importing the package loads the compiled extension ``deformconv._C``, which registers
 ``torch.ops.deformconv.deform_conv2d`` (and its private backward op) with meta, CPU and,
-when built with CUDA, CUDA kernels. The Python layer adds autograd and the ``nn.Module``
-wrappers. Without the extension the package still imports (``HAS_OPS`` is False, and the
-NumPy oracle ``deformconv.reference`` works); calling the op then raises a RuntimeError
-that says how to build it.
+when built with CUDA, CUDA kernels, and the DCN family's core ops ``dcnv3`` (InternImage) and
+``dcnv4`` (FlashInternImage), channels-last, with the modules ``DCNv3`` / ``DCNv4``. The
+Python layer adds autograd and the ``nn.Module`` wrappers. Without the extension the package
+still imports (``HAS_OPS`` is False, and the NumPy oracle ``deformconv.reference`` works);
+calling an op then raises a RuntimeError that says how to build it.
 
 Example::
 
@@ -26,11 +27,14 @@ if HAS_OPS:
     from . import _autograd, _double_backward  # noqa: F401  (autograd; meta kernels are in C++)
 from .convert import convert_to_deformable
 from .dcn_family import dcnv3, dcnv4
+from .dcn_family_modules import DCNv3, DCNv4
 from .modules import DeformConv2d, DeformConv2dPack
 from .ops import deform_conv2d
 
 __all__ = [
     "HAS_OPS",
+    "DCNv3",
+    "DCNv4",
     "DeformConv2d",
     "DeformConv2dPack",
     "convert_to_deformable",
