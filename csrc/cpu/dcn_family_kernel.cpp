@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -122,8 +123,26 @@ DEFORMCONV_CPU_CLONES void forward_rows(const Call<acc_t>& k, scalar_t* out, int
   }
 }
 
+// How many pixels ahead backward_task prefetches offset / mask (past the tensor's end is
+// harmless: a prefetch never faults).
+constexpr int64_t kPrefetchPixels = 6;
+
+// A read hint for the cache lines of [p, p + len) (its first and last element).
+template <typename T>
+DEFORMCONV_CPU_INLINE void prefetch_span(const T* p, int64_t len) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p);
+  __builtin_prefetch(p + len - 1);
+#else
+  (void)p;
+  (void)len;
+#endif
+}
+
 // Every gradient of image n, group g: grad_bordered (acc_t, bordered like the input) of the
 // group's channels, and grad_offset / grad_mask (acc_t, at the call's layout) of its pixels.
+// Per pixel: every point's location and weights first, then one pass over the channels for
+// all in-range points (scatter_and_dots_points), then the offset / mask gradients.
 template <typename scalar_t, typename acc_t>
 DEFORMCONV_CPU_CLONES void backward_task(const Call<acc_t>& k, const scalar_t* grad_output,
                                          acc_t* grad_bordered, acc_t* grad_offset, acc_t* grad_mask,
@@ -131,9 +150,19 @@ DEFORMCONV_CPU_CLONES void backward_task(const Call<acc_t>& k, const scalar_t* g
   const Params q = k.q;
   const Sizes s = k.s;
   const OffsetMaskLayout L = k.layout;
-  const int64_t D = s.group_channels, C = s.channels;
+  const int64_t D = s.group_channels, C = s.channels, P = s.points;
   const acc_t scale = static_cast<acc_t>(q.offset_scale);
   std::vector<acc_t> go_buffer(D);
+  // Per in-range point: its tap, cell fractions, bilinear weights (PointRef holds mask times
+  // them) and dot products; lanes holds the loop's lane vectors (32-byte aligned).
+  std::vector<PointRef<acc_t>> points(P);
+  std::vector<int64_t> taps(P);
+  std::vector<acc_t> fractions(2 * P), weights(4 * P), dots(4 * P);
+  std::vector<acc_t> lane_buffer(32 * (P + 1) + 64 / sizeof(acc_t));
+  void* lane_ptr = lane_buffer.data();
+  size_t lane_space = lane_buffer.size() * sizeof(acc_t);
+  acc_t* lanes =
+      static_cast<acc_t*>(std::align(32, 32 * (P + 1) * sizeof(acc_t), lane_ptr, lane_space));
   const acc_t* image = k.bordered + n * k.image_len + g * D;
   acc_t* grad_image = grad_bordered + n * k.image_len + g * D;
   for (int64_t ho = 0; ho < s.out_h; ++ho) {
@@ -153,8 +182,13 @@ DEFORMCONV_CPU_CLONES void backward_task(const Call<acc_t>& k, const scalar_t* g
       const acc_t* mask = k.mask + r * L.mask_row + g * L.mask_group;
       acc_t* g_offset = grad_offset + r * L.offset_row + g * L.offset_group;
       acc_t* g_mask = grad_mask + r * L.mask_row + g * L.mask_group;
-      for (int64_t p = 0; p < s.points; ++p) {
-        acc_t ly, lx, w[4];
+      // This task reads one group's slice of each pixel's offset / mask row, a stride the
+      // hardware prefetchers miss: fetch a later pixel's slices ahead (both ends of each).
+      prefetch_span(offset + kPrefetchPixels * L.offset_row, 2 * P);
+      prefetch_span(mask + kPrefetchPixels * L.mask_row, P);
+      int64_t count = 0;
+      for (int64_t p = 0; p < P; ++p) {
+        acc_t ly, lx;
         int64_t base;
         if (!locate_point(s, k.steps, origin_y, origin_x, k.tap_y[p], k.tap_x[p], offset[2 * p + 1],
                           offset[2 * p], scale, &ly, &lx, &base)) {
@@ -164,17 +198,34 @@ DEFORMCONV_CPU_CLONES void backward_task(const Call<acc_t>& k, const scalar_t* g
           g_mask[p] = acc_t(0);
           continue;
         }
-        const acc_t m = mask[p];
+        // w in registers, then stored: reading a lane back from the stored vector would wait
+        // on store forwarding.
+        acc_t w[4];
         bilinear_weights(ly, lx, w);
-        const acc_t wm[4] = {m * w[0], m * w[1], m * w[2], m * w[3]};
-        // grad_input: each corner += m * w_c * grad_output (a corner in the border is dropped
-        // with it); dots_c = <grad_output, corner c> for the offset and mask gradients.
-        acc_t dots[4];
-        scatter_and_dots(image + base, grad_image + base, k.steps, wm, go, D, dots);
+        const acc_t m = mask[p];
+        PointRef<acc_t>& point = points[count];
+        point.base = base;
+        for (int c = 0; c < 4; ++c) {
+          weights[4 * count + c] = w[c];
+          point.w[c] = m * w[c];
+        }
+        fractions[2 * count] = ly;
+        fractions[2 * count + 1] = lx;
+        taps[count++] = p;
+      }
+      // grad_input: each corner += m * w_c * grad_output (a corner in the border is dropped
+      // with it); dots_c = <grad_output, corner c> for the offset and mask gradients.
+      scatter_and_dots_points(image, grad_image, k.steps, points.data(), count, go, D, lanes,
+                              dots.data());
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t p = taps[i];
+        const acc_t* w = &weights[4 * i];
+        const acc_t* dot = &dots[4 * i];
+        const acc_t m = mask[p];
         // d/d(mask) = the sample; d/d(dx) = m * s * d(sample)/dx (likewise y).
-        g_mask[p] = w[0] * dots[0] + w[1] * dots[1] + w[2] * dots[2] + w[3] * dots[3];
+        g_mask[p] = w[0] * dot[0] + w[1] * dot[1] + w[2] * dot[2] + w[3] * dot[3];
         acc_t d_dy, d_dx;
-        bilinear_coordinate_grad(dots, ly, lx, &d_dy, &d_dx);
+        bilinear_coordinate_grad(dot, fractions[2 * i], fractions[2 * i + 1], &d_dy, &d_dx);
         g_offset[2 * p] = m * scale * d_dx;
         g_offset[2 * p + 1] = m * scale * d_dy;
       }

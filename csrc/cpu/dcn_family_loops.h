@@ -1,6 +1,7 @@
 // Innermost CPU loops of the DCN family ops over a group's D contiguous channels: the forward's sum over a pixel's points, the backward's scatter and corner dot products.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -36,25 +37,24 @@ DEFORMCONV_CPU_INLINE f32x8 corner_sum8(const float* c00, CornerSteps s, const f
   return w[0] * v0 + w[1] * v1 + w[2] * v2 + w[3] * v3;
 }
 
-// The lane sums of four vectors, {sum a0, sum a1, sum a2, sum a3}, each in a fixed order
-// (lanes l and l + 4, then neighbouring pairs): a few shuffles for all four.
-DEFORMCONV_CPU_INLINE void sum8x4(const f32x8& a0, const f32x8& a1, const f32x8& a2,
-                                  const f32x8& a3, float sums[4]) {
+// The lane sums of eight vectors, {sum v[0], ..., sum v[7]}, each as
+// ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)): a tree of pairwise sums across vectors,
+// about two operations per sum.
+DEFORMCONV_CPU_INLINE void sum8x8(const f32x8* v, float sums[8]) {
 #if defined(__clang__) || __GNUC__ >= 12
-  const f32x8 t01 = __builtin_shufflevector(a0, a1, 0, 1, 2, 3, 8, 9, 10, 11) +
-                    __builtin_shufflevector(a0, a1, 4, 5, 6, 7, 12, 13, 14, 15);
-  const f32x8 t23 = __builtin_shufflevector(a2, a3, 0, 1, 2, 3, 8, 9, 10, 11) +
-                    __builtin_shufflevector(a2, a3, 4, 5, 6, 7, 12, 13, 14, 15);
-  const f32x8 u = __builtin_shufflevector(t01, t23, 0, 2, 4, 6, 8, 10, 12, 14) +
-                  __builtin_shufflevector(t01, t23, 1, 3, 5, 7, 9, 11, 13, 15);
-  const f32x4 v =
-      __builtin_shufflevector(u, u, 0, 2, 4, 6) + __builtin_shufflevector(u, u, 1, 3, 5, 7);
-  std::memcpy(sums, &v, sizeof(v));
+  const auto pairs = [](const f32x8& a, const f32x8& b) {
+    return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
+           __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+  };
+  const f32x8 q0 = pairs(pairs(v[0], v[1]), pairs(v[2], v[3]));  // {v0..v3 lanes 0-3, 4-7}
+  const f32x8 q1 = pairs(pairs(v[4], v[5]), pairs(v[6], v[7]));
+  const f32x8 r = __builtin_shufflevector(q0, q1, 0, 1, 2, 3, 8, 9, 10, 11) +
+                  __builtin_shufflevector(q0, q1, 4, 5, 6, 7, 12, 13, 14, 15);
+  std::memcpy(sums, &r, sizeof(r));
 #else
-  const f32x8* a[4] = {&a0, &a1, &a2, &a3};
-  for (int c = 0; c < 4; ++c) {
-    const f32x8& x = *a[c];
-    sums[c] = ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
+  for (int c = 0; c < 8; ++c) {
+    const f32x8& x = v[c];
+    sums[c] = ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
   }
 #endif
 }
@@ -101,51 +101,15 @@ DEFORMCONV_CPU_INLINE void sum_points(const T* image, CornerSteps s, const Point
 // The backward of one point over n channels, in one pass:
 //   grad corner c [d] += w[c] * go[d]     (the scatter into the bordered input gradient)
 //   dots[c] = sum_d go[d] * corner c [d]  (for the offset and mask gradients)
-// The dots sum 8 lane-wise partials, then the lanes and the tail in a fixed order: bitwise
-// reproducible.
+// The dots sum 8 lane-wise partials, then the lanes in a fixed order: bitwise reproducible.
+// (float takes the vector path in scatter_and_dots_points instead.)
 template <typename T>
 DEFORMCONV_CPU_INLINE void scatter_and_dots(const T* c00, T* g00, CornerSteps s, const T w[4],
                                             const T* go, int64_t n, T dots[4]) {
   const int64_t step[4] = {0, s.col_step, s.row_step, s.row_step + s.col_step};
-  int64_t d = 0;
-#ifdef DEFORMCONV_CPU_VECTOR_EXT
-  if constexpr (std::is_same_v<T, float>) {
-    f32x8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    for (; d + 8 <= n; d += 8) {
-      f32x8 g, v0, v1, v2, v3, g0, g1, g2, g3;
-      load8(&g, go + d);
-      load8(&v0, c00 + d);
-      load8(&v1, c00 + step[1] + d);
-      load8(&v2, c00 + step[2] + d);
-      load8(&v3, c00 + step[3] + d);
-      a0 += g * v0;
-      a1 += g * v1;
-      a2 += g * v2;
-      a3 += g * v3;
-      load8(&g0, g00 + d);
-      store8(g00 + d, g0 + w[0] * g);
-      load8(&g1, g00 + step[1] + d);
-      store8(g00 + step[1] + d, g1 + w[1] * g);
-      load8(&g2, g00 + step[2] + d);
-      store8(g00 + step[2] + d, g2 + w[2] * g);
-      load8(&g3, g00 + step[3] + d);
-      store8(g00 + step[3] + d, g3 + w[3] * g);
-    }
-    float tail[4] = {0.f, 0.f, 0.f, 0.f};  // the last n % 8 channels, summed after the lanes
-    for (; d < n; ++d) {
-      for (int c = 0; c < 4; ++c) {
-        tail[c] += go[d] * c00[step[c] + d];
-        g00[step[c] + d] += w[c] * go[d];
-      }
-    }
-    sum8x4(a0, a1, a2, a3, dots);
-    for (int c = 0; c < 4; ++c) dots[c] += tail[c];
-    return;
-  }
-#endif
   constexpr int kLanes = 8;
   T a[4][kLanes] = {};
-  for (int l = 0; d < n; ++d, l = (l + 1) % kLanes) {
+  for (int64_t d = 0, l = 0; d < n; ++d, l = (l + 1) % kLanes) {
     for (int c = 0; c < 4; ++c) {
       a[c][l] += go[d] * c00[step[c] + d];
       g00[step[c] + d] += w[c] * go[d];
@@ -155,6 +119,97 @@ DEFORMCONV_CPU_INLINE void scatter_and_dots(const T* c00, T* g00, CornerSteps s,
     T sum = T(0);
     for (int l = 0; l < kLanes; ++l) sum += a[c][l];
     dots[c] = sum;
+  }
+}
+
+#ifdef DEFORMCONV_CPU_VECTOR_EXT
+// One point of scatter_and_dots_points: the scatter, the four dot products' lane vectors
+// (over the first n / 8 * 8 channels) in acc[0..3] and their sums over the other channels in
+// tail[0..3].
+DEFORMCONV_CPU_INLINE void point_scatter_and_lanes(const float* image, float* grad, CornerSteps s,
+                                                   const PointRef<float>& point, const float* go,
+                                                   int64_t n, f32x8* acc, float tail[4]) {
+  const float* c00 = image + point.base;
+  float* g00 = grad + point.base;
+  const int64_t step[4] = {0, s.col_step, s.row_step, s.row_step + s.col_step};
+  const f32x8 w0 = f32x8{} + point.w[0], w1 = f32x8{} + point.w[1];
+  const f32x8 w2 = f32x8{} + point.w[2], w3 = f32x8{} + point.w[3];
+  const int64_t vec_end = n / 8 * 8;
+  f32x8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  for (int64_t d = 0; d < vec_end; d += 8) {
+    f32x8 g, v0, v1, v2, v3, g0, g1, g2, g3;
+    load8(&g, go + d);
+    load8(&v0, c00 + d);
+    load8(&v1, c00 + step[1] + d);
+    load8(&v2, c00 + step[2] + d);
+    load8(&v3, c00 + step[3] + d);
+    a0 += g * v0;
+    a1 += g * v1;
+    a2 += g * v2;
+    a3 += g * v3;
+    load8(&g0, g00 + d);
+    store8(g00 + d, g0 + w0 * g);
+    load8(&g1, g00 + step[1] + d);
+    store8(g00 + step[1] + d, g1 + w1 * g);
+    load8(&g2, g00 + step[2] + d);
+    store8(g00 + step[2] + d, g2 + w2 * g);
+    load8(&g3, g00 + step[3] + d);
+    store8(g00 + step[3] + d, g3 + w3 * g);
+  }
+  float t[4] = {0.f, 0.f, 0.f, 0.f};  // the last n % 8 channels
+  for (int64_t d = vec_end; d < n; ++d) {
+    for (int c = 0; c < 4; ++c) {
+      t[c] += go[d] * c00[step[c] + d];
+      g00[step[c] + d] += point.w[c] * go[d];
+    }
+  }
+  acc[0] = a0;
+  acc[1] = a1;
+  acc[2] = a2;
+  acc[3] = a3;
+  std::memcpy(tail, t, sizeof(t));
+}
+#endif
+
+// scatter_and_dots for the count in-range points of one (pixel, group), in order:
+// dots[4 i + c] = <go, corner c of points[i]>, and every point's scatter into grad. float
+// keeps each point's four dot products as lane vectors and reduces eight vectors (two points)
+// at a time after the scatter, with sum8x8, each dot then adding its n % 8 tail channels:
+// the same fixed order for every point, whatever count is.
+template <typename T>
+DEFORMCONV_CPU_INLINE void scatter_and_dots_points(const T* image, T* grad, CornerSteps s,
+                                                   const PointRef<T>* points, int64_t count,
+                                                   const T* go, int64_t n, T* lanes, T* dots) {
+#ifdef DEFORMCONV_CPU_VECTOR_EXT
+  if constexpr (std::is_same_v<T, float>) {
+    f32x8* acc = reinterpret_cast<f32x8*>(lanes);  // 4 per point, padded to an even count
+    if (n == 16) {
+      // The common group width (InternImage, DCNv4): a constant trip count keeps every
+      // accumulator in a register.
+      for (int64_t i = 0; i < count; ++i) {
+        point_scatter_and_lanes(image, grad, s, points[i], go, 16, &acc[4 * i], &dots[4 * i]);
+      }
+    } else {
+      for (int64_t i = 0; i < count; ++i) {
+        point_scatter_and_lanes(image, grad, s, points[i], go, n, &acc[4 * i], &dots[4 * i]);
+      }
+    }
+    if (count % 2 != 0) {
+      for (int c = 0; c < 4; ++c) acc[4 * count + c] = f32x8{};
+    }
+    for (int64_t i = 0; i < count; i += 2) {
+      float sums[8];
+      sum8x8(&acc[4 * i], sums);
+      const int64_t both = std::min<int64_t>(8, 4 * (count - i));
+      for (int k = 0; k < both; ++k) dots[4 * i + k] = sums[k] + dots[4 * i + k];
+    }
+    return;
+  }
+#endif
+  (void)lanes;
+  for (int64_t i = 0; i < count; ++i) {
+    scatter_and_dots(image + points[i].base, grad + points[i].base, s, points[i].w, go, n,
+                     &dots[4 * i]);
   }
 }
 
