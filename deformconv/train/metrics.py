@@ -8,6 +8,7 @@ function here divides by the number of labels seen.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 import torch
@@ -139,3 +140,9 @@ def confusion_counts(preds: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """``Tensor[num_classes, num_classes]`` int64 counts; row = true class, column = prediction."""
     idx = labels.long().cpu() * num_classes + preds.long().cpu()
     return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for a single value) of seed results."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from .._machine import cpu_generation, cpu_name, vector_isa
+from .metrics import _mean_std
 
 __all__ = ["DEFAULT", "SMALL", "StudySettings", "add_study_parser", "run_study", "summarise"]
 
@@ -98,6 +99,25 @@ def study_command_hint() -> str:
     )
 
 
+def _add_output_options(parser: argparse.ArgumentParser, output_dir: str) -> None:
+    """``--output-dir`` (default ``output_dir``) and ``--small``, as the experiment commands
+    (``study``, ``transfer``) take them."""
+    parser.add_argument("--output-dir", default=output_dir, help="where outputs go")
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="tiny sizes (seconds; for tests and smoke runs, not for conclusions)",
+    )
+
+
+def _print_outcome(text: str, args: argparse.Namespace) -> None:
+    """An experiment command's end: its table ``text``, the ``--small`` caveat, the outputs."""
+    print(text)
+    if args.small:
+        print("(--small: tiny sizes for tests; its numbers say nothing about the models)")
+    print(f"outputs in {os.path.abspath(args.output_dir)}")
+
+
 def add_study_parser(sub, formatter_class) -> argparse.ArgumentParser:
     """The ``study`` subcommand on the CLI's subparsers.
 
@@ -133,12 +153,7 @@ def add_study_parser(sub, formatter_class) -> argparse.ArgumentParser:
         default=32,
         help="imagefolder: side the images are resized to (a multiple of 8)",
     )
-    s.add_argument("--output-dir", default="runs/study", help="where outputs go")
-    s.add_argument(
-        "--small",
-        action="store_true",
-        help="tiny sizes (seconds; for tests and smoke runs, not for conclusions)",
-    )
+    _add_output_options(s, "runs/study")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument(
         "--progress",
@@ -194,12 +209,6 @@ def _cifar_argv(settings: StudySettings, model: str, seed: int, out: str) -> lis
         "--output-dir",
         out,
     ]
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -481,8 +490,5 @@ def run_study_command(args: argparse.Namespace) -> dict[str, Any]:
             num_classes=len(classes),
         )
     result = run_study(settings, args.output_dir, args.device, args.progress, not args.no_plot)
-    print(format_study(result))
-    if args.small:
-        print("(--small: tiny sizes for tests; its numbers say nothing about the models)")
-    print(f"outputs in {os.path.abspath(args.output_dir)}")
+    _print_outcome(format_study(result), args)
     return result

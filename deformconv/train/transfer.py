@@ -47,6 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .metrics import _mean_std
+
 __all__ = [
     "ARMS",
     "DEFAULT",
@@ -656,11 +658,6 @@ def run_seed(
     return rows, field, deformable
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def summarise(rows: Sequence[dict[str, Any]], fields: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per arm: trainable parameters and ``{test,rescaled}_{mean,std}``; ``field``: the
     correlation, slope and spreads as mean ± std over seeds."""
@@ -898,6 +895,8 @@ def add_transfer_parser(sub, formatter_class) -> argparse.ArgumentParser:
         >>> args.command, args.small, args.dataset, args.data_root, args.download
         ('transfer', True, 'mnist', './data', False)
     """
+    from .study import _add_output_options
+
     t = sub.add_parser(
         "transfer",
         help="scale transfer: plain CNN vs offsets-only fine-tuned DCN on rescaled images",
@@ -920,18 +919,15 @@ def add_transfer_parser(sub, formatter_class) -> argparse.ArgumentParser:
         "--image-size", type=int, default=32, help="imagefolder: images resized to this side"
     )
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--output-dir", default="runs/transfer", help="where outputs go")
-    t.add_argument(
-        "--small",
-        action="store_true",
-        help="tiny sizes (seconds; for tests and smoke runs, not for conclusions)",
-    )
+    _add_output_options(t, "runs/transfer")
     t.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
     return t
 
 
 def run_transfer_command(args: argparse.Namespace) -> dict[str, Any]:
     """The ``transfer`` subcommand: run, print the tables, say where the outputs are."""
+    from .study import _print_outcome
+
     base = {"shapes": DEFAULT, "mnist": MNIST, "imagefolder": IMAGEFOLDER}[args.dataset]
     settings = base
     if args.small:  # SMALL's sizes with the dataset's own scales
@@ -954,10 +950,7 @@ def run_transfer_command(args: argparse.Namespace) -> dict[str, Any]:
         not args.no_plot,
         device=args.device,
     )
-    print(format_transfer(result))
-    if args.small:
-        print("(--small: tiny sizes for tests; its numbers say nothing about the models)")
-    print(f"outputs in {os.path.abspath(args.output_dir)}")
+    _print_outcome(format_transfer(result), args)
     return result
 
 
