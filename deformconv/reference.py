@@ -126,6 +126,20 @@ def _param(value, name: str, minimum: int) -> tuple[int, int]:
     return result
 
 
+def _output_hw(height, width, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """``(H_out, W_out)`` of a ``height x width`` input for ``(h, w)`` pairs; ValueError
+    unless both are positive."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    h_out = output_size(height, kh, sh, ph, dh)
+    w_out = output_size(width, kw, sw, pw, dw)
+    if h_out <= 0 or w_out <= 0:
+        raise ValueError(
+            f"output size is not positive: got ({h_out}, {w_out}) from input {height}x{width}, "
+            f"kernel {kh}x{kw}, stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)}"
+        )
+    return h_out, w_out
+
+
 def deform_conv2d_np(
     input_map,
     offset,
@@ -195,13 +209,7 @@ def deform_conv2d_np(
             f"input_map.shape[1] ({c_in}) is not divisible by offset groups ({offset_groups} = "
             f"offset.shape[1] // (2*kh*kw))"
         )
-    h_out = output_size(height, kh, sh, ph, dh)
-    w_out = output_size(width, kw, sw, pw, dw)
-    if h_out <= 0 or w_out <= 0:
-        raise ValueError(
-            f"output size is not positive: got ({h_out}, {w_out}) from input {height}x{width}, "
-            f"kernel {kh}x{kw}, stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)}"
-        )
+    h_out, w_out = _output_hw(height, width, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
     expected_off = (n_batch, 2 * offset_groups * n_taps, h_out, w_out)
     if off.shape != expected_off:
         raise ValueError(f"offset shape is not valid: got {off.shape}, expected {expected_off}")
@@ -292,13 +300,7 @@ def _family_call(input, kernel_size, stride, padding, dilation, group, offset_sc
             f"input.shape[3] ({channels}) is not divisible by group ({group}): expected "
             "group * group_channels"
         )
-    h_out = output_size(height, kh, sh, ph, dh)
-    w_out = output_size(width, kw, sw, pw, dw)
-    if h_out <= 0 or w_out <= 0:
-        raise ValueError(
-            f"output size is not positive: got ({h_out}, {w_out}) from input {height}x{width}, "
-            f"kernel {kh}x{kw}, stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)}"
-        )
+    h_out, w_out = _output_hw(height, width, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
     taps = _family_points(kh, kw, bool(remove_center))
     return _FamilyCall(
         x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), group, channels // group, (h_out, w_out), taps,
