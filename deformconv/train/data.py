@@ -197,6 +197,18 @@ def make_loader(
     return DataLoader(dataset, shuffle=train, **kwargs)
 
 
+def _split_loaders(
+    train: Dataset, val: Dataset, test: Dataset, batch_size: int, seed: int, num_workers: int
+) -> Loaders:
+    """:func:`make_loader` of each split, in the order of :data:`Loaders`; only the training
+    loader shuffles."""
+    return (
+        make_loader(train, batch_size, True, seed, num_workers),
+        make_loader(val, batch_size, False, seed, num_workers),
+        make_loader(test, batch_size, False, seed, num_workers),
+    )
+
+
 def _cifar100_class(verify: bool):
     from torchvision import datasets
 
@@ -315,11 +327,7 @@ def cifar100_loaders(
     train_ds = TransformSubset(base_train, train_idx, cifar100_train_transform())
     val_ds = TransformSubset(base_train, val_idx, cifar100_test_transform())
     test_ds = TransformSubset(base_test, range(n_test), cifar100_test_transform())
-    return (
-        make_loader(train_ds, batch_size, True, seed, num_workers),
-        make_loader(val_ds, batch_size, False, seed, num_workers),
-        make_loader(test_ds, batch_size, False, seed, num_workers),
-    )
+    return _split_loaders(train_ds, val_ds, test_ds, batch_size, seed, num_workers)
 
 
 def shapes_loaders(
@@ -352,8 +360,4 @@ def shapes_loaders(
     train_ds = SyntheticShapes(num_train, s_train, num_classes, variant=variant)
     val_ds = SyntheticShapes(num_val, s_val, num_classes, variant=variant)
     test_ds = SyntheticShapes(num_test, s_test, num_classes, variant=variant)
-    return (
-        make_loader(train_ds, batch_size, True, seed, num_workers),
-        make_loader(val_ds, batch_size, False, seed, num_workers),
-        make_loader(test_ds, batch_size, False, seed, num_workers),
-    )
+    return _split_loaders(train_ds, val_ds, test_ds, batch_size, seed, num_workers)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .data import DataNotFoundError, Loaders, TransformSubset, make_loader, split_indices
+from .data import DataNotFoundError, Loaders, TransformSubset, _split_loaders, split_indices
 
 __all__ = [
     "IMAGEFOLDER_MEAN",
@@ -258,11 +258,11 @@ def imagefolder_loaders(
             f"{os.path.abspath(os.path.join(root, 'train'))} has {len(train)} images: too few "
             f"for a validation fraction of {val_fraction}"
         )
-    views = (
+    return _split_loaders(
         TransformSubset(train, train_idx, imagefolder_train_transform(image_size)),
         TransformSubset(train, val_idx, imagefolder_test_transform()),
         TransformSubset(test, range(len(test)), imagefolder_test_transform()),
-    )
-    return tuple(  # type: ignore[return-value]
-        make_loader(view, batch_size, i == 0, seed, num_workers) for i, view in enumerate(views)
+        batch_size,
+        seed,
+        num_workers,
     )
