@@ -87,12 +87,7 @@ __device__ __forceinline__ SamplePoint<acc_t, index_t> family_sample(const Famil
   acc_t y, x;
   family::sample_point<acc_t>(a.q, it.ho, it.wo, ih, iw, dx, dy, &y, &x);
   s.mask = m;
-  s.in_range = in_sampling_range(y, x, a.height, a.width);
-  if (s.in_range) {
-    s.cell = locate_cell(y, x);
-    bilinear_weights(s.cell.ly, s.cell.lx, s.w);
-    s.corners = cell_corners<index_t>(s.cell, a.height, a.width, a.width * a.channels, a.channels);
-  }
+  locate_sample(s, y, x, a.height, a.width, a.channels);
   return s;
 }
 

@@ -125,6 +125,20 @@ struct SamplePoint {
   CellCorners<index_t> corners;
 };
 
+// Fills s's range test and, for a point in range, its cell, corner weights and corner offsets
+// in a channels-last (height, width, channels) image. The range test comes before any float ->
+// int conversion (NaN / inf / 1e30 safe).
+template <typename acc_t, typename index_t>
+__device__ __forceinline__ void locate_sample(SamplePoint<acc_t, index_t>& s, acc_t y, acc_t x,
+                                              index_t height, index_t width, index_t channels) {
+  s.in_range = in_sampling_range(y, x, height, width);
+  if (s.in_range) {
+    s.cell = locate_cell(y, x);
+    bilinear_weights(s.cell.ly, s.cell.lx, s.w);
+    s.corners = cell_corners<index_t>(s.cell, height, width, width * channels, channels);
+  }
+}
+
 template <typename acc_t, typename scalar_t, typename index_t>
 __device__ __forceinline__ SamplePoint<acc_t, index_t> load_sample_point(
     const SamplingArgs<index_t>& a, const scalar_t* offset, const scalar_t* mask,
@@ -145,13 +159,7 @@ __device__ __forceinline__ SamplePoint<acc_t, index_t> load_sample_point(
   }
   const acc_t y = base_coordinate<acc_t>(px.ho, a.stride_h, a.pad_h, i, a.dilation_h) + dy;
   const acc_t x = base_coordinate<acc_t>(px.wo, a.stride_w, a.pad_w, j, a.dilation_w) + dx;
-  // The range test comes before any float -> int conversion (NaN / inf / 1e30 safe).
-  s.in_range = in_sampling_range(y, x, a.height, a.width);
-  if (s.in_range) {
-    s.cell = locate_cell(y, x);
-    bilinear_weights(s.cell.ly, s.cell.lx, s.w);
-    s.corners = cell_corners<index_t>(s.cell, a.height, a.width, a.width * a.channels, a.channels);
-  }
+  locate_sample(s, y, x, a.height, a.width, a.channels);
   return s;
 }
 
