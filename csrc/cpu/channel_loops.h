@@ -15,9 +15,13 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
 #define DEFORMCONV_CPU_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// The DCN family's passes (dcn_family_kernel.cpp): AVX2+FMA and the baseline only. Their
+// 8-lane vectors fill an AVX2 register, and an AVX-512 clone has not run on any CPU yet.
+#define DEFORMCONV_CPU_CLONES_AVX2 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #define DEFORMCONV_CPU_INLINE inline __attribute__((always_inline))
 #else
 #define DEFORMCONV_CPU_CLONES
+#define DEFORMCONV_CPU_CLONES_AVX2
 #define DEFORMCONV_CPU_INLINE inline
 #endif
 

@@ -78,8 +78,8 @@ DEFORMCONV_CPU_INLINE bool locate_point(const Sizes& s, CornerSteps steps, acc_t
 // Output rows [row_begin, row_end) of (N * Ho), all pixels and groups of each: per (pixel,
 // group) the in-range points first, then their sum over the group's channels.
 template <typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_CLONES void forward_rows(const Call<acc_t>& k, scalar_t* out, int64_t row_begin,
-                                        int64_t row_end) {
+DEFORMCONV_CPU_CLONES_AVX2 void forward_rows(const Call<acc_t>& k, scalar_t* out, int64_t row_begin,
+                                             int64_t row_end) {
   const Params q = k.q;
   const Sizes s = k.s;
   const OffsetMaskLayout L = k.layout;
@@ -144,9 +144,9 @@ DEFORMCONV_CPU_INLINE void prefetch_span(const T* p, int64_t len) {
 // Per pixel: every point's location and weights first, then one pass over the channels for
 // all in-range points (scatter_and_dots_points), then the offset / mask gradients.
 template <typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_CLONES void backward_task(const Call<acc_t>& k, const scalar_t* grad_output,
-                                         acc_t* grad_bordered, acc_t* grad_offset, acc_t* grad_mask,
-                                         int64_t n, int64_t g) {
+DEFORMCONV_CPU_CLONES_AVX2 void backward_task(const Call<acc_t>& k, const scalar_t* grad_output,
+                                              acc_t* grad_bordered, acc_t* grad_offset,
+                                              acc_t* grad_mask, int64_t n, int64_t g) {
   const Params q = k.q;
   const Sizes s = k.s;
   const OffsetMaskLayout L = k.layout;
