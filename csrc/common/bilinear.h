@@ -15,10 +15,17 @@ namespace deformconv {
 // A sample point (y, x) in a plane of height x width is defined as 0 unless
 // -1 < y < height and -1 < x < width. The comparisons are written so that NaN
 // fails them, and no coordinate is converted to an integer before this test.
+// within_sampling_range is the same test for coordinates of any floating type or GCC / Clang
+// vector of them (a lane mask then), with the bounds already in the coordinates' element type.
+template <typename coord_t, typename bound_t>
+DEFORMCONV_HOST_DEVICE auto within_sampling_range(coord_t y, coord_t x, bound_t height,
+                                                  bound_t width) {
+  return y > -1 && y < height && x > -1 && x < width;
+}
+
 template <typename acc_t>
 DEFORMCONV_HOST_DEVICE bool in_sampling_range(acc_t y, acc_t x, int64_t height, int64_t width) {
-  return y > acc_t(-1) && y < static_cast<acc_t>(height) && x > acc_t(-1) &&
-         x < static_cast<acc_t>(width);
+  return within_sampling_range(y, x, static_cast<acc_t>(height), static_cast<acc_t>(width));
 }
 
 // The top-left corner (y0, x0) of the 2x2 cell holding an in-range point and the
@@ -45,11 +52,12 @@ DEFORMCONV_HOST_DEVICE BilinearCell<acc_t> locate_cell(acc_t y, acc_t x) {
   return cell;
 }
 
-// Weights of the corners (y0,x0), (y0,x0+1), (y0+1,x0), (y0+1,x0+1), in that order.
+// Weights of the corners (y0,x0), (y0,x0+1), (y0+1,x0), (y0+1,x0+1), in that order. (Here and
+// in bilinear_coordinate_grad acc_t may also be a GCC / Clang vector: the CPU's lane loops.)
 template <typename acc_t>
 DEFORMCONV_HOST_DEVICE void bilinear_weights(acc_t ly, acc_t lx, acc_t w[4]) {
-  const acc_t hy = acc_t(1) - ly;
-  const acc_t hx = acc_t(1) - lx;
+  const acc_t hy = 1 - ly;
+  const acc_t hx = 1 - lx;
   w[0] = hy * hx;
   w[1] = hy * lx;
   w[2] = ly * hx;
@@ -141,8 +149,8 @@ DEFORMCONV_HOST_DEVICE acc_t bilinear_sample(const scalar_t* plane, int64_t heig
 template <typename acc_t>
 DEFORMCONV_HOST_DEVICE void bilinear_coordinate_grad(const acc_t v[4], acc_t ly, acc_t lx,
                                                      acc_t* d_dy, acc_t* d_dx) {
-  const acc_t hy = acc_t(1) - ly;
-  const acc_t hx = acc_t(1) - lx;
+  const acc_t hy = 1 - ly;
+  const acc_t hx = 1 - lx;
   *d_dy = hx * (v[2] - v[0]) + lx * (v[3] - v[1]);
   *d_dx = hy * (v[1] - v[0]) + ly * (v[3] - v[2]);
 }

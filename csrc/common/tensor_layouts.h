@@ -36,13 +36,15 @@ inline at::Tensor to_caller(const at::Tensor& t, const at::Tensor& like) {
   return t.to(like.scalar_type()).contiguous(result_memory_format(like));
 }
 
-// The input as opmath (N, H+2, W+2, C) with a zero border, in one copy.
-inline at::Tensor bordered_nhwc(const at::Tensor& input) {
+// The input as opmath (N, H+2, W+2, C) with a zero border, in one copy; extra_rows more zero
+// rows at the bottom make it (N, H+2+extra_rows, W+2, C).
+inline at::Tensor bordered_nhwc(const at::Tensor& input, int64_t extra_rows = 0) {
   const auto opts = input.options().dtype(opmath_dtype(input.scalar_type()));
   const int64_t H = input.size(2);
   const int64_t W = input.size(3);
-  at::Tensor out = at::empty({input.size(0), H + 2, W + 2, input.size(1)}, opts);
-  for (int64_t row : {int64_t(0), H + 1}) out.select(1, row).zero_();
+  at::Tensor out = at::empty({input.size(0), H + 2 + extra_rows, W + 2, input.size(1)}, opts);
+  out.narrow(1, H + 1, 1 + extra_rows).zero_();
+  out.select(1, 0).zero_();
   for (int64_t col : {int64_t(0), W + 1}) out.select(2, col).zero_();
   out.narrow(1, 1, H).narrow(2, 1, W).copy_(input.permute({0, 2, 3, 1}));
   return out;

@@ -19,10 +19,12 @@
 // 8-lane vectors fill an AVX2 register, and an AVX-512 clone has not run on any CPU yet.
 #define DEFORMCONV_CPU_CLONES_AVX2 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #define DEFORMCONV_CPU_INLINE inline __attribute__((always_inline))
+#define DEFORMCONV_CPU_RESTRICT __restrict__
 #else
 #define DEFORMCONV_CPU_CLONES
 #define DEFORMCONV_CPU_CLONES_AVX2
 #define DEFORMCONV_CPU_INLINE inline
+#define DEFORMCONV_CPU_RESTRICT
 #endif
 
 namespace deformconv {

@@ -1,14 +1,16 @@
 // CPU forward and backward of the DCN family ops (dcnv3, dcnv4): one kernel template over OffsetMaskLayout, every dtype, multithreaded and deterministic.
 //
-// Both read the input as an opmath copy with a one-pixel zero border, so a point's four corners
-// are a base and two steps with no per-corner test. Forward: tasks own ranges of (n, output
-// row); each (pixel, group) finds its in-range points and their corner weights (bilinear weight
-// times mask) once, then sums them over the group's D contiguous channels in vector registers
-// (acc_t = float for 16-bit data, rounded once on store). Backward: tasks own (n, group): the
-// scatter into grad_input touches only that image's group channels, and grad_offset / grad_mask
-// of (n, group) come from the same pass, so no two tasks write one element and every sum runs in
-// a fixed (pixel, tap, channel-lane) order whatever the thread count: bitwise reproducible, no
-// atomics.
+// Both read the input as an opmath copy with a one-pixel zero border (and one zero row more),
+// so a point's four corners are a base and two steps with no per-corner test. Both locate the
+// taps of a block of pixels in one row and one group at a time, a tap per vector lane
+// (TapBlock, cpu/dcn_family_taps.h); a tap out of range gets zero weights at an all-zero cell.
+// Forward: tasks own ranges of (n, output row); each (pixel, group) sums its taps' corner
+// weights (bilinear weight times mask) times the corners over the group's D contiguous channels
+// in vector registers (acc_t = float for 16-bit data, rounded once on store). Backward: tasks
+// own (n, group): the scatter into grad_input touches only that image's group channels, and
+// grad_offset / grad_mask of (n, group) come from the same pass, so no two tasks write one
+// element and every sum runs in a fixed (pixel, tap, channel-lane) order whatever the thread
+// count: bitwise reproducible, no atomics.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -21,13 +23,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "common/bilinear.h"
 #include "common/dcn_family.h"
 #include "common/dcn_family_checks.h"
 #include "common/opmath.h"
 #include "common/tensor_layouts.h"
 #include "cpu/channel_loops.h"
 #include "cpu/dcn_family_loops.h"
+#include "cpu/dcn_family_taps.h"
 
 namespace deformconv {
 namespace cpu {
@@ -36,14 +38,14 @@ namespace {
 
 using deformconv::family::OffsetMaskLayout;
 using deformconv::family::Params;
-using deformconv::family::sample_coordinate;
 using deformconv::family::sample_origin;
 using deformconv::family::Sizes;
 
-// One call's data: the input as opmath (N, H+2, W+2, C) with a zero border (bordered_nhwc),
-// so every corner of an in-range point lies inside it and a point's four corners are one base
-// and two steps; offset / mask in acc_t at their layout's strides (mask already advanced by the
-// layout's mask_start); each tap's grid position.
+// One call's data: the input as opmath (N, H+3, W+2, C) with a zero border and one more zero
+// row (bordered_input), so every corner of an in-range point lies inside it and a point's four
+// corners are one base and two steps, and the cells at (H+1, 0) are all zero (where a tap out
+// of range points); offset / mask in acc_t at their layout's strides (mask already advanced by
+// the layout's mask_start); each tap's grid position.
 template <typename acc_t>
 struct Call {
   const acc_t* bordered;
@@ -53,27 +55,14 @@ struct Call {
   Params q;
   Sizes s;
   std::vector<acc_t> tap_y, tap_x;  // each tap's grid position (family::tap_grid)
-  int64_t image_len;                // (H+2) * (W+2) * C
+  int64_t image_len;                // (H+3) * (W+2) * C
   CornerSteps steps;                // C, (W+2) * C
-};
 
-// The point (origin + (tap + offset) * scale, family::sample_point in parts): false when the
-// sample is 0 (outside the sampling range, or a non-finite coordinate); else its cell's
-// fractions (ly, lx) and the bordered element offset of its top-left corner (channel 0).
-template <typename acc_t>
-DEFORMCONV_CPU_INLINE bool locate_point(const Sizes& s, CornerSteps steps, acc_t origin_y,
-                                        acc_t origin_x, acc_t tap_y, acc_t tap_x, acc_t dy,
-                                        acc_t dx, acc_t scale, acc_t* ly, acc_t* lx,
-                                        int64_t* base) {
-  const acc_t y = sample_coordinate(origin_y, tap_y, dy, scale);
-  const acc_t x = sample_coordinate(origin_x, tap_x, dx, scale);
-  if (!in_sampling_range(y, x, s.height, s.width)) return false;
-  const BilinearCell<acc_t> cell = locate_cell(y, x);
-  *ly = cell.ly;
-  *lx = cell.lx;
-  *base = (cell.y0 + 1) * steps.row_step + (cell.x0 + 1) * steps.col_step;
-  return true;
-}
+  TapBlock<acc_t> tap_block() const {
+    return TapBlock<acc_t>(s.points, TapBlock<acc_t>::block_pixels(s.points, s.out_w), tap_y.data(),
+                           tap_x.data(), q.stride_w, s.height + 1);
+  }
+};
 
 // Output rows [row_begin, row_end) of (N * Ho), all pixels and groups of each: per (pixel,
 // group) the in-range points first, then their sum over the group's channels.
@@ -85,64 +74,41 @@ DEFORMCONV_CPU_CLONES_AVX2 void forward_rows(const Call<acc_t>& k, scalar_t* out
   const OffsetMaskLayout L = k.layout;
   const int64_t D = s.group_channels, C = s.channels;
   const acc_t scale = static_cast<acc_t>(q.offset_scale);
-  std::vector<PointRef<acc_t>> points(s.points);
+  TapBlock<acc_t> block = k.tap_block();
+  const int64_t B = TapBlock<acc_t>::block_pixels(s.points, s.out_w);
   std::vector<acc_t> sums(D);  // 16-bit output: the sums before their one rounding
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / s.out_h;
     const int64_t ho = row % s.out_h;
     const acc_t* image = k.bordered + n * k.image_len;
-    for (int64_t wo = 0; wo < s.out_w; ++wo) {
-      const int64_t r = row * s.out_w + wo;  // the pixel's row in (N, Ho, Wo, ...)
+    for (int64_t wo0 = 0; wo0 < s.out_w; wo0 += B) {
+      const int64_t pixels = std::min(B, s.out_w - wo0);
+      const int64_t r0 = row * s.out_w + wo0;  // the block's first pixel's row in (N, Ho, Wo, ...)
       acc_t origin_y, origin_x;
-      sample_origin(q, ho, wo, &origin_y, &origin_x);
+      sample_origin(q, ho, wo0, &origin_y, &origin_x);
       for (int64_t g = 0; g < q.group; ++g) {
-        const acc_t* offset = k.offset + r * L.offset_row + g * L.offset_group;
-        const acc_t* mask = k.mask + r * L.mask_row + g * L.mask_group;
-        int64_t count = 0;
-        for (int64_t p = 0; p < s.points; ++p) {
-          acc_t ly, lx, w[4];
-          int64_t base;
-          if (!locate_point(s, k.steps, origin_y, origin_x, k.tap_y[p], k.tap_x[p],
-                            offset[2 * p + 1], offset[2 * p], scale, &ly, &lx, &base)) {
-            continue;
+        block.gather(pixels, k.offset + r0 * L.offset_row + g * L.offset_group, L.offset_row,
+                     k.mask + r0 * L.mask_row + g * L.mask_group, L.mask_row);
+        block.locate(pixels, origin_y, origin_x, scale, s.height, s.width, k.steps);
+        for (int64_t b = 0; b < pixels; ++b) {
+          scalar_t* o = out + (r0 + b) * C + g * D;
+          if constexpr (std::is_same_v<scalar_t, acc_t>) {
+            sum_points(image + g * D, k.steps, block.taps(b), o, D);
+          } else {
+            sum_points(image + g * D, k.steps, block.taps(b), sums.data(), D);
+            for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(sums[d]);
           }
-          bilinear_weights(ly, lx, w);
-          PointRef<acc_t>& point = points[count++];
-          point.base = base + g * D;
-          for (int c = 0; c < 4; ++c) point.w[c] = mask[p] * w[c];
-        }
-        scalar_t* o = out + r * C + g * D;
-        if constexpr (std::is_same_v<scalar_t, acc_t>) {
-          sum_points(image, k.steps, points.data(), count, o, D);
-        } else {
-          sum_points(image, k.steps, points.data(), count, sums.data(), D);
-          for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(sums[d]);
         }
       }
     }
   }
 }
 
-// How many pixels ahead backward_task prefetches offset / mask (past the tensor's end is
-// harmless: a prefetch never faults).
-constexpr int64_t kPrefetchPixels = 6;
-
-// A read hint for the cache lines of [p, p + len) (its first and last element).
-template <typename T>
-DEFORMCONV_CPU_INLINE void prefetch_span(const T* p, int64_t len) {
-#if defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(p);
-  __builtin_prefetch(p + len - 1);
-#else
-  (void)p;
-  (void)len;
-#endif
-}
-
 // Every gradient of image n, group g: grad_bordered (acc_t, bordered like the input) of the
 // group's channels, and grad_offset / grad_mask (acc_t, at the call's layout) of its pixels.
-// Per pixel: every point's location and weights first, then one pass over the channels for
-// all in-range points (scatter_and_dots_points), then the offset / mask gradients.
+// Per block of pixels in a row: every tap's location and weights first (TapBlock), then per
+// pixel one pass over the channels for all its taps (scatter_and_dots_points), then the offset
+// / mask gradients of the block.
 template <typename scalar_t, typename acc_t>
 DEFORMCONV_CPU_CLONES_AVX2 void backward_task(const Call<acc_t>& k, const scalar_t* grad_output,
                                               acc_t* grad_bordered, acc_t* grad_offset,
@@ -153,82 +119,40 @@ DEFORMCONV_CPU_CLONES_AVX2 void backward_task(const Call<acc_t>& k, const scalar
   const int64_t D = s.group_channels, C = s.channels, P = s.points;
   const acc_t scale = static_cast<acc_t>(q.offset_scale);
   std::vector<acc_t> go_buffer(D);
-  // Per in-range point: its tap, cell fractions, bilinear weights (PointRef holds mask times
-  // them) and dot products; lanes holds the loop's lane vectors (32-byte aligned).
-  std::vector<PointRef<acc_t>> points(P);
-  std::vector<int64_t> taps(P);
-  std::vector<acc_t> fractions(2 * P), weights(4 * P), dots(4 * P);
-  std::vector<acc_t> lane_buffer(32 * (P + 1) + 64 / sizeof(acc_t));
-  void* lane_ptr = lane_buffer.data();
-  size_t lane_space = lane_buffer.size() * sizeof(acc_t);
-  acc_t* lanes =
-      static_cast<acc_t*>(std::align(32, 32 * (P + 1) * sizeof(acc_t), lane_ptr, lane_space));
+  TapBlock<acc_t> block = k.tap_block();
+  const int64_t B = TapBlock<acc_t>::block_pixels(P, s.out_w);
+  DotRing<acc_t> ring;
+  acc_t* dot[4];
+  block.dot_arrays(dot);
   const acc_t* image = k.bordered + n * k.image_len + g * D;
   acc_t* grad_image = grad_bordered + n * k.image_len + g * D;
   for (int64_t ho = 0; ho < s.out_h; ++ho) {
-    for (int64_t wo = 0; wo < s.out_w; ++wo) {
-      const int64_t r = (n * s.out_h + ho) * s.out_w + wo;
+    for (int64_t wo0 = 0; wo0 < s.out_w; wo0 += B) {
+      const int64_t pixels = std::min(B, s.out_w - wo0);
+      const int64_t r0 = (n * s.out_h + ho) * s.out_w + wo0;
       acc_t origin_y, origin_x;
-      sample_origin(q, ho, wo, &origin_y, &origin_x);
-      const scalar_t* go_in = grad_output + r * C + g * D;
-      const acc_t* go;
-      if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        go = go_in;
-      } else {
-        for (int64_t d = 0; d < D; ++d) go_buffer[d] = static_cast<acc_t>(go_in[d]);
-        go = go_buffer.data();
-      }
-      const acc_t* offset = k.offset + r * L.offset_row + g * L.offset_group;
-      const acc_t* mask = k.mask + r * L.mask_row + g * L.mask_group;
-      acc_t* g_offset = grad_offset + r * L.offset_row + g * L.offset_group;
-      acc_t* g_mask = grad_mask + r * L.mask_row + g * L.mask_group;
-      // This task reads one group's slice of each pixel's offset / mask row, a stride the
-      // hardware prefetchers miss: fetch a later pixel's slices ahead (both ends of each).
-      prefetch_span(offset + kPrefetchPixels * L.offset_row, 2 * P);
-      prefetch_span(mask + kPrefetchPixels * L.mask_row, P);
-      int64_t count = 0;
-      for (int64_t p = 0; p < P; ++p) {
-        acc_t ly, lx;
-        int64_t base;
-        if (!locate_point(s, k.steps, origin_y, origin_x, k.tap_y[p], k.tap_x[p], offset[2 * p + 1],
-                          offset[2 * p], scale, &ly, &lx, &base)) {
-          // The sample is the constant 0 here: every derivative is 0.
-          g_offset[2 * p] = acc_t(0);
-          g_offset[2 * p + 1] = acc_t(0);
-          g_mask[p] = acc_t(0);
-          continue;
+      sample_origin(q, ho, wo0, &origin_y, &origin_x);
+      const int64_t offset_at = r0 * L.offset_row + g * L.offset_group;
+      const int64_t mask_at = r0 * L.mask_row + g * L.mask_group;
+      block.gather(pixels, k.offset + offset_at, L.offset_row, k.mask + mask_at, L.mask_row);
+      block.locate(pixels, origin_y, origin_x, scale, s.height, s.width, k.steps);
+      ring.reduced = 0;
+      for (int64_t b = 0; b < pixels; ++b) {
+        const scalar_t* go_in = grad_output + (r0 + b) * C + g * D;
+        const acc_t* go;
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          go = go_in;
+        } else {
+          for (int64_t d = 0; d < D; ++d) go_buffer[d] = static_cast<acc_t>(go_in[d]);
+          go = go_buffer.data();
         }
-        // w in registers, then stored: reading a lane back from the stored vector would wait
-        // on store forwarding.
-        acc_t w[4];
-        bilinear_weights(ly, lx, w);
-        const acc_t m = mask[p];
-        PointRef<acc_t>& point = points[count];
-        point.base = base;
-        for (int c = 0; c < 4; ++c) {
-          weights[4 * count + c] = w[c];
-          point.w[c] = m * w[c];
-        }
-        fractions[2 * count] = ly;
-        fractions[2 * count + 1] = lx;
-        taps[count++] = p;
+        // grad_input: each corner += m * w_c * grad_output (a corner in the border is dropped
+        // with it); dot_c = <grad_output, corner c> for the offset and mask gradients.
+        scatter_and_dots_points(image, grad_image, k.steps, block.taps(b), go, D, b * P,
+                                b == pixels - 1, ring, dot);
       }
-      // grad_input: each corner += m * w_c * grad_output (a corner in the border is dropped
-      // with it); dots_c = <grad_output, corner c> for the offset and mask gradients.
-      scatter_and_dots_points(image, grad_image, k.steps, points.data(), count, go, D, lanes,
-                              dots.data());
-      for (int64_t i = 0; i < count; ++i) {
-        const int64_t p = taps[i];
-        const acc_t* w = &weights[4 * i];
-        const acc_t* dot = &dots[4 * i];
-        const acc_t m = mask[p];
-        // d/d(mask) = the sample; d/d(dx) = m * s * d(sample)/dx (likewise y).
-        g_mask[p] = w[0] * dot[0] + w[1] * dot[1] + w[2] * dot[2] + w[3] * dot[3];
-        acc_t d_dy, d_dx;
-        bilinear_coordinate_grad(dot, fractions[2 * i], fractions[2 * i + 1], &d_dy, &d_dx);
-        g_offset[2 * p] = m * scale * d_dx;
-        g_offset[2 * p + 1] = m * scale * d_dy;
-      }
+      block.gradients(pixels, scale, grad_offset + offset_at, L.offset_row, grad_mask + mask_at,
+                      L.mask_row);
     }
   }
 }
@@ -245,7 +169,7 @@ Call<acc_t> make_call(const at::Tensor& bordered, const at::Tensor& offset, cons
                 s,
                 std::vector<acc_t>(s.points),
                 std::vector<acc_t>(s.points),
-                (s.height + 2) * row_step,
+                (s.height + 3) * row_step,
                 CornerSteps{s.channels, row_step}};
   for (int64_t p = 0; p < s.points; ++p) {
     int64_t ih, iw;
@@ -255,9 +179,9 @@ Call<acc_t> make_call(const at::Tensor& bordered, const at::Tensor& offset, cons
   return k;
 }
 
-// The input (N, H, W, C) as opmath (N, H+2, W+2, C) with a zero border.
+// The input (N, H, W, C) as opmath (N, H+3, W+2, C) with a zero border and a zero row more.
 at::Tensor bordered_input(const at::Tensor& input) {
-  return bordered_nhwc(input.permute({0, 3, 1, 2}));
+  return bordered_nhwc(input.permute({0, 3, 1, 2}), 1);
 }
 
 // The forward of either op. input contiguous (N, H, W, C); offset / mask contiguous in opmath

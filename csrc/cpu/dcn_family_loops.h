@@ -12,14 +12,17 @@ namespace deformconv {
 namespace cpu {
 namespace family {
 
-// One in-range sample point of a (pixel, group): where its cell's top-left corner lies in the
-// bordered input (element offset of the group's channel 0) and its four corner weights, in the
-// order of bilinear_weights. The corners are at base, base + col_step, base + row_step and
-// base + row_step + col_step: the border makes every one of them an element of the buffer.
+// The taps of one (pixel, group), as arrays: tap i's cell has its top-left corner at
+// image + base[i] (the element offset of the group's channel 0 in the bordered input) and the
+// four corner weights w[0][i] .. w[3][i], in the order of bilinear_weights (mask times bilinear
+// weight). The corners are at base, base + col_step, base + row_step and base + row_step +
+// col_step: the border makes every one of them an element of the buffer. A tap out of range
+// has zero weights at an all-zero cell, so it adds exactly 0.
 template <typename T>
-struct PointRef {
-  int64_t base;
-  T w[4];
+struct TapRefs {
+  const int64_t* base;
+  const T* w[4];
+  int64_t count;
 };
 
 #ifdef DEFORMCONV_CPU_VECTOR_EXT
@@ -35,6 +38,22 @@ DEFORMCONV_CPU_INLINE f32x8 corner_sum8(const float* c00, CornerSteps s, const f
   load8(&v2, c00 + s.row_step);
   load8(&v3, c00 + s.row_step + s.col_step);
   return w[0] * v0 + w[1] * v1 + w[2] * v2 + w[3] * v3;
+}
+
+// even[i] = p[2 i], odd[i] = p[2 i + 1] for i < 8 (x / y offset pairs into lanes).
+DEFORMCONV_CPU_INLINE void deinterleave8(const float* p, float* even, float* odd) {
+#if defined(__clang__) || __GNUC__ >= 12
+  f32x8 lo, hi;
+  load8(&lo, p);
+  load8(&hi, p + 8);
+  store8(even, __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14));
+  store8(odd, __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15));
+#else
+  for (int i = 0; i < 8; ++i) {
+    even[i] = p[2 * i];
+    odd[i] = p[2 * i + 1];
+  }
+#endif
 }
 
 // The lane sums of eight vectors, {sum v[0], ..., sum v[7]}, each as
@@ -60,28 +79,32 @@ DEFORMCONV_CPU_INLINE void sum8x8(const f32x8* v, float sums[8]) {
 }
 #endif
 
-// out[d] = sum_i (sum_c points[i].w[c] * corner_c(points[i])[d]) for d < n: each output element
-// sums its points in order; float keeps 16 channels in two vector registers over all points.
+// out[d] = sum_i (sum_c taps.w[c][i] * corner_c(tap i)[d]) for d < n: each output element sums
+// its taps in order; float keeps 16 channels in two vector registers over all taps.
 template <typename T>
-DEFORMCONV_CPU_INLINE void sum_points(const T* image, CornerSteps s, const PointRef<T>* points,
-                                      int64_t count, T* out, int64_t n) {
+DEFORMCONV_CPU_INLINE void sum_points(const T* image, CornerSteps s, const TapRefs<T>& taps, T* out,
+                                      int64_t n) {
+  const int64_t count = taps.count;
   int64_t d = 0;
 #ifdef DEFORMCONV_CPU_VECTOR_EXT
   if constexpr (std::is_same_v<T, float>) {
     for (; d + 16 <= n; d += 16) {
       f32x8 a = {}, b = {};
       for (int64_t i = 0; i < count; ++i) {
-        const float* c00 = image + points[i].base + d;
-        a += corner_sum8(c00, s, points[i].w);
-        b += corner_sum8(c00 + 8, s, points[i].w);
+        const float* c00 = image + taps.base[i] + d;
+        const float w[4] = {taps.w[0][i], taps.w[1][i], taps.w[2][i], taps.w[3][i]};
+        a += corner_sum8(c00, s, w);
+        b += corner_sum8(c00 + 8, s, w);
       }
       store8(out + d, a);
       store8(out + d + 8, b);
     }
     for (; d + 8 <= n; d += 8) {
       f32x8 a = {};
-      for (int64_t i = 0; i < count; ++i)
-        a += corner_sum8(image + points[i].base + d, s, points[i].w);
+      for (int64_t i = 0; i < count; ++i) {
+        const float w[4] = {taps.w[0][i], taps.w[1][i], taps.w[2][i], taps.w[3][i]};
+        a += corner_sum8(image + taps.base[i] + d, s, w);
+      }
       store8(out + d, a);
     }
   }
@@ -89,10 +112,9 @@ DEFORMCONV_CPU_INLINE void sum_points(const T* image, CornerSteps s, const Point
   for (; d < n; ++d) {
     T acc = T(0);
     for (int64_t i = 0; i < count; ++i) {
-      const T* c00 = image + points[i].base + d;
-      const T* w = points[i].w;
-      acc += w[0] * c00[0] + w[1] * c00[s.col_step] + w[2] * c00[s.row_step] +
-             w[3] * c00[s.row_step + s.col_step];
+      const T* c00 = image + taps.base[i] + d;
+      acc += taps.w[0][i] * c00[0] + taps.w[1][i] * c00[s.col_step] +
+             taps.w[2][i] * c00[s.row_step] + taps.w[3][i] * c00[s.row_step + s.col_step];
     }
     out[d] = acc;
   }
@@ -122,18 +144,34 @@ DEFORMCONV_CPU_INLINE void scatter_and_dots(const T* c00, T* g00, CornerSteps s,
   }
 }
 
+// The lanes of a TapBlock whose dot products scatter_and_dots_points has yet to reduce: for
+// float, each tap's four lane vectors (over the first n / 8 * 8 channels) and tail sums (over
+// the other n % 8) for 16 consecutive lanes, two chunks of 8, each reduced once its last tap is
+// done. reduced: the lanes before it have their dots (a multiple of 8; reset per block).
+template <typename T>
+struct DotRing {
+  int64_t reduced = 0;
+};
+
 #ifdef DEFORMCONV_CPU_VECTOR_EXT
-// One point of scatter_and_dots_points: the scatter, the four dot products' lane vectors
-// (over the first n / 8 * 8 channels) in acc[0..3] and their sums over the other channels in
-// tail[0..3].
+template <>
+struct DotRing<float> {
+  static constexpr int64_t kSlots = 16;
+  f32x8 acc[4][kSlots];
+  float tail[4][kSlots];
+  int64_t reduced = 0;
+};
+
+// One tap of scatter_and_dots_points: the scatter, and its dot products' lane vectors and tail
+// sums into ring slot `slot`.
 DEFORMCONV_CPU_INLINE void point_scatter_and_lanes(const float* image, float* grad, CornerSteps s,
-                                                   const PointRef<float>& point, const float* go,
-                                                   int64_t n, f32x8* acc, float tail[4]) {
-  const float* c00 = image + point.base;
-  float* g00 = grad + point.base;
+                                                   int64_t base, const float w[4], const float* go,
+                                                   int64_t n, DotRing<float>& ring, int64_t slot) {
+  const float* c00 = image + base;
+  float* g00 = grad + base;
   const int64_t step[4] = {0, s.col_step, s.row_step, s.row_step + s.col_step};
-  const f32x8 w0 = f32x8{} + point.w[0], w1 = f32x8{} + point.w[1];
-  const f32x8 w2 = f32x8{} + point.w[2], w3 = f32x8{} + point.w[3];
+  const f32x8 w0 = f32x8{} + w[0], w1 = f32x8{} + w[1];
+  const f32x8 w2 = f32x8{} + w[2], w3 = f32x8{} + w[3];
   const int64_t vec_end = n / 8 * 8;
   f32x8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
   for (int64_t d = 0; d < vec_end; d += 8) {
@@ -156,60 +194,76 @@ DEFORMCONV_CPU_INLINE void point_scatter_and_lanes(const float* image, float* gr
     load8(&g3, g00 + step[3] + d);
     store8(g00 + step[3] + d, g3 + w3 * g);
   }
+  ring.acc[0][slot] = a0;
+  ring.acc[1][slot] = a1;
+  ring.acc[2][slot] = a2;
+  ring.acc[3][slot] = a3;
+  if (vec_end == n) return;
   float t[4] = {0.f, 0.f, 0.f, 0.f};  // the last n % 8 channels
   for (int64_t d = vec_end; d < n; ++d) {
     for (int c = 0; c < 4; ++c) {
       t[c] += go[d] * c00[step[c] + d];
-      g00[step[c] + d] += point.w[c] * go[d];
+      g00[step[c] + d] += w[c] * go[d];
     }
   }
-  acc[0] = a0;
-  acc[1] = a1;
-  acc[2] = a2;
-  acc[3] = a3;
-  std::memcpy(tail, t, sizeof(t));
+  for (int c = 0; c < 4; ++c) ring.tail[c][slot] = t[c];
+}
+
+// dot[c][l .. l + 8) for the ring's 8 lanes from l = ring.reduced: each dot the tree sum of its
+// lane vector (sum8x8), plus its tail sum when n % 8 != 0.
+DEFORMCONV_CPU_INLINE void reduce_chunk(DotRing<float>& ring, int64_t n, float* const dot[4]) {
+  const int64_t l = ring.reduced;
+  const int64_t slot = l % DotRing<float>::kSlots;
+  for (int c = 0; c < 4; ++c) {
+    float sums[8];
+    sum8x8(&ring.acc[c][slot], sums);
+    if (n % 8 != 0) {
+      for (int k = 0; k < 8; ++k) sums[k] += ring.tail[c][slot + k];
+    }
+    std::memcpy(dot[c] + l, sums, sizeof(sums));
+  }
+  ring.reduced = l + 8;
 }
 #endif
 
-// scatter_and_dots for the count in-range points of one (pixel, group), in order:
-// dots[4 i + c] = <go, corner c of points[i]>, and every point's scatter into grad. float
-// keeps each point's four dot products as lane vectors and reduces eight vectors (two points)
-// at a time after the scatter, with sum8x8, each dot then adding its n % 8 tail channels:
-// the same fixed order for every point, whatever count is.
+// scatter_and_dots for the taps of one pixel, lanes lane0 .. lane0 + count of its TapBlock, in
+// order: every tap's scatter into grad, and dot[c][lane] = <go, corner c of the tap> (dot: the
+// block's arrays). float keeps each tap's dot products as lane vectors in the ring and reduces
+// each chunk of 8 lanes once complete (all of them when last, the block's last pixel): every dot
+// sums its channels in the same fixed order, whatever the lane.
 template <typename T>
 DEFORMCONV_CPU_INLINE void scatter_and_dots_points(const T* image, T* grad, CornerSteps s,
-                                                   const PointRef<T>* points, int64_t count,
-                                                   const T* go, int64_t n, T* lanes, T* dots) {
+                                                   const TapRefs<T>& taps, const T* go, int64_t n,
+                                                   int64_t lane0, bool last, DotRing<T>& ring,
+                                                   T* const dot[4]) {
+  const int64_t count = taps.count;
 #ifdef DEFORMCONV_CPU_VECTOR_EXT
   if constexpr (std::is_same_v<T, float>) {
-    f32x8* acc = reinterpret_cast<f32x8*>(lanes);  // 4 per point, padded to an even count
-    if (n == 16) {
-      // The common group width (InternImage, DCNv4): a constant trip count keeps every
-      // accumulator in a register.
-      for (int64_t i = 0; i < count; ++i) {
-        point_scatter_and_lanes(image, grad, s, points[i], go, 16, &acc[4 * i], &dots[4 * i]);
+    constexpr int64_t kSlots = DotRing<float>::kSlots;
+    for (int64_t i = 0; i < count; ++i) {
+      const float w[4] = {taps.w[0][i], taps.w[1][i], taps.w[2][i], taps.w[3][i]};
+      const int64_t slot = (lane0 + i) % kSlots;
+      if (slot % 8 == 0 && lane0 + i >= ring.reduced + 8) reduce_chunk(ring, n, dot);
+      if (n == 16) {
+        // The common group width (InternImage, DCNv4): a constant trip count keeps every
+        // accumulator in a register.
+        point_scatter_and_lanes(image, grad, s, taps.base[i], w, go, 16, ring, slot);
+      } else {
+        point_scatter_and_lanes(image, grad, s, taps.base[i], w, go, n, ring, slot);
       }
-    } else {
-      for (int64_t i = 0; i < count; ++i) {
-        point_scatter_and_lanes(image, grad, s, points[i], go, n, &acc[4 * i], &dots[4 * i]);
-      }
     }
-    if (count % 2 != 0) {
-      for (int c = 0; c < 4; ++c) acc[4 * count + c] = f32x8{};
-    }
-    for (int64_t i = 0; i < count; i += 2) {
-      float sums[8];
-      sum8x8(&acc[4 * i], sums);
-      const int64_t both = std::min<int64_t>(8, 4 * (count - i));
-      for (int k = 0; k < both; ++k) dots[4 * i + k] = sums[k] + dots[4 * i + k];
-    }
+    const int64_t end = lane0 + count;
+    while (ring.reduced + 8 <= end || (last && ring.reduced < end)) reduce_chunk(ring, n, dot);
     return;
   }
 #endif
-  (void)lanes;
+  (void)last;
+  (void)ring;
   for (int64_t i = 0; i < count; ++i) {
-    scatter_and_dots(image + points[i].base, grad + points[i].base, s, points[i].w, go, n,
-                     &dots[4 * i]);
+    const T w[4] = {taps.w[0][i], taps.w[1][i], taps.w[2][i], taps.w[3][i]};
+    T dots[4];
+    scatter_and_dots(image + taps.base[i], grad + taps.base[i], s, w, go, n, dots);
+    for (int c = 0; c < 4; ++c) dot[c][lane0 + i] = dots[c];
   }
 }
 
