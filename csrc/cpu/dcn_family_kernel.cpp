@@ -203,13 +203,18 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& offset, const at::
   return out;
 }
 
-// The backward of either op: returns grad_input in input's dtype and fills grad_offset /
-// grad_mask (opmath, zeroed, shaped like offset / mask; for DCNv4 one tensor, as offset_mask).
+// The backward of either op: returns grad_input in input's dtype and writes every element of
+// grad_offset / grad_mask that the layout addresses (opmath, shaped like offset / mask; for DCNv4
+// one tensor, as offset_mask, whose padding columns the caller zeroes).
 at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
                     const at::Tensor& offset, const at::Tensor& mask,
                     const OffsetMaskLayout& layout, const Params& q, const Sizes& s,
                     at::Tensor& grad_offset, at::Tensor& grad_mask) {
-  if (grad_output.numel() == 0 || input.numel() == 0) return at::zeros_like(input);
+  if (grad_output.numel() == 0 || input.numel() == 0) {
+    grad_offset.zero_();
+    grad_mask.zero_();
+    return at::zeros_like(input);
+  }
   const at::Tensor bordered = bordered_input(input);
   // grad_bordered starts kGradShift elements into its buffer: the input and its gradient are
   // allocated alike, and without the shift a corner's load from the input and the previous
@@ -262,8 +267,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cpu(
   deformconv::family::check_grad_output(grad_output, input, s, "_dcnv3_backward");
   const at::Tensor offset_c = position_arg(offset);
   const at::Tensor mask_c = position_arg(mask);
-  at::Tensor grad_offset = at::zeros_like(offset_c);
-  at::Tensor grad_mask = at::zeros_like(mask_c);
+  // backward() writes every element of both.
+  at::Tensor grad_offset = at::empty_like(offset_c);
+  at::Tensor grad_mask = at::empty_like(mask_c);
   at::Tensor grad_input =
       backward(grad_output.contiguous(), input.contiguous(), offset_c, mask_c,
                deformconv::family::dcnv3_layout(group, s.points), q, s, grad_offset, grad_mask);
@@ -291,7 +297,10 @@ std::tuple<at::Tensor, at::Tensor> dcnv4_backward_cpu(
   const Sizes s = deformconv::family::check_dcnv4_args(input, offset_mask, q);
   deformconv::family::check_grad_output(grad_output, input, s, "_dcnv4_backward");
   const at::Tensor om = position_arg(offset_mask);
-  at::Tensor grad_om = at::zeros_like(om);  // the padding columns stay 0
+  // backward() writes every element of the first G * 3P columns; the padding columns are 0.
+  at::Tensor grad_om = at::empty_like(om);
+  const int64_t used = 3 * group * s.points;
+  grad_om.narrow(-1, used, om.size(-1) - used).zero_();
   at::Tensor grad_input =
       backward(grad_output.contiguous(), input.contiguous(), om, om,
                deformconv::family::dcnv4_layout(group, s.points), q, s, grad_om, grad_om);

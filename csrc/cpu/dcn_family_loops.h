@@ -59,7 +59,7 @@ DEFORMCONV_CPU_INLINE void deinterleave8(const float* p, float* even, float* odd
 // The lane sums of eight vectors, {sum v[0], ..., sum v[7]}, each as
 // ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)): a tree of pairwise sums across vectors,
 // about two operations per sum.
-DEFORMCONV_CPU_INLINE void sum8x8(const f32x8* v, float sums[8]) {
+DEFORMCONV_CPU_INLINE f32x8 sum8x8(const f32x8* v) {
 #if defined(__clang__) || __GNUC__ >= 12
   const auto pairs = [](const f32x8& a, const f32x8& b) {
     return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
@@ -67,14 +67,15 @@ DEFORMCONV_CPU_INLINE void sum8x8(const f32x8* v, float sums[8]) {
   };
   const f32x8 q0 = pairs(pairs(v[0], v[1]), pairs(v[2], v[3]));  // {v0..v3 lanes 0-3, 4-7}
   const f32x8 q1 = pairs(pairs(v[4], v[5]), pairs(v[6], v[7]));
-  const f32x8 r = __builtin_shufflevector(q0, q1, 0, 1, 2, 3, 8, 9, 10, 11) +
-                  __builtin_shufflevector(q0, q1, 4, 5, 6, 7, 12, 13, 14, 15);
-  std::memcpy(sums, &r, sizeof(r));
+  return __builtin_shufflevector(q0, q1, 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(q0, q1, 4, 5, 6, 7, 12, 13, 14, 15);
 #else
+  f32x8 sums;
   for (int c = 0; c < 8; ++c) {
     const f32x8& x = v[c];
     sums[c] = ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
   }
+  return sums;
 #endif
 }
 #endif
@@ -215,12 +216,13 @@ DEFORMCONV_CPU_INLINE void reduce_chunk(DotRing<float>& ring, int64_t n, float* 
   const int64_t l = ring.reduced;
   const int64_t slot = l % DotRing<float>::kSlots;
   for (int c = 0; c < 4; ++c) {
-    float sums[8];
-    sum8x8(&ring.acc[c][slot], sums);
+    f32x8 sums = sum8x8(&ring.acc[c][slot]);
     if (n % 8 != 0) {
-      for (int k = 0; k < 8; ++k) sums[k] += ring.tail[c][slot + k];
+      f32x8 tail;
+      load8(&tail, &ring.tail[c][slot]);
+      sums += tail;
     }
-    std::memcpy(dot[c] + l, sums, sizeof(sums));
+    store8(dot[c] + l, sums);
   }
   ring.reduced = l + 8;
 }
