@@ -216,8 +216,10 @@ std::tuple<at::Tensor, at::Tensor> dcnv4_backward_autograd(
 
 TORCH_LIBRARY_IMPL(deformconv, Autograd, m) {
   m.impl("dcnv3", &dcnv3_autograd);
-  m.impl("_dcnv3_backward", &dcnv3_backward_autograd);
   m.impl("dcnv4", &dcnv4_autograd);
+  // The backward ops have an autograd kernel only to raise NotImplementedError when a double
+  // backward reaches them.
+  m.impl("_dcnv3_backward", &dcnv3_backward_autograd);
   m.impl("_dcnv4_backward", &dcnv4_backward_autograd);
 }
 

@@ -37,20 +37,17 @@ struct Lanes {
 typedef int32_t i32x8 __attribute__((vector_size(32)));
 typedef double f64x4 __attribute__((vector_size(32)));
 typedef int64_t i64x4 __attribute__((vector_size(32)));
-template <>
-struct Lanes<float> {
-  using V = f32x8;
-  using Int = i32x8;
-  using Elem = int32_t;
-  static constexpr int kWidth = 8;
+template <typename acc_t, typename Vector, typename IntVector, typename IntElem>
+struct VectorLanes {
+  using V = Vector;
+  using Int = IntVector;
+  using Elem = IntElem;
+  static constexpr int kWidth = sizeof(Vector) / sizeof(acc_t);
 };
 template <>
-struct Lanes<double> {
-  using V = f64x4;
-  using Int = i64x4;
-  using Elem = int64_t;
-  static constexpr int kWidth = 4;
-};
+struct Lanes<float> : VectorLanes<float, f32x8, i32x8, int32_t> {};
+template <>
+struct Lanes<double> : VectorLanes<double, f64x4, i64x4, int64_t> {};
 #endif
 
 // {0, 1, ..., kWidth - 1}.
@@ -75,22 +72,13 @@ DEFORMCONV_CPU_INLINE void store_lanes(T* p, const V& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// Lane-wise conversions between the real and integer lanes (truncating toward 0).
-template <typename Int, typename V>
-DEFORMCONV_CPU_INLINE Int truncate_lanes(const V& v) {
-  if constexpr (std::is_arithmetic_v<V>) {
-    return static_cast<Int>(v);
+// Lane-wise conversion between the real and integer lanes (truncating toward 0).
+template <typename To, typename From>
+DEFORMCONV_CPU_INLINE To convert_lanes(const From& v) {
+  if constexpr (std::is_arithmetic_v<From>) {
+    return static_cast<To>(v);
   } else {
-    return __builtin_convertvector(v, Int);
-  }
-}
-
-template <typename V, typename Int>
-DEFORMCONV_CPU_INLINE V real_lanes(const Int& i) {
-  if constexpr (std::is_arithmetic_v<Int>) {
-    return static_cast<V>(i);
-  } else {
-    return __builtin_convertvector(i, V);
+    return __builtin_convertvector(v, To);
   }
 }
 
@@ -98,8 +86,8 @@ DEFORMCONV_CPU_INLINE V real_lanes(const Int& i) {
 // coordinates lie in (-1, size)): the truncation, less 1 where it rounded up.
 template <typename Int, typename V>
 DEFORMCONV_CPU_INLINE Int floor_lanes(const V& v) {
-  const Int t = truncate_lanes<Int>(v);
-  return real_lanes<V>(t) > v ? t - 1 : t;
+  const Int t = convert_lanes<Int>(v);
+  return convert_lanes<V>(t) > v ? t - 1 : t;
 }
 
 // The taps of a block of up to max_pixels consecutive output pixels of one row, for one
@@ -201,8 +189,8 @@ class TapBlock {
       const V yk = ok ? y : V{}, xk = ok ? x : V{};
       const Int y0 = floor_lanes<Int>(yk);
       const Int x0 = floor_lanes<Int>(xk);
-      const V fy = yk - real_lanes<V>(y0);
-      const V fx = xk - real_lanes<V>(x0);
+      const V fy = yk - convert_lanes<V>(y0);
+      const V fx = xk - convert_lanes<V>(x0);
       V wv[4];
       bilinear_weights(fy, fx, wv);
       const V m = load_lanes<V>(&mask_[l0]);
