@@ -18,7 +18,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -64,8 +63,9 @@ struct Call {
   }
 };
 
-// Output rows [row_begin, row_end) of (N * Ho), all pixels and groups of each: per (pixel,
-// group) the in-range points first, then their sum over the group's channels.
+// Output rows [row_begin, row_end) of (N * Ho), all pixels and groups of each: per block of
+// pixels and group, the taps located first (TapBlock), then each pixel's sum over the group's
+// channels.
 template <typename scalar_t, typename acc_t>
 DEFORMCONV_CPU_CLONES_AVX2 void forward_rows(const Call<acc_t>& k, scalar_t* out, int64_t row_begin,
                                              int64_t row_end) {
@@ -75,7 +75,7 @@ DEFORMCONV_CPU_CLONES_AVX2 void forward_rows(const Call<acc_t>& k, scalar_t* out
   const int64_t D = s.group_channels, C = s.channels;
   const acc_t scale = static_cast<acc_t>(q.offset_scale);
   TapBlock<acc_t> block = k.tap_block();
-  const int64_t B = TapBlock<acc_t>::block_pixels(s.points, s.out_w);
+  const int64_t B = block.max_pixels();
   std::vector<acc_t> sums(D);  // 16-bit output: the sums before their one rounding
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / s.out_h;
@@ -120,7 +120,7 @@ DEFORMCONV_CPU_CLONES_AVX2 void backward_task(const Call<acc_t>& k, const scalar
   const acc_t scale = static_cast<acc_t>(q.offset_scale);
   std::vector<acc_t> go_buffer(D);
   TapBlock<acc_t> block = k.tap_block();
-  const int64_t B = TapBlock<acc_t>::block_pixels(P, s.out_w);
+  const int64_t B = block.max_pixels();
   DotRing<acc_t> ring;
   acc_t* dot[4];
   block.dot_arrays(dot);

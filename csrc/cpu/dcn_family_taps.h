@@ -118,7 +118,7 @@ class TapBlock {
   // zero_cell_row: a row of the bordered input whose cells at column 0 are all zero.
   TapBlock(int64_t points, int64_t max_pixels, const acc_t* tap_y, const acc_t* tap_x,
            int64_t stride_w, int64_t zero_cell_row)
-      : points_(points), zero_cell_row_(zero_cell_row) {
+      : points_(points), max_pixels_(max_pixels), zero_cell_row_(zero_cell_row) {
     const int64_t padded = round_up(points * max_pixels);
     for (auto* a : {&tap_y_, &tap_x_, &shift_x_, &dx_, &dy_, &mask_, &ly_, &lx_, &gx_, &gy_, &gm_})
       a->assign(padded, acc_t(0));
@@ -210,6 +210,9 @@ class TapBlock {
     }
   }
 
+  // The most pixels a block holds: the step between blocks of a row.
+  int64_t max_pixels() const { return max_pixels_; }
+
   // Pixel b's P taps, located.
   DEFORMCONV_CPU_INLINE TapRefs<acc_t> taps(int64_t b) const {
     const int64_t l = b * points_;
@@ -263,6 +266,7 @@ class TapBlock {
   static int64_t round_up(int64_t n) { return (n + L::kWidth - 1) / L::kWidth * L::kWidth; }
 
   int64_t points_;
+  int64_t max_pixels_;
   int64_t zero_cell_row_;
   std::vector<acc_t> tap_y_, tap_x_, shift_x_;  // per lane: the tap's grid position, b * stride_w
   std::vector<acc_t> dx_, dy_, mask_;           // gathered
