@@ -116,14 +116,11 @@ DEFORMCONV_CPU_CLONES_AVX2 void backward_task(const Call<acc_t>& k, const scalar
   const Params q = k.q;
   const Sizes s = k.s;
   const OffsetMaskLayout L = k.layout;
-  const int64_t D = s.group_channels, C = s.channels, P = s.points;
+  const int64_t D = s.group_channels, C = s.channels;
   const acc_t scale = static_cast<acc_t>(q.offset_scale);
   std::vector<acc_t> go_buffer(D);
   TapBlock<acc_t> block = k.tap_block();
   const int64_t B = block.max_pixels();
-  DotRing<acc_t> ring;
-  acc_t* dot[4];
-  block.dot_arrays(dot);
   const acc_t* image = k.bordered + n * k.image_len + g * D;
   acc_t* grad_image = grad_bordered + n * k.image_len + g * D;
   for (int64_t ho = 0; ho < s.out_h; ++ho) {
@@ -136,7 +133,6 @@ DEFORMCONV_CPU_CLONES_AVX2 void backward_task(const Call<acc_t>& k, const scalar
       const int64_t mask_at = r0 * L.mask_row + g * L.mask_group;
       block.gather(pixels, k.offset + offset_at, L.offset_row, k.mask + mask_at, L.mask_row);
       block.locate(pixels, origin_y, origin_x, scale, s.height, s.width, k.steps);
-      ring.reduced = 0;
       for (int64_t b = 0; b < pixels; ++b) {
         const scalar_t* go_in = grad_output + (r0 + b) * C + g * D;
         const acc_t* go;
@@ -148,8 +144,7 @@ DEFORMCONV_CPU_CLONES_AVX2 void backward_task(const Call<acc_t>& k, const scalar
         }
         // grad_input: each corner += m * w_c * grad_output (a corner in the border is dropped
         // with it); dot_c = <grad_output, corner c> for the offset and mask gradients.
-        scatter_and_dots_points(image, grad_image, k.steps, block.taps(b), go, D, b * P,
-                                b == pixels - 1, ring, dot);
+        scatter_and_dots_points(image, grad_image, k.steps, block.taps(b), go, D, block.dots(b));
       }
       block.gradients(pixels, scale, grad_offset + offset_at, L.offset_row, grad_mask + mask_at,
                       L.mask_row);

@@ -56,26 +56,56 @@ DEFORMCONV_CPU_INLINE void deinterleave8(const float* p, float* even, float* odd
 #endif
 }
 
-// The lane sums of eight vectors, {sum v[0], ..., sum v[7]}, each as
-// ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)): a tree of pairwise sums across vectors,
-// about two operations per sum.
-DEFORMCONV_CPU_INLINE f32x8 sum8x8(const f32x8* v) {
+// {a0 + a1 pairs of a, then of b}: {a[0] + a[1], a[2] + a[3], b[0] + b[1], b[2] + b[3]} in each
+// 128-bit half (two in-lane shuffles and an add).
+DEFORMCONV_CPU_INLINE f32x8 pair_sums(const f32x8& a, const f32x8& b) {
 #if defined(__clang__) || __GNUC__ >= 12
-  const auto pairs = [](const f32x8& a, const f32x8& b) {
-    return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
-           __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
-  };
-  const f32x8 q0 = pairs(pairs(v[0], v[1]), pairs(v[2], v[3]));  // {v0..v3 lanes 0-3, 4-7}
-  const f32x8 q1 = pairs(pairs(v[4], v[5]), pairs(v[6], v[7]));
-  return __builtin_shufflevector(q0, q1, 0, 1, 2, 3, 8, 9, 10, 11) +
-         __builtin_shufflevector(q0, q1, 4, 5, 6, 7, 12, 13, 14, 15);
+  return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
+         __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
 #else
-  f32x8 sums;
-  for (int c = 0; c < 8; ++c) {
-    const f32x8& x = v[c];
-    sums[c] = ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
+  f32x8 out;
+  for (int h = 0; h < 8; h += 4) {
+    out[h] = a[h] + a[h + 1];
+    out[h + 1] = a[h + 2] + a[h + 3];
+    out[h + 2] = b[h] + b[h + 1];
+    out[h + 3] = b[h + 2] + b[h + 3];
   }
-  return sums;
+  return out;
+#endif
+}
+
+// The lane sums of four vectors, {sum a0, sum a1, sum a2, sum a3}, each as
+// ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)).
+DEFORMCONV_CPU_INLINE f32x4 sum4x8(const f32x8& a0, const f32x8& a1, const f32x8& a2,
+                                   const f32x8& a3) {
+  const f32x8 q = pair_sums(pair_sums(a0, a1), pair_sums(a2, a3));  // halves: x0-3, x4-7
+  f32x4 lo, hi;
+  std::memcpy(&lo, &q, sizeof(lo));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&q) + sizeof(lo), sizeof(hi));
+  return lo + hi;
+}
+
+// d[c][t] = rows[4 t + c] for t < 8, c < 4: eight taps' four dot products (tap-major, as
+// scatter_and_dots_points leaves them) as four vectors of a lane per tap.
+DEFORMCONV_CPU_INLINE void transpose8x4(const float* rows, f32x8 d[4]) {
+  f32x8 r0, r1, r2, r3;
+  load8(&r0, rows);
+  load8(&r1, rows + 8);
+  load8(&r2, rows + 16);
+  load8(&r3, rows + 24);
+#if defined(__clang__) || __GNUC__ >= 12
+  const f32x8 a = __builtin_shufflevector(r0, r1, 0, 4, 8, 12, 1, 5, 9, 13);  // c0, c1 of t0-3
+  const f32x8 b = __builtin_shufflevector(r0, r1, 2, 6, 10, 14, 3, 7, 11, 15);
+  const f32x8 c = __builtin_shufflevector(r2, r3, 0, 4, 8, 12, 1, 5, 9, 13);  // of t4-7
+  const f32x8 e = __builtin_shufflevector(r2, r3, 2, 6, 10, 14, 3, 7, 11, 15);
+  d[0] = __builtin_shufflevector(a, c, 0, 1, 2, 3, 8, 9, 10, 11);
+  d[1] = __builtin_shufflevector(a, c, 4, 5, 6, 7, 12, 13, 14, 15);
+  d[2] = __builtin_shufflevector(b, e, 0, 1, 2, 3, 8, 9, 10, 11);
+  d[3] = __builtin_shufflevector(b, e, 4, 5, 6, 7, 12, 13, 14, 15);
+#else
+  for (int t = 0; t < 8; ++t) {
+    for (int c = 0; c < 4; ++c) d[c][t] = rows[4 * t + c];
+  }
 #endif
 }
 #endif
@@ -125,7 +155,7 @@ DEFORMCONV_CPU_INLINE void sum_points(const T* image, CornerSteps s, const TapRe
 //   grad corner c [d] += w[c] * go[d]     (the scatter into the bordered input gradient)
 //   dots[c] = sum_d go[d] * corner c [d]  (for the offset and mask gradients)
 // The dots sum 8 lane-wise partials, then the lanes in a fixed order: bitwise reproducible.
-// (float takes the vector path in scatter_and_dots_points instead.)
+// (float takes the vector paths below instead.)
 template <typename T>
 DEFORMCONV_CPU_INLINE void scatter_and_dots(const T* c00, T* g00, CornerSteps s, const T w[4],
                                             const T* go, int64_t n, T dots[4]) {
@@ -145,127 +175,84 @@ DEFORMCONV_CPU_INLINE void scatter_and_dots(const T* c00, T* g00, CornerSteps s,
   }
 }
 
-// The lanes of a TapBlock whose dot products scatter_and_dots_points has yet to reduce: for
-// float, each tap's four lane vectors (over the first n / 8 * 8 channels) and tail sums (over
-// the other n % 8) for 16 consecutive lanes, two chunks of 8, each reduced once its last tap is
-// done. reduced: the lanes before it have their dots (a multiple of 8; reset per block).
-template <typename T>
-struct DotRing {
-  int64_t reduced = 0;
-};
-
 #ifdef DEFORMCONV_CPU_VECTOR_EXT
-template <>
-struct DotRing<float> {
-  static constexpr int64_t kSlots = 16;
-  f32x8 acc[4][kSlots];
-  float tail[4][kSlots];
-  int64_t reduced = 0;
-};
-
-// One tap of scatter_and_dots_points: the scatter, and its dot products' lane vectors and tail
-// sums into ring slot `slot`.
-DEFORMCONV_CPU_INLINE void point_scatter_and_lanes(const float* image, float* grad, CornerSteps s,
-                                                   int64_t base, const float w[4], const float* go,
-                                                   int64_t n, DotRing<float>& ring, int64_t slot) {
-  const float* c00 = image + base;
-  float* g00 = grad + base;
+// scatter_and_dots in float: the channels in vectors of 8, each dot's 8 lane partials summed by
+// sum4x8, plus the sum over the last n % 8 channels.
+DEFORMCONV_CPU_INLINE void scatter_and_dots(const float* c00, float* g00, CornerSteps s,
+                                            const float w[4], const float* go, int64_t n,
+                                            float dots[4]) {
   const int64_t step[4] = {0, s.col_step, s.row_step, s.row_step + s.col_step};
-  const f32x8 w0 = f32x8{} + w[0], w1 = f32x8{} + w[1];
-  const f32x8 w2 = f32x8{} + w[2], w3 = f32x8{} + w[3];
   const int64_t vec_end = n / 8 * 8;
-  f32x8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  f32x8 a[4] = {};
   for (int64_t d = 0; d < vec_end; d += 8) {
-    f32x8 g, v0, v1, v2, v3, g0, g1, g2, g3;
+    f32x8 g;
     load8(&g, go + d);
-    load8(&v0, c00 + d);
-    load8(&v1, c00 + step[1] + d);
-    load8(&v2, c00 + step[2] + d);
-    load8(&v3, c00 + step[3] + d);
-    a0 += g * v0;
-    a1 += g * v1;
-    a2 += g * v2;
-    a3 += g * v3;
-    load8(&g0, g00 + d);
-    store8(g00 + d, g0 + w0 * g);
-    load8(&g1, g00 + step[1] + d);
-    store8(g00 + step[1] + d, g1 + w1 * g);
-    load8(&g2, g00 + step[2] + d);
-    store8(g00 + step[2] + d, g2 + w2 * g);
-    load8(&g3, g00 + step[3] + d);
-    store8(g00 + step[3] + d, g3 + w3 * g);
+    for (int c = 0; c < 4; ++c) {
+      f32x8 v, gc;
+      load8(&v, c00 + step[c] + d);
+      a[c] += g * v;
+      load8(&gc, g00 + step[c] + d);
+      store8(g00 + step[c] + d, gc + w[c] * g);
+    }
   }
-  ring.acc[0][slot] = a0;
-  ring.acc[1][slot] = a1;
-  ring.acc[2][slot] = a2;
-  ring.acc[3][slot] = a3;
-  if (vec_end == n) return;
-  float t[4] = {0.f, 0.f, 0.f, 0.f};  // the last n % 8 channels
+  f32x4 sums = sum4x8(a[0], a[1], a[2], a[3]);
   for (int64_t d = vec_end; d < n; ++d) {
     for (int c = 0; c < 4; ++c) {
-      t[c] += go[d] * c00[step[c] + d];
+      sums[c] += go[d] * c00[step[c] + d];
       g00[step[c] + d] += w[c] * go[d];
     }
   }
-  for (int c = 0; c < 4; ++c) ring.tail[c][slot] = t[c];
+  std::memcpy(dots, &sums, sizeof(sums));
 }
 
-// dot[c][l .. l + 8) for the ring's 8 lanes from l = ring.reduced: each dot the tree sum of its
-// lane vector (sum8x8), plus its tail sum when n % 8 != 0.
-DEFORMCONV_CPU_INLINE void reduce_chunk(DotRing<float>& ring, int64_t n, float* const dot[4]) {
-  const int64_t l = ring.reduced;
-  const int64_t slot = l % DotRing<float>::kSlots;
-  for (int c = 0; c < 4; ++c) {
-    f32x8 sums = sum8x8(&ring.acc[c][slot]);
-    if (n % 8 != 0) {
-      f32x8 tail;
-      load8(&tail, &ring.tail[c][slot]);
-      sums += tail;
+// scatter_and_dots over exactly 16 channels (InternImage's and DCNv4's group width) for all
+// the taps of one pixel: grad_output stays in two registers, and each tap is straight-line code.
+DEFORMCONV_CPU_INLINE void scatter_and_dots16(const float* image, float* grad, CornerSteps s,
+                                              const TapRefs<float>& taps, const float* go,
+                                              float* dots) {
+  const int64_t step[4] = {0, s.col_step, s.row_step, s.row_step + s.col_step};
+  f32x8 g_lo, g_hi;
+  load8(&g_lo, go);
+  load8(&g_hi, go + 8);
+  for (int64_t i = 0; i < taps.count; ++i) {
+    const float* c00 = image + taps.base[i];
+    float* g00 = grad + taps.base[i];
+    f32x8 a[4];
+    for (int c = 0; c < 4; ++c) {
+      f32x8 lo, hi;
+      load8(&lo, c00 + step[c]);
+      load8(&hi, c00 + step[c] + 8);
+      a[c] = g_lo * lo;
+      a[c] += g_hi * hi;
     }
-    store8(dot[c] + l, sums);
+    for (int c = 0; c < 4; ++c) {
+      const f32x8 w = f32x8{} + taps.w[c][i];
+      f32x8 lo, hi;
+      load8(&lo, g00 + step[c]);
+      load8(&hi, g00 + step[c] + 8);
+      store8(g00 + step[c], lo + w * g_lo);
+      store8(g00 + step[c] + 8, hi + w * g_hi);
+    }
+    const f32x4 sums = sum4x8(a[0], a[1], a[2], a[3]);
+    std::memcpy(dots + 4 * i, &sums, sizeof(sums));
   }
-  ring.reduced = l + 8;
 }
 #endif
 
-// scatter_and_dots for the taps of one pixel, lanes lane0 .. lane0 + count of its TapBlock, in
-// order: every tap's scatter into grad, and dot[c][lane] = <go, corner c of the tap> (dot: the
-// block's arrays). float keeps each tap's dot products as lane vectors in the ring and reduces
-// each chunk of 8 lanes once complete (all of them when last, the block's last pixel): every dot
-// sums its channels in the same fixed order, whatever the lane.
+// scatter_and_dots for the taps of one pixel, in order: every tap's scatter into grad, and
+// dots[4 i + c] = <go, corner c of tap i>.
 template <typename T>
 DEFORMCONV_CPU_INLINE void scatter_and_dots_points(const T* image, T* grad, CornerSteps s,
                                                    const TapRefs<T>& taps, const T* go, int64_t n,
-                                                   int64_t lane0, bool last, DotRing<T>& ring,
-                                                   T* const dot[4]) {
-  const int64_t count = taps.count;
+                                                   T* dots) {
 #ifdef DEFORMCONV_CPU_VECTOR_EXT
   if constexpr (std::is_same_v<T, float>) {
-    constexpr int64_t kSlots = DotRing<float>::kSlots;
-    for (int64_t i = 0; i < count; ++i) {
-      const float w[4] = {taps.w[0][i], taps.w[1][i], taps.w[2][i], taps.w[3][i]};
-      const int64_t slot = (lane0 + i) % kSlots;
-      if (slot % 8 == 0 && lane0 + i >= ring.reduced + 8) reduce_chunk(ring, n, dot);
-      if (n == 16) {
-        // The common group width (InternImage, DCNv4): a constant trip count keeps every
-        // accumulator in a register.
-        point_scatter_and_lanes(image, grad, s, taps.base[i], w, go, 16, ring, slot);
-      } else {
-        point_scatter_and_lanes(image, grad, s, taps.base[i], w, go, n, ring, slot);
-      }
-    }
-    const int64_t end = lane0 + count;
-    while (ring.reduced + 8 <= end || (last && ring.reduced < end)) reduce_chunk(ring, n, dot);
-    return;
+    if (n == 16) return scatter_and_dots16(image, grad, s, taps, go, dots);
   }
 #endif
-  (void)last;
-  (void)ring;
-  for (int64_t i = 0; i < count; ++i) {
+  for (int64_t i = 0; i < taps.count; ++i) {
     const T w[4] = {taps.w[0][i], taps.w[1][i], taps.w[2][i], taps.w[3][i]};
-    T dots[4];
-    scatter_and_dots(image + taps.base[i], grad + taps.base[i], s, w, go, n, dots);
-    for (int c = 0; c < 4; ++c) dot[c][lane0 + i] = dots[c];
+    scatter_and_dots(image + taps.base[i], grad + taps.base[i], s, w, go, n, dots + 4 * i);
   }
 }
 

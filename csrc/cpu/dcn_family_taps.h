@@ -95,7 +95,7 @@ DEFORMCONV_CPU_INLINE Int floor_lanes(const V& v) {
 // into lanes; locate() computes every lane's cell and weights; taps(b) then gives pixel b's taps
 // for the channel loops (a tap out of range gets zero weights at an all-zero cell, see
 // zero_cell_row), and gradients() turns the dot products the backward's channel loop leaves in
-// dot[c] into the offset and mask gradients. Lane arrays are rounded up to the lane width;
+// dots(b) into the offset and mask gradients. Lane arrays are rounded up to the lane width;
 // lanes past the block's taps are never in range.
 template <typename acc_t>
 class TapBlock {
@@ -125,8 +125,8 @@ class TapBlock {
     for (int c = 0; c < 4; ++c) {
       weight_[c].assign(padded, acc_t(0));
       masked_[c].assign(padded, acc_t(0));
-      dot_[c].assign(padded, acc_t(0));
     }
+    dots_.assign(4 * padded, acc_t(0));
     in_range_.assign(padded, Elem(0));
     row_.assign(padded, Elem(0));
     col_.assign(padded, Elem(0));
@@ -220,11 +220,9 @@ class TapBlock {
         &base_[l], {&masked_[0][l], &masked_[1][l], &masked_[2][l], &masked_[3][l]}, points_};
   }
 
-  // Where the backward's channel loop leaves the dot products: dot[c][lane] = <grad_output,
-  // corner c of the lane's tap>.
-  DEFORMCONV_CPU_INLINE void dot_arrays(acc_t* dot[4]) {
-    for (int c = 0; c < 4; ++c) dot[c] = dot_[c].data();
-  }
+  // Where the backward's channel loop leaves pixel b's dot products: dots(b)[4 p + c] =
+  // <grad_output, corner c of tap p>.
+  DEFORMCONV_CPU_INLINE acc_t* dots(int64_t b) { return dots_.data() + 4 * b * points_; }
 
   // From the dot products: every tap's offset gradient (pixel b's tap p at
   // grad_offset[b * offset_row + 2 p], y at + 1) and mask gradient (grad_mask[b * mask_row + p]),
@@ -236,10 +234,8 @@ class TapBlock {
     for (int64_t l0 = 0; l0 < lanes; l0 += L::kWidth) {
       const Int ok = load_lanes<Int>(&in_range_[l0]);
       V wv[4], d[4];
-      for (int c = 0; c < 4; ++c) {
-        wv[c] = load_lanes<V>(&weight_[c][l0]);
-        d[c] = load_lanes<V>(&dot_[c][l0]);
-      }
+      lane_dots(l0, d);
+      for (int c = 0; c < 4; ++c) wv[c] = load_lanes<V>(&weight_[c][l0]);
       const V m = load_lanes<V>(&mask_[l0]);
       const V g_mask = wv[0] * d[0] + wv[1] * d[1] + wv[2] * d[2] + wv[3] * d[3];
       V d_dy, d_dx;
@@ -263,6 +259,19 @@ class TapBlock {
   }
 
  private:
+  // d[c] = the dot products c of lanes l0 .. l0 + kWidth.
+  DEFORMCONV_CPU_INLINE void lane_dots(int64_t l0, V d[4]) const {
+    const acc_t* rows = dots_.data() + 4 * l0;
+#ifdef DEFORMCONV_CPU_VECTOR_EXT
+    if constexpr (std::is_same_v<acc_t, float>) return transpose8x4(rows, d);
+#endif
+    acc_t lanes[4][L::kWidth];
+    for (int l = 0; l < L::kWidth; ++l) {
+      for (int c = 0; c < 4; ++c) lanes[c][l] = rows[4 * l + c];
+    }
+    for (int c = 0; c < 4; ++c) d[c] = load_lanes<V>(lanes[c]);
+  }
+
   static int64_t round_up(int64_t n) { return (n + L::kWidth - 1) / L::kWidth * L::kWidth; }
 
   int64_t points_;
@@ -276,7 +285,7 @@ class TapBlock {
   std::vector<Elem> in_range_;                  // the in-range test (all ones or 0)
   std::vector<Elem> row_, col_;                 // the cell's bordered row and column
   std::vector<int64_t> base_;                   // the cell's element offset
-  std::vector<acc_t> dot_[4];                   // the backward's dot products
+  std::vector<acc_t> dots_;                     // the backward's dot products, 4 per lane
   std::vector<acc_t> gx_, gy_, gm_;             // the offset and mask gradients
 };
 
