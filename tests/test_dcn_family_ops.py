@@ -174,6 +174,21 @@ def test_non_contiguous_arguments():
     assert torch.equal(_v4(call, x_nc, om_nc), expected[0])
 
 
+@pytest.mark.parametrize("spread", [SMALL, LARGE])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int64_cell_offsets_give_the_same_results(dtype, spread, monkeypatch):
+    """DEFORMCONV_FORCE_INT64_INDEX=1 makes the CPU tap location compute its cell offsets in
+    int64 (what images of more than 2**31 elements take) instead of in int32 lanes: the output
+    and every gradient are bitwise the same, taps outside the image included."""
+    call = Call(n=2, h=7, w=9, group=2, depth=16, stride=(2, 1), dilation=(1, 2), padding=(1, 2))
+    x, offset, mask = call.tensors(dtype=dtype, spread=spread, position_dtype=torch.float32)
+    narrow = _grads(lambda *t: _v3(call, *t), x, offset, mask)
+    monkeypatch.setenv("DEFORMCONV_FORCE_INT64_INDEX", "1")
+    wide = _grads(lambda *t: _v3(call, *t), x, offset, mask)
+    for a, b in zip(wide, narrow):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_backward_is_bitwise_deterministic_across_runs_and_threads(dtype):
     call = Call(n=2, h=9, w=8, group=2, depth=19, stride=(1, 1))

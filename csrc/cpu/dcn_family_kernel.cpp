@@ -24,6 +24,7 @@
 
 #include "common/dcn_family.h"
 #include "common/dcn_family_checks.h"
+#include "common/index_width.h"
 #include "common/opmath.h"
 #include "common/tensor_layouts.h"
 #include "cpu/channel_loops.h"
@@ -56,10 +57,11 @@ struct Call {
   std::vector<acc_t> tap_y, tap_x;  // each tap's grid position (family::tap_grid)
   int64_t image_len;                // (H+3) * (W+2) * C
   CornerSteps steps;                // C, (W+2) * C
+  bool index32;                     // image_len fits int32 (fits_int32)
 
   TapBlock<acc_t> tap_block() const {
     return TapBlock<acc_t>(s.points, TapBlock<acc_t>::block_pixels(s.points, s.out_w), tap_y.data(),
-                           tap_x.data(), q.stride_w, s.height + 1);
+                           tap_x.data(), q.stride_w, s.height + 1, index32);
   }
 };
 
@@ -89,7 +91,7 @@ DEFORMCONV_CPU_CLONES_AVX2 void forward_rows(const Call<acc_t>& k, scalar_t* out
       for (int64_t g = 0; g < q.group; ++g) {
         block.gather(pixels, k.offset + r0 * L.offset_row + g * L.offset_group, L.offset_row,
                      k.mask + r0 * L.mask_row + g * L.mask_group, L.mask_row);
-        block.locate(pixels, origin_y, origin_x, scale, s.height, s.width, k.steps);
+        block.template locate<false>(pixels, origin_y, origin_x, scale, s.height, s.width, k.steps);
         for (int64_t b = 0; b < pixels; ++b) {
           scalar_t* o = out + (r0 + b) * C + g * D;
           if constexpr (std::is_same_v<scalar_t, acc_t>) {
@@ -132,7 +134,7 @@ DEFORMCONV_CPU_CLONES_AVX2 void backward_task(const Call<acc_t>& k, const scalar
       const int64_t offset_at = r0 * L.offset_row + g * L.offset_group;
       const int64_t mask_at = r0 * L.mask_row + g * L.mask_group;
       block.gather(pixels, k.offset + offset_at, L.offset_row, k.mask + mask_at, L.mask_row);
-      block.locate(pixels, origin_y, origin_x, scale, s.height, s.width, k.steps);
+      block.template locate<true>(pixels, origin_y, origin_x, scale, s.height, s.width, k.steps);
       for (int64_t b = 0; b < pixels; ++b) {
         const scalar_t* go_in = grad_output + (r0 + b) * C + g * D;
         const acc_t* go;
@@ -165,7 +167,8 @@ Call<acc_t> make_call(const at::Tensor& bordered, const at::Tensor& offset, cons
                 std::vector<acc_t>(s.points),
                 std::vector<acc_t>(s.points),
                 (s.height + 3) * row_step,
-                CornerSteps{s.channels, row_step}};
+                CornerSteps{s.channels, row_step},
+                fits_int32({(s.height + 3) * row_step})};
   for (int64_t p = 0; p < s.points; ++p) {
     int64_t ih, iw;
     deformconv::family::tap_position(p, q.kernel_h, q.kernel_w, q.remove_center, &ih, &iw);

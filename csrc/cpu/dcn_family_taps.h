@@ -115,10 +115,11 @@ class TapBlock {
 
   // tap_y / tap_x: each of the P taps' grid position (family::tap_grid); stride_w: the output
   // pixels' stride along x (pixel b's origin is the block's plus b * stride_w);
-  // zero_cell_row: a row of the bordered input whose cells at column 0 are all zero.
+  // zero_cell_row: a row of the bordered input whose cells at column 0 are all zero;
+  // index32: every element offset of a bordered image fits int32 (fits_int32).
   TapBlock(int64_t points, int64_t max_pixels, const acc_t* tap_y, const acc_t* tap_x,
-           int64_t stride_w, int64_t zero_cell_row)
-      : points_(points), max_pixels_(max_pixels), zero_cell_row_(zero_cell_row) {
+           int64_t stride_w, int64_t zero_cell_row, bool index32)
+      : points_(points), max_pixels_(max_pixels), zero_cell_row_(zero_cell_row), index32_(index32) {
     const int64_t padded = round_up(points * max_pixels);
     for (auto* a : {&tap_y_, &tap_x_, &shift_x_, &dx_, &dy_, &mask_, &ly_, &lx_, &gx_, &gy_, &gm_})
       a->assign(padded, acc_t(0));
@@ -128,8 +129,6 @@ class TapBlock {
     }
     dots_.assign(4 * padded, acc_t(0));
     in_range_.assign(padded, Elem(0));
-    row_.assign(padded, Elem(0));
-    col_.assign(padded, Elem(0));
     base_.assign(padded, 0);
     for (int64_t b = 0; b < max_pixels; ++b) {
       for (int64_t p = 0; p < points; ++p) {
@@ -169,13 +168,19 @@ class TapBlock {
 
   // Locates the gathered taps of the block's pixels, the first of whose kernel grid starts at
   // (origin_y, origin_x) (sample_origin), in an input of height x width bordered by one zero
-  // pixel (steps: the bordered input's).
+  // pixel (steps: the bordered input's). kForBackward: also keep what gradients() needs.
+  template <bool kForBackward>
   DEFORMCONV_CPU_INLINE void locate(int64_t pixels, acc_t origin_y, acc_t origin_x, acc_t scale,
                                     int64_t height, int64_t width, CornerSteps steps) {
     const int64_t lanes = pixels * points_;
     const V oy = V{} + origin_y, ox = V{} + origin_x, s = V{} + scale;
     const acc_t h = static_cast<acc_t>(height), w = static_cast<acc_t>(width);
     const Int lane = lane_indices<acc_t>();
+    // Cells as element offsets in Elem lanes unless they may pass 2^31 in int32 lanes.
+    const bool lane_index = index32_ || sizeof(Elem) == sizeof(int64_t);
+    const Elem row_step = lane_index ? static_cast<Elem>(steps.row_step) : Elem(0);
+    const Elem col_step = lane_index ? static_cast<Elem>(steps.col_step) : Elem(0);
+    const Int zero_cell = Int{} + static_cast<Elem>(zero_cell_row_) * row_step;
     for (int64_t l0 = 0; l0 < lanes; l0 += L::kWidth) {
       const V y = deformconv::family::sample_coordinate(oy, load_lanes<V>(&tap_y_[l0]),
                                                         load_lanes<V>(&dy_[l0]), s);
@@ -194,19 +199,19 @@ class TapBlock {
       V wv[4];
       bilinear_weights(fy, fx, wv);
       const V m = load_lanes<V>(&mask_[l0]);
-      store_lanes(&ly_[l0], fy);
-      store_lanes(&lx_[l0], fx);
-      store_lanes(&in_range_[l0], ok);
-      store_lanes(&row_[l0], ok ? y0 + 1 : Int{} + static_cast<Elem>(zero_cell_row_));
-      store_lanes(&col_[l0], ok ? x0 + 1 : Int{});
-      for (int c = 0; c < 4; ++c) {
-        store_lanes(&weight_[c][l0], wv[c]);
-        store_lanes(&masked_[c][l0], ok ? m * wv[c] : V{});
+      if (lane_index) {
+        store_base(l0, ok ? (y0 + 1) * row_step + (x0 + 1) * col_step : zero_cell);
+      } else {
+        store_wide_base(l0, ok ? y0 + 1 : Int{} + static_cast<Elem>(zero_cell_row_),
+                        ok ? x0 + 1 : Int{}, steps);
       }
-    }
-    for (int64_t l = 0; l < lanes; ++l) {
-      base_[l] = static_cast<int64_t>(row_[l]) * steps.row_step +
-                 static_cast<int64_t>(col_[l]) * steps.col_step;
+      for (int c = 0; c < 4; ++c) store_lanes(&masked_[c][l0], ok ? m * wv[c] : V{});
+      if constexpr (kForBackward) {
+        store_lanes(&ly_[l0], fy);
+        store_lanes(&lx_[l0], fx);
+        store_lanes(&in_range_[l0], ok);
+        for (int c = 0; c < 4; ++c) store_lanes(&weight_[c][l0], wv[c]);
+      }
     }
   }
 
@@ -259,6 +264,41 @@ class TapBlock {
   }
 
  private:
+  // base_[l0 .. l0 + kWidth) = cell, widened to int64.
+  DEFORMCONV_CPU_INLINE void store_base(int64_t l0, const Int& cell) {
+#ifdef DEFORMCONV_CPU_VECTOR_EXT
+    if constexpr (std::is_same_v<Int, i32x8>) {
+      typedef int32_t i32x4 __attribute__((vector_size(16)));
+      i32x4 half[2];
+      std::memcpy(half, &cell, sizeof(cell));
+      store_lanes(&base_[l0], __builtin_convertvector(half[0], i64x4));
+      store_lanes(&base_[l0 + 4], __builtin_convertvector(half[1], i64x4));
+      return;
+    }
+#endif
+    for (int l = 0; l < L::kWidth; ++l) base_[l0 + l] = lane_at(cell, l);
+  }
+
+  // base_[l0 .. l0 + kWidth) = rows * row_step + cols * col_step in int64 (32-bit lanes whose
+  // cell offsets may pass 2^31).
+  DEFORMCONV_CPU_INLINE void store_wide_base(int64_t l0, const Int& rows, const Int& cols,
+                                             CornerSteps steps) {
+    for (int l = 0; l < L::kWidth; ++l) {
+      base_[l0 + l] = static_cast<int64_t>(lane_at(rows, l)) * steps.row_step +
+                      static_cast<int64_t>(lane_at(cols, l)) * steps.col_step;
+    }
+  }
+
+  // Lane l of integer lanes v.
+  static DEFORMCONV_CPU_INLINE int64_t lane_at(const Int& v, int l) {
+    if constexpr (std::is_arithmetic_v<Int>) {
+      (void)l;
+      return v;
+    } else {
+      return v[l];
+    }
+  }
+
   // d[c] = the dot products c of lanes l0 .. l0 + kWidth.
   DEFORMCONV_CPU_INLINE void lane_dots(int64_t l0, V d[4]) const {
     const acc_t* rows = dots_.data() + 4 * l0;
@@ -277,13 +317,13 @@ class TapBlock {
   int64_t points_;
   int64_t max_pixels_;
   int64_t zero_cell_row_;
+  bool index32_;
   std::vector<acc_t> tap_y_, tap_x_, shift_x_;  // per lane: the tap's grid position, b * stride_w
   std::vector<acc_t> dx_, dy_, mask_;           // gathered
   std::vector<acc_t> ly_, lx_;                  // cell fractions
   std::vector<acc_t> weight_[4];                // bilinear weights
   std::vector<acc_t> masked_[4];                // mask times weights (0 out of range)
   std::vector<Elem> in_range_;                  // the in-range test (all ones or 0)
-  std::vector<Elem> row_, col_;                 // the cell's bordered row and column
   std::vector<int64_t> base_;                   // the cell's element offset
   std::vector<acc_t> dots_;                     // the backward's dot products, 4 per lane
   std::vector<acc_t> gx_, gy_, gm_;             // the offset and mask gradients

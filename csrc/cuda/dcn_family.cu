@@ -25,11 +25,11 @@
 
 #include "common/dcn_family.h"
 #include "common/dcn_family_checks.h"
+#include "common/index_width.h"
 #include "common/opmath.h"
 #include "cuda/backend.h"
 #include "cuda/dcn_family.cuh"
 #include "cuda/dcn_family_entry_points.h"
-#include "cuda/index_width.h"
 
 namespace deformconv {
 namespace cuda {

@@ -40,10 +40,10 @@
 #include <tuple>
 
 #include "common/geometry.h"
+#include "common/index_width.h"
 #include "common/opmath.h"
 #include "cuda/backend.h"
 #include "cuda/entry_points.h"
-#include "cuda/index_width.h"
 #include "cuda/launch.h"
 
 namespace deformconv {

@@ -7,11 +7,11 @@
 #include <limits>
 
 #include "common/geometry.h"
+#include "common/index_width.h"
 #include "common/opmath.h"
 #include "cuda/backend.h"
 #include "cuda/entry_points.h"
 #include "cuda/implicit_gemm_forward.cuh"
-#include "cuda/index_width.h"
 #include "cuda/sampling_args.h"
 
 namespace deformconv {

@@ -12,10 +12,10 @@
 #include <vector>
 
 #include "common/geometry.h"
+#include "common/index_width.h"
 #include "common/opmath.h"
 #include "cuda/backend.h"
 #include "cuda/entry_points.h"
-#include "cuda/index_width.h"
 #include "cuda/sampling_args.h"
 #include "cuda/window_input_side.cuh"
 

@@ -1,4 +1,4 @@
-// The CUDA kernels' index-width rule: int32 index math when every element count and extent of a call fits, else int64.
+// The kernels' index-width rule (CUDA kernels, the DCN family's CPU tap location): int32 index math when every element count and extent of a call fits, else int64.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,7 +10,6 @@
 #include <limits>
 
 namespace deformconv {
-namespace cuda {
 
 // 1 + the largest element offset a strided tensor addresses (0 when empty).
 inline int64_t extent(const at::Tensor& t) {
@@ -23,8 +22,8 @@ inline int64_t extent(const at::Tensor& t) {
 inline int64_t extent(const c10::optional<at::Tensor>& t) { return t.has_value() ? extent(*t) : 0; }
 
 // 32-bit index math in the kernels when every element count / extent they index with
-// index_t fits (int64 otherwise: columns beyond 2^31 elements, huge images).
-// DEFORMCONV_FORCE_INT64_INDEX=1 forces the int64 kernels (to test them on small shapes).
+// fits (int64 otherwise: columns beyond 2^31 elements, huge images).
+// DEFORMCONV_FORCE_INT64_INDEX=1 forces the int64 paths (to test them on small shapes).
 inline bool fits_int32(std::initializer_list<int64_t> sizes) {
   const char* force = std::getenv("DEFORMCONV_FORCE_INT64_INDEX");
   if (force != nullptr && force[0] == '1') return false;
@@ -35,5 +34,4 @@ inline bool fits_int32(std::initializer_list<int64_t> sizes) {
   return true;
 }
 
-}  // namespace cuda
 }  // namespace deformconv
