@@ -260,10 +260,11 @@ def make(n, c, h, w, co, k, stride, pad, dil, groups, og, with_mask, dtype, offs
     return t, dict(stride=[stride] * 2, padding=[pad] * 2, dilation=[dil] * 2)
 
 
-def fused(t, conv):
-    from deformconv._fused_gpu import deform_conv2d_fused
-
-    return deform_conv2d_fused(
+def torchvision_args(t, conv):
+    """``make``'s tensors and conv arguments as positional arguments in the order of
+    ``torchvision.ops.deform_conv2d`` (input, offset, weight, bias, stride, padding, dilation,
+    mask), which ``deform_conv2d_fused`` shares."""
+    return (
         t["input"],
         t["offset"],
         t["weight"],
@@ -273,6 +274,12 @@ def fused(t, conv):
         conv["dilation"],
         t["mask"],
     )
+
+
+def fused(t, conv):
+    from deformconv._fused_gpu import deform_conv2d_fused
+
+    return deform_conv2d_fused(*torchvision_args(t, conv))
 
 
 def columns(t, conv):
@@ -291,16 +298,7 @@ def columns(t, conv):
 def torchvision_call(t, conv):
     import torchvision.ops as tvops
 
-    return tvops.deform_conv2d(
-        t["input"],
-        t["offset"],
-        t["weight"],
-        t["bias"],
-        conv["stride"],
-        conv["padding"],
-        conv["dilation"],
-        t["mask"],
-    )
+    return tvops.deform_conv2d(*torchvision_args(t, conv))
 
 
 def dense(t, conv):
@@ -551,10 +549,16 @@ class deterministic_mode:
 DET_MODES = {"deterministic": False, "deterministic, fixed point": True}
 
 
+def fused_twice(t, conv):
+    """The fused path's output and grads (``fwd_bwd``'s dict of float64 tensors) from fresh
+    leaves of ``t``, and per key whether a second identical run gave them bitwise."""
+    a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
+    return a, {k: bool(torch.equal(a[k], b[k])) for k in a}
+
+
 def section_determinism(rep):
     t, conv = make(*DET_SHAPE, 3, 1, 1, 1, 1, 1, True, torch.float16)
-    a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
-    same = {k: bool(torch.equal(a[k], b[k])) for k in a}
+    a, same = fused_twice(t, conv)
     rep.add("determinism", mode="default", bitwise_equal=same)
     ref = fwd_bwd(columns, leaves(t, torch.float64), conv)
     if cuda_kernels_usable():
@@ -562,9 +566,8 @@ def section_determinism(rep):
         for mode, fixed_point in (("default, cuda kernels", False),
                                   ("default, cuda kernels in fixed point", True)):  # fmt: skip
             with cuda_kernels(fixed_point) as cuda:
-                a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
+                a, same = fused_twice(t, conv)
                 ran = cuda.ran_where_expected(t)
-            same = {k: bool(torch.equal(a[k], b[k])) for k in a}
             errs = {k: rel(a[k], ref[k]) for k in ref}
             rep.add("determinism", mode=mode, bitwise_equal=same, err_vs_float64=errs,
                     cuda_calls=cuda.calls,
@@ -577,8 +580,7 @@ def section_determinism(rep):
             cuda_kernels() if cuda_on else contextlib.nullcontext(),
             deterministic_mode(fixed_point),
         ):
-            a, b = fwd_bwd(fused, leaves(t), conv), fwd_bwd(fused, leaves(t), conv)
-        same = {k: bool(torch.equal(a[k], b[k])) for k in a}
+            a, same = fused_twice(t, conv)
         errs = {k: rel(a[k], ref[k]) for k in ref}
         rep.add("determinism", mode=mode, bitwise_equal=same, err_vs_float64=errs,
                 ok=all(same.values()))  # fmt: skip

@@ -50,6 +50,31 @@ def _activation(act_layer: str) -> nn.Module:
     raise ValueError(f"act_layer must be 'ReLU', 'SiLU' or 'GELU': got {act_layer!r}")
 
 
+def _depthwise_conv(channels: int, kernel_size: int) -> nn.Conv2d:
+    """The authors' depthwise conv before the offset / mask linears (DCNv3's ``dw_conv.0``,
+    DCNv4's ``offset_mask_dw``): ``kernel_size`` square, stride 1, padding
+    ``(kernel_size - 1) // 2`` (the same size for odd sides), one group per channel;
+    ``Tensor[N, C, H, W]`` -> ``Tensor[N, C, H, W]``."""
+    return nn.Conv2d(
+        channels,
+        channels,
+        kernel_size,
+        stride=1,
+        padding=(kernel_size - 1) // 2,
+        groups=channels,
+    )
+
+
+def _xavier_init(*layers: Optional[nn.Linear]) -> None:
+    """The authors' init of the projections: Xavier-uniform weights and zero biases (a layer
+    that is None, or its absent bias, is skipped)."""
+    for layer in layers:
+        if layer is not None:
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 class _DeformableAggregation(nn.Module):
     """What DCNv3 and DCNv4 share: the core op's arguments, kept under the authors' attribute
     names, and the optional centre feature scale gate (``center_feature_scale_proj_weight``
@@ -178,14 +203,7 @@ class DCNv3(_DeformableAggregation):
         points = self.points
 
         self.dw_conv = nn.Sequential(
-            nn.Conv2d(
-                channels,
-                channels,
-                kernel_size=dw_kernel_size,
-                stride=1,
-                padding=(dw_kernel_size - 1) // 2,
-                groups=channels,
-            ),
+            _depthwise_conv(channels, dw_kernel_size),
             _dw_norm(channels, norm_layer),
             _activation(act_layer),
         )
@@ -200,9 +218,7 @@ class DCNv3(_DeformableAggregation):
         for layer in (self.offset, self.mask):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-        for layer in (self.input_proj, self.output_proj):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        _xavier_init(self.input_proj, self.output_proj)
 
     def forward(self, input: Tensor) -> Tensor:
         """input ``Tensor[N, H, W, C]`` -> ``Tensor[N, H, W, C]``."""
@@ -299,14 +315,7 @@ class DCNv4(_DeformableAggregation):
 
         self.offset_mask_dw = None
         if dw_kernel_size is not None:
-            self.offset_mask_dw = nn.Conv2d(
-                channels,
-                channels,
-                dw_kernel_size,
-                stride=1,
-                padding=(dw_kernel_size - 1) // 2,
-                groups=channels,
-            )
+            self.offset_mask_dw = _depthwise_conv(channels, dw_kernel_size)
         self.offset_mask = nn.Linear(channels, math.ceil(self.K * 3 / 8) * 8)
         self.value_proj = None
         self.output_proj = None
@@ -319,11 +328,7 @@ class DCNv4(_DeformableAggregation):
         """The authors' init: offset_mask zero, projections Xavier-uniform with zero bias."""
         nn.init.zeros_(self.offset_mask.weight)
         nn.init.zeros_(self.offset_mask.bias)
-        for layer in (self.value_proj, self.output_proj):
-            if layer is not None:
-                nn.init.xavier_uniform_(layer.weight)
-                if layer.bias is not None:
-                    nn.init.zeros_(layer.bias)
+        _xavier_init(self.value_proj, self.output_proj)
 
     def forward(self, input: Tensor, shape: Optional[Tuple[int, int]] = None) -> Tensor:
         """input ``Tensor[N, L, C]``, shape ``(H, W)`` -> ``Tensor[N, Ho*Wo, C]``."""

@@ -1,4 +1,4 @@
-# Shared by the CUDA test files (GPU and host emulation): argument factory, op calls, deterministic mode, sweep.
+# Shared by the CUDA test files (GPU and host emulation): arguments, op calls, deterministic mode, sweeps, error rule.
 import contextlib
 import functools
 import math
@@ -126,6 +126,25 @@ TENSOR_CORE_SWEEP = {
 }
 
 
+# The data dtypes the tensor-core kernels cover, by test id.
+TENSOR_CORE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def tensor_core_args(dtype, data_keys=("input", "weight"), **kwargs):
+    """make_args on the CPU (``kwargs`` are make_args's) as the tensor-core kernels take them:
+    the tensors named in ``data_keys`` (where present) cast to ``dtype``, offset
+    [N, 2*offset_groups*kh*kw, H_out, W_out] and mask [N, offset_groups*kh*kw, H_out, W_out]
+    (where present) float32."""
+    a = make_args(device="cpu", **kwargs)
+    for key in data_keys:
+        if a[key] is not None:
+            a[key] = a[key].to(dtype)
+    for key in ("offset", "mask"):
+        if a[key] is not None:
+            a[key] = a[key].float()
+    return a
+
+
 # Calls the tensor-core kernels do not cover, and the error each raises (make_args changes).
 UNCOVERED_CALLS = [
     (dict(dtype=torch.float32), "covers float16 and bfloat16"),
@@ -177,6 +196,14 @@ def misaligned_channels_last(t):
 def rel_to_max(x, ref):
     """max |x - ref| / max |ref| (in float64)."""
     return ((x.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
+
+
+def assert_like_the_column_path(got, col, ref):
+    """The tensor-core kernels' accuracy rule: ``got``'s error against the float64 ``ref``
+    (rel_to_max) at most 1.5x that of ``col``, the column path's result from the same rounded
+    inputs, plus 1e-7 (three tensors of one shape)."""
+    err, col_err = rel_to_max(got, ref), rel_to_max(col, ref)
+    assert err <= 1.5 * col_err + 1e-7, f"error {err:.3g} > 1.5 x the column path's {col_err:.3g}"
 
 
 # Seeded sweep of options: mask/no mask, bias/none, groups, offset groups, asymmetric

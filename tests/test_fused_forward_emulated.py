@@ -11,16 +11,17 @@ import pytest
 import torch
 
 from cuda_helpers import (
+    TENSOR_CORE_DTYPES,
     TENSOR_CORE_SWEEP,
     UNCOVERED_CALLS,
-    make_args,
+    assert_like_the_column_path,
     misaligned_channels_last,
     put_edge_offsets,
-    rel_to_max,
     strided_positions,
+    tensor_core_args,
 )
+from helpers import op_args
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Odd sizes, C_out/groups not multiples of 8 or of the 64-channel tile, a 32 + 8 channel tail,
 # offset groups straddling weight groups, 1x1 and 5x5, stride and dilation 2, no mask or bias,
 # large offsets, an output smaller than one tile.
@@ -28,36 +29,24 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 def case(dtype, mask=True, bias=True, **kw):
     """Op arguments: data, weight and bias in ``dtype``, offset and mask float32."""
-    a = make_args(mask=mask, bias=bias, device="cpu", **kw)
-    for key in ("input", "weight", "bias"):
-        if a[key] is not None:
-            a[key] = a[key].to(dtype)
-    for key in ("offset", "mask"):
-        if a[key] is not None:
-            a[key] = a[key].float()
-    return a
-
-
-def args_of(a):
-    keys = ("input", "weight", "offset", "mask", "bias", "stride", "padding", "dilation")
-    return [a[k] for k in keys]
+    return tensor_core_args(dtype, ("input", "weight", "bias"), mask=mask, bias=bias, **kw)
 
 
 def check(emu, a):
     """The kernel's output against float64, within 1.5x the emulated column path's error."""
-    got = emu.fused_forward(*args_of(a))
-    col = emu.forward(*args_of(a))
-    exact = [v.double() if isinstance(v, torch.Tensor) else v for v in args_of(a)]
+    got = emu.fused_forward(*op_args(a))
+    col = emu.forward(*op_args(a))
+    exact = [v.double() if isinstance(v, torch.Tensor) else v for v in op_args(a)]
     ref = torch.ops.deformconv.deform_conv2d(*exact)
     assert got.dtype == a["input"].dtype and got.shape == ref.shape
-    assert rel_to_max(got, ref) <= 1.5 * rel_to_max(col, ref) + 1e-7
+    assert_like_the_column_path(got, col, ref)
     return got
 
 
-@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("dname", list(TENSOR_CORE_DTYPES))
 @pytest.mark.parametrize("name", list(TENSOR_CORE_SWEEP))
 def test_matches_float64_like_the_column_path(emu, name, dname):
-    check(emu, case(DTYPES[dname], **TENSOR_CORE_SWEEP[name]))
+    check(emu, case(TENSOR_CORE_DTYPES[dname], **TENSOR_CORE_SWEEP[name]))
 
 
 def test_boundary_and_non_finite_offsets(emu):
@@ -72,17 +61,17 @@ def test_layouts_and_index_widths_give_the_same_bits(emu, monkeypatch):
     """channels_last input gives a channels_last output with the same values; strided offset
     and mask, and the int64 index build, give the same bits."""
     a = case(torch.bfloat16, c_in=16, c_out=24, h=9, w=10, offset_groups=2)
-    base = emu.fused_forward(*args_of(a))
+    base = emu.fused_forward(*op_args(a))
     assert base.is_contiguous()
     b = strided_positions(a)
     b["input"] = a["input"].contiguous(memory_format=torch.channels_last)
-    cl = emu.fused_forward(*args_of(b))
+    cl = emu.fused_forward(*op_args(b))
     assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
     assert torch.equal(cl, base)
     b["input"] = misaligned_channels_last(a["input"])
-    assert torch.equal(emu.fused_forward(*args_of(b)), cl)
+    assert torch.equal(emu.fused_forward(*op_args(b)), cl)
     monkeypatch.setenv("DEFORMCONV_FORCE_INT64_INDEX", "1")
-    assert torch.equal(emu.fused_forward(*args_of(a)), base)
+    assert torch.equal(emu.fused_forward(*op_args(a)), base)
 
 
 def test_data_dtype_positions_and_batch_zero(emu):
@@ -91,7 +80,7 @@ def test_data_dtype_positions_and_batch_zero(emu):
     check(emu, a)
     empty = {k: v[:0] if isinstance(v, torch.Tensor) and k not in ("weight", "bias") else v
              for k, v in a.items()}  # fmt: skip
-    out = emu.fused_forward(*args_of(empty))
+    out = emu.fused_forward(*op_args(empty))
     assert out.shape == (0, 8, 7, 6)
 
 
@@ -101,12 +90,12 @@ def test_uncovered_calls_raise_clear_errors(emu, change, message):
     dtype = change.pop("dtype", torch.float16)
     a = case(dtype, **change)
     with pytest.raises(RuntimeError, match=message):
-        emu.fused_forward(*args_of(a))
+        emu.fused_forward(*op_args(a))
 
 
 def test_meta_kernel_gives_the_forward_shape_and_layout():
     a = case(torch.float16, c_in=16, c_out=8, h=9, w=11)
-    meta = [v.to("meta") if isinstance(v, torch.Tensor) else v for v in args_of(a)]
+    meta = [v.to("meta") if isinstance(v, torch.Tensor) else v for v in op_args(a)]
     meta[0] = meta[0].contiguous(memory_format=torch.channels_last)
     out = torch.ops.deformconv._fused_forward(*meta)
     assert out.shape == (2, 8, 9, 11) and out.dtype == torch.float16

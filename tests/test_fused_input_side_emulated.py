@@ -14,16 +14,16 @@ import torch
 
 from cuda_helpers import (
     BWD,
+    TENSOR_CORE_DTYPES,
     TENSOR_CORE_SWEEP,
     UNCOVERED_CALLS,
-    make_args,
     misaligned_channels_last,
     put_edge_offsets,
     rel_to_max,
     strided_positions,
+    tensor_core_args,
 )
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # (name, make_args keywords): odd sizes, C_out/groups not multiples of 16 or 32, channel blocks
 # of 32 + 8, offset groups straddling weight groups, 1x1 and 5x5, stride and dilation 2, no
 # mask, offsets beyond the window (global atomics), an output smaller than one tile.
@@ -32,12 +32,7 @@ TOLERANCE = 2e-5  # float32 sums against float64, relative to the largest refere
 
 def case(dtype, mask=True, offset_scale=2.0, **kw):
     """Op arguments in ``dtype`` (offset and mask float32) and a 16-bit grad_output."""
-    a = make_args(mask=mask, bias=False, device="cpu", offset_scale=offset_scale, **kw)
-    for key in ("input", "weight"):
-        a[key] = a[key].to(dtype)
-    for key in ("offset", "mask"):
-        if a[key] is not None:
-            a[key] = a[key].float()
+    a = tensor_core_args(dtype, mask=mask, bias=False, offset_scale=offset_scale, **kw)
     a["grad_output"] = torch.randn(
         grad_output_shape(a), generator=torch.Generator().manual_seed(3)
     ).to(dtype)
@@ -93,10 +88,10 @@ def reference(a):
 
 
 @pytest.mark.parametrize("sums", ["float", "fixed"])
-@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("dname", list(TENSOR_CORE_DTYPES))
 @pytest.mark.parametrize("name", list(TENSOR_CORE_SWEEP))
 def test_matches_the_float64_column_op(emu, name, dname, sums):
-    a = case(DTYPES[dname], **TENSOR_CORE_SWEEP[name])
+    a = case(TENSOR_CORE_DTYPES[dname], **TENSOR_CORE_SWEEP[name])
     gi, goff, gmask = window_call(emu, a, fixed=sums == "fixed")
     ref = reference(a)
     assert gi.dtype == goff.dtype == gmask.dtype == torch.float32

@@ -11,29 +11,22 @@ import torch
 
 from cuda_helpers import (
     BWD,
+    TENSOR_CORE_DTYPES,
     TENSOR_CORE_SWEEP,
     UNCOVERED_CALLS,
-    make_args,
+    assert_like_the_column_path,
     misaligned_channels_last,
     put_edge_offsets,
-    rel_to_max,
+    run_op,
     strided_positions,
+    tensor_core_args,
 )
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def case(dtype, mask=True, **kw):
     """Op arguments (data and weight in ``dtype``, offset and mask float32) and a grad_output."""
-    a = make_args(mask=mask, bias=False, device="cpu", **kw)
-    for key in ("input", "weight"):
-        a[key] = a[key].to(dtype)
-    for key in ("offset", "mask"):
-        if a[key] is not None:
-            a[key] = a[key].float()
-    y = torch.ops.deformconv.deform_conv2d(*(
-        a[k] for k in ("input", "weight", "offset", "mask", "bias", "stride", "padding", "dilation")
-    ))  # fmt: skip
+    a = tensor_core_args(dtype, mask=mask, bias=False, **kw)
+    y = run_op(a)
     a["grad_output"] = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
     return a
 
@@ -60,14 +53,14 @@ def check(emu, a):
     ref = BWD(*exact, None, s, p, d)[1]
     assert gw.dtype == torch.float32
     got = as_weight(gw, w).to(w.dtype)
-    assert rel_to_max(got, ref) <= 1.5 * rel_to_max(col, ref) + 1e-7
+    assert_like_the_column_path(got, col, ref)
     return gw
 
 
-@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("dname", list(TENSOR_CORE_DTYPES))
 @pytest.mark.parametrize("name", list(TENSOR_CORE_SWEEP))
 def test_matches_float64_like_the_column_path(emu, name, dname):
-    check(emu, case(DTYPES[dname], **TENSOR_CORE_SWEEP[name]))
+    check(emu, case(TENSOR_CORE_DTYPES[dname], **TENSOR_CORE_SWEEP[name]))
 
 
 def test_boundary_and_non_finite_offsets(emu):

@@ -60,6 +60,15 @@ def _problem(
     return x, offset, mask, weight, bias, kwargs
 
 
+def _config_problem(seed, cfg):
+    """_problem for a ``(n, c_in, h, w, c_out, k, groups, og, stride, padding, dilation,
+    with_mask)`` config (TV_CONFIGS, TORCH_REF_CONFIGS), offsets uniform in +-3 px:
+    (x, offset, mask, weight, bias, kwargs), mask None without ``with_mask``."""
+    *problem, with_mask = cfg
+    x, offset, mask, weight, bias, kwargs = _problem(seed, *problem, span=3.0)
+    return x, offset, mask if with_mask else None, weight, bias, kwargs
+
+
 def _oracle(x, offset, mask, weight, bias, kwargs):
     as_np = [None if t is None else t.numpy() for t in (x, offset, mask, weight, bias)]
     return deform_conv2d_np(*as_np, **kwargs)
@@ -295,11 +304,7 @@ TV_CONFIGS = [
 @pytest.mark.skipif(tv_ops is None, reason="torchvision is not importable")
 @pytest.mark.parametrize("cfg", TV_CONFIGS)
 def test_matches_torchvision_on_random_offsets(cfg):
-    n, c_in, h, w, c_out, k, groups, og, stride, padding, dilation, with_mask = cfg
-    x, offset, mask, weight, bias, kwargs = _problem(
-        6, n, c_in, h, w, c_out, k, groups, og, stride, padding, dilation, span=3.0
-    )
-    mask = mask if with_mask else None
+    x, offset, mask, weight, bias, kwargs = _config_problem(6, cfg)
     expected = tv_ops.deform_conv2d(x, offset, weight, bias, mask=mask, **kwargs).numpy()
     got = _oracle(x, offset, mask, weight, bias, kwargs)
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
@@ -365,11 +370,7 @@ TORCH_REF_CONFIGS = [
 
 @pytest.mark.parametrize("cfg", TORCH_REF_CONFIGS)
 def test_torch_reference_matches_oracle(cfg):
-    n, c_in, h, w, c_out, k, groups, og, stride, padding, dilation, with_mask = cfg
-    x, offset, mask, weight, bias, kwargs = _problem(
-        7, n, c_in, h, w, c_out, k, groups, og, stride, padding, dilation, span=3.0
-    )
-    mask = mask if with_mask else None
+    x, offset, mask, weight, bias, kwargs = _config_problem(7, cfg)
     got = deform_conv2d_torch(x, offset, weight, bias, mask=mask, **kwargs)
     expected = _oracle(x, offset, mask, weight, bias, kwargs)
     assert got.dtype == torch.float64

@@ -74,6 +74,16 @@ def _device(model: nn.Module, device: torch.device | str | None) -> torch.device
     return torch.device(device) if device is not None else model_device(model)
 
 
+def _epoch_averages(
+    loss_sum: float, correct: float, total: float, dev: torch.device
+) -> tuple[float, float]:
+    """``(avg_loss, accuracy)`` of a pass from its sums: the per-sample loss total, the count
+    of correct top-1 predictions and the sample count, each summed over all ranks first
+    (0.0 loss and accuracy for an empty pass)."""
+    loss_sum, correct, total = all_reduce_sums([loss_sum, correct, total], dev)
+    return (loss_sum / total if total else 0.0), accuracy_percent(correct, total)
+
+
 def train_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -127,8 +137,7 @@ def train_epoch(
         loss_sum += loss.item() * n
         correct += (outputs.argmax(dim=1) == labels).sum().item()
         total += n
-    loss_sum, correct, total = all_reduce_sums([loss_sum, correct, total], dev)
-    return (loss_sum / total if total else 0.0), accuracy_percent(correct, total)
+    return _epoch_averages(loss_sum, correct, total, dev)
 
 
 def validate(
@@ -167,8 +176,7 @@ def validate(
             loss_sum += criterion(outputs, labels).item() * n
             correct += (outputs.argmax(dim=1) == labels).sum().item()
             total += n
-    loss_sum, correct, total = all_reduce_sums([loss_sum, correct, total], dev)
-    return (loss_sum / total if total else 0.0), accuracy_percent(correct, total)
+    return _epoch_averages(loss_sum, correct, total, dev)
 
 
 def evaluate_model(

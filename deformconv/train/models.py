@@ -99,7 +99,54 @@ def _conv3x3(in_c: int, out_c: int, deformable: bool) -> nn.Module:
     return nn.Conv2d(in_c, out_c, kernel_size=3, padding=1)
 
 
-class CustomCNN(nn.Module):
+class _ThreeBlockCNN(nn.Module):
+    """Layers shared by :class:`CustomCNN` and :class:`CNNWithBatchNorm`.
+
+    Builds, in the quiz's order, ``conv1 [bn1] conv2 [bn2] conv3 [bn3] pool fc1 fc2 dropout``
+    (the ``bn*`` layers only with ``batch_norm=True``) and He-initialises the three convs.
+    The subclasses keep their own ``forward`` (the conv blocks are where they differ) and end
+    it with :meth:`_classify`. Arguments as :class:`CustomCNN`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        width: float,
+        deformable: DeformSpec,
+        dropout: float,
+        image_size: int,
+        batch_norm: bool,
+    ) -> None:
+        super().__init__()
+        c1, c2, c3, hidden = _channels(width)
+        side = _feature_side(image_size)
+        self.deform_layers = _deform_layers(deformable)
+        self.conv1 = _conv3x3(3, c1, 1 in self.deform_layers)
+        if batch_norm:
+            self.bn1 = nn.BatchNorm2d(c1)
+        self.conv2 = _conv3x3(c1, c2, 2 in self.deform_layers)
+        if batch_norm:
+            self.bn2 = nn.BatchNorm2d(c2)
+        self.conv3 = _conv3x3(c2, c3, 3 in self.deform_layers)
+        if batch_norm:
+            self.bn3 = nn.BatchNorm2d(c3)
+        self.pool = nn.MaxPool2d(2, 2)
+        # Three 2x2 pools: 32 -> 16 -> 8 -> 4 (S -> S/8), so c3 * 4 * 4 features at S = 32.
+        self.fc1 = nn.Linear(c3 * side * side, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+        self.dropout = nn.Dropout(dropout)
+        _he_init(self.conv1, self.conv2, self.conv3)
+
+    def _classify(self, x: Tensor) -> Tensor:
+        """The fully connected head: ``x: Tensor[N, c3, S/8, S/8]`` (the last block's map)
+        -> flatten -> fc1 -> ReLU -> dropout -> fc2 -> ``Tensor[N, num_classes]`` logits."""
+        x = x.view(x.size(0), -1)  # [N, c3 * (S/8)**2]
+        x = F.relu(self.fc1(x))
+        x = self.dropout(x)
+        return self.fc2(x)
+
+
+class CustomCNN(_ThreeBlockCNN):
     """The quiz's P6 model (optionally narrower / deformable).
 
     Args:
@@ -128,31 +175,16 @@ class CustomCNN(nn.Module):
         dropout: float = 0.5,
         image_size: int = 32,
     ) -> None:
-        super().__init__()
-        c1, c2, c3, hidden = _channels(width)
-        side = _feature_side(image_size)
-        self.deform_layers = _deform_layers(deformable)
-        self.conv1 = _conv3x3(3, c1, 1 in self.deform_layers)
-        self.conv2 = _conv3x3(c1, c2, 2 in self.deform_layers)
-        self.conv3 = _conv3x3(c2, c3, 3 in self.deform_layers)
-        self.pool = nn.MaxPool2d(2, 2)
-        # Three 2x2 pools: 32 -> 16 -> 8 -> 4 (S -> S/8), so c3 * 4 * 4 features at S = 32.
-        self.fc1 = nn.Linear(c3 * side * side, hidden)
-        self.fc2 = nn.Linear(hidden, num_classes)
-        self.dropout = nn.Dropout(dropout)
-        _he_init(self.conv1, self.conv2, self.conv3)
+        super().__init__(num_classes, width, deformable, dropout, image_size, batch_norm=False)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pool(F.relu(self.conv1(x)))  # [N, c1, 16, 16]
         x = self.pool(F.relu(self.conv2(x)))  # [N, c2, 8, 8]
         x = self.pool(F.relu(self.conv3(x)))  # [N, c3, 4, 4]
-        x = x.view(x.size(0), -1)  # [N, c3*16]
-        x = F.relu(self.fc1(x))
-        x = self.dropout(x)
-        return self.fc2(x)
+        return self._classify(x)
 
 
-class CNNWithBatchNorm(nn.Module):
+class CNNWithBatchNorm(_ThreeBlockCNN):
     """The quiz's P11 model: conv -> BatchNorm -> ReLU -> pool, three times, then 2 FCs.
 
     Same arguments as :class:`CustomCNN`; ``dropout`` defaults to 0 (the quiz has none).
@@ -179,30 +211,13 @@ class CNNWithBatchNorm(nn.Module):
         dropout: float = 0.0,
         image_size: int = 32,
     ) -> None:
-        super().__init__()
-        c1, c2, c3, hidden = _channels(width)
-        side = _feature_side(image_size)
-        self.deform_layers = _deform_layers(deformable)
-        self.conv1 = _conv3x3(3, c1, 1 in self.deform_layers)
-        self.bn1 = nn.BatchNorm2d(c1)
-        self.conv2 = _conv3x3(c1, c2, 2 in self.deform_layers)
-        self.bn2 = nn.BatchNorm2d(c2)
-        self.conv3 = _conv3x3(c2, c3, 3 in self.deform_layers)
-        self.bn3 = nn.BatchNorm2d(c3)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.fc1 = nn.Linear(c3 * side * side, hidden)
-        self.fc2 = nn.Linear(hidden, num_classes)
-        self.dropout = nn.Dropout(dropout)
-        _he_init(self.conv1, self.conv2, self.conv3)
+        super().__init__(num_classes, width, deformable, dropout, image_size, batch_norm=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pool(F.relu(self.bn1(self.conv1(x))))  # [N, c1, 16, 16]
         x = self.pool(F.relu(self.bn2(self.conv2(x))))  # [N, c2, 8, 8]
         x = self.pool(F.relu(self.bn3(self.conv3(x))))  # [N, c3, 4, 4]
-        x = x.view(x.size(0), -1)
-        x = F.relu(self.fc1(x))
-        x = self.dropout(x)
-        return self.fc2(x)
+        return self._classify(x)
 
 
 class DeformableCNN(CustomCNN):
