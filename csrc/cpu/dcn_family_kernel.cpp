@@ -1,7 +1,9 @@
 // CPU forward and backward of the DCN family ops (dcnv3, dcnv4): one kernel template over OffsetMaskLayout, every dtype, multithreaded and deterministic.
 //
-// Both read the input as an opmath copy with a one-pixel zero border (and one zero row more),
-// so a point's four corners are a base and two steps with no per-corner test. Both locate the
+// Both read the input as an opmath copy in one plane per (image, group) with a one-pixel zero
+// border (and one zero row more), so a point's four corners are a base and two steps with no
+// per-corner test, and a group's pixels are contiguous (the channel-last input would spread
+// a group's cells over a quarter or less of the cache sets). Both locate the
 // taps of a block of pixels in one row and one group at a time, a tap per vector lane
 // (TapBlock, cpu/dcn_family_taps.h); a tap out of range gets zero weights at an all-zero cell.
 // Forward: tasks own ranges of (n, output row); each (pixel, group) sums its taps' corner
@@ -41,8 +43,8 @@ using deformconv::family::Params;
 using deformconv::family::sample_origin;
 using deformconv::family::Sizes;
 
-// One call's data: the input as opmath (N, H+3, W+2, C) with a zero border and one more zero
-// row (bordered_input), so every corner of an in-range point lies inside it and a point's four
+// One call's data: the input as opmath (N, G, H+3, W+2, D) planes with a zero border and one
+// more zero row (bordered_input), so every corner of an in-range point lies inside it and a point's four
 // corners are one base and two steps, and the cells at (H+1, 0) are all zero (where a tap out
 // of range points); offset / mask in acc_t at their layout's strides (mask already advanced by
 // the layout's mask_start); each tap's grid position.
@@ -55,9 +57,15 @@ struct Call {
   Params q;
   Sizes s;
   std::vector<acc_t> tap_y, tap_x;  // each tap's grid position (family::tap_grid)
-  int64_t image_len;                // (H+3) * (W+2) * C
-  CornerSteps steps;                // C, (W+2) * C
-  bool index32;                     // image_len fits int32 (fits_int32)
+  int64_t plane_len;                // (H+3) * (W+2) * D: one (image, group) plane
+  CornerSteps steps;                // D, (W+2) * D
+  bool index32;                     // plane_len fits int32 (fits_int32)
+
+  // The plane of image n, group g (the input's, or its gradient's: bordered alike).
+  template <typename T>
+  T* plane(T* planes, int64_t n, int64_t g) const {
+    return planes + (n * q.group + g) * plane_len;
+  }
 
   TapBlock<acc_t> tap_block() const {
     return TapBlock<acc_t>(s.points, TapBlock<acc_t>::block_pixels(s.points, s.out_w), tap_y.data(),
@@ -82,22 +90,22 @@ DEFORMCONV_CPU_CLONES_AVX2 void forward_rows(const Call<acc_t>& k, scalar_t* out
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / s.out_h;
     const int64_t ho = row % s.out_h;
-    const acc_t* image = k.bordered + n * k.image_len;
     for (int64_t wo0 = 0; wo0 < s.out_w; wo0 += B) {
       const int64_t pixels = std::min(B, s.out_w - wo0);
       const int64_t r0 = row * s.out_w + wo0;  // the block's first pixel's row in (N, Ho, Wo, ...)
       acc_t origin_y, origin_x;
       sample_origin(q, ho, wo0, &origin_y, &origin_x);
       for (int64_t g = 0; g < q.group; ++g) {
+        const acc_t* image = k.plane(k.bordered, n, g);
         block.gather(pixels, k.offset + r0 * L.offset_row + g * L.offset_group, L.offset_row,
                      k.mask + r0 * L.mask_row + g * L.mask_group, L.mask_row);
         block.template locate<false>(pixels, origin_y, origin_x, scale, s.height, s.width, k.steps);
         for (int64_t b = 0; b < pixels; ++b) {
           scalar_t* o = out + (r0 + b) * C + g * D;
           if constexpr (std::is_same_v<scalar_t, acc_t>) {
-            sum_points(image + g * D, k.steps, block.taps(b), o, D);
+            sum_points(image, k.steps, block.taps(b), o, D);
           } else {
-            sum_points(image + g * D, k.steps, block.taps(b), sums.data(), D);
+            sum_points(image, k.steps, block.taps(b), sums.data(), D);
             for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(sums[d]);
           }
         }
@@ -106,15 +114,16 @@ DEFORMCONV_CPU_CLONES_AVX2 void forward_rows(const Call<acc_t>& k, scalar_t* out
   }
 }
 
-// Every gradient of image n, group g: grad_bordered (acc_t, bordered like the input) of the
-// group's channels, and grad_offset / grad_mask (acc_t, at the call's layout) of its pixels.
-// Per block of pixels in a row: every tap's location and weights first (TapBlock), then per
-// pixel one pass over the channels for all its taps (scatter_and_dots_points), then the offset
-// / mask gradients of the block.
+// Every gradient of the tasks [task_begin, task_end) of (N * G), task n * G + g: grad_bordered
+// (acc_t, bordered like the input) of image n, group g, and grad_offset / grad_mask (acc_t, at
+// the call's layout) of its pixels and group. Per block of pixels in a row: every tap's location
+// and weights first (TapBlock), then per pixel one pass over the channels for all its taps
+// (scatter_and_dots_points), then the offset / mask gradients of the block.
 template <typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_CLONES_AVX2 void backward_task(const Call<acc_t>& k, const scalar_t* grad_output,
-                                              acc_t* grad_bordered, acc_t* grad_offset,
-                                              acc_t* grad_mask, int64_t n, int64_t g) {
+DEFORMCONV_CPU_CLONES_AVX2 void backward_tasks(const Call<acc_t>& k, const scalar_t* grad_output,
+                                               acc_t* grad_bordered, acc_t* grad_offset,
+                                               acc_t* grad_mask, int64_t task_begin,
+                                               int64_t task_end) {
   const Params q = k.q;
   const Sizes s = k.s;
   const OffsetMaskLayout L = k.layout;
@@ -123,33 +132,36 @@ DEFORMCONV_CPU_CLONES_AVX2 void backward_task(const Call<acc_t>& k, const scalar
   std::vector<acc_t> go_buffer(D);
   TapBlock<acc_t> block = k.tap_block();
   const int64_t B = block.max_pixels();
-  const acc_t* image = k.bordered + n * k.image_len + g * D;
-  acc_t* grad_image = grad_bordered + n * k.image_len + g * D;
-  for (int64_t ho = 0; ho < s.out_h; ++ho) {
-    for (int64_t wo0 = 0; wo0 < s.out_w; wo0 += B) {
-      const int64_t pixels = std::min(B, s.out_w - wo0);
-      const int64_t r0 = (n * s.out_h + ho) * s.out_w + wo0;
-      acc_t origin_y, origin_x;
-      sample_origin(q, ho, wo0, &origin_y, &origin_x);
-      const int64_t offset_at = r0 * L.offset_row + g * L.offset_group;
-      const int64_t mask_at = r0 * L.mask_row + g * L.mask_group;
-      block.gather(pixels, k.offset + offset_at, L.offset_row, k.mask + mask_at, L.mask_row);
-      block.template locate<true>(pixels, origin_y, origin_x, scale, s.height, s.width, k.steps);
-      for (int64_t b = 0; b < pixels; ++b) {
-        const scalar_t* go_in = grad_output + (r0 + b) * C + g * D;
-        const acc_t* go;
-        if constexpr (std::is_same_v<scalar_t, acc_t>) {
-          go = go_in;
-        } else {
-          for (int64_t d = 0; d < D; ++d) go_buffer[d] = static_cast<acc_t>(go_in[d]);
-          go = go_buffer.data();
+  for (int64_t task = task_begin; task < task_end; ++task) {
+    const int64_t n = task / q.group, g = task % q.group;
+    const acc_t* image = k.plane(k.bordered, n, g);
+    acc_t* grad_image = k.plane(grad_bordered, n, g);
+    for (int64_t ho = 0; ho < s.out_h; ++ho) {
+      for (int64_t wo0 = 0; wo0 < s.out_w; wo0 += B) {
+        const int64_t pixels = std::min(B, s.out_w - wo0);
+        const int64_t r0 = (n * s.out_h + ho) * s.out_w + wo0;
+        acc_t origin_y, origin_x;
+        sample_origin(q, ho, wo0, &origin_y, &origin_x);
+        const int64_t offset_at = r0 * L.offset_row + g * L.offset_group;
+        const int64_t mask_at = r0 * L.mask_row + g * L.mask_group;
+        block.gather(pixels, k.offset + offset_at, L.offset_row, k.mask + mask_at, L.mask_row);
+        block.template locate<true>(pixels, origin_y, origin_x, scale, s.height, s.width, k.steps);
+        for (int64_t b = 0; b < pixels; ++b) {
+          const scalar_t* go_in = grad_output + (r0 + b) * C + g * D;
+          const acc_t* go;
+          if constexpr (std::is_same_v<scalar_t, acc_t>) {
+            go = go_in;
+          } else {
+            for (int64_t d = 0; d < D; ++d) go_buffer[d] = static_cast<acc_t>(go_in[d]);
+            go = go_buffer.data();
+          }
+          // grad_input: each corner += m * w_c * grad_output (a corner in the border is dropped
+          // with it); dot_c = <grad_output, corner c> for the offset and mask gradients.
+          scatter_and_dots_points(image, grad_image, k.steps, block.taps(b), go, D, block.dots(b));
         }
-        // grad_input: each corner += m * w_c * grad_output (a corner in the border is dropped
-        // with it); dot_c = <grad_output, corner c> for the offset and mask gradients.
-        scatter_and_dots_points(image, grad_image, k.steps, block.taps(b), go, D, block.dots(b));
+        block.gradients(pixels, scale, grad_offset + offset_at, L.offset_row, grad_mask + mask_at,
+                        L.mask_row);
       }
-      block.gradients(pixels, scale, grad_offset + offset_at, L.offset_row, grad_mask + mask_at,
-                      L.mask_row);
     }
   }
 }
@@ -157,7 +169,7 @@ DEFORMCONV_CPU_CLONES_AVX2 void backward_task(const Call<acc_t>& k, const scalar
 template <typename acc_t>
 Call<acc_t> make_call(const at::Tensor& bordered, const at::Tensor& offset, const at::Tensor& mask,
                       const OffsetMaskLayout& layout, const Params& q, const Sizes& s) {
-  const int64_t row_step = (s.width + 2) * s.channels;
+  const int64_t row_step = (s.width + 2) * s.group_channels;
   Call<acc_t> k{bordered.data_ptr<acc_t>(),
                 offset.data_ptr<acc_t>(),
                 mask.data_ptr<acc_t>() + layout.mask_start,
@@ -167,7 +179,7 @@ Call<acc_t> make_call(const at::Tensor& bordered, const at::Tensor& offset, cons
                 std::vector<acc_t>(s.points),
                 std::vector<acc_t>(s.points),
                 (s.height + 3) * row_step,
-                CornerSteps{s.channels, row_step},
+                CornerSteps{s.group_channels, row_step},
                 fits_int32({(s.height + 3) * row_step})};
   for (int64_t p = 0; p < s.points; ++p) {
     int64_t ih, iw;
@@ -177,9 +189,10 @@ Call<acc_t> make_call(const at::Tensor& bordered, const at::Tensor& offset, cons
   return k;
 }
 
-// The input (N, H, W, C) as opmath (N, H+3, W+2, C) with a zero border and a zero row more.
-at::Tensor bordered_input(const at::Tensor& input) {
-  return bordered_nhwc(input.permute({0, 3, 1, 2}), 1);
+// The input (N, H, W, G * D) as opmath (N, G, H+3, W+2, D) planes with a zero border and a zero
+// row more.
+at::Tensor bordered_input(const at::Tensor& input, int64_t groups) {
+  return bordered_group_planes(input, groups, 1);
 }
 
 // The forward of either op. input contiguous (N, H, W, C); offset / mask contiguous in opmath
@@ -190,7 +203,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& offset, const at::
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor bordered = bordered_input(input);
+    const at::Tensor bordered = bordered_input(input, q.group);
     const Call<acc_t> k = make_call<acc_t>(bordered, offset, mask, layout, q, s);
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     const int64_t row_work = std::max<int64_t>(1, s.out_w * s.channels * s.points);
@@ -213,7 +226,7 @@ at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
     grad_mask.zero_();
     return at::zeros_like(input);
   }
-  const at::Tensor bordered = bordered_input(input);
+  const at::Tensor bordered = bordered_input(input, q.group);
   // grad_bordered starts kGradShift elements into its buffer: the input and its gradient are
   // allocated alike, and without the shift a corner's load from the input and the previous
   // point's store to the same corner's gradient lie a multiple of 4 KiB apart, which the
@@ -230,15 +243,13 @@ at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
     acc_t* g_offset = grad_offset.data_ptr<acc_t>();
     acc_t* g_mask = grad_mask.data_ptr<acc_t>() + layout.mask_start;
     at::parallel_for(0, s.batch * q.group, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        backward_task<scalar_t, acc_t>(k, go, gi, g_offset, g_mask, t / q.group, t % q.group);
-      }
+      backward_tasks<scalar_t, acc_t>(k, go, gi, g_offset, g_mask, begin, end);
     });
   });
-  return grad_bordered.narrow(1, 1, s.height)
-      .narrow(2, 1, s.width)
-      .to(input.scalar_type())
-      .contiguous();
+  at::Tensor grad_input = at::empty_like(input);  // the planes' interiors, as (N, H, W, G * D)
+  grad_input.view({s.batch, s.height, s.width, q.group, s.group_channels})
+      .copy_(grad_bordered.narrow(2, 1, s.height).narrow(3, 1, s.width).permute({0, 2, 3, 1, 4}));
+  return grad_input;
 }
 
 at::Tensor position_arg(const at::Tensor& t) { return to_opmath(t).contiguous(); }
