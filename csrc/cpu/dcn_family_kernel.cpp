@@ -44,10 +44,10 @@ using deformconv::family::sample_origin;
 using deformconv::family::Sizes;
 
 // One call's data: the input as opmath (N, G, H+3, W+2, D) planes with a zero border and one
-// more zero row (bordered_input), so every corner of an in-range point lies inside it and a point's four
-// corners are one base and two steps, and the cells at (H+1, 0) are all zero (where a tap out
-// of range points); offset / mask in acc_t at their layout's strides (mask already advanced by
-// the layout's mask_start); each tap's grid position.
+// more zero row (bordered_input), so every corner of an in-range point lies inside it and a
+// point's four corners are one base and two steps, and the cells at (H+1, 0) are all zero (where
+// a tap out of range points); offset / mask in acc_t at their layout's strides (mask already
+// advanced by the layout's mask_start); each tap's grid position.
 template <typename acc_t>
 struct Call {
   const acc_t* bordered;
@@ -189,10 +189,49 @@ Call<acc_t> make_call(const at::Tensor& bordered, const at::Tensor& offset, cons
   return k;
 }
 
-// The input (N, H, W, G * D) as opmath (N, G, H+3, W+2, D) planes with a zero border and a zero
-// row more.
-at::Tensor bordered_input(const at::Tensor& input, int64_t groups) {
-  return bordered_group_planes(input, groups, 1);
+// The input's layout conversions: channels-last (N, H, W, G * D) in scalar_t to and from the
+// interiors of (N, G, H+3, W+2, D) planes in acc_t (rows 1..H, columns 1..W), one pass over the
+// rows of the channels-last side (a permuted ATen copy moves runs of only D elements).
+template <typename From, typename To>
+DEFORMCONV_CPU_INLINE void copy_run(const From* from, To* to, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) to[i] = static_cast<To>(from[i]);
+}
+
+// Planes / Pixels: the two sides' element types, const on the side read.
+template <bool kToPlanes, typename Planes, typename Pixels>
+void convert_interiors(Planes* planes, int64_t groups, const Sizes& s, Pixels* nhwc) {
+  const int64_t H = s.height, W = s.width, D = s.group_channels, C = s.channels;
+  const int64_t plane_len = (H + 3) * (W + 2) * D;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, W * C));
+  at::parallel_for(0, s.batch * H, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / H, h = row % H;
+      Pixels* pixels = nhwc + row * W * C;
+      for (int64_t g = 0; g < groups; ++g) {
+        Planes* cells = planes + (n * groups + g) * plane_len + ((h + 1) * (W + 2) + 1) * D;
+        for (int64_t w = 0; w < W; ++w) {
+          if constexpr (kToPlanes) {
+            copy_run(pixels + w * C + g * D, cells + w * D, D);
+          } else {
+            copy_run(cells + w * D, pixels + w * C + g * D, D);
+          }
+        }
+      }
+    }
+  });
+}
+
+// The input (N, H, W, G * D), contiguous, as opmath (N, G, H+3, W+2, D) planes with a zero border
+// and a zero row more.
+at::Tensor bordered_input(const at::Tensor& input, int64_t groups, const Sizes& s) {
+  at::Tensor planes = at::empty({s.batch, groups, s.height + 3, s.width + 2, s.group_channels},
+                                input.options().dtype(opmath_dtype(input.scalar_type())));
+  zero_plane_borders(planes, 1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    convert_interiors<true>(planes.data_ptr<acc_t>(), groups, s, input.const_data_ptr<scalar_t>());
+  });
+  return planes;
 }
 
 // The forward of either op. input contiguous (N, H, W, C); offset / mask contiguous in opmath
@@ -203,7 +242,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& offset, const at::
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor bordered = bordered_input(input, q.group);
+    const at::Tensor bordered = bordered_input(input, q.group, s);
     const Call<acc_t> k = make_call<acc_t>(bordered, offset, mask, layout, q, s);
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     const int64_t row_work = std::max<int64_t>(1, s.out_w * s.channels * s.points);
@@ -226,7 +265,7 @@ at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
     grad_mask.zero_();
     return at::zeros_like(input);
   }
-  const at::Tensor bordered = bordered_input(input, q.group);
+  const at::Tensor bordered = bordered_input(input, q.group, s);
   // grad_bordered starts kGradShift elements into its buffer: the input and its gradient are
   // allocated alike, and without the shift a corner's load from the input and the previous
   // point's store to the same corner's gradient lie a multiple of 4 KiB apart, which the
@@ -246,9 +285,12 @@ at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
       backward_tasks<scalar_t, acc_t>(k, go, gi, g_offset, g_mask, begin, end);
     });
   });
-  at::Tensor grad_input = at::empty_like(input);  // the planes' interiors, as (N, H, W, G * D)
-  grad_input.view({s.batch, s.height, s.width, q.group, s.group_channels})
-      .copy_(grad_bordered.narrow(2, 1, s.height).narrow(3, 1, s.width).permute({0, 2, 3, 1, 4}));
+  at::Tensor grad_input = at::empty_like(input);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    convert_interiors<false>(grad_bordered.const_data_ptr<acc_t>(), q.group, s,
+                             grad_input.data_ptr<scalar_t>());
+  });
   return grad_input;
 }
 
