@@ -158,6 +158,18 @@ def test_batch_zero():
     assert out4.shape == out.shape
 
 
+@pytest.mark.parametrize("hw", [(0, 4), (3, 0)])
+def test_empty_image_samples_zeros(hw):
+    """An input with no pixels (H or W 0) but output pixels (from the padding): every sample is
+    0, so the output and the offset and mask gradients are 0."""
+    call = Call(n=1, h=hw[0], w=hw[1], group=2, depth=4, padding=(2, 2))
+    x, offset, mask = call.tensors()
+    out, g_x, g_off, g_mask = _grads(lambda *t: _v3(call, *t), x, offset, mask)
+    assert out.numel() > 0 and g_x.shape == x.shape
+    assert not out.any() and not g_off.any() and not g_mask.any()
+    assert not _v4(call, x, call.pack(offset, mask)).any()
+
+
 def test_non_contiguous_arguments():
     call = SWEEP["d16"]
     x, offset, mask = call.tensors(dtype=torch.float32)

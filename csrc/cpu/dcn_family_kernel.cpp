@@ -115,7 +115,7 @@ DEFORMCONV_CPU_CLONES_AVX2 void forward_rows(const Call<acc_t>& k, scalar_t* out
 }
 
 // Every gradient of the tasks [task_begin, task_end) of (N * G), task n * G + g: grad_bordered
-// (acc_t, bordered like the input) of image n, group g, and grad_offset / grad_mask (acc_t, at
+// (acc_t, bordered like the input; the task zeroes it first) of image n, group g, and grad_offset / grad_mask (acc_t, at
 // the call's layout) of its pixels and group. Per block of pixels in a row: every tap's location
 // and weights first (TapBlock), then per pixel one pass over the channels for all its taps
 // (scatter_and_dots_points), then the offset / mask gradients of the block.
@@ -136,6 +136,7 @@ DEFORMCONV_CPU_CLONES_AVX2 void backward_tasks(const Call<acc_t>& k, const scala
     const int64_t n = task / q.group, g = task % q.group;
     const acc_t* image = k.plane(k.bordered, n, g);
     acc_t* grad_image = k.plane(grad_bordered, n, g);
+    std::fill(grad_image, grad_image + k.plane_len, acc_t(0));
     for (int64_t ho = 0; ho < s.out_h; ++ho) {
       for (int64_t wo0 = 0; wo0 < s.out_w; wo0 += B) {
         const int64_t pixels = std::min(B, s.out_w - wo0);
@@ -189,32 +190,41 @@ Call<acc_t> make_call(const at::Tensor& bordered, const at::Tensor& offset, cons
   return k;
 }
 
-// The input's layout conversions: channels-last (N, H, W, G * D) in scalar_t to and from the
-// interiors of (N, G, H+3, W+2, D) planes in acc_t (rows 1..H, columns 1..W), one pass over the
-// rows of the channels-last side (a permuted ATen copy moves runs of only D elements).
+// The layout conversions between channels-last (N, H, W, G * D) in scalar_t and the
+// (N, G, H+3, W+2, D) planes in acc_t, whose interiors are rows 1..H, columns 1..W: one pass over
+// the rows of the channels-last side (a permuted ATen copy moves runs of only D elements).
 template <typename From, typename To>
 DEFORMCONV_CPU_INLINE void copy_run(const From* from, To* to, int64_t n) {
   for (int64_t i = 0; i < n; ++i) to[i] = static_cast<To>(from[i]);
 }
 
-// Planes / Pixels: the two sides' element types, const on the side read.
+// Planes / Pixels: the two sides' element types, const on the side read. kToPlanes: the planes
+// get the pixels and zeros everywhere else (bordered_input's layout); otherwise the pixels get
+// the planes' interiors.
 template <bool kToPlanes, typename Planes, typename Pixels>
-void convert_interiors(Planes* planes, int64_t groups, const Sizes& s, Pixels* nhwc) {
+void convert_planes(Planes* planes, int64_t groups, const Sizes& s, Pixels* nhwc) {
   const int64_t H = s.height, W = s.width, D = s.group_channels, C = s.channels;
-  const int64_t plane_len = (H + 3) * (W + 2) * D;
+  const int64_t row_len = (W + 2) * D, plane_len = (H + 3) * row_len;
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, W * C));
   at::parallel_for(0, s.batch * H, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / H, h = row % H;
       Pixels* pixels = nhwc + row * W * C;
       for (int64_t g = 0; g < groups; ++g) {
-        Planes* cells = planes + (n * groups + g) * plane_len + ((h + 1) * (W + 2) + 1) * D;
+        Planes* plane = planes + (n * groups + g) * plane_len;
+        Planes* cells = plane + (h + 1) * row_len + D;
         for (int64_t w = 0; w < W; ++w) {
           if constexpr (kToPlanes) {
             copy_run(pixels + w * C + g * D, cells + w * D, D);
           } else {
             copy_run(cells + w * D, pixels + w * C + g * D, D);
           }
+        }
+        if constexpr (kToPlanes) {  // the border: columns 0 and W+1, row 0, rows H+1 and H+2
+          std::fill(cells - D, cells, Planes(0));
+          std::fill(cells + W * D, cells + (W + 1) * D, Planes(0));
+          if (h == 0) std::fill(plane, plane + row_len, Planes(0));
+          if (h == H - 1) std::fill(plane + (H + 1) * row_len, plane + plane_len, Planes(0));
         }
       }
     }
@@ -226,10 +236,9 @@ void convert_interiors(Planes* planes, int64_t groups, const Sizes& s, Pixels* n
 at::Tensor bordered_input(const at::Tensor& input, int64_t groups, const Sizes& s) {
   at::Tensor planes = at::empty({s.batch, groups, s.height + 3, s.width + 2, s.group_channels},
                                 input.options().dtype(opmath_dtype(input.scalar_type())));
-  zero_plane_borders(planes, 1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    convert_interiors<true>(planes.data_ptr<acc_t>(), groups, s, input.const_data_ptr<scalar_t>());
+    convert_planes<true>(planes.data_ptr<acc_t>(), groups, s, input.const_data_ptr<scalar_t>());
   });
   return planes;
 }
@@ -240,6 +249,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& offset, const at::
                    const OffsetMaskLayout& layout, const Params& q, const Sizes& s) {
   at::Tensor out = at::empty({s.batch, s.out_h, s.out_w, s.channels}, input.options());
   if (out.numel() == 0) return out;
+  if (input.numel() == 0) return out.zero_();  // an empty image (H or W 0): every sample is 0
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor bordered = bordered_input(input, q.group, s);
@@ -271,7 +281,8 @@ at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
   // point's store to the same corner's gradient lie a multiple of 4 KiB apart, which the
   // CPU's store-to-load forwarding check mistakes for a dependence (4K aliasing).
   constexpr int64_t kGradShift = 80;  // 320 bytes in float32
-  at::Tensor grad_bordered = at::zeros({bordered.numel() + kGradShift}, bordered.options())
+  // Each backward task zeroes its own plane first.
+  at::Tensor grad_bordered = at::empty({bordered.numel() + kGradShift}, bordered.options())
                                  .narrow(0, kGradShift, bordered.numel())
                                  .view(bordered.sizes());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
@@ -288,8 +299,8 @@ at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
   at::Tensor grad_input = at::empty_like(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    convert_interiors<false>(grad_bordered.const_data_ptr<acc_t>(), q.group, s,
-                             grad_input.data_ptr<scalar_t>());
+    convert_planes<false>(grad_bordered.const_data_ptr<acc_t>(), q.group, s,
+                          grad_input.data_ptr<scalar_t>());
   });
   return grad_input;
 }
