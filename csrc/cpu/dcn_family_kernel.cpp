@@ -2,17 +2,18 @@
 //
 // Both read the input as an opmath copy in one plane per (image, group) with a one-pixel zero
 // border (and one zero row more), so a point's four corners are a base and two steps with no
-// per-corner test, and a group's pixels are contiguous (the channel-last input would spread
-// a group's cells over a quarter or less of the cache sets). Both locate the
-// taps of a block of pixels in one row and one group at a time, a tap per vector lane
-// (TapBlock, cpu/dcn_family_taps.h); a tap out of range gets zero weights at an all-zero cell.
+// per-corner test, and a group's pixels are contiguous (in the channels-last input a group's
+// cells would fall in a quarter or less of the cache sets). Both locate the taps of a block of
+// pixels in one row and one group at a time, a tap per vector lane (TapBlock,
+// cpu/dcn_family_taps.h); a tap out of range gets zero weights at an all-zero cell.
 // Forward: tasks own ranges of (n, output row); each (pixel, group) sums its taps' corner
 // weights (bilinear weight times mask) times the corners over the group's D contiguous channels
 // in vector registers (acc_t = float for 16-bit data, rounded once on store). Backward: tasks
-// own (n, group): the scatter into grad_input touches only that image's group channels, and
-// grad_offset / grad_mask of (n, group) come from the same pass, so no two tasks write one
-// element and every sum runs in a fixed (pixel, tap, channel-lane) order whatever the thread
-// count: bitwise reproducible, no atomics.
+// own (n, group) and build that input plane and its gradient plane in a per-thread buffer (so
+// the backward's scratch memory is two planes per thread, not two copies of the input); the
+// scatter, grad_offset and grad_mask of (n, group) come from one pass, so no two tasks write
+// one element and every sum runs in a fixed (pixel, tap, channel-lane) order whatever the
+// thread count: bitwise reproducible, no atomics.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -44,7 +45,8 @@ using deformconv::family::sample_origin;
 using deformconv::family::Sizes;
 
 // One call's data: the input as opmath (N, G, H+3, W+2, D) planes with a zero border and one
-// more zero row (bordered_input), so every corner of an in-range point lies inside it and a
+// more zero row (bordered_input; null in the backward, which builds one plane at a time), so
+// every corner of an in-range point lies inside it and a
 // point's four corners are one base and two steps, and the cells at (H+1, 0) are all zero (where
 // a tap out of range points); offset / mask in acc_t at their layout's strides (mask already
 // advanced by the layout's mask_start); each tap's grid position.
@@ -61,7 +63,7 @@ struct Call {
   CornerSteps steps;                // D, (W+2) * D
   bool index32;                     // plane_len fits int32 (fits_int32)
 
-  // The plane of image n, group g (the input's, or its gradient's: bordered alike).
+  // The plane of image n, group g in planes.
   template <typename T>
   T* plane(T* planes, int64_t n, int64_t g) const {
     return planes + (n * q.group + g) * plane_len;
@@ -72,6 +74,41 @@ struct Call {
                            tap_x.data(), q.stride_w, s.height + 1, index32);
   }
 };
+
+// The plane layout: image n, group g of the channels-last input (N, H, W, G * D) as an
+// (H+3, W+2, D) plane in acc_t whose interior is rows 1..H, columns 1..W.
+template <typename From, typename To>
+DEFORMCONV_CPU_INLINE void copy_run(const From* from, To* to, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) to[i] = static_cast<To>(from[i]);
+}
+
+// plane = group g of image (the input at image n, (H, W, C)): its pixels, and zeros elsewhere.
+template <typename acc_t, typename scalar_t>
+void fill_plane(acc_t* plane, const scalar_t* image, int64_t g, const Sizes& s) {
+  const int64_t H = s.height, W = s.width, D = s.group_channels, C = s.channels;
+  const int64_t row_len = (W + 2) * D;
+  std::fill(plane, plane + row_len, acc_t(0));
+  for (int64_t h = 0; h < H; ++h) {
+    acc_t* cells = plane + (h + 1) * row_len;
+    std::fill(cells, cells + D, acc_t(0));
+    for (int64_t w = 0; w < W; ++w)
+      copy_run(image + (h * W + w) * C + g * D, cells + (w + 1) * D, D);
+    std::fill(cells + (W + 1) * D, cells + row_len, acc_t(0));
+  }
+  std::fill(plane + (H + 1) * row_len, plane + (H + 3) * row_len, acc_t(0));
+}
+
+// Group g of image (grad_input at image n, (H, W, C)) = plane's interior, rounded to scalar_t.
+template <typename acc_t, typename scalar_t>
+void drain_plane(const acc_t* plane, scalar_t* image, int64_t g, const Sizes& s) {
+  const int64_t H = s.height, W = s.width, D = s.group_channels, C = s.channels;
+  const int64_t row_len = (W + 2) * D;
+  for (int64_t h = 0; h < H; ++h) {
+    const acc_t* cells = plane + (h + 1) * row_len;
+    for (int64_t w = 0; w < W; ++w)
+      copy_run(cells + (w + 1) * D, image + (h * W + w) * C + g * D, D);
+  }
+}
 
 // Output rows [row_begin, row_end) of (N * Ho), all pixels and groups of each: per block of
 // pixels and group, the taps located first (TapBlock), then each pixel's sum over the group's
@@ -114,16 +151,18 @@ DEFORMCONV_CPU_CLONES_AVX2 void forward_rows(const Call<acc_t>& k, scalar_t* out
   }
 }
 
-// Every gradient of the tasks [task_begin, task_end) of (N * G), task n * G + g: grad_bordered
-// (acc_t, bordered like the input; the task zeroes it first) of image n, group g, and grad_offset / grad_mask (acc_t, at
-// the call's layout) of its pixels and group. Per block of pixels in a row: every tap's location
-// and weights first (TapBlock), then per pixel one pass over the channels for all its taps
-// (scatter_and_dots_points), then the offset / mask gradients of the block.
+// Every gradient of the tasks [task_begin, task_end) of (N * G), task n * G + g: grad_input
+// (channels-last, scalar_t) of image n, group g, and grad_offset / grad_mask (acc_t, at the
+// call's layout) of its pixels and group. A task builds its input plane (fill_plane) and a
+// zero gradient plane in this call's buffer, so both are in cache, then per block of pixels in
+// a row: every tap's location and weights first (TapBlock), then per pixel one pass over the
+// channels for all its taps (scatter_and_dots_points), then the offset / mask gradients of the
+// block; last, the gradient plane's interior goes to grad_input (drain_plane).
 template <typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_CLONES_AVX2 void backward_tasks(const Call<acc_t>& k, const scalar_t* grad_output,
-                                               acc_t* grad_bordered, acc_t* grad_offset,
-                                               acc_t* grad_mask, int64_t task_begin,
-                                               int64_t task_end) {
+DEFORMCONV_CPU_CLONES_AVX2 void backward_tasks(const Call<acc_t>& k, const scalar_t* input,
+                                               const scalar_t* grad_output, scalar_t* grad_input,
+                                               acc_t* grad_offset, acc_t* grad_mask,
+                                               int64_t task_begin, int64_t task_end) {
   const Params q = k.q;
   const Sizes s = k.s;
   const OffsetMaskLayout L = k.layout;
@@ -132,10 +171,20 @@ DEFORMCONV_CPU_CLONES_AVX2 void backward_tasks(const Call<acc_t>& k, const scala
   std::vector<acc_t> go_buffer(D);
   TapBlock<acc_t> block = k.tap_block();
   const int64_t B = block.max_pixels();
+  // The two planes, 64-byte aligned. The gradient plane starts kGradShift elements past a 4 KiB
+  // multiple from the input plane: were the distance a multiple of 4 KiB, a corner's load from
+  // the input and the previous point's store to the same corner's gradient would look alike to
+  // the CPU's store-to-load forwarding check (4K aliasing) and stall.
+  constexpr int64_t kPage = 4096 / sizeof(acc_t), kGradShift = 320 / sizeof(acc_t);
+  const int64_t grad_at = (k.plane_len + kPage - 1) / kPage * kPage + kGradShift;
+  const at::Tensor planes = at::empty(
+      {grad_at + k.plane_len}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  acc_t* image = planes.data_ptr<acc_t>();
+  acc_t* grad_image = image + grad_at;
+  const int64_t image_len = s.height * s.width * C;
   for (int64_t task = task_begin; task < task_end; ++task) {
     const int64_t n = task / q.group, g = task % q.group;
-    const acc_t* image = k.plane(k.bordered, n, g);
-    acc_t* grad_image = k.plane(grad_bordered, n, g);
+    fill_plane(image, input + n * image_len, g, s);
     std::fill(grad_image, grad_image + k.plane_len, acc_t(0));
     for (int64_t ho = 0; ho < s.out_h; ++ho) {
       for (int64_t wo0 = 0; wo0 < s.out_w; wo0 += B) {
@@ -164,14 +213,15 @@ DEFORMCONV_CPU_CLONES_AVX2 void backward_tasks(const Call<acc_t>& k, const scala
                         L.mask_row);
       }
     }
+    drain_plane(grad_image, grad_input + n * image_len, g, s);
   }
 }
 
 template <typename acc_t>
-Call<acc_t> make_call(const at::Tensor& bordered, const at::Tensor& offset, const at::Tensor& mask,
+Call<acc_t> make_call(const acc_t* bordered, const at::Tensor& offset, const at::Tensor& mask,
                       const OffsetMaskLayout& layout, const Params& q, const Sizes& s) {
   const int64_t row_step = (s.width + 2) * s.group_channels;
-  Call<acc_t> k{bordered.data_ptr<acc_t>(),
+  Call<acc_t> k{bordered,
                 offset.data_ptr<acc_t>(),
                 mask.data_ptr<acc_t>() + layout.mask_start,
                 layout,
@@ -190,55 +240,21 @@ Call<acc_t> make_call(const at::Tensor& bordered, const at::Tensor& offset, cons
   return k;
 }
 
-// The layout conversions between channels-last (N, H, W, G * D) in scalar_t and the
-// (N, G, H+3, W+2, D) planes in acc_t, whose interiors are rows 1..H, columns 1..W: one pass over
-// the rows of the channels-last side (a permuted ATen copy moves runs of only D elements).
-template <typename From, typename To>
-DEFORMCONV_CPU_INLINE void copy_run(const From* from, To* to, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) to[i] = static_cast<To>(from[i]);
-}
-
-// Planes / Pixels: the two sides' element types, const on the side read. kToPlanes: the planes
-// get the pixels and zeros everywhere else (bordered_input's layout); otherwise the pixels get
-// the planes' interiors.
-template <bool kToPlanes, typename Planes, typename Pixels>
-void convert_planes(Planes* planes, int64_t groups, const Sizes& s, Pixels* nhwc) {
-  const int64_t H = s.height, W = s.width, D = s.group_channels, C = s.channels;
-  const int64_t row_len = (W + 2) * D, plane_len = (H + 3) * row_len;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, W * C));
-  at::parallel_for(0, s.batch * H, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / H, h = row % H;
-      Pixels* pixels = nhwc + row * W * C;
-      for (int64_t g = 0; g < groups; ++g) {
-        Planes* plane = planes + (n * groups + g) * plane_len;
-        Planes* cells = plane + (h + 1) * row_len + D;
-        for (int64_t w = 0; w < W; ++w) {
-          if constexpr (kToPlanes) {
-            copy_run(pixels + w * C + g * D, cells + w * D, D);
-          } else {
-            copy_run(cells + w * D, pixels + w * C + g * D, D);
-          }
-        }
-        if constexpr (kToPlanes) {  // the border: columns 0 and W+1, row 0, rows H+1 and H+2
-          std::fill(cells - D, cells, Planes(0));
-          std::fill(cells + W * D, cells + (W + 1) * D, Planes(0));
-          if (h == 0) std::fill(plane, plane + row_len, Planes(0));
-          if (h == H - 1) std::fill(plane + (H + 1) * row_len, plane + plane_len, Planes(0));
-        }
-      }
-    }
-  });
-}
-
-// The input (N, H, W, G * D), contiguous, as opmath (N, G, H+3, W+2, D) planes with a zero border
-// and a zero row more.
+// The input (N, H, W, G * D), contiguous, as opmath (N, G, H+3, W+2, D) planes (fill_plane).
 at::Tensor bordered_input(const at::Tensor& input, int64_t groups, const Sizes& s) {
   at::Tensor planes = at::empty({s.batch, groups, s.height + 3, s.width + 2, s.group_channels},
                                 input.options().dtype(opmath_dtype(input.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    convert_planes<true>(planes.data_ptr<acc_t>(), groups, s, input.const_data_ptr<scalar_t>());
+    acc_t* out = planes.data_ptr<acc_t>();
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
+    const int64_t plane_len = planes.numel() / std::max<int64_t>(1, s.batch * groups);
+    const int64_t image_len = s.height * s.width * s.channels;
+    at::parallel_for(0, s.batch * groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        fill_plane(out + p * plane_len, in + (p / groups) * image_len, p % groups, s);
+      }
+    });
   });
   return planes;
 }
@@ -253,7 +269,8 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& offset, const at::
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor bordered = bordered_input(input, q.group, s);
-    const Call<acc_t> k = make_call<acc_t>(bordered, offset, mask, layout, q, s);
+    const Call<acc_t> k =
+        make_call<acc_t>(bordered.const_data_ptr<acc_t>(), offset, mask, layout, q, s);
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     const int64_t row_work = std::max<int64_t>(1, s.out_w * s.channels * s.points);
     const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / row_work);
@@ -275,32 +292,18 @@ at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
     grad_mask.zero_();
     return at::zeros_like(input);
   }
-  const at::Tensor bordered = bordered_input(input, q.group, s);
-  // grad_bordered starts kGradShift elements into its buffer: the input and its gradient are
-  // allocated alike, and without the shift a corner's load from the input and the previous
-  // point's store to the same corner's gradient lie a multiple of 4 KiB apart, which the
-  // CPU's store-to-load forwarding check mistakes for a dependence (4K aliasing).
-  constexpr int64_t kGradShift = 80;  // 320 bytes in float32
-  // Each backward task zeroes its own plane first.
-  at::Tensor grad_bordered = at::empty({bordered.numel() + kGradShift}, bordered.options())
-                                 .narrow(0, kGradShift, bordered.numel())
-                                 .view(bordered.sizes());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const Call<acc_t> k = make_call<acc_t>(bordered, offset, mask, layout, q, s);
-    const scalar_t* go = grad_output.data_ptr<scalar_t>();
-    acc_t* gi = grad_bordered.data_ptr<acc_t>();
-    acc_t* g_offset = grad_offset.data_ptr<acc_t>();
-    acc_t* g_mask = grad_mask.data_ptr<acc_t>() + layout.mask_start;
-    at::parallel_for(0, s.batch * q.group, 1, [&](int64_t begin, int64_t end) {
-      backward_tasks<scalar_t, acc_t>(k, go, gi, g_offset, g_mask, begin, end);
-    });
-  });
   at::Tensor grad_input = at::empty_like(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    convert_planes<false>(grad_bordered.const_data_ptr<acc_t>(), q.group, s,
-                          grad_input.data_ptr<scalar_t>());
+    const Call<acc_t> k = make_call<acc_t>(nullptr, offset, mask, layout, q, s);
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
+    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    scalar_t* gi = grad_input.data_ptr<scalar_t>();
+    acc_t* g_offset = grad_offset.data_ptr<acc_t>();
+    acc_t* g_mask = grad_mask.data_ptr<acc_t>() + layout.mask_start;
+    at::parallel_for(0, s.batch * q.group, 1, [&](int64_t begin, int64_t end) {
+      backward_tasks<scalar_t, acc_t>(k, in, go, gi, g_offset, g_mask, begin, end);
+    });
   });
   return grad_input;
 }
