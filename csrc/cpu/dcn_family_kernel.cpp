@@ -46,10 +46,10 @@ using deformconv::family::Sizes;
 
 // One call's data: the input as opmath (N, G, H+3, W+2, D) planes with a zero border and one
 // more zero row (bordered_input; null in the backward, which builds one plane at a time), so
-// every corner of an in-range point lies inside it and a
-// point's four corners are one base and two steps, and the cells at (H+1, 0) are all zero (where
-// a tap out of range points); offset / mask in acc_t at their layout's strides (mask already
-// advanced by the layout's mask_start); each tap's grid position.
+// every corner of an in-range point lies inside its plane, a point's four corners are one base
+// and two steps, and the cells at (H+1, 0) are all zero (where a tap out of range points);
+// offset / mask in acc_t at their layout's strides (mask already advanced by the layout's
+// mask_start); each tap's grid position.
 template <typename acc_t>
 struct Call {
   const acc_t* bordered;
