@@ -201,6 +201,26 @@ def test_int64_cell_offsets_give_the_same_results(dtype, spread, monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("depth", [16, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_avx2_loops_agree_with_the_default(dtype, depth, monkeypatch):
+    """DEFORMCONV_CPU_FAMILY_LOOPS=avx2 takes the AVX2 / baseline clones where the CPU would take
+    the AVX-512 entry point (16-lane channel loops; the same code elsewhere). The output and
+    grad_input do the same arithmetic lane for lane, so they are bitwise equal; the offset and
+    mask gradients sum each dot product's channels in another order, so they agree to rounding."""
+    call = Call(n=2, h=7, w=9, group=2, depth=depth, dilation=(1, 2), padding=(1, 2))
+    x, offset, mask = call.tensors(dtype=dtype, spread=SMALL, position_dtype=torch.float32)
+    default = _grads(lambda *t: _v3(call, *t), x, offset, mask)
+    monkeypatch.setenv("DEFORMCONV_CPU_FAMILY_LOOPS", "avx2")
+    avx2 = _grads(lambda *t: _v3(call, *t), x, offset, mask)
+    assert torch.equal(avx2[0], default[0]) and torch.equal(avx2[1], default[1])
+    for a, b in zip(avx2[2:], default[2:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv("DEFORMCONV_CPU_FAMILY_LOOPS", "avx1024")
+    with pytest.raises(RuntimeError, match="DEFORMCONV_CPU_FAMILY_LOOPS is not valid"):
+        _v3(call, x, offset, mask)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_backward_is_bitwise_deterministic_across_runs_and_threads(dtype):
     call = Call(n=2, h=9, w=8, group=2, depth=19, stride=(1, 1))

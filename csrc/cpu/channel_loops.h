@@ -15,14 +15,18 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
 #define DEFORMCONV_CPU_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-// The DCN family's passes (dcn_family_kernel.cpp): AVX2+FMA and the baseline only. Their
-// 8-lane vectors fill an AVX2 register, and an AVX-512 clone has not run on any CPU yet.
+// The DCN family's passes (dcn_family_kernel.cpp) have two kinds of entry point: target clones
+// for AVX2+FMA and the baseline, with 8-lane vectors (one AVX2 register), and one for AVX-512
+// (x86-64-v4) whose channel loops use 16 lanes, chosen at run time (family_loops_avx512() in
+// cpu_paths.h).
 #define DEFORMCONV_CPU_CLONES_AVX2 __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define DEFORMCONV_CPU_AVX512 __attribute__((target("arch=x86-64-v4")))
 #define DEFORMCONV_CPU_INLINE inline __attribute__((always_inline))
 #define DEFORMCONV_CPU_RESTRICT __restrict__
 #else
 #define DEFORMCONV_CPU_CLONES
 #define DEFORMCONV_CPU_CLONES_AVX2
+#define DEFORMCONV_CPU_AVX512
 #define DEFORMCONV_CPU_INLINE inline
 #define DEFORMCONV_CPU_RESTRICT
 #endif

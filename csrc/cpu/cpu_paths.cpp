@@ -132,6 +132,11 @@ const char* loop_isa() {
   return "baseline";
 }
 
+bool family_loops_avx512() {
+  const std::string choice = env_choice("DEFORMCONV_CPU_FAMILY_LOOPS", {"avx2"});
+  return choice == "auto" && std::string(loop_isa()) == "avx512";
+}
+
 std::string describe_path(at::ScalarType dtype) {
   const bool is16 = dtype == at::kBFloat16 || dtype == at::kHalf;
   const at::ScalarType compute = dtype == at::kDouble ? at::kDouble : at::kFloat;

@@ -62,6 +62,11 @@ bool cpu_has_avx512();
 // Vector ISA of the sampling loops the loader chose: "avx512", "avx2" or "baseline".
 const char* loop_isa();
 
+// Whether the DCN family's CPU passes take their AVX-512 entry point (16-lane channel loops):
+// on a CPU with x86-64-v4 (AVX-512 F/BW/CD/DQ/VL), unless DEFORMCONV_CPU_FAMILY_LOOPS=avx2
+// asks for the AVX2 / baseline clones (read on every call; "auto" or unset: by the CPU).
+bool family_loops_avx512();
+
 // One line naming the path a call with this input dtype takes, e.g.
 // "gemm=onednn columns=bfloat16 forward=chunked backward=fused loops=avx512".
 std::string describe_path(at::ScalarType dtype);

@@ -31,6 +31,7 @@
 #include "common/opmath.h"
 #include "common/tensor_layouts.h"
 #include "cpu/channel_loops.h"
+#include "cpu/cpu_paths.h"
 #include "cpu/dcn_family_loops.h"
 #include "cpu/dcn_family_taps.h"
 
@@ -112,10 +113,10 @@ void drain_plane(const acc_t* plane, scalar_t* image, int64_t g, const Sizes& s)
 
 // Output rows [row_begin, row_end) of (N * Ho), all pixels and groups of each: per block of
 // pixels and group, the taps located first (TapBlock), then each pixel's sum over the group's
-// channels.
-template <typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_CLONES_AVX2 void forward_rows(const Call<acc_t>& k, scalar_t* out, int64_t row_begin,
-                                             int64_t row_end) {
+// channels (kWide: in 16-lane vectors, see sum_points).
+template <bool kWide, typename scalar_t, typename acc_t>
+DEFORMCONV_CPU_INLINE void forward_rows(const Call<acc_t>& k, scalar_t* out, int64_t row_begin,
+                                        int64_t row_end) {
   const Params q = k.q;
   const Sizes s = k.s;
   const OffsetMaskLayout L = k.layout;
@@ -140,9 +141,9 @@ DEFORMCONV_CPU_CLONES_AVX2 void forward_rows(const Call<acc_t>& k, scalar_t* out
         for (int64_t b = 0; b < pixels; ++b) {
           scalar_t* o = out + (r0 + b) * C + g * D;
           if constexpr (std::is_same_v<scalar_t, acc_t>) {
-            sum_points(image, k.steps, block.taps(b), o, D);
+            sum_points<kWide>(image, k.steps, block.taps(b), o, D);
           } else {
-            sum_points(image, k.steps, block.taps(b), sums.data(), D);
+            sum_points<kWide>(image, k.steps, block.taps(b), sums.data(), D);
             for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(sums[d]);
           }
         }
@@ -157,12 +158,13 @@ DEFORMCONV_CPU_CLONES_AVX2 void forward_rows(const Call<acc_t>& k, scalar_t* out
 // zero gradient plane in this call's buffer, so both are in cache, then per block of pixels in
 // a row: every tap's location and weights first (TapBlock), then per pixel one pass over the
 // channels for all its taps (scatter_and_dots_points), then the offset / mask gradients of the
-// block; last, the gradient plane's interior goes to grad_input (drain_plane).
-template <typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_CLONES_AVX2 void backward_tasks(const Call<acc_t>& k, const scalar_t* input,
-                                               const scalar_t* grad_output, scalar_t* grad_input,
-                                               acc_t* grad_offset, acc_t* grad_mask,
-                                               int64_t task_begin, int64_t task_end) {
+// block; last, the gradient plane's interior goes to grad_input (drain_plane). kWide: 16-lane
+// channel loops (scatter_and_dots_points).
+template <bool kWide, typename scalar_t, typename acc_t>
+DEFORMCONV_CPU_INLINE void backward_tasks(const Call<acc_t>& k, const scalar_t* input,
+                                          const scalar_t* grad_output, scalar_t* grad_input,
+                                          acc_t* grad_offset, acc_t* grad_mask, int64_t task_begin,
+                                          int64_t task_end) {
   const Params q = k.q;
   const Sizes s = k.s;
   const OffsetMaskLayout L = k.layout;
@@ -207,7 +209,8 @@ DEFORMCONV_CPU_CLONES_AVX2 void backward_tasks(const Call<acc_t>& k, const scala
           }
           // grad_input: each corner += m * w_c * grad_output (a corner in the border is dropped
           // with it); dot_c = <grad_output, corner c> for the offset and mask gradients.
-          scatter_and_dots_points(image, grad_image, k.steps, block.taps(b), go, D, block.dots(b));
+          scatter_and_dots_points<kWide>(image, grad_image, k.steps, block.taps(b), go, D,
+                                         block.dots(b));
         }
         block.gradients(pixels, scale, grad_offset + offset_at, L.offset_row, grad_mask + mask_at,
                         L.mask_row);
@@ -215,6 +218,39 @@ DEFORMCONV_CPU_CLONES_AVX2 void backward_tasks(const Call<acc_t>& k, const scala
     }
     drain_plane(grad_image, grad_input + n * image_len, g, s);
   }
+}
+
+// The passes' entry points: target clones for AVX2+FMA and the baseline (8-lane channel loops),
+// and AVX-512 (16-lane channel loops for 16-channel multiples); family_loops_avx512() picks.
+template <typename scalar_t, typename acc_t>
+DEFORMCONV_CPU_CLONES_AVX2 void forward_rows_avx2(const Call<acc_t>& k, scalar_t* out,
+                                                  int64_t row_begin, int64_t row_end) {
+  forward_rows</*kWide=*/false>(k, out, row_begin, row_end);
+}
+
+template <typename scalar_t, typename acc_t>
+DEFORMCONV_CPU_AVX512 void forward_rows_avx512(const Call<acc_t>& k, scalar_t* out,
+                                               int64_t row_begin, int64_t row_end) {
+  forward_rows</*kWide=*/true>(k, out, row_begin, row_end);
+}
+
+template <typename scalar_t, typename acc_t>
+DEFORMCONV_CPU_CLONES_AVX2 void backward_tasks_avx2(const Call<acc_t>& k, const scalar_t* input,
+                                                    const scalar_t* grad_output,
+                                                    scalar_t* grad_input, acc_t* grad_offset,
+                                                    acc_t* grad_mask, int64_t task_begin,
+                                                    int64_t task_end) {
+  backward_tasks</*kWide=*/false>(k, input, grad_output, grad_input, grad_offset, grad_mask,
+                                  task_begin, task_end);
+}
+
+template <typename scalar_t, typename acc_t>
+DEFORMCONV_CPU_AVX512 void backward_tasks_avx512(const Call<acc_t>& k, const scalar_t* input,
+                                                 const scalar_t* grad_output, scalar_t* grad_input,
+                                                 acc_t* grad_offset, acc_t* grad_mask,
+                                                 int64_t task_begin, int64_t task_end) {
+  backward_tasks</*kWide=*/true>(k, input, grad_output, grad_input, grad_offset, grad_mask,
+                                 task_begin, task_end);
 }
 
 template <typename acc_t>
@@ -274,8 +310,14 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& offset, const at::
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     const int64_t row_work = std::max<int64_t>(1, s.out_w * s.channels * s.points);
     const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / row_work);
-    at::parallel_for(0, s.batch * s.out_h, grain,
-                     [&](int64_t begin, int64_t end) { forward_rows(k, out_ptr, begin, end); });
+    const bool avx512 = family_loops_avx512();
+    at::parallel_for(0, s.batch * s.out_h, grain, [&](int64_t begin, int64_t end) {
+      if (avx512) {
+        forward_rows_avx512(k, out_ptr, begin, end);
+      } else {
+        forward_rows_avx2(k, out_ptr, begin, end);
+      }
+    });
   });
   return out;
 }
@@ -301,8 +343,13 @@ at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
     acc_t* g_offset = grad_offset.data_ptr<acc_t>();
     acc_t* g_mask = grad_mask.data_ptr<acc_t>() + layout.mask_start;
+    const bool avx512 = family_loops_avx512();
     at::parallel_for(0, s.batch * q.group, 1, [&](int64_t begin, int64_t end) {
-      backward_tasks<scalar_t, acc_t>(k, in, go, gi, g_offset, g_mask, begin, end);
+      if (avx512) {
+        backward_tasks_avx512<scalar_t, acc_t>(k, in, go, gi, g_offset, g_mask, begin, end);
+      } else {
+        backward_tasks_avx2<scalar_t, acc_t>(k, in, go, gi, g_offset, g_mask, begin, end);
+      }
     });
   });
   return grad_input;

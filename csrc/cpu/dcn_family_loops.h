@@ -108,16 +108,51 @@ DEFORMCONV_CPU_INLINE void transpose8x4(const float* rows, f32x8 d[4]) {
   }
 #endif
 }
+
+// 16-lane versions for the AVX-512 entry points (kWide): 16 channels in one register. Not for
+// the AVX2 ones, where GCC keeps 16-lane vectors in memory. (16-lane vectors go by pointer:
+// baseline code returning one would change the ABI.)
+DEFORMCONV_CPU_INLINE void store16(float* p, const f32x16& v) { std::memcpy(p, &v, sizeof(v)); }
+
+// *acc += corner_sum8 of 16 channels, lane for lane the same arithmetic.
+DEFORMCONV_CPU_INLINE void add_corner_sum16(f32x16* acc, const float* c00, CornerSteps s,
+                                            const float w[4]) {
+  f32x16 v0, v1, v2, v3;
+  load16(&v0, c00);
+  load16(&v1, c00 + s.col_step);
+  load16(&v2, c00 + s.row_step);
+  load16(&v3, c00 + s.row_step + s.col_step);
+  *acc += w[0] * v0 + w[1] * v1 + w[2] * v2 + w[3] * v3;
+}
+
+// The two 8-lane halves of a, added: lane j holds a[j] + a[j + 8].
+DEFORMCONV_CPU_INLINE f32x8 fold16(const f32x16& a) {
+  f32x8 lo, hi;
+  std::memcpy(&lo, &a, sizeof(lo));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&a) + sizeof(lo), sizeof(hi));
+  return lo + hi;
+}
 #endif
 
 // out[d] = sum_i (sum_c taps.w[c][i] * corner_c(tap i)[d]) for d < n: each output element sums
-// its taps in order; float keeps 16 channels in two vector registers over all taps.
-template <typename T>
+// its taps in order; float keeps 16 channels in two vector registers over all taps (kWide: in
+// one 16-lane register, the same sums lane for lane).
+template <bool kWide, typename T>
 DEFORMCONV_CPU_INLINE void sum_points(const T* image, CornerSteps s, const TapRefs<T>& taps, T* out,
                                       int64_t n) {
   const int64_t count = taps.count;
   int64_t d = 0;
 #ifdef DEFORMCONV_CPU_VECTOR_EXT
+  if constexpr (std::is_same_v<T, float> && kWide) {
+    for (; d + 16 <= n; d += 16) {
+      f32x16 a = {};
+      for (int64_t i = 0; i < count; ++i) {
+        const float w[4] = {taps.w[0][i], taps.w[1][i], taps.w[2][i], taps.w[3][i]};
+        add_corner_sum16(&a, image + taps.base[i] + d, s, w);
+      }
+      store16(out + d, a);
+    }
+  }
   if constexpr (std::is_same_v<T, float>) {
     for (; d + 16 <= n; d += 16) {
       f32x8 a = {}, b = {};
@@ -237,16 +272,44 @@ DEFORMCONV_CPU_INLINE void scatter_and_dots16(const float* image, float* grad, C
     std::memcpy(dots + 4 * i, &sums, sizeof(sums));
   }
 }
+// scatter_and_dots16 in 16 lanes (kWide): grad_output in one register; each dot folds its 16
+// lane products to 8 (fold16) before sum4x8, so its rounding differs from the 8-lane version's
+// (which adds channel d + 8's product to channel d's in a fused multiply-add).
+DEFORMCONV_CPU_INLINE void scatter_and_dots16_wide(const float* image, float* grad, CornerSteps s,
+                                                   const TapRefs<float>& taps, const float* go,
+                                                   float* dots) {
+  const int64_t step[4] = {0, s.col_step, s.row_step, s.row_step + s.col_step};
+  f32x16 g;
+  load16(&g, go);
+  for (int64_t i = 0; i < taps.count; ++i) {
+    const float* c00 = image + taps.base[i];
+    float* g00 = grad + taps.base[i];
+    f32x8 a[4];
+    for (int c = 0; c < 4; ++c) {
+      f32x16 v;
+      load16(&v, c00 + step[c]);
+      a[c] = fold16(g * v);
+    }
+    for (int c = 0; c < 4; ++c) {
+      f32x16 v;
+      load16(&v, g00 + step[c]);
+      store16(g00 + step[c], v + taps.w[c][i] * g);
+    }
+    const f32x4 sums = sum4x8(a[0], a[1], a[2], a[3]);
+    std::memcpy(dots + 4 * i, &sums, sizeof(sums));
+  }
+}
 #endif
 
 // scatter_and_dots for the taps of one pixel, in order: every tap's scatter into grad, and
-// dots[4 i + c] = <go, corner c of tap i>.
-template <typename T>
+// dots[4 i + c] = <go, corner c of tap i>. kWide: 16 lanes where n is 16.
+template <bool kWide, typename T>
 DEFORMCONV_CPU_INLINE void scatter_and_dots_points(const T* image, T* grad, CornerSteps s,
                                                    const TapRefs<T>& taps, const T* go, int64_t n,
                                                    T* dots) {
 #ifdef DEFORMCONV_CPU_VECTOR_EXT
   if constexpr (std::is_same_v<T, float>) {
+    if (n == 16 && kWide) return scatter_and_dots16_wide(image, grad, s, taps, go, dots);
     if (n == 16) return scatter_and_dots16(image, grad, s, taps, go, dots);
   }
 #endif
