@@ -28,14 +28,32 @@ def cpu_name() -> str:
     return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
+def cache_sizes(cpu: int = 0) -> dict[int, str]:
+    """The data / unified cache size per level of one CPU from sysfs, e.g. {1: "48K", 2: "2048K",
+    3: "491520K"}; empty where sysfs has no cache directory."""
+    sizes = {}
+    for index in sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}/cache").glob("index*")):
+        try:
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            sizes[int((index / "level").read_text())] = (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+    return sizes
+
+
 def cpu_generation() -> str | None:
-    """CPU family / model and per-core L2 as /proc/cpuinfo reports them (e.g. "family 26
-    model 2, 1024 KB L2"): a model name such as "AMD EPYC" does not tell generations apart."""
+    """CPU family / model and the L2 and L3 sizes (e.g. "family 26 model 2, L2 1024K, L3
+    32768K"): a model name such as "AMD EPYC" does not tell generations apart. Without sysfs,
+    cpuinfo's "cache size" (the L2 on AMD, the last level on Intel) as "cache"."""
     family, model = cpuinfo_field("cpu family"), cpuinfo_field("model")
     if family is None:
         return None
-    cache = cpuinfo_field("cache size")
-    return f"family {family} model {model}" + (f", {cache} L2" if cache else "")
+    levels = cache_sizes()
+    caches = [f"L{level} {levels[level]}" for level in (2, 3) if level in levels]
+    if not caches and cpuinfo_field("cache size"):
+        caches = [f"{cpuinfo_field('cache size')} cache"]
+    return ", ".join([f"family {family} model {model}"] + caches)
 
 
 def vector_isa() -> str:
