@@ -1,4 +1,4 @@
-// The bordered channels-last input (and the zero border of any such plane), the flattened pixels and the column-ordered weight: tensor layouts shared by the CPU kernels and the CPU and CUDA double backward.
+// The bordered channels-last input, the flattened pixels and the column-ordered weight: tensor layouts shared by the CPU kernels and the CPU and CUDA double backward.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -36,23 +36,16 @@ inline at::Tensor to_caller(const at::Tensor& t, const at::Tensor& like) {
   return t.to(like.scalar_type()).contiguous(result_memory_format(like));
 }
 
-// Zeroes the border of planes (..., H+2+extra_rows, W+2, D) holding an H x W image from row 1,
-// column 1: the first row, the last 1 + extra_rows rows and the first and last columns.
-inline void zero_plane_borders(const at::Tensor& planes, int64_t extra_rows) {
-  const int64_t rows = planes.size(-3), cols = planes.size(-2);
-  planes.narrow(-3, rows - 1 - extra_rows, 1 + extra_rows).zero_();
-  planes.select(-3, 0).zero_();
-  for (int64_t col : {int64_t(0), cols - 1}) planes.select(-2, col).zero_();
-}
-
-// The input as opmath (N, H+2, W+2, C) with a zero border, in one copy; extra_rows more zero
-// rows at the bottom make it (N, H+2+extra_rows, W+2, C). input: (N, C, H, W), any strides.
-inline at::Tensor bordered_nhwc(const at::Tensor& input, int64_t extra_rows = 0) {
+// The input as opmath (N, H+2, W+2, C) with a zero border, in one copy. input: (N, C, H, W),
+// any strides.
+inline at::Tensor bordered_nhwc(const at::Tensor& input) {
   const auto opts = input.options().dtype(opmath_dtype(input.scalar_type()));
   const int64_t H = input.size(2);
   const int64_t W = input.size(3);
-  at::Tensor out = at::empty({input.size(0), H + 2 + extra_rows, W + 2, input.size(1)}, opts);
-  zero_plane_borders(out, extra_rows);
+  at::Tensor out = at::empty({input.size(0), H + 2, W + 2, input.size(1)}, opts);
+  out.select(1, 0).zero_();
+  out.select(1, H + 1).zero_();
+  for (int64_t col : {int64_t(0), W + 1}) out.select(2, col).zero_();
   out.narrow(1, 1, H).narrow(2, 1, W).copy_(input.permute({0, 2, 3, 1}));
   return out;
 }

@@ -284,7 +284,7 @@ at::Tensor bordered_input(const at::Tensor& input, int64_t groups, const Sizes& 
     using acc_t = at::opmath_type<scalar_t>;
     acc_t* out = planes.data_ptr<acc_t>();
     const scalar_t* in = input.const_data_ptr<scalar_t>();
-    const int64_t plane_len = planes.numel() / std::max<int64_t>(1, s.batch * groups);
+    const int64_t plane_len = planes.stride(1);
     const int64_t image_len = s.height * s.width * s.channels;
     at::parallel_for(0, s.batch * groups, 1, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
