@@ -6,14 +6,16 @@
 // cells would fall in a quarter or less of the cache sets). Both locate the taps of a block of
 // pixels in one row and one group at a time, a tap per vector lane (TapBlock,
 // cpu/dcn_family_taps.h); a tap out of range gets zero weights at an all-zero cell.
-// Forward: tasks own ranges of (n, output row); each (pixel, group) sums its taps' corner
-// weights (bilinear weight times mask) times the corners over the group's D contiguous channels
-// in vector registers (acc_t = float for 16-bit data, rounded once on store). Backward: tasks
-// own (n, group) and build that input plane and its gradient plane in a per-thread buffer (so
-// the backward's scratch memory is two planes per thread, not two copies of the input); the
-// scatter, grad_offset and grad_mask of (n, group) come from one pass, so no two tasks write
-// one element and every sum runs in a fixed (pixel, tap, channel-lane) order whatever the
-// thread count: bitwise reproducible, no atomics.
+// Each thread builds the planes it needs in its own buffer just before use, so they are in
+// cache and the scratch memory is a plane or two per thread, not a copy of the input.
+// Forward: tasks own ranges of (n, group, output row), so a thread builds each (n, group)
+// plane of its range once; each (pixel, group) sums its taps' corner weights (bilinear weight
+// times mask) times the corners over the group's D contiguous channels in vector registers
+// (acc_t = float for 16-bit data, rounded once on store). Backward: tasks own (n, group) and
+// build that input plane and a zero gradient plane; the scatter, grad_offset and grad_mask of
+// (n, group) come from one pass, so no two tasks write one element and every sum runs in a
+// fixed (pixel, tap, channel-lane) order whatever the thread count: bitwise reproducible, no
+// atomics.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -45,15 +47,14 @@ using deformconv::family::Params;
 using deformconv::family::sample_origin;
 using deformconv::family::Sizes;
 
-// One call's data: the input as opmath (N, G, H+3, W+2, D) planes with a zero border and one
-// more zero row (bordered_input; null in the backward, which builds one plane at a time), so
-// every corner of an in-range point lies inside its plane, a point's four corners are one base
-// and two steps, and the cells at (H+1, 0) are all zero (where a tap out of range points);
-// offset / mask in acc_t at their layout's strides (mask already advanced by the layout's
-// mask_start); each tap's grid position.
+// One call's data: offset / mask in acc_t at their layout's strides (mask already advanced by
+// the layout's mask_start); each tap's grid position; the size of one (image, group) input plane
+// (fill_plane: an opmath (H+3, W+2, D) copy with a zero border and one more zero row, so every
+// corner of an in-range point lies inside the plane, a point's four corners are one base and
+// two steps, and the cells at (H+1, 0) are all zero, where a tap out of range points) and its
+// corner steps.
 template <typename acc_t>
 struct Call {
-  const acc_t* bordered;
   const acc_t* offset;
   const acc_t* mask;
   OffsetMaskLayout layout;
@@ -64,17 +65,17 @@ struct Call {
   CornerSteps steps;                // D, (W+2) * D
   bool index32;                     // plane_len fits int32 (fits_int32)
 
-  // The plane of image n, group g in planes.
-  template <typename T>
-  T* plane(T* planes, int64_t n, int64_t g) const {
-    return planes + (n * q.group + g) * plane_len;
-  }
-
   TapBlock<acc_t> tap_block() const {
     return TapBlock<acc_t>(s.points, TapBlock<acc_t>::block_pixels(s.points, s.out_w), tap_y.data(),
                            tap_x.data(), q.stride_w, s.height + 1, index32);
   }
 };
+
+// An uninitialised buffer of n acc_t, owned by the returned tensor.
+template <typename acc_t>
+at::Tensor scratch(int64_t n) {
+  return at::empty({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+}
 
 // The plane layout: image n, group g of the channels-last input (N, H, W, G * D) as an
 // (H+3, W+2, D) plane in acc_t whose interior is rows 1..H, columns 1..W.
@@ -111,12 +112,14 @@ void drain_plane(const acc_t* plane, scalar_t* image, int64_t g, const Sizes& s)
   }
 }
 
-// Output rows [row_begin, row_end) of (N * Ho), all pixels and groups of each: per block of
-// pixels and group, the taps located first (TapBlock), then each pixel's sum over the group's
-// channels (kWide: in 16-lane vectors, see sum_points).
+// Output rows [item_begin, item_end) of (N * G * Ho), item (n * G + g) * Ho + ho: row ho of
+// image n's group g. A thread's items are consecutive, so it meets each (image, group) once:
+// there it builds that input plane in its buffer (fill_plane), where it stays in cache for the
+// group's rows. Per block of pixels of a row, the taps are located first (TapBlock), then each
+// pixel's sum over the group's channels (kWide: in 16-lane vectors, see sum_points).
 template <bool kWide, typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_INLINE void forward_rows(const Call<acc_t>& k, scalar_t* out, int64_t row_begin,
-                                        int64_t row_end) {
+DEFORMCONV_CPU_INLINE void forward_rows(const Call<acc_t>& k, const scalar_t* input, scalar_t* out,
+                                        int64_t item_begin, int64_t item_end) {
   const Params q = k.q;
   const Sizes s = k.s;
   const OffsetMaskLayout L = k.layout;
@@ -125,27 +128,32 @@ DEFORMCONV_CPU_INLINE void forward_rows(const Call<acc_t>& k, scalar_t* out, int
   TapBlock<acc_t> block = k.tap_block();
   const int64_t B = block.max_pixels();
   std::vector<acc_t> sums(D);  // 16-bit output: the sums before their one rounding
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    const int64_t n = row / s.out_h;
-    const int64_t ho = row % s.out_h;
+  const at::Tensor plane = scratch<acc_t>(k.plane_len);
+  acc_t* image = plane.data_ptr<acc_t>();
+  const int64_t image_len = s.height * s.width * C;
+  int64_t filled = -1;  // the task (n * G + g) whose plane image holds
+  for (int64_t item = item_begin; item < item_end; ++item) {
+    const int64_t task = item / s.out_h, ho = item % s.out_h;
+    const int64_t n = task / q.group, g = task % q.group;
+    if (task != filled) {
+      fill_plane(image, input + n * image_len, g, s);
+      filled = task;
+    }
     for (int64_t wo0 = 0; wo0 < s.out_w; wo0 += B) {
       const int64_t pixels = std::min(B, s.out_w - wo0);
-      const int64_t r0 = row * s.out_w + wo0;  // the block's first pixel's row in (N, Ho, Wo, ...)
+      const int64_t r0 = (n * s.out_h + ho) * s.out_w + wo0;  // the block's first pixel's row
       acc_t origin_y, origin_x;
       sample_origin(q, ho, wo0, &origin_y, &origin_x);
-      for (int64_t g = 0; g < q.group; ++g) {
-        const acc_t* image = k.plane(k.bordered, n, g);
-        block.gather(pixels, k.offset + r0 * L.offset_row + g * L.offset_group, L.offset_row,
-                     k.mask + r0 * L.mask_row + g * L.mask_group, L.mask_row);
-        block.template locate<false>(pixels, origin_y, origin_x, scale, s.height, s.width, k.steps);
-        for (int64_t b = 0; b < pixels; ++b) {
-          scalar_t* o = out + (r0 + b) * C + g * D;
-          if constexpr (std::is_same_v<scalar_t, acc_t>) {
-            sum_points<kWide>(image, k.steps, block.taps(b), o, D);
-          } else {
-            sum_points<kWide>(image, k.steps, block.taps(b), sums.data(), D);
-            for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(sums[d]);
-          }
+      block.gather(pixels, k.offset + r0 * L.offset_row + g * L.offset_group, L.offset_row,
+                   k.mask + r0 * L.mask_row + g * L.mask_group, L.mask_row);
+      block.template locate<false>(pixels, origin_y, origin_x, scale, s.height, s.width, k.steps);
+      for (int64_t b = 0; b < pixels; ++b) {
+        scalar_t* o = out + (r0 + b) * C + g * D;
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          sum_points<kWide>(image, k.steps, block.taps(b), o, D);
+        } else {
+          sum_points<kWide>(image, k.steps, block.taps(b), sums.data(), D);
+          for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(sums[d]);
         }
       }
     }
@@ -179,8 +187,7 @@ DEFORMCONV_CPU_INLINE void backward_tasks(const Call<acc_t>& k, const scalar_t* 
   // the CPU's store-to-load forwarding check (4K aliasing) and stall.
   constexpr int64_t kPage = 4096 / sizeof(acc_t), kGradShift = 320 / sizeof(acc_t);
   const int64_t grad_at = (k.plane_len + kPage - 1) / kPage * kPage + kGradShift;
-  const at::Tensor planes = at::empty(
-      {grad_at + k.plane_len}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  const at::Tensor planes = scratch<acc_t>(grad_at + k.plane_len);
   acc_t* image = planes.data_ptr<acc_t>();
   acc_t* grad_image = image + grad_at;
   const int64_t image_len = s.height * s.width * C;
@@ -223,15 +230,17 @@ DEFORMCONV_CPU_INLINE void backward_tasks(const Call<acc_t>& k, const scalar_t* 
 // The passes' entry points: target clones for AVX2+FMA and the baseline (8-lane channel loops),
 // and AVX-512 (16-lane channel loops for 16-channel multiples); family_loops_avx512() picks.
 template <typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_CLONES_AVX2 void forward_rows_avx2(const Call<acc_t>& k, scalar_t* out,
-                                                  int64_t row_begin, int64_t row_end) {
-  forward_rows</*kWide=*/false>(k, out, row_begin, row_end);
+DEFORMCONV_CPU_CLONES_AVX2 void forward_rows_avx2(const Call<acc_t>& k, const scalar_t* input,
+                                                  scalar_t* out, int64_t item_begin,
+                                                  int64_t item_end) {
+  forward_rows</*kWide=*/false>(k, input, out, item_begin, item_end);
 }
 
 template <typename scalar_t, typename acc_t>
-DEFORMCONV_CPU_AVX512 void forward_rows_avx512(const Call<acc_t>& k, scalar_t* out,
-                                               int64_t row_begin, int64_t row_end) {
-  forward_rows</*kWide=*/true>(k, out, row_begin, row_end);
+DEFORMCONV_CPU_AVX512 void forward_rows_avx512(const Call<acc_t>& k, const scalar_t* input,
+                                               scalar_t* out, int64_t item_begin,
+                                               int64_t item_end) {
+  forward_rows</*kWide=*/true>(k, input, out, item_begin, item_end);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -254,11 +263,10 @@ DEFORMCONV_CPU_AVX512 void backward_tasks_avx512(const Call<acc_t>& k, const sca
 }
 
 template <typename acc_t>
-Call<acc_t> make_call(const acc_t* bordered, const at::Tensor& offset, const at::Tensor& mask,
+Call<acc_t> make_call(const at::Tensor& offset, const at::Tensor& mask,
                       const OffsetMaskLayout& layout, const Params& q, const Sizes& s) {
   const int64_t row_step = (s.width + 2) * s.group_channels;
-  Call<acc_t> k{bordered,
-                offset.data_ptr<acc_t>(),
+  Call<acc_t> k{offset.data_ptr<acc_t>(),
                 mask.data_ptr<acc_t>() + layout.mask_start,
                 layout,
                 q,
@@ -276,25 +284,6 @@ Call<acc_t> make_call(const acc_t* bordered, const at::Tensor& offset, const at:
   return k;
 }
 
-// The input (N, H, W, G * D), contiguous, as opmath (N, G, H+3, W+2, D) planes (fill_plane).
-at::Tensor bordered_input(const at::Tensor& input, int64_t groups, const Sizes& s) {
-  at::Tensor planes = at::empty({s.batch, groups, s.height + 3, s.width + 2, s.group_channels},
-                                input.options().dtype(opmath_dtype(input.scalar_type())));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    acc_t* out = planes.data_ptr<acc_t>();
-    const scalar_t* in = input.const_data_ptr<scalar_t>();
-    const int64_t plane_len = planes.stride(1);
-    const int64_t image_len = s.height * s.width * s.channels;
-    at::parallel_for(0, s.batch * groups, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        fill_plane(out + p * plane_len, in + (p / groups) * image_len, p % groups, s);
-      }
-    });
-  });
-  return planes;
-}
-
 // The forward of either op. input contiguous (N, H, W, C); offset / mask contiguous in opmath
 // (for DCNv4 both are offset_mask; layout says where each value lives).
 at::Tensor forward(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask,
@@ -304,18 +293,17 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& offset, const at::
   if (input.numel() == 0) return out.zero_();  // an empty image (H or W 0): every sample is 0
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor bordered = bordered_input(input, q.group, s);
-    const Call<acc_t> k =
-        make_call<acc_t>(bordered.const_data_ptr<acc_t>(), offset, mask, layout, q, s);
+    const Call<acc_t> k = make_call<acc_t>(offset, mask, layout, q, s);
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
-    const int64_t row_work = std::max<int64_t>(1, s.out_w * s.channels * s.points);
+    const int64_t row_work = std::max<int64_t>(1, s.out_w * s.group_channels * s.points);
     const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / row_work);
     const bool avx512 = family_loops_avx512();
-    at::parallel_for(0, s.batch * s.out_h, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, s.batch * q.group * s.out_h, grain, [&](int64_t begin, int64_t end) {
       if (avx512) {
-        forward_rows_avx512(k, out_ptr, begin, end);
+        forward_rows_avx512(k, in, out_ptr, begin, end);
       } else {
-        forward_rows_avx2(k, out_ptr, begin, end);
+        forward_rows_avx2(k, in, out_ptr, begin, end);
       }
     });
   });
@@ -337,7 +325,7 @@ at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
   at::Tensor grad_input = at::empty_like(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Call<acc_t> k = make_call<acc_t>(nullptr, offset, mask, layout, q, s);
+    const Call<acc_t> k = make_call<acc_t>(offset, mask, layout, q, s);
     const scalar_t* in = input.const_data_ptr<scalar_t>();
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
