@@ -13,7 +13,7 @@ namespace cpu {
 namespace family {
 
 // The taps of one (pixel, group), as arrays: tap i's cell has its top-left corner at
-// image + base[i] (the element offset of the group's channel 0 in the bordered input) and the
+// image + base[i] (the element offset of its channel 0 in the group's bordered plane) and the
 // four corner weights w[0][i] .. w[3][i], in the order of bilinear_weights (mask times bilinear
 // weight). The corners are at base, base + col_step, base + row_step and base + row_step +
 // col_step: the border makes every one of them an element of the buffer. A tap out of range
