@@ -221,6 +221,23 @@ def test_avx2_loops_agree_with_the_default(dtype, depth, monkeypatch):
         _v3(call, x, offset, mask)
 
 
+def test_forward_split_inside_a_plane_matches_one_thread():
+    """The forward's tasks are (image, group, output row) items, split between threads in
+    consecutive ranges, and each thread builds the input plane of every (image, group) its range
+    touches. Here 93 items (3 groups x 31 rows) go to 2 threads, so the second starts in the
+    middle of group 1 and must build that plane itself: the output equals the 1-thread one."""
+    call = Call(n=1, h=31, w=96, group=3, depth=1)
+    x, offset, mask = call.tensors(dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _v3(call, x, offset, mask)
+        torch.set_num_threads(2)
+        assert torch.equal(_v3(call, x, offset, mask), one)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_backward_is_bitwise_deterministic_across_runs_and_threads(dtype):
     call = Call(n=2, h=9, w=8, group=2, depth=19, stride=(1, 1))

@@ -31,7 +31,6 @@
 #include "common/dcn_family_checks.h"
 #include "common/index_width.h"
 #include "common/opmath.h"
-#include "common/tensor_layouts.h"
 #include "cpu/channel_loops.h"
 #include "cpu/cpu_paths.h"
 #include "cpu/dcn_family_loops.h"
