@@ -238,6 +238,63 @@ def test_forward_split_inside_a_plane_matches_one_thread():
         torch.set_num_threads(threads)
 
 
+# Rows of 64 pixels with 6 groups: enough bytes per output row that the backward sweeps the rows
+# in chunks shorter than the image (one row in float64, two in float32) when a task holds
+# several groups.
+BANDED = Call(n=2, h=7, w=64, group=6, depth=16, stride=(2, 1), dilation=(1, 2), padding=(1, 2))
+
+
+@pytest.mark.parametrize("band", ["1", "2", "6"])
+def test_backward_bands_and_row_chunks_match_grid_sample(band, monkeypatch):
+    """DEFORMCONV_CPU_FAMILY_BAND sets how many groups a backward task holds (by default one for
+    small images, more for large ones); such a task sweeps the output rows in chunks, each group
+    in turn. In float64 every gradient matches the grid_sample formulation, taps outside the
+    image included."""
+    x, offset, mask = BANDED.tensors(spread=LARGE)
+    monkeypatch.setenv("DEFORMCONV_CPU_FAMILY_BAND", band)
+    ours = _grads(lambda *t: _v3(BANDED, *t), x, offset, mask)
+    theirs = _grads(
+        lambda *t: torch_reference.dcnv3_grid_sample(*t, **BANDED.kwargs), x, offset, mask
+    )
+    for name_, a, b in zip(("out", "input", "offset", "mask"), ours, theirs):
+        assert _rel_err(a, b) < 1e-10, name_
+
+
+@pytest.mark.parametrize("band", ["2", "6"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_bands_give_the_same_gradients(dtype, band, monkeypatch):
+    """Each group's sums run in the same order whatever the groups per backward task, so every
+    gradient is bitwise the same as with one group per task, for DCNv3 and DCNv4, with 2
+    threads splitting the tasks. A band that does not divide the group count, or no number, is
+    refused."""
+    x, offset, mask = BANDED.tensors(dtype=dtype, spread=LARGE, position_dtype=torch.float32)
+    om = BANDED.pack(offset, mask)
+
+    def both():
+        return _grads(lambda *t: _v3(BANDED, *t), x, offset, mask), _grads(
+            lambda *t: _v4(BANDED, *t), x, om
+        )
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv("DEFORMCONV_CPU_FAMILY_BAND", "1")
+        one = both()
+        monkeypatch.setenv("DEFORMCONV_CPU_FAMILY_BAND", band)
+        banded = both()
+    finally:
+        torch.set_num_threads(threads)
+    for got, expected in zip(banded, one):
+        for a, b in zip(got, expected):
+            assert torch.equal(a, b)
+    monkeypatch.setenv("DEFORMCONV_CPU_FAMILY_BAND", "4")
+    with pytest.raises(RuntimeError, match="must divide the call's group count, 6"):
+        _grads(lambda *t: _v3(BANDED, *t), x, offset, mask)
+    monkeypatch.setenv("DEFORMCONV_CPU_FAMILY_BAND", "0")
+    with pytest.raises(RuntimeError, match="DEFORMCONV_CPU_FAMILY_BAND is not valid"):
+        _grads(lambda *t: _v3(BANDED, *t), x, offset, mask)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_backward_is_bitwise_deterministic_across_runs_and_threads(dtype):
     call = Call(n=2, h=9, w=8, group=2, depth=19, stride=(1, 1))

@@ -137,6 +137,16 @@ bool family_loops_avx512() {
   return choice == "auto" && std::string(loop_isa()) == "avx512";
 }
 
+int64_t family_band_override() {
+  const char* env = std::getenv("DEFORMCONV_CPU_FAMILY_BAND");
+  if (env == nullptr || *env == '\0' || std::string(env) == "auto") return 0;
+  char* end = nullptr;
+  const long long band = std::strtoll(env, &end, 10);
+  TORCH_CHECK(*end == '\0' && band > 0, "DEFORMCONV_CPU_FAMILY_BAND is not valid: got '", env,
+              "', expected auto or a positive number of groups");
+  return band;
+}
+
 std::string describe_path(at::ScalarType dtype) {
   const bool is16 = dtype == at::kBFloat16 || dtype == at::kHalf;
   const at::ScalarType compute = dtype == at::kDouble ? at::kDouble : at::kFloat;

@@ -67,6 +67,11 @@ const char* loop_isa();
 // asks for the AVX2 / baseline clones (read on every call; "auto" or unset: by the CPU).
 bool family_loops_avx512();
 
+// The groups per backward task that DEFORMCONV_CPU_FAMILY_BAND asks the DCN family CPU op for
+// (read on every call; a positive number, which must divide the call's group count), or 0
+// when it is unset or "auto": the passes choose (cpu/dcn_family_kernel.cpp, backward_plan).
+int64_t family_band_override();
+
 // One line naming the path a call with this input dtype takes, e.g.
 // "gemm=onednn columns=bfloat16 forward=chunked backward=fused loops=avx512".
 std::string describe_path(at::ScalarType dtype);
