@@ -222,10 +222,11 @@ def test_avx2_loops_agree_with_the_default(dtype, depth, monkeypatch):
 
 
 def test_forward_split_inside_a_plane_matches_one_thread():
-    """The forward's tasks are (image, group, output row) items, split between threads in
-    consecutive ranges, and each thread builds the input plane of every (image, group) its range
-    touches. Here 93 items (3 groups x 31 rows) go to 2 threads, so the second starts in the
-    middle of group 1 and must build that plane itself: the output equals the 1-thread one."""
+    """The forward's tasks are (image, band of groups, chunk of output rows) items, split between
+    threads in consecutive ranges, and each thread builds the input planes of every
+    (image, band) its range touches. Here 12 items (3 one-group bands x 4 chunks of 8 of the 31
+    rows) go to 2 threads, so the second starts in the middle of group 1 and must build that
+    plane itself: the output equals the 1-thread one."""
     call = Call(n=1, h=31, w=96, group=3, depth=1)
     x, offset, mask = call.tensors(dtype=torch.float32)
     threads = torch.get_num_threads()
@@ -238,18 +239,17 @@ def test_forward_split_inside_a_plane_matches_one_thread():
         torch.set_num_threads(threads)
 
 
-# Rows of 64 pixels with 6 groups: enough bytes per output row that the backward sweeps the rows
-# in chunks shorter than the image (one row in float64, two in float32) when a task holds
-# several groups.
+# Rows of 64 pixels with 6 groups: enough bytes per output row that both passes sweep the rows
+# in chunks shorter than the image (one row in float64), each group of a task in turn.
 BANDED = Call(n=2, h=7, w=64, group=6, depth=16, stride=(2, 1), dilation=(1, 2), padding=(1, 2))
 
 
 @pytest.mark.parametrize("band", ["1", "2", "6"])
-def test_backward_bands_and_row_chunks_match_grid_sample(band, monkeypatch):
-    """DEFORMCONV_CPU_FAMILY_BAND sets how many groups a backward task holds (by default one for
-    small images, more for large ones); such a task sweeps the output rows in chunks, each group
-    in turn. In float64 every gradient matches the grid_sample formulation, taps outside the
-    image included."""
+def test_bands_and_row_chunks_match_grid_sample(band, monkeypatch):
+    """DEFORMCONV_CPU_FAMILY_BAND sets how many groups a task of either pass holds (by default
+    one for small images, more for large ones); a task sweeps the output rows in chunks, each
+    group in turn. In float64 the output and every gradient match the grid_sample formulation,
+    taps outside the image included."""
     x, offset, mask = BANDED.tensors(spread=LARGE)
     monkeypatch.setenv("DEFORMCONV_CPU_FAMILY_BAND", band)
     ours = _grads(lambda *t: _v3(BANDED, *t), x, offset, mask)
@@ -262,9 +262,9 @@ def test_backward_bands_and_row_chunks_match_grid_sample(band, monkeypatch):
 
 @pytest.mark.parametrize("band", ["2", "6"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_backward_bands_give_the_same_gradients(dtype, band, monkeypatch):
-    """Each group's sums run in the same order whatever the groups per backward task, so every
-    gradient is bitwise the same as with one group per task, for DCNv3 and DCNv4, with 2
+def test_bands_give_the_same_results(dtype, band, monkeypatch):
+    """Each group's sums run in the same order whatever the groups per task, so the output and
+    every gradient are bitwise the same as with one group per task, for DCNv3 and DCNv4, with 2
     threads splitting the tasks. A band that does not divide the group count, or no number, is
     refused."""
     x, offset, mask = BANDED.tensors(dtype=dtype, spread=LARGE, position_dtype=torch.float32)

@@ -67,9 +67,9 @@ const char* loop_isa();
 // asks for the AVX2 / baseline clones (read on every call; "auto" or unset: by the CPU).
 bool family_loops_avx512();
 
-// The groups per backward task that DEFORMCONV_CPU_FAMILY_BAND asks the DCN family CPU op for
+// The groups per task that DEFORMCONV_CPU_FAMILY_BAND asks the DCN family CPU passes for
 // (read on every call; a positive number, which must divide the call's group count), or 0
-// when it is unset or "auto": the passes choose (cpu/dcn_family_kernel.cpp, backward_plan).
+// when it is unset or "auto": the passes choose (cpu/dcn_family_kernel.cpp, task_plan).
 int64_t family_band_override();
 
 // One line naming the path a call with this input dtype takes, e.g.

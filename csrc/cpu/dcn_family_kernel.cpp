@@ -8,17 +8,17 @@
 // cpu/dcn_family_taps.h); a tap out of range gets zero weights at an all-zero cell.
 // Each thread builds the planes it needs in its own buffer just before use, so they are in
 // cache and the scratch memory is a few planes per thread, not a copy of the input.
-// Forward: tasks own ranges of (n, group, output row), so a thread builds each (n, group)
-// plane of its range once; each (pixel, group) sums its taps' corner weights (bilinear weight
-// times mask) times the corners over the group's D contiguous channels in vector registers
-// (acc_t = float for 16-bit data, rounded once on store). Backward: tasks own an image and a
-// band of its groups (one group for small images, up to all G for large ones: backward_plan) and
-// build their input planes and zero gradient planes; they sweep the output rows a few at a
-// time, each group in turn, so the rows' grad_output, offsets and masks, which the band's
-// groups share cache lines of, are still in cache for the next group. The scatter,
-// grad_offset and grad_mask of a task come from one pass, so no two tasks write one element
-// and every sum runs in a fixed (pixel, tap, channel-lane) order per group, whatever the
-// thread count and the band: bitwise reproducible, no atomics.
+// Both passes split an image's groups into bands (one group for small images, up to all G for
+// large ones: task_plan) and sweep a band's output rows a few at a time, each group in turn, so
+// the rows' data, whose cache lines the band's groups share, is still in cache for the next
+// group. Forward: tasks own ranges of (n, band, chunk of rows), so a thread builds each
+// (n, band)'s planes of its range once; each (pixel, group) sums its taps' corner weights
+// (bilinear weight times mask) times the corners over the group's D contiguous channels in
+// vector registers (acc_t = float for 16-bit data, rounded once on store). Backward: tasks own
+// (n, band) and build its input planes and zero gradient planes; the scatter, grad_offset and
+// grad_mask of a task come from one pass, so no two tasks write one element and every sum runs
+// in a fixed (pixel, tap, channel-lane) order per group, whatever the thread count and the
+// band: bitwise reproducible, no atomics.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -51,11 +51,11 @@ using deformconv::family::sample_origin;
 using deformconv::family::Sizes;
 
 // One call's data: offset / mask in acc_t at their layout's strides (mask already advanced by
-// the layout's mask_start); each tap's grid position; the groups per backward task and the
-// output rows it sweeps per group in turn (band, chunk_rows: backward_plan); the size of one (image, group) input plane (fill_planes: an opmath (H+3, W+2, D) copy with a zero
-// border and one more zero row, so every corner of an in-range point lies inside the plane, a
-// point's four corners are one base and two steps, and the cells at (H+1, 0) are all zero,
-// where a tap out of range points) and its corner steps.
+// the layout's mask_start); each tap's grid position; how its pass splits the work (band,
+// chunk_rows: task_plan); the size of one (image, group) input plane (fill_planes: an opmath
+// (H+3, W+2, D) copy with a zero border and one more zero row, so every corner of an in-range
+// point lies inside the plane, a point's four corners are one base and two steps, and the cells
+// at (H+1, 0) are all zero, where a tap out of range points) and its corner steps.
 template <typename acc_t>
 struct Call {
   const acc_t* offset;
@@ -64,13 +64,14 @@ struct Call {
   Params q;
   Sizes s;
   std::vector<acc_t> tap_y, tap_x;  // each tap's grid position (family::tap_grid)
-  int64_t band;                     // groups per backward task: a divisor of G (backward_plan)
-  int64_t chunk_rows;               // output rows a backward task sweeps per group in turn
+  int64_t band;                     // groups per task: a divisor of G (task_plan)
+  int64_t chunk_rows;               // output rows a task sweeps per group in turn
   int64_t plane_len;                // (H+3) * (W+2) * D: one (image, group) plane
   CornerSteps steps;                // D, (W+2) * D
   bool index32;                     // plane_len fits int32 (fits_int32)
 
   int64_t bands() const { return q.group / band; }
+  int64_t chunks() const { return (s.out_h + chunk_rows - 1) / chunk_rows; }
 
   TapBlock<acc_t> tap_block() const {
     return TapBlock<acc_t>(s.points, TapBlock<acc_t>::block_pixels(s.points, s.out_w), tap_y.data(),
@@ -134,11 +135,13 @@ void drain_planes(const acc_t* planes, int64_t plane_len, scalar_t* image, int64
   }
 }
 
-// Output rows [item_begin, item_end) of (N * G * Ho), item (n * G + g) * Ho + ho: row ho of
-// image n's group g. A thread's items are consecutive, so it meets each (image, group) once:
-// there it builds that input plane in its buffer (fill_planes), where it stays in cache for the
-// group's rows. Per block of pixels of a row, the taps are located first (TapBlock), then each
-// pixel's sum over the group's channels (kWide: in 16-lane vectors, see sum_points).
+// The forward's items [item_begin, item_end) of (N * bands * chunks), item
+// (n * bands + j) * chunks + c: output rows [c * chunk_rows, (c + 1) * chunk_rows) of image n,
+// for each group of band j in turn. A thread's items are consecutive, so it meets each
+// (image, band) once: there it builds the band's input planes in its buffer (fill_planes), where
+// they stay in cache for the band's rows. Per block of pixels of a row, the taps are located
+// first (TapBlock), then each pixel's sum over the group's channels (kWide: in 16-lane vectors,
+// see sum_points).
 template <bool kWide, typename scalar_t, typename acc_t>
 DEFORMCONV_CPU_INLINE void forward_rows(const Call<acc_t>& k, const scalar_t* input, scalar_t* out,
                                         int64_t item_begin, int64_t item_end) {
@@ -150,32 +153,38 @@ DEFORMCONV_CPU_INLINE void forward_rows(const Call<acc_t>& k, const scalar_t* in
   TapBlock<acc_t> block = k.tap_block();
   const int64_t B = block.max_pixels();
   std::vector<acc_t> sums(D);  // 16-bit output: the sums before their one rounding
-  const at::Tensor plane = scratch<acc_t>(k.plane_len);
-  acc_t* image = plane.data_ptr<acc_t>();
+  const at::Tensor buffer = scratch<acc_t>(k.band * k.plane_len);
+  acc_t* planes = buffer.data_ptr<acc_t>();
   const int64_t image_len = s.height * s.width * C;
-  int64_t filled = -1;  // the task (n * G + g) whose plane image holds
+  int64_t filled = -1;  // the task (n * bands + j) whose planes are built
   for (int64_t item = item_begin; item < item_end; ++item) {
-    const int64_t task = item / s.out_h, ho = item % s.out_h;
-    const int64_t n = task / q.group, g = task % q.group;
+    const int64_t task = item / k.chunks(), chunk = item % k.chunks() * k.chunk_rows;
+    const int64_t n = task / k.bands(), g0 = task % k.bands() * k.band;
     if (task != filled) {
-      fill_planes(image, k.plane_len, input + n * image_len, g, 1, s);
+      fill_planes(planes, k.plane_len, input + n * image_len, g0, k.band, s);
       filled = task;
     }
-    for (int64_t wo0 = 0; wo0 < s.out_w; wo0 += B) {
-      const int64_t pixels = std::min(B, s.out_w - wo0);
-      const int64_t r0 = (n * s.out_h + ho) * s.out_w + wo0;  // the block's first pixel's row
-      acc_t origin_y, origin_x;
-      sample_origin(q, ho, wo0, &origin_y, &origin_x);
-      block.gather(pixels, k.offset + r0 * L.offset_row + g * L.offset_group, L.offset_row,
-                   k.mask + r0 * L.mask_row + g * L.mask_group, L.mask_row);
-      block.template locate<false>(pixels, origin_y, origin_x, scale, s.height, s.width, k.steps);
-      for (int64_t b = 0; b < pixels; ++b) {
-        scalar_t* o = out + (r0 + b) * C + g * D;
-        if constexpr (std::is_same_v<scalar_t, acc_t>) {
-          sum_points<kWide>(image, k.steps, block.taps(b), o, D);
-        } else {
-          sum_points<kWide>(image, k.steps, block.taps(b), sums.data(), D);
-          for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(sums[d]);
+    for (int64_t g = g0; g < g0 + k.band; ++g) {
+      const acc_t* image = planes + (g - g0) * k.plane_len;
+      for (int64_t ho = chunk; ho < std::min(chunk + k.chunk_rows, s.out_h); ++ho) {
+        for (int64_t wo0 = 0; wo0 < s.out_w; wo0 += B) {
+          const int64_t pixels = std::min(B, s.out_w - wo0);
+          const int64_t r0 = (n * s.out_h + ho) * s.out_w + wo0;  // the block's first pixel's row
+          acc_t origin_y, origin_x;
+          sample_origin(q, ho, wo0, &origin_y, &origin_x);
+          block.gather(pixels, k.offset + r0 * L.offset_row + g * L.offset_group, L.offset_row,
+                       k.mask + r0 * L.mask_row + g * L.mask_group, L.mask_row);
+          block.template locate<false>(pixels, origin_y, origin_x, scale, s.height, s.width,
+                                       k.steps);
+          for (int64_t b = 0; b < pixels; ++b) {
+            scalar_t* o = out + (r0 + b) * C + g * D;
+            if constexpr (std::is_same_v<scalar_t, acc_t>) {
+              sum_points<kWide>(image, k.steps, block.taps(b), o, D);
+            } else {
+              sum_points<kWide>(image, k.steps, block.taps(b), sums.data(), D);
+              for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(sums[d]);
+            }
+          }
         }
       }
     }
@@ -294,37 +303,41 @@ DEFORMCONV_CPU_AVX512 void backward_tasks_avx512(const Call<acc_t>& k, const sca
                                  task_begin, task_end);
 }
 
-// How a backward call splits its work.
-struct BackwardPlan {
+// How a pass splits its work.
+struct TaskPlan {
   int64_t band;        // groups per task: a divisor of G
   int64_t chunk_rows;  // output rows a task sweeps per group before the next group
 };
 
-// The backward plan for a call with input elements of data_bytes and opmath elements of
-// acc_bytes. The results do not depend on it (each group's sums run in the same order in any
+// The plan of a forward or backward call with input elements of data_bytes and opmath elements
+// of acc_bytes. The results do not depend on it (each group's sums run in the same order in any
 // plan); it only decides what a task reads together.
-//   - One group per task while one image's data for the backward (input, grad_output and
-//     grad_input; offsets, masks and their gradients) fits kSmallImage: an (image, group) task
-//     then still finds in cache much of what it shares with the image's other groups.
+//   - One group per task while one image's data for the pass fits kSmallImage (the forward's:
+//     input, output, offsets and masks; the backward's: input, grad_output and grad_input,
+//     offsets, masks and their gradients): an (image, group) task then still finds in cache
+//     much of what it shares with the image's other groups.
 //   - Past that, a group's task would fetch the lines holding its slice of every pixel row
 //     again, with its neighbours' slices, from further out. A task then takes the most groups
 //     that still leave a task per thread, with planes of at most kMaxPlanes bytes, and sweeps
-//     the rows in chunks of about kChunk bytes of grad_output, offsets and masks (and their
-//     gradients), each group in turn, so the next group finds the chunk's lines in cache while
-//     each group's planes stay as compact as one group's.
+//     the rows in chunks of about kChunk bytes of the per-pixel data, each group in turn, so
+//     the next group finds the chunk's lines in cache while each group's plane stays as compact
+//     as before.
 // Measured on a 2-core AVX-512 Xeon (2 MiB L2 per core), 2 threads, float32, InternImage-T
-// shapes at batch 2, the backward alone against one group per task, interleaved in one process:
-// stage 1 (5.1 MB per image; 4 groups, 4-row chunks) 19% faster (2 groups: 10%); stage 2
-// (2.6 MB; 8 groups) within 1%; stage 3 (1.3 MB) 4-9% slower with 8 or 16 groups, hence one
-// there. Chunks of 2 to 16 rows measured alike at stage 1; the 4 groups' channels side by side
-// in one plane, swept a row at a time, were 0-3% slower than one group.
-// DEFORMCONV_CPU_FAMILY_BAND overrides the band (family_band_override).
-BackwardPlan backward_plan(const Params& q, const Sizes& s, int64_t data_bytes, int64_t acc_bytes) {
+// shapes at batch 2, each pass alone against one group per task, interleaved in one process.
+// Backward: stage 1 (5.1 MB per image; 4 groups, 4-row chunks) 19% faster (2 groups: 10%);
+// stage 2 (2.6 MB; 8 groups) within 1%; stage 3 (1.3 MB) 4-9% slower with 8 or 16 groups,
+// hence one there. Forward: stage 1 (3.0 MB; 4 groups) 10% faster; stage 2 (1.5 MB) 4-6%
+// slower with 8 groups, hence one there. Chunks of 2 to 16 rows measured alike at stage 1; the
+// 4 groups' channels side by side in one plane, swept a row at a time, were 0-3% slower than
+// one group. DEFORMCONV_CPU_FAMILY_BAND overrides the band (family_band_override).
+TaskPlan task_plan(const Params& q, const Sizes& s, int64_t data_bytes, int64_t acc_bytes,
+                   bool backward) {
   constexpr int64_t kSmallImage = int64_t(2) << 20, kMaxPlanes = int64_t(2) << 20;
   constexpr int64_t kChunk = int64_t(256) << 10;
+  const int64_t copies = backward ? 2 : 1;           // each tensor and its gradient, or it alone
   const int64_t positions = q.group * s.points * 3;  // per output pixel: offset pairs, mask
-  const int64_t row_bytes =
-      s.out_w * (s.channels * data_bytes + 2 * positions * acc_bytes);  // one output row
+  const int64_t row_bytes =  // one output row: output or grad_output, offsets, masks
+      s.out_w * (s.channels * data_bytes + copies * positions * acc_bytes);
   const int64_t chunk_rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(1, row_bytes));
   const int64_t forced = family_band_override();
   if (forced > 0) {
@@ -332,13 +345,13 @@ BackwardPlan backward_plan(const Params& q, const Sizes& s, int64_t data_bytes, 
                 " must divide the call's group count, ", q.group);
     return {forced, chunk_rows};
   }
-  const int64_t image = 2 * s.height * s.width * s.channels * data_bytes + s.out_h * row_bytes;
+  const int64_t image = copies * s.height * s.width * s.channels * data_bytes + s.out_h * row_bytes;
   if (image <= kSmallImage) return {1, chunk_rows};
   const int64_t group_plane = (s.height + 3) * (s.width + 2) * s.group_channels * acc_bytes;
   const int64_t threads = at::get_num_threads();
   for (int64_t band = q.group; band > 1; --band) {
     if (q.group % band == 0 && s.batch * (q.group / band) >= threads &&
-        2 * band * group_plane <= kMaxPlanes)
+        copies * band * group_plane <= kMaxPlanes)
       return {band, chunk_rows};
   }
   return {1, chunk_rows};
@@ -347,7 +360,7 @@ BackwardPlan backward_plan(const Params& q, const Sizes& s, int64_t data_bytes, 
 template <typename acc_t>
 Call<acc_t> make_call(const at::Tensor& offset, const at::Tensor& mask,
                       const OffsetMaskLayout& layout, const Params& q, const Sizes& s,
-                      BackwardPlan plan) {
+                      TaskPlan plan) {
   const int64_t row_step = (s.width + 2) * s.group_channels;
   Call<acc_t> k{offset.data_ptr<acc_t>(),
                 mask.data_ptr<acc_t>() + layout.mask_start,
@@ -378,14 +391,15 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& offset, const at::
   if (input.numel() == 0) return out.zero_();  // an empty image (H or W 0): every sample is 0
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Call<acc_t> k =
-        make_call<acc_t>(offset, mask, layout, q, s, BackwardPlan{1, s.out_h});  // unused here
+    const TaskPlan plan = task_plan(q, s, input.element_size(), sizeof(acc_t), /*backward=*/false);
+    const Call<acc_t> k = make_call<acc_t>(offset, mask, layout, q, s, plan);
     const scalar_t* in = input.const_data_ptr<scalar_t>();
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
-    const int64_t row_work = std::max<int64_t>(1, s.out_w * s.group_channels * s.points);
-    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / row_work);
+    const int64_t item_work =
+        std::max<int64_t>(1, k.band * k.chunk_rows * s.out_w * s.group_channels * s.points);
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / item_work);
     const bool avx512 = family_loops_avx512();
-    at::parallel_for(0, s.batch * q.group * s.out_h, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, s.batch * k.bands() * k.chunks(), grain, [&](int64_t begin, int64_t end) {
       if (avx512) {
         forward_rows_avx512(k, in, out_ptr, begin, end);
       } else {
@@ -411,7 +425,7 @@ at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& input,
   at::Tensor grad_input = at::empty_like(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcn_family", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const BackwardPlan plan = backward_plan(q, s, input.element_size(), sizeof(acc_t));
+    const TaskPlan plan = task_plan(q, s, input.element_size(), sizeof(acc_t), /*backward=*/true);
     const Call<acc_t> k = make_call<acc_t>(offset, mask, layout, q, s, plan);
     const scalar_t* in = input.const_data_ptr<scalar_t>();
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
