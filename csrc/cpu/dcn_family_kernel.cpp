@@ -326,7 +326,7 @@ struct TaskPlan {
 // shapes at batch 2, each pass alone against one group per task, interleaved in one process.
 // Backward: stage 1 (5.1 MB per image; 4 groups, 4-row chunks) 19% faster (2 groups: 10%);
 // stage 2 (2.6 MB; 8 groups) within 1%; stage 3 (1.3 MB) 4-9% slower with 8 or 16 groups,
-// hence one there. Forward: stage 1 (3.0 MB; 4 groups) 10% faster; stage 2 (1.5 MB) 4-6%
+// hence one there. Forward: stage 1 (3.0 MB; 4 groups) 8-10% faster; stage 2 (1.5 MB) 4-6%
 // slower with 8 groups, hence one there. Chunks of 2 to 16 rows measured alike at stage 1; the
 // 4 groups' channels side by side in one plane, swept a row at a time, were 0-3% slower than
 // one group. DEFORMCONV_CPU_FAMILY_BAND overrides the band (family_band_override).
