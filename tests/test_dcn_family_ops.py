@@ -224,9 +224,9 @@ def test_avx2_loops_agree_with_the_default(dtype, depth, monkeypatch):
 def test_forward_split_inside_a_plane_matches_one_thread():
     """The forward's tasks are (image, band of groups, chunk of output rows) items, split between
     threads in consecutive ranges, and each thread builds the input planes of every
-    (image, band) its range touches. Here 12 items (3 one-group bands x 4 chunks of 8 of the 31
-    rows) go to 2 threads, so the second starts in the middle of group 1 and must build that
-    plane itself: the output equals the 1-thread one."""
+    (image, band) its range touches. Here 93 items (3 one-group bands, whose chunks are single
+    rows, x 31 rows) go to 2 threads, so the second starts in the middle of group 1 and must
+    build that plane itself: the output equals the 1-thread one."""
     call = Call(n=1, h=31, w=96, group=3, depth=1)
     x, offset, mask = call.tensors(dtype=torch.float32)
     threads = torch.get_num_threads()

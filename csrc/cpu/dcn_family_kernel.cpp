@@ -338,23 +338,29 @@ TaskPlan task_plan(const Params& q, const Sizes& s, int64_t data_bytes, int64_t 
   const int64_t positions = q.group * s.points * 3;  // per output pixel: offset pairs, mask
   const int64_t row_bytes =  // one output row: output or grad_output, offsets, masks
       s.out_w * (s.channels * data_bytes + copies * positions * acc_bytes);
-  const int64_t chunk_rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(1, row_bytes));
-  const int64_t forced = family_band_override();
-  if (forced > 0) {
-    TORCH_CHECK(q.group % forced == 0, "DEFORMCONV_CPU_FAMILY_BAND=", forced,
-                " must divide the call's group count, ", q.group);
-    return {forced, chunk_rows};
-  }
   const int64_t image = copies * s.height * s.width * s.channels * data_bytes + s.out_h * row_bytes;
-  if (image <= kSmallImage) return {1, chunk_rows};
   const int64_t group_plane = (s.height + 3) * (s.width + 2) * s.group_channels * acc_bytes;
-  const int64_t threads = at::get_num_threads();
-  for (int64_t band = q.group; band > 1; --band) {
-    if (q.group % band == 0 && s.batch * (q.group / band) >= threads &&
-        copies * band * group_plane <= kMaxPlanes)
-      return {band, chunk_rows};
+  auto chosen_band = [&]() -> int64_t {
+    if (image <= kSmallImage) return 1;
+    const int64_t threads = at::get_num_threads();
+    for (int64_t band = q.group; band > 1; --band) {
+      if (q.group % band == 0 && s.batch * (q.group / band) >= threads &&
+          copies * band * group_plane <= kMaxPlanes)
+        return band;
+    }
+    return 1;
+  };
+  int64_t band = family_band_override();
+  if (band > 0) {
+    TORCH_CHECK(q.group % band == 0, "DEFORMCONV_CPU_FAMILY_BAND=", band,
+                " must divide the call's group count, ", q.group);
+  } else {
+    band = chosen_band();
   }
-  return {1, chunk_rows};
+  // Chunks only order the groups of a band. One group sweeps its rows in order anyway, so its
+  // chunks are single rows: the forward then has a row per item to share between threads.
+  if (band == 1) return {1, 1};
+  return {band, std::max<int64_t>(1, kChunk / std::max<int64_t>(1, row_bytes))};
 }
 
 template <typename acc_t>
