@@ -4,6 +4,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,15 +140,36 @@ def child_process_env():
 def run_python(args, cwd=None, timeout=300):
     """``python *args`` in a child process with child_process_env(), output captured as text;
     not checked: the caller asserts on ``returncode`` and shows ``stderr``."""
-    return subprocess.run(
-        [sys.executable, *args],
-        env=child_process_env(),
-        cwd=None if cwd is None else str(cwd),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_pythons([args], cwd=cwd, timeout=timeout)[0]
+
+
+def run_pythons(arg_lists, cwd=None, timeout=300):
+    """run_python for several children at once (each can take its own core): their
+    CompletedProcess, in order. Past ``timeout`` seconds in all, raises TimeoutExpired and
+    kills the children still running."""
+    children = [
+        subprocess.Popen(
+            [sys.executable, *args],
+            env=child_process_env(),
+            cwd=None if cwd is None else str(cwd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in arg_lists
+    ]
+    deadline = time.monotonic() + timeout
+    try:
+        results = []
+        for child in children:
+            out, err = child.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            results.append(subprocess.CompletedProcess(child.args, child.returncode, out, err))
+        return results
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
 
 
 def op_args(args):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, make_args, run_python
+from helpers import REPO, make_args, run_python, run_pythons
 
 import deformconv
 from deformconv import _fused_gpu
@@ -17,21 +17,37 @@ from deformconv import _fused_gpu
 INTERPRETED_TESTS = REPO / "tests" / "fused_gpu_interpreted.py"
 
 
-def test_kernels_under_the_interpreter():
-    pytest.importorskip("triton")
-    code = (
+# The interpreter runs on one core: its tests run in this many children at once, each taking
+# every SHARDS-th test (neighbours in the file, often the same test's dtypes, land apart).
+SHARDS = 2
+
+
+def _interpreted_shard(index):
+    return (
         "import os, sys\n"
         "os.environ['TRITON_INTERPRET'] = '1'\n"
         "import pytest\n"
-        f"sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', {str(INTERPRETED_TESTS)!r}]))\n"
+        "class Shard:\n"
+        "    def pytest_collection_modifyitems(self, config, items):\n"
+        f"        keep = items[{index}::{SHARDS}]\n"
+        "        config.hook.pytest_deselected(items=[t for t in items if t not in keep])\n"
+        "        items[:] = keep\n"
+        f"sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', {str(INTERPRETED_TESTS)!r}],"
+        " plugins=[Shard()]))\n"
     )
-    proc = run_python(["-c", code], cwd=REPO / "tests", timeout=600)
-    if "cannot run loops with runtime bounds" in proc.stdout:  # (pytest: 5, nothing ran)
+
+
+def test_kernels_under_the_interpreter():
+    pytest.importorskip("triton")
+    shards = [["-c", _interpreted_shard(i)] for i in range(SHARDS)]
+    procs = run_pythons(shards, cwd=REPO / "tests", timeout=600)
+    if any("cannot run loops with runtime bounds" in p.stdout for p in procs):  # (nothing ran)
         pytest.skip(
             "this Triton's interpreter cannot run loops with runtime bounds with this NumPy"
         )
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-3000:]
+    for proc in procs:
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+        assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-3000:]
 
 
 @pytest.mark.parametrize("base", [1, 7, 132, 525, 1024, 5000])
